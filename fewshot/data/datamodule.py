@@ -1,0 +1,157 @@
+"""The episodic LightningDataModule shared by every method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from fewshot.data.classes import SPLITS, ClassImages, check_splits
+from fewshot.data.episode import Episode, collate_episodes
+from fewshot.data.errors import DataError
+from fewshot.data.sampler import EpisodeDataset, EpisodeIndexSampler, EpisodeSampler, EpisodeSpec
+from fewshot.data.source import DatasetSource
+
+
+class EpisodicDataModule(pl.LightningDataModule):
+    """Serves N-way K-shot episodes from a dataset source.
+
+    Training episodes are drawn from the run's ``seed``; validation and test episodes from
+    ``eval_seed``, which is the same for every run and method, so all methods are scored on
+    identical episodes. Training may use a different episode shape (``train_n_way`` etc.,
+    defaulting to the evaluation shape). Batches are meta-batches of ``Episode``s with uint8
+    images; after the transfer to the device they become floats, scaled to [0, 1] and
+    normalised with ``mean``/``std``.
+    """
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        n_way: int = 5,
+        n_shot: int = 1,
+        n_query: int = 15,
+        train_n_way: int | None = None,
+        train_n_shot: int | None = None,
+        train_n_query: int | None = None,
+        train_episodes: int = 1000,
+        val_episodes: int = 200,
+        test_episodes: int = 600,
+        meta_batch_size: int = 1,
+        eval_batch_size: int = 1,
+        seed: int = 0,
+        eval_seed: int = 0,
+        num_workers: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.eval_spec = EpisodeSpec(n_way, n_shot, n_query)
+        self.train_spec = EpisodeSpec(
+            train_n_way or n_way, train_n_shot or n_shot, train_n_query or n_query
+        )
+        self.n_episodes = {"train": train_episodes, "val": val_episodes, "test": test_episodes}
+        for split, n in self.n_episodes.items():
+            if n < 1:
+                raise DataError(f"data.{split}_episodes must be positive, got {n}.")
+        if meta_batch_size < 1 or eval_batch_size < 1:
+            raise DataError("data.meta_batch_size and data.eval_batch_size must be positive.")
+        self.meta_batch_size = meta_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.eval_seed = eval_seed
+        self.num_workers = num_workers
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+        self.splits: dict[str, ClassImages] | None = None
+        self.samplers: dict[str, EpisodeSampler] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Decode the dataset once and build the three episode samplers."""
+        if self.splits is not None:
+            return
+        self.splits = check_splits(self.source.load(), self.source.name)
+        channels = self.splits["train"].image_shape[0]
+        for name, stats in (("mean", self.mean), ("std", self.std)):
+            if stats is not None and stats.numel() not in (1, channels):
+                raise DataError(
+                    f"data.{name} has {stats.numel()} values but the images have {channels} channels; "
+                    f"give one value or one per channel."
+                )
+        self.samplers = {
+            "train": EpisodeSampler(self.splits["train"], self.train_spec, self.seed, "train"),
+            "val": EpisodeSampler(self.splits["val"], self.eval_spec, self.eval_seed, "val"),
+            "test": EpisodeSampler(self.splits["test"], self.eval_spec, self.eval_seed, "test"),
+        }
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images, after ``setup()``."""
+        if self.splits is None:
+            self.setup()
+        assert self.splits is not None
+        return self.splits["train"].image_shape
+
+    def _loader(self, split: str) -> DataLoader:
+        if not self.samplers:
+            self.setup()
+        training = split == "train"
+        return DataLoader(
+            EpisodeDataset(self.samplers[split], self.n_episodes[split]),
+            batch_size=self.meta_batch_size if training else self.eval_batch_size,
+            sampler=EpisodeIndexSampler(self.n_episodes[split], advance_per_epoch=training),
+            collate_fn=collate_episodes,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Meta-batches of training episodes, new ones every epoch."""
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """The fixed validation episodes."""
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """The fixed test episodes (the same for every run with the same ``eval_seed``)."""
+        return self._loader("test")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[..., C, H, W]`` -> float in [0, 1], then ``(x - mean) / std``."""
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        if self.mean is not None:
+            x = x - self.mean.to(x.device).view(-1, 1, 1)
+        if self.std is not None:
+            x = x / self.std.to(x.device).view(-1, 1, 1)
+        return x
+
+    def transfer_batch_to_device(self, batch: Episode, device: torch.device, dataloader_idx: int) -> Episode:
+        """Move an Episode to the device (Lightning cannot move dataclasses with ints alone)."""
+        return batch.to(device)
+
+    def on_after_batch_transfer(self, batch: Episode, dataloader_idx: int) -> Episode:
+        """Turn uint8 images into normalised floats on the device."""
+        return batch.with_images(self.normalize(batch.support_images), self.normalize(batch.query_images))
+
+    def episode_fingerprint(self, split: str) -> str:
+        """Fingerprint of the evaluation episodes of ``split`` (see EpisodeSampler)."""
+        if not self.samplers:
+            self.setup()
+        return self.samplers[split].fingerprint(self.n_episodes[split])
+
+    def describe(self) -> dict:
+        """Settings to record with results."""
+        return {
+            "dataset": self.source.name,
+            "n_way": self.eval_spec.n_way,
+            "n_shot": self.eval_spec.n_shot,
+            "n_query": self.eval_spec.n_query,
+            "train_n_way": self.train_spec.n_way,
+            "train_n_shot": self.train_spec.n_shot,
+            "train_n_query": self.train_spec.n_query,
+            "eval_seed": self.eval_seed,
+            "classes": {s: len(self.splits[s]) for s in SPLITS} if self.splits else None,
+        }

@@ -1,0 +1,83 @@
+"""The standard Conv-4 backbone of few-shot learning."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv_block(in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float) -> nn.Sequential:
+    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        nn.ReLU(inplace=False),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Four conv blocks, flattened, with an optional linear head.
+
+    As an embedding (``n_classes=None``) it is the ProtoNet / Matching Network encoder; with
+    ``n_classes`` it is the Meta-LSTM / MAML learner. It has no hidden state and no in-place
+    parameter tricks, so ``torch.func.functional_call(model, (params, buffers), x)`` works.
+    ``bn_momentum`` follows PyTorch's convention (weight of the new batch statistic).
+
+    Input ``[B, C, H, W]``; output ``[B, out_features]`` (embedding) or ``[B, n_classes]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        image_size: int = 28,
+        n_classes: int | None = None,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_block(in_channels, hidden, bn_momentum, bn_eps),
+            conv_block(hidden, hidden, bn_momentum, bn_eps),
+            conv_block(hidden, hidden, bn_momentum, bn_eps),
+            conv_block(hidden, hidden, bn_momentum, bn_eps),
+        )
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        if side < 1:
+            raise ValueError(f"Conv4 needs images of at least 16x16, got {image_size}x{image_size}.")
+        self.embedding_dim = hidden * side * side
+        self.head = nn.Linear(self.embedding_dim, n_classes) if n_classes else None
+        self.out_features = n_classes or self.embedding_dim
+
+    def embed(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> flattened features ``[B, embedding_dim]``."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embedding, or logits when the model has a head."""
+        z = self.embed(x)
+        return self.head(z) if self.head is not None else z
+
+
+def layer_names(model: nn.Module) -> dict[str, str]:
+    """Map each parameter name of a Conv4 to a readable layer name (conv1..4, bn1..4, head)."""
+    names = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        if parts[0] == "features":
+            block = int(parts[1]) + 1
+            kind = "conv" if parts[2] == "0" else "bn"
+            names[name] = f"{kind}{block}"
+        else:
+            names[name] = parts[0]
+    return names
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalar parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["Conv4", "conv_block", "layer_names", "count_parameters"]

@@ -23,12 +23,15 @@ class EpisodicDataModule(pl.LightningDataModule):
     identical episodes. Training may use a different episode shape (``train_n_way`` etc.,
     defaulting to the evaluation shape). Batches are meta-batches of ``Episode``s with uint8
     images; after the transfer to the device they become floats, scaled to [0, 1] and
-    normalised with ``mean``/``std``.
+    normalised with ``mean``/``std``. ``image_size`` and ``channels`` declare the image shape
+    the models are built for; it is checked against the loaded images.
     """
 
     def __init__(
         self,
         source: DatasetSource,
+        image_size: int,
+        channels: int,
         n_way: int = 5,
         n_shot: int = 1,
         n_query: int = 15,
@@ -48,6 +51,7 @@ class EpisodicDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.source = source
+        self.declared_shape = (channels, image_size, image_size)
         self.eval_spec = EpisodeSpec(n_way, n_shot, n_query)
         self.train_spec = EpisodeSpec(
             train_n_way or n_way, train_n_shot or n_shot, train_n_query or n_query
@@ -73,7 +77,12 @@ class EpisodicDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return
         self.splits = check_splits(self.source.load(), self.source.name)
-        channels = self.splits["train"].image_shape[0]
+        if self.splits["train"].image_shape != self.declared_shape:
+            raise DataError(
+                f"{self.source.name} images have shape {self.splits['train'].image_shape} (C, H, W) but the "
+                f"config declares {self.declared_shape}; set data.channels and data.image_size to match."
+            )
+        channels = self.declared_shape[0]
         for name, stats in (("mean", self.mean), ("std", self.std)):
             if stats is not None and stats.numel() not in (1, channels):
                 raise DataError(

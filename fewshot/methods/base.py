@@ -1,0 +1,125 @@
+"""The shared episodic LightningModule: a method only says how it classifies queries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.optim import Optimizer
+from torchmetrics import CatMetric
+
+from fewshot.data.episode import Episode
+from fewshot.evaluation.stats import episode_accuracy, mean_ci95
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+EVAL_STAGES = ("val", "test")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Meta-training produced a NaN or infinite loss."""
+
+
+class EpisodicMethod(pl.LightningModule):
+    """Base class of every few-shot method.
+
+    Subclasses implement ``forward(episode) -> logits [B, N*Q, N]``: adapt to each episode's
+    support set and score its queries. This class supplies episodic training with
+    cross-entropy on the queries, evaluation over the fixed validation/test episodes
+    (per-episode accuracy with torchmetrics, mean and 95% CI, gathered across processes),
+    and optimiser construction from Hydra partials.
+    """
+
+    def __init__(self, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.episode_acc = torch.nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
+        self.episode_index = torch.nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
+        self.eval_results: dict[str, dict] = {}
+
+    # -- what a method provides -------------------------------------------------------------
+    def forward(self, episode: Episode) -> Tensor:
+        """Adapt to each support set and return query logits ``[B, N*Q, N]``."""
+        raise NotImplementedError
+
+    def episode_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Meta-training loss of a meta-batch and its query logits ``[B, N*Q, N]``."""
+        logits = self(episode)
+        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_labels.flatten())
+        return loss, logits
+
+    # -- training -----------------------------------------------------------------------------
+    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
+        """One meta-training step on a meta-batch of episodes."""
+        loss, logits = self.episode_loss(episode)
+        self.check_finite(loss)
+        acc = episode_accuracy(logits, episode.query_labels, episode.n_way).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=episode.batch_size)
+        self.log("train/acc", acc, prog_bar=True, batch_size=episode.batch_size)
+        return loss
+
+    def check_finite(self, loss: Tensor) -> None:
+        """Stop with a clear message on a NaN/inf loss instead of training on garbage."""
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"Non-finite training loss ({loss.item()}) at step {self.global_step}. "
+                "Lower the learning rate (model.optimizer.lr), add gradient clipping "
+                "(trainer.gradient_clip_val), or check the data normalisation."
+            )
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate_episodes(self, episode: Episode, stage: str) -> Tensor:
+        """Score a meta-batch of evaluation episodes and record per-episode accuracies."""
+        logits = self(episode)
+        acc = episode_accuracy(logits, episode.query_labels, episode.n_way)
+        self.episode_acc[stage].update(acc)
+        self.episode_index[stage].update(episode.index.to(acc.dtype))
+        return acc
+
+    def validation_step(self, episode: Episode, batch_idx: int) -> None:
+        """Score validation episodes."""
+        self.evaluate_episodes(episode, "val")
+
+    def test_step(self, episode: Episode, batch_idx: int) -> None:
+        """Score test episodes."""
+        self.evaluate_episodes(episode, "test")
+
+    def summarise_stage(self, stage: str) -> None:
+        """Log mean accuracy and 95% CI over all episodes of the stage, gathered from every
+        process, and keep the per-episode accuracies (sorted by episode index)."""
+        acc = self.episode_acc[stage].compute().flatten().cpu()
+        index = self.episode_index[stage].compute().flatten().cpu().long()
+        self.episode_acc[stage].reset()
+        self.episode_index[stage].reset()
+        order = torch.argsort(index)
+        acc, index = acc[order], index[order]
+        mean, ci95 = mean_ci95(acc)
+        self.eval_results[stage] = {
+            "acc": mean,
+            "ci95": ci95,
+            "episodes": int(acc.numel()),
+            "episode_index": index.tolist(),
+            "episode_acc": acc.tolist(),
+        }
+        self.log(f"{stage}/acc", mean, prog_bar=stage == "val", sync_dist=False, rank_zero_only=False)
+        self.log(f"{stage}/acc_ci95", ci95, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        """Summarise the validation episodes."""
+        self.summarise_stage("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Summarise the test episodes."""
+        self.summarise_stage("test")
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        """Bind the optimizer (and optional scheduler) partials to this method's parameters."""
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}

@@ -1,0 +1,88 @@
+"""The results file every run writes, and its printed table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fewshot.evaluation.stats import mean_ci95
+
+RESULTS_FILE = "results.json"
+PREFIX_EPISODES = (100, 250, 600)
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The checked-out commit (with ``-dirty`` when there are local changes), or None."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def hardware() -> dict[str, Any]:
+    """What the run ran on."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def accuracy_at_prefixes(episode_acc: list[float], sizes: tuple[int, ...] = PREFIX_EPISODES) -> dict[str, list[float]]:
+    """Mean and 95% CI over the first 100, 250 and 600 episodes (the official protocol)."""
+    return {str(n): list(mean_ci95(episode_acc[:n])) for n in sizes if len(episode_acc) >= n}
+
+
+def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
+    """Write the results JSON atomically and return its path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    os.replace(tmp, target)
+    return target
+
+
+def format_accuracy(acc: float, ci95: float) -> str:
+    """``acc ± ci`` in percent."""
+    return f"{100 * acc:.2f} ± {100 * ci95:.2f}"
+
+
+def results_table(rows: list[dict[str, Any]], title: str = "Test accuracy (95% CI over fixed test episodes)") -> Table:
+    """A rich table with one row per results dict."""
+    table = Table(title=title)
+    for column in ("method", "dataset", "N-way", "K-shot", "episodes", "test acc %"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    for r in rows:
+        test = r["test"]
+        table.add_row(
+            r["method"], r["dataset"], str(r["n_way"]), str(r["n_shot"]), str(test["episodes"]),
+            format_accuracy(test["acc"], test["ci95"]),
+        )
+    return table
+
+
+def print_results(rows: list[dict[str, Any]]) -> None:
+    """Print the results table to the terminal."""
+    Console().print(results_table(rows))

@@ -1,0 +1,104 @@
+"""The composition root: build everything from the Hydra config, train, test, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fewshot.checkpoints import StoreConfigInCheckpoint
+from fewshot.data.datamodule import EpisodicDataModule
+from fewshot.methods.base import EpisodicMethod
+from fewshot.reporting.results import (
+    RESULTS_FILE,
+    accuracy_at_prefixes,
+    git_commit,
+    hardware,
+    print_results,
+    write_results,
+)
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (a dict of configs)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def method_name(method: EpisodicMethod) -> str:
+    """A method's display name (its ``display_name`` if it has one, else the class name)."""
+    return str(getattr(method, "display_name", type(method).__name__))
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    """Path of the best-on-validation checkpoint, if one was saved."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path or None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and/or test the configured method on the configured data; return the results."""
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    log.info("Building data <%s>", cfg.data.source._target_)
+    datamodule: EpisodicDataModule = instantiate(cfg.data)
+    datamodule.setup()
+    log.info("Building method <%s>", cfg.model._target_)
+    method: EpisodicMethod = instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+
+    if cfg.get("train", True):
+        trainer.fit(method, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    results: dict[str, Any] = {
+        "method": method_name(method),
+        **datamodule.describe(),
+        "seed": cfg.seed,
+        "git_commit": git_commit(Path(__file__).parent),
+        "hardware": hardware(),
+        "output_dir": str(output_dir),
+        "val": method.eval_results.get("val"),
+    }
+    if cfg.get("test", True):
+        ckpt = best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
+        if ckpt is None and cfg.get("train", True):
+            log.warning("No best checkpoint was saved; testing the final weights.")
+        trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        test = dict(method.eval_results["test"])
+        test["fingerprint"] = datamodule.episode_fingerprint("test")
+        test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])
+        results["test"] = test
+        results["checkpoint"] = ckpt
+    results["wall_time_s"] = round(time.perf_counter() - started, 2)
+    results["config"] = resolved
+
+    path = write_results(output_dir / RESULTS_FILE, results)
+    if trainer.is_global_zero and "test" in results:
+        print_results([results])
+        log.info("Results written to %s", path)
+    return results
+
+
+def objective(results: dict[str, Any], metric: str) -> float | None:
+    """The value a Hydra sweeper optimises, e.g. ``val/acc``."""
+    stage, _, key = metric.partition("/")
+    section = results.get(stage) or {}
+    value = section.get(key)
+    return None if value is None else float(value)
+

@@ -43,7 +43,7 @@ def decode_image(
         ) from err
     if image_size is not None and converted.size != (image_size, image_size):
         converted = converted.resize((image_size, image_size), Image.Resampling.LANCZOS)
-    array = np.asarray(converted, dtype=np.uint8)
+    array = np.array(converted, dtype=np.uint8)
     if invert:
         array = 255 - array
     if array.ndim == 2:

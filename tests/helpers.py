@@ -1,0 +1,26 @@
+"""Helpers shared by every test folder: where the real data is, and how to skip without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT_ENV = "FEWSHOT_OMNIGLOT_ROOT"
+OMNIGLOT_DEFAULT = PROJECT_ROOT.parent / "shared" / "data" / "omniglot"
+
+
+def omniglot_root() -> Path | None:
+    """The real Omniglot folder: ``$FEWSHOT_OMNIGLOT_ROOT`` or ``../shared/data/omniglot``; None if absent."""
+    configured = os.environ.get(OMNIGLOT_ENV)
+    root = Path(configured).expanduser() if configured else OMNIGLOT_DEFAULT
+    return root if root.exists() else None
+
+
+OMNIGLOT_MISSING = (
+    f"real Omniglot data not found: set {OMNIGLOT_ENV} to the folder holding the Omniglot zips "
+    f"or put them in {OMNIGLOT_DEFAULT}"
+)
+requires_omniglot = pytest.mark.skipif(omniglot_root() is None, reason=OMNIGLOT_MISSING)

@@ -1,0 +1,45 @@
+"""ProtoNet learns: a short CPU training clearly beats chance and raw-pixel nearest neighbour."""
+
+import pytest
+from hydra.utils import instantiate
+
+from fewshot.evaluation.pixel_nn import pixel_nn_accuracy
+from fewshot.training import train
+from tests.conftest import compose_config
+from tests.helpers import requires_omniglot
+
+SHORT_RUN = ["trainer=cpu", "logger=none", "callbacks=none", "trainer.max_epochs=1", "data.val_episodes=10"]
+
+
+def pixel_nn_on_test_episodes(cfg, n_episodes: int) -> float:
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    return pixel_nn_accuracy(datamodule.samplers["test"], n_episodes).mean().item()
+
+
+def test_protonet_learns_on_embedded_default(tmp_path):
+    cfg = compose_config(
+        [*SHORT_RUN, "data=embedded", "data.train_episodes=300", "data.test_episodes=200",
+         "data.source.train_classes=200", "data.source.val_classes=20", "data.source.test_classes=100"],
+        tmp_path,
+    )
+    pixel_nn = pixel_nn_on_test_episodes(cfg, 200)
+    results = train(cfg)
+    acc = results["test"]["acc"]
+    print(f"embedded 5-way 1-shot: ProtoNet {acc:.3f}, raw-pixel NN {pixel_nn:.3f}")
+    assert acc > 0.70
+    assert acc > pixel_nn + 0.15
+
+
+@requires_omniglot
+@pytest.mark.omniglot
+def test_protonet_learns_on_real_omniglot_alphabet_split(tmp_path):
+    cfg = compose_config(
+        [*SHORT_RUN, "data=omniglot", "data.train_episodes=400", "data.test_episodes=200"], tmp_path
+    )
+    pixel_nn = pixel_nn_on_test_episodes(cfg, 200)
+    results = train(cfg)
+    acc = results["test"]["acc"]
+    print(f"omniglot 5-way 1-shot: ProtoNet {acc:.3f}, raw-pixel NN {pixel_nn:.3f}")
+    assert acc > 0.75
+    assert acc > pixel_nn + 0.15

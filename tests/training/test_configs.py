@@ -1,0 +1,44 @@
+"""Every config option composes, and every experiment preset builds its method."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import PROJECT_ROOT, compose_config
+
+CONF = PROJECT_ROOT / "conf"
+EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_preset_composes_and_builds_its_method(experiment, tmp_path: Path):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    method = instantiate(cfg.model)
+    assert method is not None
+    assert cfg.data.n_way >= 2 and cfg.data.n_shot >= 1
+
+
+@pytest.mark.parametrize("option", [o for o in group_options("data") if o != "episodic"])
+def test_every_data_option_composes(option, tmp_path: Path):
+    cfg = compose_config([f"data={option}"], tmp_path)
+    assert cfg.data.source._target_.startswith("fewshot.data.")
+    assert cfg.data.source.image_size == cfg.data.image_size
+
+
+@pytest.mark.parametrize("group", ["model", "trainer", "logger", "callbacks", "debug"])
+def test_every_option_of_group_composes(group, tmp_path: Path):
+    for option in group_options(group):
+        cfg = compose_config([f"{group}={option}"], tmp_path)
+        assert cfg is not None
+
+
+def test_trainer_options_instantiate(tmp_path: Path):
+    for option in ("default", "cpu", "auto"):
+        cfg = compose_config([f"trainer={option}"], tmp_path)
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fewshot.checkpoints import StoreConfigInCheckpoint
@@ -31,6 +32,15 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def data_dependent_arguments(model_cfg: DictConfig, datamodule: EpisodicDataModule) -> dict[str, Any]:
+    """Arguments only the loaded data can tell (e.g. ``n_train_classes`` of a pre-trained
+    baseline's classifier head), passed when the method's constructor asks for them."""
+    target = get_class(model_cfg._target_)
+    wanted = inspect.signature(target.__init__).parameters
+    available = {"n_train_classes": lambda: datamodule.n_train_classes}
+    return {name: get() for name, get in available.items() if name in wanted and model_cfg.get(name) is None}
 
 
 def method_name(method: EpisodicMethod) -> str:
@@ -56,7 +66,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: EpisodicDataModule = instantiate(cfg.data)
     datamodule.setup()
     log.info("Building method <%s>", cfg.model._target_)
-    method: EpisodicMethod = instantiate(cfg.model)
+    extra = data_dependent_arguments(cfg.model, datamodule)
+    method: EpisodicMethod = instantiate(cfg.model, **extra)
+    resolved["model"].update(extra)  # so that fewshot.load rebuilds the same method
+    datamodule.train_batches = getattr(method, "train_batches", "episodes")
     callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

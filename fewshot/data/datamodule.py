@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fewshot.data.classes import SPLITS, ClassImages, check_splits
+from fewshot.data.classification import FlatImages, LabelledImages, ShuffledIndexSampler, collate_labelled
 from fewshot.data.episode import Episode, collate_episodes
 from fewshot.data.errors import DataError
 from fewshot.data.sampler import EpisodeDataset, EpisodeIndexSampler, EpisodeSampler, EpisodeSpec
@@ -48,6 +49,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        image_batch_size: int = 32,
     ) -> None:
         super().__init__()
         self.source = source
@@ -69,6 +71,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+        self.image_batch_size = image_batch_size
+        # "episodes" for episodic methods; "images" for baselines pre-trained as classifiers
+        self.train_batches = "episodes"
         self.splits: dict[str, ClassImages] | None = None
         self.samplers: dict[str, EpisodeSampler] = {}
 
@@ -117,8 +122,34 @@ class EpisodicDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Meta-batches of training episodes, new ones every epoch."""
+        """Meta-batches of training episodes, new ones every epoch (or, with
+        ``train_batches == "images"``, shuffled classification batches of all training images)."""
+        if self.train_batches == "images":
+            return self.image_loader()
         return self._loader("train")
+
+    def image_loader(self) -> DataLoader:
+        """Shuffled batches of every training image with its class index."""
+        if not self.samplers:
+            self.setup()
+        assert self.splits is not None
+        dataset = FlatImages(self.splits["train"])
+        return DataLoader(
+            dataset,
+            batch_size=self.image_batch_size,
+            sampler=ShuffledIndexSampler(len(dataset), self.seed),
+            collate_fn=collate_labelled,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @property
+    def n_train_classes(self) -> int:
+        """Number of meta-training classes."""
+        if self.splits is None:
+            self.setup()
+        assert self.splits is not None
+        return len(self.splits["train"])
 
     def val_dataloader(self) -> DataLoader:
         """The fixed validation episodes."""
@@ -137,12 +168,18 @@ class EpisodicDataModule(pl.LightningDataModule):
             x = x / self.std.to(x.device).view(-1, 1, 1)
         return x
 
-    def transfer_batch_to_device(self, batch: Episode, device: torch.device, dataloader_idx: int) -> Episode:
-        """Move an Episode to the device (Lightning cannot move dataclasses with ints alone)."""
+    def transfer_batch_to_device(
+        self, batch: Episode | LabelledImages, device: torch.device, dataloader_idx: int
+    ) -> Episode | LabelledImages:
+        """Move a batch to the device."""
         return batch.to(device)
 
-    def on_after_batch_transfer(self, batch: Episode, dataloader_idx: int) -> Episode:
+    def on_after_batch_transfer(
+        self, batch: Episode | LabelledImages, dataloader_idx: int
+    ) -> Episode | LabelledImages:
         """Turn uint8 images into normalised floats on the device."""
+        if isinstance(batch, LabelledImages):
+            return batch.with_images(self.normalize(batch.images))
         return batch.with_images(self.normalize(batch.support_images), self.normalize(batch.query_images))
 
     def episode_fingerprint(self, split: str) -> str:

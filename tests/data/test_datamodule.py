@@ -1,0 +1,92 @@
+"""The episodic datamodule: loaders, shapes, normalisation, classification batches, errors."""
+
+import pytest
+import torch
+
+from fewshot.data.classes import ClassImages
+from fewshot.data.classification import LabelledImages
+from fewshot.data.datamodule import EpisodicDataModule
+from fewshot.data.errors import DataError
+from tests.conftest import random_classes
+
+
+class FakeSource:
+    name = "fake"
+
+    def __init__(self, size: int = 8, channels: int = 1) -> None:
+        self.size, self.channels = size, channels
+
+    def load(self) -> dict[str, ClassImages]:
+        return {
+            split: random_classes(prefix, n, 10, size=self.size, channels=self.channels, seed=i)
+            for i, (split, prefix, n) in enumerate([("train", "a", 12), ("val", "b", 6), ("test", "c", 6)])
+        }
+
+
+def make(**kwargs) -> EpisodicDataModule:
+    args = dict(source=FakeSource(), image_size=8, channels=1, n_way=3, n_shot=2, n_query=4,
+                train_episodes=5, val_episodes=4, test_episodes=7)
+    args.update(kwargs)
+    dm = EpisodicDataModule(**args)
+    dm.setup()
+    return dm
+
+
+def test_loaders_serve_meta_batches_of_the_configured_shapes():
+    dm = make(meta_batch_size=2, train_n_way=4, train_n_query=1, eval_batch_size=3)
+    train = next(iter(dm.train_dataloader()))
+    assert train.support_images.shape == (2, 8, 1, 8, 8) and train.query_images.shape == (2, 4, 1, 8, 8)
+    assert train.support_images.dtype == torch.uint8
+    test_batches = list(dm.test_dataloader())
+    assert [b.batch_size for b in test_batches] == [3, 3, 1]
+    assert torch.cat([b.index for b in test_batches]).tolist() == list(range(7))
+    assert len(dm.train_dataloader()) == 3
+
+
+def test_training_episodes_change_every_epoch_but_evaluation_episodes_do_not():
+    dm = make()
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    first_train = next(iter(train)).index.tolist()
+    first_val = next(iter(val)).index.tolist()
+    train.sampler.set_epoch(1)
+    val.sampler.set_epoch(1)
+    assert next(iter(train)).index.tolist() == [5]
+    assert first_train == [0] and next(iter(val)).index.tolist() == first_val
+
+
+def test_normalisation_scales_and_standardises_on_transfer():
+    dm = make(mean=[0.5], std=[0.25])
+    batch = next(iter(dm.val_dataloader()))
+    out = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, torch.device("cpu"), 0), 0)
+    expected = (batch.support_images.float() / 255 - 0.5) / 0.25
+    assert out.support_images.dtype == torch.float32
+    assert torch.allclose(out.support_images, expected)
+
+
+def test_image_batches_cover_every_training_image_once_per_epoch():
+    dm = make(image_batch_size=16)
+    dm.train_batches = "images"
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert all(isinstance(b, LabelledImages) for b in batches)
+    labels = torch.cat([b.labels for b in batches])
+    assert labels.numel() == 120 and torch.bincount(labels).tolist() == [10] * 12
+    order_epoch0 = torch.cat([b.labels for b in batches])
+    loader.sampler.set_epoch(1)
+    assert not torch.equal(torch.cat([b.labels for b in loader]), order_epoch0)
+    assert dm.n_train_classes == 12
+
+
+def test_declared_shape_must_match_the_images():
+    with pytest.raises(DataError, match=r"set data.channels and data.image_size"):
+        make(image_size=28)
+
+
+def test_mean_with_wrong_number_of_channels_is_rejected():
+    with pytest.raises(DataError, match="data.mean has 3 values but the images have 1 channels"):
+        make(mean=[0.5, 0.5, 0.5])
+
+
+def test_non_positive_episode_counts_are_rejected():
+    with pytest.raises(DataError, match="data.test_episodes must be positive"):
+        make(test_episodes=0)

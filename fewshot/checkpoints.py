@@ -31,7 +31,9 @@ def read_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"Cannot read checkpoint {ckpt_path}: {err}. The file is corrupt or not a checkpoint.") from err
+        raise ValueError(
+            f"Cannot read checkpoint {ckpt_path}: {err}. The file is corrupt or not a checkpoint."
+        ) from err
     if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(
             f"{ckpt_path} is not a fewshot checkpoint (no stored config); "

@@ -11,10 +11,12 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from fewshot.checkpoints import StoreConfigInCheckpoint
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.methods.base import EpisodicMethod
+from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
     RESULTS_FILE,
     accuracy_at_prefixes,
@@ -92,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt = best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
         if ckpt is None and cfg.get("train", True):
             log.warning("No best checkpoint was saved; testing the final weights.")
-        trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False, verbose=False)
         test = dict(method.eval_results["test"])
         test["fingerprint"] = datamodule.episode_fingerprint("test")
         test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])
@@ -105,7 +107,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero and "test" in results:
         print_results([results])
         log.info("Results written to %s", path)
+        log_gate_figure(results, output_dir, loggers)
     return results
+
+
+def log_gate_figure(results: dict[str, Any], output_dir: Path, loggers: list[Any]) -> None:
+    """Draw the Meta-LSTM gate figure into the run folder and log it to W&B when W&B is on."""
+    gates = results["test"].get("gates")
+    if not gates:
+        return
+    title = f"{results['method']} {results['dataset']} {results['n_way']}-way {results['n_shot']}-shot"
+    png, _ = save_gate_figure(gates, output_dir, title)
+    log.info("Gate figure written to %s", png)
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_image(key="gates", images=[str(png)])
 
 
 def objective(results: dict[str, Any], metric: str) -> float | None:
@@ -114,4 +130,3 @@ def objective(results: dict[str, Any], metric: str) -> float | None:
     section = results.get(stage) or {}
     value = section.get(key)
     return None if value is None else float(value)
-

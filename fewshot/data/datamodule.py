@@ -55,9 +55,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.source = source
         self.declared_shape = (channels, image_size, image_size)
         self.eval_spec = EpisodeSpec(n_way, n_shot, n_query)
-        self.train_spec = EpisodeSpec(
-            train_n_way or n_way, train_n_shot or n_shot, train_n_query or n_query
-        )
+        self.train_spec = EpisodeSpec(train_n_way or n_way, train_n_shot or n_shot, train_n_query or n_query)
         self.n_episodes = {"train": train_episodes, "val": val_episodes, "test": test_episodes}
         for split, n in self.n_episodes.items():
             if n < 1:
@@ -174,9 +172,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         """Move a batch to the device."""
         return batch.to(device)
 
-    def on_after_batch_transfer(
-        self, batch: Episode | LabelledImages, dataloader_idx: int
-    ) -> Episode | LabelledImages:
+    def on_after_batch_transfer(self, batch: Episode | LabelledImages, dataloader_idx: int) -> Episode | LabelledImages:
         """Turn uint8 images into normalised floats on the device."""
         if isinstance(batch, LabelledImages):
             return batch.with_images(self.normalize(batch.images))

@@ -33,6 +33,9 @@ class EpisodicMethod(pl.LightningModule):
     and optimiser construction from Hydra partials.
     """
 
+    # methods whose learner has an N-way head cannot train on episodes of another N
+    needs_fixed_n_way = False
+
     def __init__(self, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
         super().__init__()
         self.optimizer_factory = optimizer
@@ -53,6 +56,18 @@ class EpisodicMethod(pl.LightningModule):
         return loss, logits
 
     # -- training -----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Refuse training episodes whose N differs from evaluation's when the method needs one N."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.needs_fixed_n_way or datamodule is None:
+            return
+        train_way, eval_way = datamodule.train_spec.n_way, datamodule.eval_spec.n_way
+        if train_way != eval_way:
+            raise ValueError(
+                f"{type(self).__name__} has an N-way output layer, so it must train on {eval_way}-way episodes "
+                f"but data.train_n_way={train_way}; set data.train_n_way=null (or equal to data.n_way={eval_way})."
+            )
+
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         """One meta-training step on a meta-batch of episodes."""
         loss, logits = self.episode_loss(episode)
@@ -74,7 +89,10 @@ class EpisodicMethod(pl.LightningModule):
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate_episodes(self, episode: Episode, stage: str) -> Tensor:
         """Score a meta-batch of evaluation episodes and record per-episode accuracies."""
-        logits = self(episode)
+        return self.record_episode_accuracy(self(episode), episode, stage)
+
+    def record_episode_accuracy(self, logits: Tensor, episode: Episode, stage: str) -> Tensor:
+        """Per-episode accuracies ``[B]`` of query logits ``[B, N*Q, N]``, recorded for the stage."""
         acc = episode_accuracy(logits, episode.query_labels, episode.n_way)
         self.episode_acc[stage].update(acc)
         self.episode_index[stage].update(episode.index.to(acc.dtype))

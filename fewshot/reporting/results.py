@@ -27,7 +27,11 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, check=True, timeout=10,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -77,7 +81,11 @@ def results_table(rows: list[dict[str, Any]], title: str = "Test accuracy (95% C
     for r in rows:
         test = r["test"]
         table.add_row(
-            r["method"], r["dataset"], str(r["n_way"]), str(r["n_shot"]), str(test["episodes"]),
+            r["method"],
+            r["dataset"],
+            str(r["n_way"]),
+            str(r["n_shot"]),
+            str(test["episodes"]),
             format_accuracy(test["acc"], test["ci95"]),
         )
     return table

@@ -24,8 +24,17 @@ class FakeSource:
 
 
 def make(**kwargs) -> EpisodicDataModule:
-    args = dict(source=FakeSource(), image_size=8, channels=1, n_way=3, n_shot=2, n_query=4,
-                train_episodes=5, val_episodes=4, test_episodes=7)
+    args = dict(
+        source=FakeSource(),
+        image_size=8,
+        channels=1,
+        n_way=3,
+        n_shot=2,
+        n_query=4,
+        train_episodes=5,
+        val_episodes=4,
+        test_episodes=7,
+    )
     args.update(kwargs)
     dm = EpisodicDataModule(**args)
     dm.setup()

@@ -91,9 +91,7 @@ print(EpisodeSampler(classes, EpisodeSpec(5, 1, 15), seed=0, split="test").finge
 
 def test_test_episodes_identical_across_processes(classes):
     here = EpisodeSampler(classes, EpisodeSpec(5, 1, 15), seed=0, split="test").fingerprint(50)
-    out = subprocess.run(
-        [sys.executable, "-c", FINGERPRINT_SCRIPT], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", FINGERPRINT_SCRIPT], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == here
     # and the fingerprint does change with the episodes
     assert EpisodeSampler(classes, EpisodeSpec(5, 1, 15), seed=1, split="test").fingerprint(50) != here
@@ -132,24 +130,18 @@ def test_index_sampler_advances_per_epoch_for_training_only():
 
 
 def test_n_way_larger_than_classes_raises_clear_error(classes):
-    with pytest.raises(
-        DataError, match=r"n_way=20 is larger than the 12 classes of the 'test' split.*lower n_way"
-    ):
+    with pytest.raises(DataError, match=r"n_way=20 is larger than the 12 classes of the 'test' split.*lower n_way"):
         EpisodeSampler(classes, EpisodeSpec(20, 1, 5), seed=0, split="test")
 
 
 def test_shots_plus_queries_larger_than_class_raises_clear_error():
     counts = {"a": 20, "b": 20, "c": 7}
-    classes = ClassImages.from_mapping(
-        {k: torch.zeros(n, 1, 4, 4, dtype=torch.uint8) for k, n in counts.items()}
-    )
+    classes = ClassImages.from_mapping({k: torch.zeros(n, 1, 4, 4, dtype=torch.uint8) for k, n in counts.items()})
     with pytest.raises(DataError, match=r"5 \+ 5 = 10 is larger than the 7 images of class 'c'.*at most 7"):
         EpisodeSampler(classes, EpisodeSpec(3, 5, 5), seed=0, split="train")
 
 
-@pytest.mark.parametrize(
-    "field,value", [("n_way", 0), ("n_shot", -1), ("n_query", 0), ("n_way", 1), ("n_shot", 1.5)]
-)
+@pytest.mark.parametrize("field,value", [("n_way", 0), ("n_shot", -1), ("n_query", 0), ("n_way", 1), ("n_shot", 1.5)])
 def test_non_positive_episode_sizes_raise_clear_error(field, value):
     kwargs = {"n_way": 5, "n_shot": 1, "n_query": 15, field: value}
     with pytest.raises(DataError, match=field):

@@ -8,7 +8,9 @@ from hydra.utils import instantiate
 from tests.conftest import PROJECT_ROOT, compose_config
 
 CONF = PROJECT_ROOT / "conf"
-EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
+)
 
 
 def group_options(group: str) -> list[str]:

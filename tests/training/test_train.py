@@ -61,9 +61,7 @@ def test_same_seed_gives_identical_test_results(tmp_path):
 
 def test_test_episodes_do_not_depend_on_training_seed_or_method_settings(tmp_path):
     a = compose_config(["debug=tiny", "trainer=cpu", "logger=none", "seed=1"], tmp_path / "a")
-    b = compose_config(
-        ["debug=tiny", "trainer=cpu", "logger=none", "seed=2", "model.distance=cosine"], tmp_path / "b"
-    )
+    b = compose_config(["debug=tiny", "trainer=cpu", "logger=none", "seed=2", "model.distance=cosine"], tmp_path / "b")
     from hydra.utils import instantiate
 
     fa, fb = (instantiate(c.data).episode_fingerprint("test") for c in (a, b))
@@ -71,9 +69,7 @@ def test_test_episodes_do_not_depend_on_training_seed_or_method_settings(tmp_pat
 
 
 def test_unknown_dataset_or_method_names_the_options(tmp_path):
-    with pytest.raises(
-        (MissingConfigException, ConfigCompositionException), match="data.*nosuchdata|nosuchdata"
-    ):
+    with pytest.raises((MissingConfigException, ConfigCompositionException), match="data.*nosuchdata|nosuchdata"):
         compose_config(["data=nosuchdata"], tmp_path)
     with pytest.raises((MissingConfigException, ConfigCompositionException), match="nosuchmethod"):
         compose_config(["model=nosuchmethod"], tmp_path)
@@ -119,9 +115,7 @@ def test_multirun_runs_every_job_and_each_writes_results(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    shots = sorted(
-        json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())["n_shot"] for i in (0, 1)
-    )
+    shots = sorted(json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())["n_shot"] for i in (0, 1))
     assert shots == [1, 2]
 
 

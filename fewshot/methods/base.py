@@ -63,9 +63,11 @@ class EpisodicMethod(pl.LightningModule):
             return
         train_way, eval_way = datamodule.train_spec.n_way, datamodule.eval_spec.n_way
         if train_way != eval_way:
+            name = getattr(self, "display_name", type(self).__name__)
             raise ValueError(
-                f"{type(self).__name__} has an N-way output layer, so it must train on {eval_way}-way episodes "
-                f"but data.train_n_way={train_way}; set data.train_n_way=null (or equal to data.n_way={eval_way})."
+                f"{name} classifies with a head of data.n_way={eval_way} outputs, but the training episodes are "
+                f"data.train_n_way={train_way}-way. Set data.train_n_way=null (or {eval_way}) so that training "
+                "and evaluation episodes have the same number of classes."
             )
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:

@@ -1,0 +1,199 @@
+"""Functional inner loops shared by every method that adapts a network to a support set.
+
+A network's weights are handled as a dict ``{name: tensor}`` and the network is called with
+``torch.func.functional_call``, so adaptation never mutates the module: MAML keeps the graph
+through its inner steps, Reptile and fine-tuning adapt detached copies. Everything here is
+generic (any ``nn.Module``, any loss); the methods choose what to detach and when.
+
+Batch norm: a functional call in train mode updates the running statistics of the buffers
+it is given, so :func:`module_state` hands out *copies* of the buffers and the module's own
+running statistics never change. :func:`batch_statistics` makes batch-norm layers normalise
+with the statistics of the current batch even while the module is in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
+
+
+def module_state(module: nn.Module, detach: bool = False) -> tuple[Params, Params]:
+    """The ``(params, buffers)`` dicts to call ``module`` functionally.
+
+    Args:
+        module: any module.
+        detach: False: the params are the module's own ``nn.Parameter``s, so a loss on the
+            adapted weights back-propagates into them (MAML). True: detached copies that
+            require grad, the start of an adaptation that must not reach the module
+            (evaluation, Reptile).
+
+    Returns:
+        ``params`` (named parameters) and ``buffers`` (clones of the named buffers, so that
+        train-mode batch norm cannot update the module's running statistics).
+    """
+    if detach:
+        params = {name: p.detach().clone().requires_grad_(True) for name, p in module.named_parameters()}
+    else:
+        params = dict(module.named_parameters())
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    return params, buffers
+
+
+def functional_logits(
+    model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor
+) -> Tensor:
+    """``model(x)`` with the weights ``params`` and ``buffers``: ``[M, ...]`` -> ``[M, N]``."""
+    return functional_call(model, (dict(params), dict(buffers)), (x,))
+
+
+def functional_loss(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn = F.cross_entropy,
+) -> Tensor:
+    """Scalar ``loss_fn(model(x), y)`` with the weights ``params`` (``x [M, ...]``, ``y [M]``)."""
+    return loss_fn(functional_logits(model, params, buffers, x), y)
+
+
+def learning_rate(lr: float | Mapping[str, Tensor], name: str) -> float | Tensor:
+    """The step size of parameter ``name``: a shared float, or a per-parameter tensor
+    (Meta-SGD, broadcastable to the parameter's shape)."""
+    return lr[name] if isinstance(lr, Mapping) else lr
+
+
+def sgd_adapt(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    create_graph: bool = False,
+    loss_fn: LossFn = F.cross_entropy,
+) -> Params:
+    """``steps`` full-batch gradient steps ``theta <- theta - lr * grad L(theta; x, y)``.
+
+    Args:
+        model: the network, called functionally (never mutated).
+        params: starting weights; each must require grad or depend on tensors that do.
+        buffers: the buffers used in every call (pass copies, see :func:`module_state`).
+        x: ``[M, ...]`` inputs (the support set).
+        y: ``[M]`` targets.
+        steps: number of gradient steps (0 returns ``params`` unchanged).
+        lr: one step size, or a dict of per-parameter step-size tensors keyed like ``params``.
+        create_graph: keep the graph of the gradients themselves, so that a loss on the result
+            has second-order derivatives w.r.t. the starting weights (MAML). False gives
+            first-order adaptation: the gradients are constants, the update still depends on
+            ``params`` (identity) and on ``lr``.
+        loss_fn: ``loss_fn(logits, y) -> scalar``.
+
+    Returns:
+        The adapted weights, a new dict with the keys of ``params``.
+    """
+    adapted = dict(params)
+    with torch.enable_grad():  # evaluation runs under no_grad; adaptation needs gradients
+        for _ in range(steps):
+            loss = functional_loss(model, adapted, buffers, x, y, loss_fn)
+            grads = torch.autograd.grad(loss, tuple(adapted.values()), create_graph=create_graph)
+            adapted = {name: p - learning_rate(lr, name) * g for (name, p), g in zip(adapted.items(), grads)}
+    return adapted
+
+
+def minibatches(n: int, batch_size: int | None, steps: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    """Index tensors of ``steps`` minibatches drawn from ``n`` items without replacement,
+    reshuffling after each pass (as in Reptile's code); ``batch_size`` None or >= n gives the
+    whole set every step, in order."""
+    if batch_size is None or batch_size >= n:
+        return [torch.arange(n)] * steps
+    passes = -(-steps * batch_size // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+    return list(order[: steps * batch_size].view(steps, batch_size))
+
+
+def optimizer_adapt(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    make_optimizer: OptimizerFactory,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+) -> Params:
+    """``steps`` steps of a ``torch.optim`` optimizer on detached copies of ``params``.
+
+    No graph reaches the starting weights (Reptile, fine-tuning). The optimizer's state is
+    fresh for every call.
+
+    Args:
+        model: the network, called functionally (never mutated).
+        params: starting weights (detached and copied here).
+        buffers: the buffers used in every call.
+        x: ``[M, ...]`` inputs; ``y``: ``[M]`` targets.
+        steps: number of optimizer steps.
+        make_optimizer: ``make_optimizer(list_of_tensors) -> Optimizer``, e.g.
+            ``partial(torch.optim.Adam, lr=1e-3)``.
+        batch_size: minibatch size (None: the whole set every step), see :func:`minibatches`.
+        generator: random source of the minibatch order.
+        loss_fn: ``loss_fn(logits, y) -> scalar``.
+
+    Returns:
+        The adapted weights (detached leaf tensors).
+    """
+    adapted = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
+    leaves = list(adapted.values())
+    optimizer = make_optimizer(leaves)
+    with torch.enable_grad():
+        for index in minibatches(len(y), batch_size, steps, generator):
+            index = index.to(y.device)
+            loss = functional_loss(model, adapted, buffers, x[index], y[index], loss_fn)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward(inputs=leaves)
+            optimizer.step()
+    return {name: p.detach() for name, p in adapted.items()}
+
+
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every batch-norm layer of ``module`` normalises with the statistics
+    of the current batch (train mode), whatever the module's mode; restored on exit.
+
+    Pair with copied buffers (:func:`module_state`) so that no running statistic changes.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in norms]
+    try:
+        for m in norms:
+            m.train(True)
+        yield module
+    finally:
+        for m, mode in zip(norms, modes):
+            m.train(mode)
+
+
+__all__ = [
+    "Params",
+    "batch_statistics",
+    "functional_logits",
+    "functional_loss",
+    "learning_rate",
+    "minibatches",
+    "module_state",
+    "optimizer_adapt",
+    "sgd_adapt",
+]

@@ -1,0 +1,243 @@
+"""Reptile (Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", 2018)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewshot.data.episode import Episode
+from fewshot.evaluation.stats import episode_accuracy
+from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.inner_loop import (
+    Params,
+    batch_statistics,
+    functional_logits,
+    module_state,
+    optimizer_adapt,
+)
+from fewshot.methods.maml import check_head_matches_way
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+BN_MODES = ("transductive",)
+
+
+def reptile_gradients(theta: Mapping[str, Tensor], adapted: Sequence[Mapping[str, Tensor]]) -> Params:
+    """The Reptile direction as a gradient: ``theta - mean_i(phi_i)`` for every parameter.
+
+    A gradient-descent step of size ``eps`` on it is Reptile's update
+    ``theta <- theta + eps * mean_i(phi_i - theta)``.
+
+    Args:
+        theta: the initialisation, ``{name: tensor}``.
+        adapted: the task-adapted weights ``phi_i``, one dict per task with the keys of ``theta``.
+    """
+    return {name: p.detach() - torch.stack([phi[name] for phi in adapted]).mean(0) for name, p in theta.items()}
+
+
+class Reptile(EpisodicMethod):
+    """Reptile: train a copy of the initialisation on each task with a few steps of SGD or
+    Adam, then move the initialisation toward the adapted weights,
+    ``theta <- theta + eps * mean_i(phi_i - theta)`` over the tasks of the meta-batch.
+
+    Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", arXiv 2018.
+
+    A task's training data is its support set (minibatches of ``inner_batch_size``, drawn
+    without replacement and reshuffled after each pass, as in the paper's code); the query
+    set of a training episode is only used to log ``train/loss`` and ``train/acc`` of the
+    adapted weights. The outer step is taken by the configured meta optimizer on the
+    gradient ``theta - mean_i(phi_i)`` (manual optimisation): ``SGD(lr=eps)`` is exactly the
+    rule above, and ``outer_lr_final`` anneals ``eps`` linearly over the run as in the paper
+    (``meta-step`` -> ``meta-step-final``). Evaluation fine-tunes a copy on the support set
+    with ``eval_inner_steps`` steps of the same inner optimizer and learning rate, with a
+    minibatch order seeded by the episode index, and predicts the queries.
+
+    Differences from the paper's code: the inner optimizer's state (Adam moments) is fresh for
+    every task instead of carried over between tasks.
+
+    Batch norm (``bn_mode="transductive"``, the only mode): as in the paper's code, which
+    always runs batch norm in training mode, every call normalises with the statistics of its
+    current batch (each inner minibatch, then the task's whole query set at once, i.e. the
+    paper's ``--transductive`` evaluation). No running statistics are used or updated: the
+    learner's buffers keep their initial values.
+
+    Args:
+        learner: the classifier, ending in an N-way head (``Conv4`` with ``n_classes = N``).
+        optimizer: partial of the outer optimizer (``SGD(lr=eps)`` for plain Reptile).
+        scheduler: optional partial of its scheduler (stepped once per meta-update); do not
+            combine with ``outer_lr_final``.
+        inner_optimizer: ``"sgd"`` or ``"adam"`` (the paper's choice, with ``beta1 = 0``).
+        inner_lr: the inner optimizer's learning rate, in training and evaluation.
+        inner_steps: inner steps per task in meta-training.
+        inner_batch_size: inner minibatch size (None: the whole support set).
+        eval_inner_steps: fine-tuning steps at validation/test (None: ``inner_steps``).
+        eval_inner_batch_size: minibatch size at validation/test (None: whole support set).
+        inner_betas: Adam's betas for ``inner_optimizer="adam"``.
+        outer_lr_final: anneal the outer learning rate linearly from its configured value to
+            this one over the run (None: constant).
+        bn_mode: how batch norm normalises; only ``"transductive"`` (see above).
+    """
+
+    needs_fixed_n_way = True
+
+    def __init__(
+        self,
+        learner: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        inner_optimizer: str = "adam",
+        inner_lr: float = 1e-3,
+        inner_steps: int = 5,
+        inner_batch_size: int | None = None,
+        eval_inner_steps: int | None = None,
+        eval_inner_batch_size: int | None = None,
+        inner_betas: Sequence[float] = (0.0, 0.999),
+        outer_lr_final: float | None = None,
+        bn_mode: str = "transductive",
+    ) -> None:
+        super().__init__(optimizer, scheduler)
+        self.automatic_optimization = False
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"model.inner_optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optimizer!r}.")
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"model.bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+        eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        if inner_steps < 1 or eval_inner_steps < 0:
+            raise ValueError(
+                f"model.inner_steps must be >= 1 and model.eval_inner_steps >= 0, got {inner_steps} and "
+                f"{eval_inner_steps}."
+            )
+        for key, size in (("inner_batch_size", inner_batch_size), ("eval_inner_batch_size", eval_inner_batch_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"model.{key} must be positive or null (the whole support set), got {size}.")
+        if outer_lr_final is not None and scheduler is not None:
+            raise ValueError("Set either model.scheduler or model.outer_lr_final (linear annealing), not both.")
+        self.learner = learner
+        self.inner_optimizer = inner_optimizer
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.inner_batch_size = inner_batch_size
+        self.eval_inner_steps = eval_inner_steps
+        self.eval_inner_batch_size = eval_inner_batch_size
+        self.inner_betas = (float(inner_betas[0]), float(inner_betas[1]))
+        self.outer_lr_final = outer_lr_final
+        self.bn_mode = bn_mode
+
+    def make_inner_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """A fresh inner optimizer over a task's weights."""
+        if self.inner_optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.inner_lr, betas=self.inner_betas)
+        return torch.optim.SGD(params, lr=self.inner_lr)
+
+    def adapt_and_predict(
+        self,
+        support_images: Tensor,
+        support_labels: Tensor,
+        query_images: Tensor,
+        steps: int,
+        batch_size: int | None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Params, Tensor]:
+        """Train a copy of the learner on one support set and score the queries.
+
+        Args:
+            support_images: ``[N*K, C, H, W]``; ``support_labels``: ``[N*K]``.
+            query_images: ``[N*Q, C, H, W]``.
+            steps: inner optimizer steps; ``batch_size``: inner minibatch size (None: all).
+            generator: random source of the minibatch order (None: the global one).
+
+        Returns:
+            The adapted weights ``phi`` (detached) and the query logits ``[N*Q, N]`` (no graph).
+        """
+        params, buffers = module_state(self.learner, detach=True)
+        with batch_statistics(self.learner):
+            adapted = optimizer_adapt(
+                self.learner,
+                params,
+                buffers,
+                support_images,
+                support_labels,
+                steps,
+                self.make_inner_optimizer,
+                batch_size,
+                generator,
+            )
+            with torch.no_grad():
+                logits = functional_logits(self.learner, adapted, buffers, query_images)
+        return adapted, logits
+
+    def adapt_tasks(self, episode: Episode, meta_train: bool) -> tuple[list[Params], Tensor]:
+        """Adapt to every task of the meta-batch (a plain loop).
+
+        Meta-training uses the training settings and the global random state; evaluation uses
+        the evaluation settings and a minibatch order seeded by each episode's index, so that
+        its scores depend only on the weights and the episode.
+
+        Returns:
+            One adapted weight dict per task and the query logits ``[B, N*Q, N]``.
+        """
+        check_head_matches_way(getattr(self.learner, "out_features", None), episode.n_way, "Reptile")
+        steps = self.inner_steps if meta_train else self.eval_inner_steps
+        batch_size = self.inner_batch_size if meta_train else self.eval_inner_batch_size
+        adapted, logits = [], []
+        for b, (support, labels, query) in enumerate(
+            zip(episode.support_images, episode.support_labels, episode.query_images)
+        ):
+            generator = None if meta_train else torch.Generator().manual_seed(int(episode.index[b]))
+            phi, task_logits = self.adapt_and_predict(support, labels, query, steps, batch_size, generator)
+            adapted.append(phi)
+            logits.append(task_logits)
+        stacked = torch.stack(logits)
+        check_head_matches_way(stacked.shape[-1], episode.n_way, "Reptile")
+        return adapted, stacked
+
+    def forward(self, episode: Episode) -> Tensor:
+        """Fine-tune a copy on each support set and return the query logits ``[B, N*Q, N]``."""
+        return self.adapt_tasks(episode, meta_train=self.training)[1]
+
+    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
+        """One Reptile meta-update from a meta-batch of tasks (manual optimisation)."""
+        adapted, logits = self.adapt_tasks(episode, meta_train=True)
+        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_labels.flatten())
+        self.check_finite(loss)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        theta = {name: p for name, p in self.learner.named_parameters() if p.requires_grad}
+        for name, grad in reptile_gradients(theta, adapted).items():
+            theta[name].grad = grad
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        acc = episode_accuracy(logits, episode.query_labels, episode.n_way).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=episode.batch_size)
+        self.log("train/acc", acc, prog_bar=True, batch_size=episode.batch_size)
+        return loss
+
+
+    def configure_optimizers(self):
+        """The outer optimizer, with the linear annealing of ``outer_lr_final`` if set."""
+        configured = super().configure_optimizers()
+        if self.outer_lr_final is None:
+            return configured
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("model.outer_lr_final needs a finite run: set trainer.max_epochs or trainer.max_steps.")
+        start = configured.param_groups[0]["lr"]
+        if start <= 0:
+            raise ValueError(f"model.outer_lr_final needs a positive model.optimizer.lr, got {start}.")
+        schedule = partial(linear_factor, end=self.outer_lr_final / start, total=max(1, int(total)))
+        return {"optimizer": configured, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(configured, schedule)}
+
+
+def linear_factor(step: int, end: float, total: int) -> float:
+    """Multiplier of the initial learning rate at ``step``: 1 at step 0, ``end`` at ``total``."""
+    done = min(step / total, 1.0)
+    return (1 - done) + done * end
+
+
+__all__ = ["Reptile", "linear_factor", "reptile_gradients"]

@@ -1,0 +1,203 @@
+"""MAML, first-order MAML and Meta-SGD: inner steps, meta-gradients, batch norm, training."""
+
+import copy
+import json
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fewshot
+from fewshot.data.episode import Episode
+from fewshot.methods.inner_loop import module_state, sgd_adapt
+from fewshot.methods.maml import MAML
+from fewshot.models.conv4 import Conv4
+from fewshot.training import train
+from tests.conftest import compose_config
+from tests.methods.test_protonet_learning import SHORT_RUN, pixel_nn_on_test_episodes
+
+
+def random_episode(n_way=5, n_shot=1, n_query=3, batch=2, shape=(1, 28, 28), dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Episode(
+        torch.rand(batch, n_way * n_shot, *shape, generator=g, dtype=dtype),
+        torch.arange(n_way).repeat_interleave(n_shot).expand(batch, -1),
+        torch.rand(batch, n_way * n_query, *shape, generator=g, dtype=dtype),
+        torch.arange(n_way).repeat_interleave(n_query).expand(batch, -1),
+        n_way,
+        torch.arange(batch),
+    )
+
+
+def meta_loss(method: MAML, episode: Episode) -> torch.Tensor:
+    return F.cross_entropy(method(episode).flatten(0, 1), episode.query_labels.flatten())
+
+
+def tiny_learner(seed=0) -> nn.Module:
+    """A float64 MLP with batch norm: small enough for finite differences, non-linear enough
+    for second-order terms to matter."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+
+def tiny_episode(batch=2):
+    return random_episode(n_way=3, n_shot=2, n_query=2, batch=batch, shape=(4,), dtype=torch.float64, seed=1)
+
+
+def test_one_inner_step_equals_a_manual_sgd_step_on_conv4():
+    torch.manual_seed(0)
+    model = Conv4(1, 8, 28, n_classes=5)
+    x, y = torch.rand(5, 1, 28, 28), torch.arange(5)
+    params, buffers = module_state(model)
+    adapted = sgd_adapt(model, params, buffers, x, y, steps=1, lr=0.4)
+
+    reference = copy.deepcopy(model)
+    F.cross_entropy(reference(x), y).backward()
+    for name, p in reference.named_parameters():
+        assert torch.allclose(adapted[name], p - 0.4 * p.grad, atol=1e-6), name
+    for name, b in model.named_buffers():  # the functional call ran in train mode on copies
+        assert torch.equal(b, dict(Conv4(1, 8, 28, n_classes=5).named_buffers())[name]), name
+
+
+def test_second_order_meta_gradient_matches_central_finite_differences():
+    method = MAML(tiny_learner(), optimizer=torch.optim.SGD, inner_steps=2, inner_lr=0.5)
+    episode = tiny_episode()
+    meta_loss(method, episode).backward()
+    params = dict(method.learner.named_parameters())
+    h = 1e-6
+    with torch.no_grad():
+        for name, p in params.items():
+            numeric = torch.zeros_like(p)
+            for i in range(p.numel()):
+                p.view(-1)[i] += h
+                plus = meta_loss(method, episode)
+                p.view(-1)[i] -= 2 * h
+                minus = meta_loss(method, episode)
+                p.view(-1)[i] += h
+                numeric.view(-1)[i] = (plus - minus) / (2 * h)
+            assert torch.allclose(p.grad, numeric, rtol=1e-5, atol=1e-8), name
+
+
+def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
+    episode = tiny_episode(batch=1)
+    second = MAML(tiny_learner(), optimizer=torch.optim.SGD, inner_steps=2, inner_lr=0.5)
+    first = MAML(tiny_learner(), optimizer=torch.optim.SGD, inner_steps=2, inner_lr=0.5, first_order=True)
+    meta_loss(second, episode).backward()
+    meta_loss(first, episode).backward()
+
+    params, buffers = module_state(first.learner, detach=True)
+    first.learner.train()
+    phi = sgd_adapt(first.learner, params, buffers, episode.support_images[0], episode.support_labels[0], 2, 0.5)
+    phi = {k: v.detach().requires_grad_() for k, v in phi.items()}
+    query_loss = F.cross_entropy(
+        torch.func.functional_call(first.learner, (phi, buffers), episode.query_images[0]), episode.query_labels[0]
+    )
+    reference = torch.autograd.grad(query_loss, tuple(phi.values()))
+    differs = False
+    for (name, p_first), (_, p_second), ref in zip(
+        first.learner.named_parameters(), second.learner.named_parameters(), reference
+    ):
+        assert torch.allclose(p_first.grad, ref, atol=1e-12), name
+        differs |= not torch.allclose(p_first.grad, p_second.grad, atol=1e-6)
+    assert differs, "first- and second-order meta-gradients should differ"
+
+
+def test_meta_sgd_step_sizes_are_meta_trained_parameters():
+    method = MAML(Conv4(1, 8, 28, n_classes=5), optimizer=torch.optim.Adam, inner_lr=0.3, learn_inner_lr=True)
+    assert method.display_name == "Meta-SGD"
+    lrs = dict(method.inner_lrs.named_parameters())
+    assert len(lrs) == len(list(method.learner.parameters()))
+    assert all(torch.all(a == 0.3) for a in lrs.values())
+    optimized = {id(p) for group in method.configure_optimizers().param_groups for p in group["params"]}
+    assert all(id(a) in optimized for a in lrs.values())
+    meta_loss(method, random_episode()).backward()
+    for name, a in lrs.items():
+        assert a.grad is not None and a.grad.abs().sum() > 0, name
+
+
+def test_display_names():
+    learner = Conv4(1, 8, 28, n_classes=5)
+    assert MAML(learner, torch.optim.Adam).display_name == "MAML"
+    assert MAML(learner, torch.optim.Adam, first_order=True).display_name == "FOMAML"
+    assert MAML(learner, torch.optim.Adam, learn_inner_lr=True).display_name == "Meta-SGD"
+
+
+def test_batch_norm_is_transductive_and_running_buffers_never_change():
+    torch.manual_seed(0)
+    method = MAML(Conv4(1, 8, 28, n_classes=5), optimizer=torch.optim.Adam, inner_steps=2, eval_inner_steps=2)
+    initial = {k: v.clone() for k, v in method.learner.named_buffers()}
+    episode = random_episode()
+    method.train()
+    train_logits = method(episode)
+    F.cross_entropy(train_logits.flatten(0, 1), episode.query_labels.flatten()).backward()
+    method.eval()
+    with torch.no_grad():  # as Lightning evaluates (inference_mode: false)
+        eval_logits = method(episode)
+    assert not eval_logits.requires_grad
+    # the same batch statistics in both modes: the same predictions
+    assert torch.allclose(train_logits.detach(), eval_logits, atol=1e-5)
+    for name, buffer in method.learner.named_buffers():
+        assert torch.equal(buffer, initial[name]), name
+
+
+def test_evaluation_uses_eval_inner_steps():
+    torch.manual_seed(0)
+    method = MAML(Conv4(1, 8, 28, n_classes=5), optimizer=torch.optim.Adam, inner_steps=1, eval_inner_steps=0)
+    episode = random_episode()
+    method.eval()
+    params, buffers = module_state(method.learner)
+    method.learner.train()
+    unadapted = torch.func.functional_call(method.learner, (params, buffers), episode.query_images[0])
+    assert torch.allclose(method(episode)[0], unadapted, atol=1e-6)
+
+
+def test_head_with_another_n_way_is_rejected():
+    method = MAML(Conv4(1, 8, 28, n_classes=4), optimizer=torch.optim.Adam)
+    with pytest.raises(ValueError, match="outputs 4 logits but the episode is 5-way"):
+        method(random_episode())
+
+
+@pytest.mark.parametrize(("model", "name"), [("maml", "MAML"), ("fomaml", "FOMAML"), ("metasgd", "Meta-SGD")])
+def test_fit_and_test_through_train(model, name, tiny_config, tmp_path):
+    results = train(tiny_config(f"model={model}"))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["method"] == name and saved["test"]["episodes"] == 6
+    assert 0.0 <= saved["test"]["acc"] <= 1.0
+    method = fewshot.load(results["checkpoint"])
+    assert isinstance(method, MAML) and method.display_name == name
+    fresh = Conv4(1, 64, 28, n_classes=5)
+    for buffer_name, buffer in fresh.named_buffers():  # transductive BN: never updated
+        assert torch.equal(dict(method.learner.named_buffers())[buffer_name], buffer), buffer_name
+
+
+def test_train_n_way_different_from_n_way_is_a_clear_error(tiny_config):
+    with pytest.raises(ValueError, match=r"data.n_way=5 outputs.*data.train_n_way=3.*Set data.train_n_way=null"):
+        train(tiny_config("model=maml", "data.train_n_way=3"))
+
+
+def test_maml_learns_on_embedded_default(tmp_path):
+    cfg = compose_config(
+        [
+            *SHORT_RUN,
+            "data=embedded",
+            "data.train_episodes=300",
+            "data.train_n_query=5",
+            "data.test_episodes=200",
+            "data.source.train_classes=200",
+            "data.source.val_classes=20",
+            "data.source.test_classes=100",
+            "model=maml",
+            "model.learner.hidden=32",
+            "model.optimizer.lr=0.003",
+        ],
+        tmp_path,
+    )
+    pixel_nn = pixel_nn_on_test_episodes(cfg, 200)
+    started = time.perf_counter()
+    results = train(cfg)
+    acc = results["test"]["acc"]
+    print(f"embedded 5-way 1-shot: MAML {acc:.3f}, raw-pixel NN {pixel_nn:.3f}, {time.perf_counter() - started:.0f} s")
+    assert acc > 0.65
+    assert acc > pixel_nn + 0.15

@@ -1,0 +1,131 @@
+"""Layer 2 of the Meta-Learner: the cell whose state is the learner's parameters.
+
+Ravi & Larochelle (2017) observe that a gradient step ``theta_t = theta_{t-1} - alpha_t grad_t``
+is an LSTM cell update ``c_t = f_t * c_{t-1} + i_t * c~_t`` with ``c = theta``, ``c~ = -grad``,
+``f = 1`` and ``i = alpha``, and learn the gates instead (per coordinate, shared weights):
+
+    i_t = sigmoid(W_I . [h_t, theta_{t-1}, i_{t-1}] + b_I)
+    f_t = sigmoid(W_F . [h_t, theta_{t-1}, f_{t-1}] + b_F)
+    theta_t = f_t * theta_{t-1} - i_t * grad_t
+
+The paper writes the gate inputs as ``[grad_t, L_t, theta_{t-1}, i_{t-1}]``; the official code
+(this realisation) feeds the gradient and loss through layer 1's LSTM first and uses its hidden
+state ``h_t`` (size ``H``) in their place, so ``W_I`` and ``W_F`` have ``H + 2`` entries.
+
+What is fed back as ``i_{t-1}`` / ``f_{t-1}``: the official code keeps the gates'
+*pre-activations* (the argument of the sigmoid) as its recurrent state, starting from zero, and
+that is the default (``feedback="preactivation"``); ``feedback="gate"`` feeds back the sigmoid
+values, as the paper's notation reads.
+
+Tensors are coordinate-last: ``h [H, n]``; ``theta``, ``grad`` and the gate states ``[n]``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+Feedback = Literal["preactivation", "gate"]
+
+
+class CellOutput(NamedTuple):
+    """One step of the meta-learner cell.
+
+    Attributes:
+        theta: ``[n]`` the learner's new parameters ``theta_t``.
+        input_gate: ``[n]`` ``i_t`` (values in (0, 1)).
+        forget_gate: ``[n]`` ``f_t``.
+        input_state: ``[n]`` what the next step receives as ``i_prev``.
+        forget_state: ``[n]`` what the next step receives as ``f_prev``.
+    """
+
+    theta: Tensor
+    input_gate: Tensor
+    forget_gate: Tensor
+    input_state: Tensor
+    forget_state: Tensor
+
+
+def cell_update(theta_prev: Tensor, grad: Tensor, input_gate: Tensor, forget_gate: Tensor) -> Tensor:
+    """``c_t = f_t * c_{t-1} + i_t * c~_t`` with ``c~_t = -grad_t``: one (learned) gradient step."""
+    return forget_gate * theta_prev - input_gate * grad
+
+
+class MetaLearnerCell(nn.Module):
+    """The gated update of the learner's parameters (see the module docstring).
+
+    Args:
+        hidden_size: ``H``, the size of layer 1's hidden state.
+        init_range: ``W_I``, ``W_F`` start ``U(-init_range, init_range)``.
+        forget_bias_range: ``b_F`` starts uniform in this range (forget gate near 1).
+        input_bias_range: ``b_I`` starts uniform in this range (small input gate), so the cell
+            starts close to plain gradient descent with a small learning rate.
+        feedback: what is fed back as the previous gate (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 20,
+        init_range: float = 0.01,
+        forget_bias_range: tuple[float, float] = (4.0, 5.0),
+        input_bias_range: tuple[float, float] = (-5.0, -4.0),
+        feedback: Feedback = "preactivation",
+    ) -> None:
+        super().__init__()
+        if feedback not in ("preactivation", "gate"):
+            raise ValueError(f"feedback must be 'preactivation' or 'gate', got {feedback!r}.")
+        self.hidden_size = hidden_size
+        self.init_range = init_range
+        self.forget_bias_range = forget_bias_range
+        self.input_bias_range = input_bias_range
+        self.feedback = feedback
+        self.weight_i = nn.Parameter(torch.empty(hidden_size + 2))
+        self.weight_f = nn.Parameter(torch.empty(hidden_size + 2))
+        self.bias_i = nn.Parameter(torch.empty(1))
+        self.bias_f = nn.Parameter(torch.empty(1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official initialisation: weights ``U(-0.01, 0.01)``, ``b_F ~ U(4, 5)``, ``b_I ~ U(-5, -4)``."""
+        nn.init.uniform_(self.weight_i, -self.init_range, self.init_range)
+        nn.init.uniform_(self.weight_f, -self.init_range, self.init_range)
+        nn.init.uniform_(self.bias_i, *self.input_bias_range)
+        nn.init.uniform_(self.bias_f, *self.forget_bias_range)
+
+    def forward(self, h: Tensor, theta_prev: Tensor, grad: Tensor, i_prev: Tensor, f_prev: Tensor) -> CellOutput:
+        """One step, all coordinates at once.
+
+        Args:
+            h: ``[H, n]`` layer 1's hidden state ``h_t``.
+            theta_prev: ``[n]`` ``theta_{t-1}`` (the cell state ``c_{t-1}``).
+            grad: ``[n]`` the learner's gradient at ``theta_{t-1}`` (a constant: no second order).
+            i_prev, f_prev: ``[n]`` the previous gate states (zeros at the first step).
+
+        Returns:
+            A :class:`CellOutput`.
+        """
+        hidden = self.hidden_size
+        weight = torch.stack([self.weight_i, self.weight_f])  # [2, H + 2]
+        bias = torch.cat([self.bias_i, self.bias_f]).unsqueeze(1)
+        pre = torch.addmm(bias, weight[:, :hidden], h)  # [2, n]
+        pre = torch.addcmul(pre, weight[:, hidden : hidden + 1], theta_prev)
+        pre = torch.addcmul(pre, weight[:, hidden + 1 :], torch.stack([i_prev, f_prev]))
+        gates = torch.sigmoid(pre)
+        i, f = gates.unbind(0)
+        state = pre if self.feedback == "preactivation" else gates
+        return CellOutput(cell_update(theta_prev, grad, i, f), i, f, state[0], state[1])
+
+    def reference(self, h: Tensor, theta_prev: Tensor, grad: Tensor, i_prev: Tensor, f_prev: Tensor) -> CellOutput:
+        """The same step written gate by gate, with ``h`` in the usual ``[n, H]`` layout."""
+        pre_i = torch.cat([h, theta_prev[:, None], i_prev[:, None]], dim=1) @ self.weight_i + self.bias_i
+        pre_f = torch.cat([h, theta_prev[:, None], f_prev[:, None]], dim=1) @ self.weight_f + self.bias_f
+        i, f = torch.sigmoid(pre_i), torch.sigmoid(pre_f)
+        theta = f * theta_prev + i * (-grad)
+        if self.feedback == "preactivation":
+            return CellOutput(theta, i, f, pre_i, pre_f)
+        return CellOutput(theta, i, f, i, f)
+
+
+__all__ = ["CellOutput", "Feedback", "MetaLearnerCell", "cell_update"]

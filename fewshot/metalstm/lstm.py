@@ -1,0 +1,289 @@
+"""Layer 1 of the Meta-Learner: a standard LSTM applied to every learner coordinate.
+
+Coordinate-wise (Andrychowicz et al. 2016): the ``n`` coordinates of the learner are ``n``
+independent sequences that share one set of LSTM weights. With ``n`` around 10^5 the step is a
+handful of large matrix and elementwise operations, so its tensors are laid out
+*coordinate-last*: features ``[F, n]``, hidden and cell state ``[H, n]``, gates ``[4H, n]``, where
+every gate is a contiguous block of rows.
+
+Equations, per coordinate, with input ``x_t`` (preprocessed loss and gradient):
+
+    [i, f, o] = sigmoid(W [x_t, h_{t-1}] + b),  g = tanh(W [x_t, h_{t-1}] + b)
+    c_t = f * c_{t-1} + i * g,                 h_t = o * tanh(c_t)
+
+The gate rows of ``W`` are ordered ``(i, f, o, g)`` like the official Torch code (one sigmoid over
+three blocks). ``forward`` is the fused step: one custom autograd function with a hand-written
+backward that walks the coordinates in cache-sized blocks (see ``_FusedLSTMStep``).
+``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check the two
+agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
+
+State = tuple[Tensor, Tensor]
+
+CPU_BLOCK_SIZE = 16384
+
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
+_tanh_backward = torch.ops.aten.tanh_backward.grad_input
+
+
+# Pointwise maths of one block of coordinates, given the gate pre-activations ``pre [4H, m]``
+# (rows i, f, o, g), written in place into preallocated buffers: allocations of fresh
+# multi-megabyte tensors (page faults) cost as much as the arithmetic here.
+
+
+def _forward_block(pre: Tensor, c_prev: Tensor | None, c_out: Tensor, h_out: Tensor) -> None:
+    hidden = c_out.shape[0]
+    pre[: 3 * hidden].sigmoid_()
+    pre[3 * hidden :].tanh_()
+    i, f, o, g = pre.chunk(4)
+    torch.mul(i, g, out=c_out)
+    if c_prev is not None:
+        c_out.addcmul_(f, c_prev)
+    torch.tanh(c_out, out=h_out).mul_(o)
+
+
+def _backward_block(
+    pre: Tensor,
+    c_new: Tensor,
+    c_prev: Tensor | None,
+    dh: Tensor,
+    dc_next: Tensor | None,
+    dgates: Tensor,
+    dc: Tensor,
+    dc_prev_out: Tensor | None,
+) -> None:
+    hidden = c_new.shape[0]
+    pre[: 3 * hidden].sigmoid_()
+    pre[3 * hidden :].tanh_()
+    i, f, o, g = pre.chunk(4)
+    di, df, do, dg = dgates.chunk(4)
+    tanh_c = torch.tanh(c_new, out=dg)  # dg's rows are free until the end: borrow them
+    torch.mul(dh, tanh_c, out=do)
+    torch.mul(dh, o, out=dc)
+    _tanh_backward(dc, tanh_c, grad_input=dc)
+    if dc_next is not None:
+        dc.add_(dc_next)
+    torch.mul(dc, g, out=di)
+    if c_prev is not None:
+        torch.mul(dc, c_prev, out=df)
+    else:
+        df.zero_()
+    torch.mul(dc, i, out=dg)
+    _sigmoid_backward(dgates[: 3 * hidden], pre[: 3 * hidden], grad_input=dgates[: 3 * hidden])
+    _tanh_backward(dg, g, grad_input=dg)
+    if dc_prev_out is not None:
+        torch.mul(dc, f, out=dc_prev_out)
+
+
+def _blocks(n: int, block_size: int) -> Iterator[tuple[slice, int]]:
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        yield slice(start, stop), stop - start
+
+
+class _FusedLSTMStep(torch.autograd.Function):
+    """One coordinate-wise LSTM step on coordinate-last tensors; ``x`` is a constant input.
+
+    At 10^5 coordinates, memory traffic and fresh allocations (page faults) cost as much as the
+    arithmetic, so both passes walk the coordinates in blocks whose gates ``[4H, block]`` stay in
+    cache, and the backward recomputes the gates from the saved inputs instead of keeping
+    ``[4H, n]`` per step alive: the graph holds only ``h`` and ``c`` per step, and the large
+    temporaries are a few block buffers reused by every block.
+
+    Per block, the input ``[x; h; 1]`` is gathered into one buffer so that a single matrix
+    product gives the gate pre-activations (bias included) and a single one accumulates the
+    weight gradient ``[dW_x, dW_h, db]``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        x: Tensor,
+        h: Tensor | None,
+        c: Tensor | None,
+        w_x: Tensor,
+        w_h: Tensor,
+        bias: Tensor,
+        block_size: int,
+    ) -> tuple[Tensor, Tensor]:
+        hidden, n = w_h.shape[1], x.shape[1]
+        weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
+        inputs, pre_buffer = _InputBlock(x, h, block_size), x.new_empty(4 * hidden * min(block_size, n))
+        h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
+        for b, m in _blocks(n, block_size):
+            pre = torch.mm(weight, inputs.load(b, m), out=pre_buffer[: 4 * hidden * m].view(4 * hidden, m))
+            c_prev = None if c is None else c[:, b]
+            _forward_block(pre, c_prev, c_new[:, b], h_new[:, b])
+        ctx.set_materialize_grads(False)
+        ctx.block_size = block_size
+        ctx.save_for_backward(x, h, c, w_x, w_h, bias, c_new)
+        return h_new, c_new
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, dh: Tensor | None, dc_next: Tensor | None) -> tuple[Tensor | None, ...]:
+        if ctx.needs_input_grad[0]:
+            raise RuntimeError("The coordinate-wise LSTM treats its per-coordinate input as a constant.")
+        x, h, c, w_x, w_h, bias, c_new = ctx.saved_tensors
+        if dh is None and dc_next is None:
+            return (None,) * 7
+        if dh is None:
+            dh = torch.zeros_like(c_new)
+        hidden, n, n_x = w_h.shape[1], x.shape[1], x.shape[0]
+        block = min(ctx.block_size, n)
+        need_h = ctx.needs_input_grad[1] and h is not None
+        need_c = ctx.needs_input_grad[2] and c is not None
+        weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
+        inputs = _InputBlock(x, h, block)
+        pre_buffer, dgates_buffer = x.new_empty(4 * hidden * block), x.new_empty(4 * hidden * block)
+        dc_buffer = x.new_empty(hidden * block)
+        dh_prev = x.new_empty(hidden, n) if need_h else None
+        dc_prev = x.new_empty(hidden, n) if need_c else None
+        dweight = torch.zeros_like(weight)
+        for b, m in _blocks(n, block):
+            inp = inputs.load(b, m)
+            pre = torch.mm(weight, inp, out=pre_buffer[: 4 * hidden * m].view(4 * hidden, m))
+            c_prev = None if c is None else c[:, b]
+            dc_next_b = None if dc_next is None else dc_next[:, b]
+            dgates = dgates_buffer[: 4 * hidden * m].view(4 * hidden, m)
+            dc = dc_buffer[: hidden * m].view(hidden, m)
+            dc_prev_b = dc_prev[:, b] if need_c else None
+            _backward_block(pre, c_new[:, b], c_prev, dh[:, b], dc_next_b, dgates, dc, dc_prev_b)
+            if need_h:
+                torch.mm(w_h.t(), dgates, out=dh_prev[:, b])
+            dweight.addmm_(dgates, inp.t())
+        dw_x, dw_h, dbias = dweight[:, :n_x], dweight[:, n_x:-1], dweight[:, -1]
+        return (
+            None,
+            dh_prev,
+            dc_prev,
+            dw_x if ctx.needs_input_grad[3] else None,
+            dw_h if ctx.needs_input_grad[4] and h is not None else None,
+            dbias if ctx.needs_input_grad[5] else None,
+            None,
+        )
+
+
+def _augmented_weight(w_x: Tensor, w_h: Tensor | None, bias: Tensor) -> Tensor:
+    """``[W_x, W_h, b]``: ``[4H, F_x + H + 1]`` (no ``W_h`` at the first step, where ``h = 0``)."""
+    parts = [w_x, bias.unsqueeze(1)] if w_h is None else [w_x, w_h, bias.unsqueeze(1)]
+    return torch.cat(parts, dim=1)
+
+
+class _InputBlock:
+    """A reused ``[F_x (+ H) + 1, block]`` buffer holding ``[x; h; 1]`` for one block of coordinates."""
+
+    def __init__(self, x: Tensor, h: Tensor | None, block_size: int) -> None:
+        self.x, self.h = x, h
+        rows = x.shape[0] + (0 if h is None else h.shape[0])
+        self.buffer = x.new_empty(rows + 1, min(block_size, x.shape[1]))
+        self.buffer[rows].fill_(1.0)
+        self.n_x = x.shape[0]
+
+    def load(self, b: slice, m: int) -> Tensor:
+        block = self.buffer[:, :m]
+        block[: self.n_x].copy_(self.x[:, b])
+        if self.h is not None:
+            block[self.n_x : -1].copy_(self.h[:, b])
+        return block
+
+
+class CoordinateLSTM(nn.Module):
+    """A standard LSTM cell shared by all coordinates, each with its own ``(h, c)``.
+
+    Args:
+        input_size: features per coordinate (4: preprocessed loss and gradient).
+        hidden_size: ``H`` (20 in the paper).
+        init_range: weights and biases start ``U(-init_range, init_range)`` (official code).
+        block_size: coordinates per block of the fused step, a speed knob (any value gives the
+            same result up to float rounding); ``None``: 16384 on CPU, where blocks keep the gates
+            in cache, and all coordinates at once elsewhere, where kernel launches cost more.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 4,
+        hidden_size: int = 20,
+        init_range: float = 0.01,
+        block_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.init_range = init_range
+        self.weight = nn.Parameter(torch.empty(4 * hidden_size, input_size + hidden_size))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``U(-init_range, init_range)`` for every weight and bias."""
+        nn.init.uniform_(self.weight, -self.init_range, self.init_range)
+        nn.init.uniform_(self.bias, -self.init_range, self.init_range)
+
+    def forward(self, x: Tensor, state: State | None = None, shared: Tensor | None = None) -> State:
+        """Fused step on coordinate-last tensors.
+
+        The input of coordinate ``k`` is ``[shared, x[:, k]]``: ``shared`` holds features equal for
+        every coordinate (the preprocessed loss), folded into the bias instead of broadcast to
+        ``[F_s, n]``. ``x`` is treated as a constant (no gradient flows into it).
+
+        Args:
+            x: ``[F_x, n]`` per-coordinate features, ``F_s + F_x == input_size``.
+            state: ``(h, c)``, each ``[H, n]``; ``None`` for the zero initial state.
+            shared: ``[F_s]`` features common to all coordinates, or ``None``.
+
+        Returns:
+            ``(h, c)``, each ``[H, n]``.
+        """
+        n_shared = 0 if shared is None else shared.shape[0]
+        if n_shared + x.shape[0] != self.input_size:
+            raise ValueError(f"Expected {self.input_size} input features, got {n_shared} + {x.shape[0]}.")
+        w_shared, w_x, w_h = self.weight.split([n_shared, x.shape[0], self.hidden_size], dim=1)
+        bias = self.bias if shared is None else torch.addmv(self.bias, w_shared, shared)
+        h, c = (None, None) if state is None else state
+        block_size = self.block_size or (CPU_BLOCK_SIZE if x.device.type == "cpu" else x.shape[1])
+        return _FusedLSTMStep.apply(x, h, c, w_x, w_h, bias, block_size)
+
+    def reference(self, x: Tensor, state: State | None = None) -> State:
+        """Plain autograd step in the usual layout, to check ``forward`` against.
+
+        Args:
+            x: ``[n, input_size]``.
+            state: ``(h, c)``, each ``[n, H]``, or ``None`` for zeros.
+
+        Returns:
+            ``(h, c)``, each ``[n, H]``.
+        """
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)
+            state = (zeros, zeros)
+        h, c = state
+        pre = torch.cat([x, h], dim=1) @ self.weight.t() + self.bias
+        i, f, o = torch.sigmoid(pre[:, : 3 * self.hidden_size]).chunk(3, dim=1)
+        g = torch.tanh(pre[:, 3 * self.hidden_size :])
+        c_new = f * c + i * g
+        return o * torch.tanh(c_new), c_new
+
+    def to_lstm_cell(self) -> nn.LSTMCell:
+        """A ``torch.nn.LSTMCell`` with the same function (a copy; gate rows reordered to
+        PyTorch's ``(i, f, g, o)``, ``bias_hh = 0``)."""
+        h = self.hidden_size
+        order = torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
+        cell = nn.LSTMCell(self.input_size, h).to(self.weight)
+        with torch.no_grad():
+            cell.weight_ih.copy_(self.weight[order, : self.input_size])
+            cell.weight_hh.copy_(self.weight[order, self.input_size :])
+            cell.bias_ih.copy_(self.bias[order])
+            cell.bias_hh.zero_()
+        return cell
+
+
+__all__ = ["CoordinateLSTM", "State"]

@@ -19,6 +19,19 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 EVAL_STAGES = ("val", "test")
 
 
+def embed_episode(backbone: torch.nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
+    """Embed support and query images in one backbone call (so batch norm in training mode
+    sees the whole episode, as ProtoNet's and Matching Networks' code do).
+
+    Returns:
+        ``(support [B, N*K, D], query [B, N*Q, D])``.
+    """
+    b, nk = episode.support_labels.shape
+    images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images.flatten(0, 1)])
+    features = backbone(images)
+    return features[: b * nk].view(b, nk, -1), features[b * nk :].view(b, -1, features.shape[-1])
+
+
 class NonFiniteLossError(FloatingPointError):
     """Meta-training produced a NaN or infinite loss."""
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
-from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory, embed_episode
 
 SUPPORT_ORDERS = ("canonical", "episode")
 # seed of the fixed random projection that gives every support image its sort key
@@ -186,11 +186,7 @@ class MatchingNetwork(EpisodicMethod):
     def embed(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Support embeddings g(x_i, S) ``[B, N*K, D]`` and query embeddings f(x, S) ``[B, N*Q, D]``,
         the support in the episode's order."""
-        b, nk = episode.support_labels.shape
-        images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images.flatten(0, 1)])
-        features = self.backbone(images)
-        support = features[: b * nk].view(b, nk, -1)
-        queries = features[b * nk :].view(b, -1, features.shape[-1])
+        support, queries = embed_episode(self.backbone, episode)
         if not self.fce:
             return support, queries
         if self.support_order == "canonical":

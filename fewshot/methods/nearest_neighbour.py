@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
-from fewshot.methods.base import OptimizerFactory, SchedulerFactory
+from fewshot.methods.base import OptimizerFactory, SchedulerFactory, embed_episode
 from fewshot.methods.pretrained import PretrainedClassifier
 
 METRICS = ("cosine", "euclidean")
@@ -74,11 +74,7 @@ class BaselineNearestNeighbour(PretrainedClassifier):
 
     def forward(self, episode: Episode) -> Tensor:
         """Query logits ``[B, N*Q, N]``: per class, the similarity to the nearest support."""
-        b, nk = episode.support_labels.shape
-        images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images.flatten(0, 1)])
-        features = self.backbone(images)
-        support = features[: b * nk].view(b, nk, -1)
-        query = features[b * nk :].view(b, -1, features.shape[-1])
+        support, query = embed_episode(self.backbone, episode)
         return nearest_neighbour_logits(query, support, episode.support_labels, episode.n_way, self.metric)
 
 

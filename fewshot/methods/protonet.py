@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
-from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory, embed_episode
 
 
 def compute_prototypes(features: Tensor, labels: Tensor, n_way: int) -> Tensor:
@@ -59,11 +59,7 @@ class ProtoNet(EpisodicMethod):
 
     def forward(self, episode: Episode) -> Tensor:
         """Query logits ``[B, N*Q, N]``."""
-        b, nk = episode.support_labels.shape
-        images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images.flatten(0, 1)])
-        features = self.backbone(images)
-        support = features[: b * nk].view(b, nk, -1)
-        query = features[b * nk :].view(b, -1, features.shape[-1])
+        support, query = embed_episode(self.backbone, episode)
         prototypes = compute_prototypes(support, episode.support_labels, episode.n_way)
         if self.distance == "cosine":
             return nn.functional.normalize(query, dim=-1) @ nn.functional.normalize(prototypes, dim=-1).transpose(1, 2)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
-from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory, embed_episode
 
 SHOT_REDUCTIONS = ("max", "mean")
 
@@ -118,11 +118,7 @@ class SiameseNetwork(EpisodicMethod):
 
     def episode_pair_logits(self, episode: Episode) -> Tensor:
         """Logits of "same" of every (query, support) pair ``[B, N*Q, N*K]``."""
-        b, nk = episode.support_labels.shape
-        images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images.flatten(0, 1)])
-        features = self.backbone(images)
-        support = features[: b * nk].view(b, nk, -1)
-        queries = features[b * nk :].view(b, -1, features.shape[-1])
+        support, queries = embed_episode(self.backbone, episode)
         return self.pair_logits(queries, support)
 
     def forward(self, episode: Episode) -> Tensor:

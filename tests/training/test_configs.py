@@ -23,6 +23,10 @@ def test_experiment_preset_composes_and_builds_its_method(experiment, tmp_path: 
     method = instantiate(cfg.model)
     assert method is not None
     assert cfg.data.n_way >= 2 and cfg.data.n_shot >= 1
+    if experiment.startswith("omniglot/"):  # 20 drawers per character
+        datamodule = instantiate(cfg.data)
+        for spec in (datamodule.train_spec, datamodule.eval_spec):
+            assert spec.n_shot + spec.n_query <= 20, spec
 
 
 @pytest.mark.parametrize("option", [o for o in group_options("data") if o != "episodic"])

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 
 from fewshot.data.episode import Episode
+from fewshot.metalstm.cell import Feedback
 from fewshot.metalstm.metalearner import GATES, STATISTICS, BNMode, GateStats, MetaLearner
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 
@@ -53,6 +54,7 @@ class MetaLSTM(EpisodicMethod):
         eval_bn: BNMode = "support",
         grad_clip_norm: float | None = 0.25,
         fused: bool = True,
+        feedback: Feedback = "preactivation",
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.metalearner = MetaLearner(
@@ -63,6 +65,7 @@ class MetaLSTM(EpisodicMethod):
             train_bn=train_bn,
             eval_bn=eval_bn,
             fused=fused,
+            feedback=feedback,
         )
         self.n_way = getattr(learner, "out_features", None)
         self.grad_clip_norm = grad_clip_norm

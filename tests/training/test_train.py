@@ -123,3 +123,13 @@ def test_cfg_job_shows_composed_config(tmp_path):
     out = run_train("--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "n_way: 5" in out.stdout and "fewshot.methods.protonet.ProtoNet" in out.stdout
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    out = run_train(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=tiny", "trainer=cpu", "logger=none",
+        "callbacks=none", "data.n_shot=1,2", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    shots = sorted(json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())["n_shot"] for i in (0, 1))
+    assert shots == [1, 2]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fewshot.reporting.gates import save_gate_figure
-from fewshot.reporting.results import RESULTS_FILE
+from fewshot.reporting.results import RESULTS_FILE, run_title
 
 
 class NoRunsError(FileNotFoundError):
@@ -40,8 +40,7 @@ def gate_figures(results_files: list[Path]) -> list[Path]:
         results = json.loads(path.read_text())
         gates = (results.get("test") or {}).get("gates") or (results.get("val") or {}).get("gates")
         if gates:
-            title = f"{results['method']} {results['dataset']} {results['n_way']}-way {results['n_shot']}-shot"
-            written += save_gate_figure(gates, path.parent, title)
+            written += save_gate_figure(gates, path.parent, run_title(results))
     return written
 
 

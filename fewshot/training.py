@@ -23,6 +23,7 @@ from fewshot.reporting.results import (
     git_commit,
     hardware,
     print_results,
+    run_title,
     write_results,
 )
 
@@ -116,8 +117,7 @@ def log_gate_figure(results: dict[str, Any], output_dir: Path, loggers: list[Any
     gates = results["test"].get("gates")
     if not gates:
         return
-    title = f"{results['method']} {results['dataset']} {results['n_way']}-way {results['n_shot']}-shot"
-    png, _ = save_gate_figure(gates, output_dir, title)
+    png, _ = save_gate_figure(gates, output_dir, run_title(results))
     log.info("Gate figure written to %s", png)
     for lg in loggers:
         if isinstance(lg, WandbLogger):

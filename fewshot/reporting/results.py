@@ -68,6 +68,11 @@ def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
     return target
 
 
+def run_title(results: dict[str, Any]) -> str:
+    """``method dataset N-way K-shot`` of a results dict, for figure titles."""
+    return f"{results['method']} {results['dataset']} {results['n_way']}-way {results['n_shot']}-shot"
+
+
 def format_accuracy(acc: float, ci95: float) -> str:
     """``acc ± ci`` in percent."""
     return f"{100 * acc:.2f} ± {100 * ci95:.2f}"

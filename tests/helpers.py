@@ -24,3 +24,15 @@ OMNIGLOT_MISSING = (
     f"or put them in {OMNIGLOT_DEFAULT}"
 )
 requires_omniglot = pytest.mark.skipif(omniglot_root() is None, reason=OMNIGLOT_MISSING)
+
+
+def assert_batched_equals_per_episode(method, batch, atol: float = 1e-5) -> None:
+    """A method's logits for a meta-batch equal its logits for each episode on its own."""
+    import torch
+
+    from fewshot.data.episode import collate_episodes
+
+    together = method(batch)
+    assert together.shape[:2] == batch.query_labels.shape
+    for b, single in enumerate(batch.unbatch()):
+        assert torch.allclose(method(collate_episodes([single]))[0], together[b], atol=atol)

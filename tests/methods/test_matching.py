@@ -18,6 +18,7 @@ from fewshot.methods.matching import (
 from fewshot.models.conv4 import Conv4
 from fewshot.training import train
 from tests.conftest import compose_config
+from tests.helpers import assert_batched_equals_per_episode
 from tests.methods.test_protonet_learning import SHORT_RUN, pixel_nn_on_test_episodes
 
 
@@ -169,18 +170,8 @@ def test_support_embeddings_depend_on_the_other_support_items_only_with_fce(fce)
 def test_batched_forward_equals_per_episode_forward_in_eval_mode(fce):
     method = conv_matching_net(fce=fce)
     batch = conv_episode(batch=3, n_way=5, n_shot=2, n_query=3)
-    together = method(batch)
-    assert together.shape == (3, 15, 5)
-    for b, single in enumerate(batch.unbatch()):
-        one = Episode(
-            single.support_images[None],
-            single.support_labels[None],
-            single.query_images[None],
-            single.query_labels[None],
-            5,
-            single.index[None],
-        )
-        assert torch.allclose(method(one)[0], together[b], atol=1e-5)
+    assert method(batch).shape == (3, 15, 5)
+    assert_batched_equals_per_episode(method, batch)
 
 
 def test_invalid_settings_are_rejected():

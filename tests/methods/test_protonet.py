@@ -6,6 +6,7 @@ import torch
 from fewshot.data.episode import Episode
 from fewshot.methods.protonet import ProtoNet, compute_prototypes, squared_euclidean
 from fewshot.models.conv4 import Conv4
+from tests.helpers import assert_batched_equals_per_episode
 
 
 def test_prototypes_are_class_means():
@@ -44,17 +45,7 @@ def test_batched_forward_equals_per_episode_forward_in_eval_mode():
     s_labels = torch.arange(5).repeat_interleave(2).expand(3, -1)
     q_labels = torch.arange(5).repeat_interleave(3).expand(3, -1)
     batch = Episode(support, s_labels, query, q_labels, 5, torch.arange(3))
-    together = method(batch)
-    for b, single in enumerate(batch.unbatch()):
-        one = Episode(
-            single.support_images[None],
-            single.support_labels[None],
-            single.query_images[None],
-            single.query_labels[None],
-            5,
-            single.index[None],
-        )
-        assert torch.allclose(method(one)[0], together[b], atol=1e-5)
+    assert_batched_equals_per_episode(method, batch)
 
 
 def test_unknown_distance_is_rejected():

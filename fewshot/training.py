@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 
 from fewshot.checkpoints import StoreConfigInCheckpoint
@@ -35,6 +36,12 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def without_progress_bars(callbacks: list[Any]) -> list[Any]:
+    """The callbacks minus progress bars (for ``trainer.enable_progress_bar=false``, which
+    Lightning refuses to combine with a progress-bar callback)."""
+    return [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
 
 
 def data_dependent_arguments(model_cfg: DictConfig, datamodule: EpisodicDataModule) -> dict[str, Any]:
@@ -74,6 +81,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resolved["model"].update(extra)  # so that fewshot.load rebuilds the same method
     datamodule.train_batches = getattr(method, "train_batches", "episodes")
     callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = without_progress_bars(callbacks)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Train and test every method on the shared Omniglot, 5-way 1-shot and 5-way 5-shot, with the
+# same wall-clock training budget per run, then build the comparison table.
+#
+#   bash scripts/omniglot_table.sh [budget DD:HH:MM:SS] [threads per run] [parallel runs]
+#
+# Each run is the preset conf/experiment/omniglot/<method>_5w<K>s.yaml, stopped by
+# trainer.max_time (Lightning validates once more when time is up, so the best-on-validation
+# checkpoint always exists) and tested on the same 600 test episodes. Output: logs/table/omniglot/.
+set -euo pipefail
+budget="${1:-00:00:05:00}"
+threads="${2:-1}"
+parallel="${3:-2}"
+methods="${METHODS:-protonet meta_lstm maml fomaml reptile matchingnet matchingnet_fce siamese baseline_nn baseline_finetune}"
+shots="${SHOTS:-1 5}"
+out="${OUT:-logs/table/omniglot}"
+python="${PYTHON:-python}"
+
+run_one() {
+  local method="$1" shot="$2"
+  local dir="$out/${method}_5w${shot}s"
+  if [[ -f "$dir/results.json" ]]; then
+    echo "skip $dir (done)"
+    return 0
+  fi
+  echo "$(date +%T) start $method 5w${shot}s"
+  OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" "$python" train.py \
+    "experiment=omniglot/${method}_5w${shot}s" \
+    "trainer.max_time=$budget" trainer.max_epochs=-1 \
+    trainer.enable_progress_bar=false logger=csv \
+    "hydra.run.dir=$dir" >"$dir.log" 2>&1 || echo "FAILED $method 5w${shot}s (see $dir.log)"
+  echo "$(date +%T) end $method 5w${shot}s"
+}
+export -f run_one
+export out budget threads python
+
+mkdir -p "$out"
+jobs=()
+for method in $methods; do for shot in $shots; do jobs+=("$method $shot"); done; done
+printf '%s\n' "${jobs[@]}" | xargs -P "$parallel" -L 1 bash -c 'run_one $0 $1'
+"$python" -m fewshot.report "$out" || true

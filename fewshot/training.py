@@ -98,7 +98,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "git_commit": git_commit(Path(__file__).parent),
         "hardware": hardware(),
         "output_dir": str(output_dir),
-        "val": method.eval_results.get("val"),
+        # the validation the tested checkpoint was chosen on (the best), and the last one
+        "val": method.best_val or method.eval_results.get("val"),
+        "val_last": method.eval_results.get("val"),
+        "train": {
+            "steps": int(trainer.global_step),
+            "epochs": int(trainer.current_epoch),
+            "cpu_s": round(getattr(method, "train_cpu_s", float("nan")), 1),
+        },
     }
     if cfg.get("test", True):
         ckpt = best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")

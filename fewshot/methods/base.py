@@ -56,6 +56,7 @@ class EpisodicMethod(pl.LightningModule):
         self.episode_acc = torch.nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
         self.episode_index = torch.nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
         self.eval_results: dict[str, dict] = {}
+        self.best_val: dict | None = None  # the best validation summary so far (highest accuracy)
 
     # -- what a method provides -------------------------------------------------------------
     def forward(self, episode: Episode) -> Tensor:
@@ -142,8 +143,11 @@ class EpisodicMethod(pl.LightningModule):
         self.log(f"{stage}/acc_ci95", ci95, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
-        """Summarise the validation episodes."""
+        """Summarise the validation episodes and remember the best validation so far."""
         self.summarise_stage("val")
+        latest = self.eval_results["val"]
+        if self.best_val is None or latest["acc"] > self.best_val["acc"]:
+            self.best_val = {**latest, "step": int(self.global_step), "epoch": int(self.current_epoch)}
 
     def on_test_epoch_end(self) -> None:
         """Summarise the test episodes."""

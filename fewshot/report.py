@@ -1,65 +1,154 @@
-"""Reports over finished runs: ``python -m fewshot.report <run dir or multirun dir> ...``.
+"""Reports over finished runs: ``python -m fewshot.report <run dirs or multirun dirs> ...``.
 
-Finds every ``results.json`` below the given folders and, for each Meta-LSTM run, draws the
-paper-style gate figure (``gates.png`` / ``gates.pdf``) into the run's folder.
+Finds every ``results.json`` below the given folders and writes, into ``--out``:
+``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
+in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
+spread), ``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best
+method against every other, plus any ``--pair A B``), ``accuracy_vs_step.png`` and
+``accuracy_vs_shots.png``; and draws the Meta-LSTM gate figure into every run folder with
+gate statistics. ``--wandb`` also logs the table and figures as one W&B run (offline).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from fewshot.reporting.gates import save_gate_figure
-from fewshot.reporting.results import RESULTS_FILE, run_title
+from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
+from fewshot.reporting.plots import plot_accuracy_vs_shots, plot_accuracy_vs_step
+from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
+from fewshot.reporting.table import (
+    build_cells,
+    csv_paired,
+    csv_table,
+    markdown_paired,
+    markdown_table,
+    paired_against_best,
+)
+
+__all__ = ["NoRunsError", "find_results", "gate_figures", "main", "requested_pairs"]
 
 
-class NoRunsError(FileNotFoundError):
-    """A report was asked for folders that hold no finished runs."""
-
-
-def find_results(paths: list[Path]) -> list[Path]:
-    """Every ``results.json`` in or below ``paths``, sorted; a clear error when there is none."""
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise NoRunsError(f"{', '.join(map(str, missing))} does not exist; pass a run or multirun folder of train.py.")
-    found = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob(RESULTS_FILE))})
-    if not found:
-        raise NoRunsError(
-            f"No {RESULTS_FILE} under {', '.join(map(str, paths))}: these folders hold no finished runs. "
-            "Pass the folder that train.py printed (logs/<task>/runs/<time> or a multirun folder)."
-        )
-    return found
-
-
-def gate_figures(results_files: list[Path]) -> list[Path]:
+def gate_figures(runs: Sequence[RunRecord]) -> list[Path]:
     """Draw the gate figure of every run whose results carry Meta-LSTM gate statistics."""
     written = []
-    for path in results_files:
-        results = json.loads(path.read_text())
-        gates = (results.get("test") or {}).get("gates") or (results.get("val") or {}).get("gates")
-        if gates:
-            written += save_gate_figure(gates, path.parent, run_title(results))
+    for run in runs:
+        if run.gates:
+            written += save_gate_figure(run.gates, run.run_dir, f"{run.method} {run.setting}")
     return written
+
+
+def requested_pairs(runs: Sequence[RunRecord], pairs: Sequence[Sequence[str]]) -> list[PairedDifference]:
+    """Paired differences for ``--pair A B`` in every setting where both methods ran."""
+    differences = []
+    for a, b in pairs:
+        found = False
+        for setting in sorted({r.setting for r in runs}):
+            runs_a = [r for r in runs if r.method == a and r.setting == setting]
+            runs_b = [r for r in runs if r.method == b and r.setting == setting]
+            if runs_a and runs_b:
+                differences.append(paired_difference(runs_a, runs_b))
+                found = True
+        if not found:
+            methods = sorted({r.method for r in runs})
+            raise EpisodeMismatchError(
+                f"--pair {a} {b}: no setting has runs of both methods. Methods found: {', '.join(methods)}."
+            )
+    return differences
+
+
+def default_out(paths: Sequence[Path]) -> Path:
+    """``<folder>/report`` for a single folder, else ``./report``."""
+    return paths[0] / "report" if len(paths) == 1 and paths[0].is_dir() else Path("report")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a report file and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def build_report(paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]] = ()) -> dict[str, object]:
+    """Write the table, paired tests and figures for the runs under ``paths``; return what was made."""
+    runs = load_runs(list(paths))
+    cells = build_cells(runs)
+    differences, skipped = paired_against_best(cells)
+    differences += requested_pairs(runs, pairs)
+    table_md, table_csv = markdown_table(cells), csv_table(cells)
+    written = [
+        write_text(out / "table.md", table_md),
+        write_text(out / "table.csv", table_csv),
+        write_text(out / "paired.md", markdown_paired(differences)),
+        write_text(out / "paired.csv", csv_paired(differences)),
+    ]
+    figures = [
+        f
+        for f in (
+            plot_accuracy_vs_step(runs, out / "accuracy_vs_step.png"),
+            plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png"),
+        )
+        if f is not None
+    ]
+    gates = gate_figures(runs)
+    return {
+        "runs": runs,
+        "table_md": table_md,
+        "table_csv": table_csv,
+        "paired_md": markdown_paired(differences),
+        "skipped_pairs": skipped,
+        "files": written + figures,
+        "figures": figures + [g for g in gates if g.suffix == ".png"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m fewshot.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, multirun folders or results.json files")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: <folder>/report)")
+    parser.add_argument(
+        "--pair", nargs=2, action="append", default=[], metavar=("A", "B"), help="also test method A against B"
+    )
+    parser.add_argument("--wandb", action="store_true", help="log the table and figures as a W&B run")
+    parser.add_argument("--wandb-project", default="fewshot")
+    parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
+    parser.add_argument("--wandb-online", action="store_true", help="log online instead of offline")
     args = parser.parse_args(argv)
+    out = args.out or default_out(args.paths)
     try:
-        results = find_results(args.paths)
-    except NoRunsError as err:
+        report = build_report(args.paths, out, args.pair)
+    except (NoRunsError, BadResultsError, EpisodeMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    figures = gate_figures(results)
-    print(f"{len(results)} run(s) found")
-    for path in figures:
+    print(f"{len(report['runs'])} run(s) found\n")
+    print(report["table_md"])
+    print(report["paired_md"])
+    for note in report["skipped_pairs"]:
+        print(f"note: skipped a pair: {note}")
+    for path in report["files"]:
         print(f"wrote {path}")
-    if not figures:
+    for path in report["figures"]:
+        if path not in report["files"]:
+            print(f"wrote {path}")
+    if not any(run.gates for run in report["runs"]):
         print("no Meta-LSTM gate statistics in these runs: no gate figure drawn")
+    if args.wandb:
+        from fewshot.reporting.wandb_report import log_report_to_wandb
+
+        folder = log_report_to_wandb(
+            report["table_csv"],
+            report["figures"],
+            save_dir=out,
+            project=args.wandb_project,
+            group=args.wandb_group or out.resolve().parent.name,
+            offline=not args.wandb_online,
+        )
+        hint = "" if args.wandb_online else " (offline: `wandb sync` it to upload)"
+        print(f"logged to W&B run {folder}{hint}")
     return 0
 
 

@@ -53,6 +53,22 @@ def data_dependent_arguments(model_cfg: DictConfig, datamodule: EpisodicDataModu
     return {name: get() for name, get in available.items() if name in wanted and model_cfg.get(name) is None}
 
 
+def evaluation_shots(cfg: DictConfig, datamodule: EpisodicDataModule) -> list[int]:
+    """The ``eval.shots`` to score every test episode with, checked against the episodes' shots."""
+    shots = list((cfg.get("eval") or {}).get("shots") or [])
+    if not shots:
+        return []
+    if any(not isinstance(k, int) or k < 1 for k in shots):
+        raise ValueError(f"eval.shots must be a list of positive integers, e.g. [1,5]; got {shots}.")
+    episode_shots = datamodule.eval_spec.n_shot
+    if max(shots) > episode_shots:
+        raise ValueError(
+            f"eval.shots={shots} asks for {max(shots)} shots but test episodes have data.n_shot={episode_shots}; "
+            f"set data.n_shot={max(shots)} (the smaller shots use the first images of each class's support)."
+        )
+    return shots
+
+
 def method_name(method: EpisodicMethod) -> str:
     """A method's display name (its ``display_name`` if it has one, else the class name)."""
     return str(getattr(method, "display_name", type(method).__name__))
@@ -80,6 +96,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     method: EpisodicMethod = instantiate(cfg.model, **extra)
     resolved["model"].update(extra)  # so that fewshot.load rebuilds the same method
     datamodule.train_batches = getattr(method, "train_batches", "episodes")
+    shots = evaluation_shots(cfg, datamodule)
+    if shots:
+        method.score_shots(shots)
     callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = without_progress_bars(callbacks)
@@ -101,6 +120,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # the validation the tested checkpoint was chosen on (the best), and the last one
         "val": method.best_val or method.eval_results.get("val"),
         "val_last": method.eval_results.get("val"),
+        "val_history": method.val_history,
         "train": {
             "steps": int(trainer.global_step),
             "epochs": int(trainer.current_epoch),

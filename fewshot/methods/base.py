@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -17,6 +17,12 @@ from fewshot.evaluation.stats import episode_accuracy, mean_ci95
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 EVAL_STAGES = ("val", "test")
+HISTORY_KEY = "fewshot_validation_history"
+
+
+def shot_stage(n_shot: int) -> str:
+    """The evaluation stage that scores test episodes with their first ``n_shot`` shots."""
+    return f"test_{n_shot}shot"
 
 
 def embed_episode(backbone: torch.nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
@@ -57,6 +63,9 @@ class EpisodicMethod(pl.LightningModule):
         self.episode_index = torch.nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
         self.eval_results: dict[str, dict] = {}
         self.best_val: dict | None = None  # the best validation summary so far (highest accuracy)
+        self.val_history: list[dict[str, float]] = []  # (step, epoch, acc, ci95) of every validation
+        self.eval_shots: tuple[int, ...] = ()
+        self.test_n_shot: int | None = None
 
     # -- what a method provides -------------------------------------------------------------
     def forward(self, episode: Episode) -> Tensor:
@@ -119,8 +128,25 @@ class EpisodicMethod(pl.LightningModule):
         self.evaluate_episodes(episode, "val")
 
     def test_step(self, episode: Episode, batch_idx: int) -> None:
-        """Score test episodes."""
+        """Score test episodes (and again with their first k shots for each k of ``eval_shots``)."""
+        self.test_n_shot = episode.n_shot
         self.evaluate_episodes(episode, "test")
+        for n_shot in self.eval_shots:
+            if n_shot != episode.n_shot:
+                self.evaluate_episodes(episode.with_shots(n_shot), shot_stage(n_shot))
+
+    def score_shots(self, shots: Sequence[int]) -> None:
+        """Also score every test episode with only its first k support images per class, for
+        each k in ``shots`` (the official protocol's 1- and 5-shot scores on one episode)."""
+        bad = [k for k in shots if int(k) < 1]
+        if bad:
+            raise ValueError(f"eval.shots must be positive shot counts, got {list(shots)}.")
+        self.eval_shots = tuple(sorted({int(k) for k in shots}))
+        for n_shot in self.eval_shots:
+            stage = shot_stage(n_shot)
+            if stage not in self.episode_acc:
+                self.episode_acc[stage] = CatMetric().to(self.device)
+                self.episode_index[stage] = CatMetric().to(self.device)
 
     def summarise_stage(self, stage: str) -> None:
         """Log mean accuracy and 95% CI over all episodes of the stage, gathered from every
@@ -143,15 +169,39 @@ class EpisodicMethod(pl.LightningModule):
         self.log(f"{stage}/acc_ci95", ci95, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
-        """Summarise the validation episodes and remember the best validation so far."""
+        """Summarise the validation episodes; keep the history and the best validation so far."""
         self.summarise_stage("val")
+        if self.trainer.sanity_checking:
+            return
         latest = self.eval_results["val"]
+        point = {"step": int(self.global_step), "epoch": int(self.current_epoch)}
+        self.val_history.append({**point, "acc": latest["acc"], "ci95": latest["ci95"]})
         if self.best_val is None or latest["acc"] > self.best_val["acc"]:
-            self.best_val = {**latest, "step": int(self.global_step), "epoch": int(self.current_epoch)}
+            self.best_val = {**latest, **point}
 
     def on_test_epoch_end(self) -> None:
-        """Summarise the test episodes."""
+        """Summarise the test episodes, per number of shots when ``eval_shots`` asks for it."""
         self.summarise_stage("test")
+        if not self.eval_shots:
+            return
+        shots = {}
+        for n_shot in self.eval_shots:
+            if n_shot == self.test_n_shot:
+                shots[str(n_shot)] = {k: v for k, v in self.eval_results["test"].items() if k != "shots"}
+            else:
+                self.summarise_stage(shot_stage(n_shot))
+                shots[str(n_shot)] = self.eval_results.pop(shot_stage(n_shot))
+        self.eval_results["test"]["shots"] = shots
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the validation history and best validation with the weights (resumed runs go on)."""
+        checkpoint[HISTORY_KEY] = {"val_history": self.val_history, "best_val": self.best_val}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the validation history and best validation of a checkpoint."""
+        history = checkpoint.get(HISTORY_KEY) or {}
+        self.val_history = list(history.get("val_history", []))
+        self.best_val = history.get("best_val")
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):

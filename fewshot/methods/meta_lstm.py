@@ -107,13 +107,16 @@ class MetaLSTM(EpisodicMethod):
     def evaluate_episodes(self, episode: Episode, stage: str) -> Tensor:
         """Score evaluation episodes and collect their gate statistics."""
         _, logits, gates = self.adapt_and_predict(episode)
-        for g in gates:
-            self.gate_runs[stage].update(g.values.unsqueeze(0))
+        if stage in self.gate_runs:  # gates are summarised for val/test, not per-shot rescoring
+            for g in gates:
+                self.gate_runs[stage].update(g.values.unsqueeze(0))
         return self.record_episode_accuracy(logits, episode, stage)
 
     def summarise_stage(self, stage: str) -> None:
         """Accuracy summary plus gate means per step and layer, logged and kept for reports."""
         super().summarise_stage(stage)
+        if stage not in self.gate_runs:
+            return
         values = self.gate_runs[stage].compute().cpu()
         self.gate_runs[stage].reset()
         layers = self.metalearner.gate_layers

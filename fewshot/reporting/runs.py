@@ -1,0 +1,111 @@
+"""Finished runs as records: what the report command reads from each ``results.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fewshot.reporting.results import RESULTS_FILE
+
+
+class NoRunsError(FileNotFoundError):
+    """A report was asked for folders that hold no finished runs."""
+
+
+class BadResultsError(ValueError):
+    """A results file that cannot be read as a finished run."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run: its method, setting, test accuracy and per-episode accuracies."""
+
+    path: Path
+    method: str
+    dataset: str
+    n_way: int
+    n_shot: int
+    seed: int
+    acc: float
+    ci95: float
+    episodes: int
+    fingerprint: str | None
+    episode_index: tuple[int, ...]
+    episode_acc: tuple[float, ...]
+    val_history: tuple[dict[str, float], ...] = ()
+    shots: dict[int, dict[str, Any]] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    gates: dict[str, Any] | None = None
+
+    @property
+    def setting(self) -> str:
+        """``dataset N-way K-shot``: the column a run belongs to in the comparison table."""
+        return f"{self.dataset} {self.n_way}-way {self.n_shot}-shot"
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder."""
+        return self.path.parent
+
+
+def find_results(paths: list[Path]) -> list[Path]:
+    """Every ``results.json`` in or below ``paths``, sorted; a clear error when there is none."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise NoRunsError(f"{', '.join(map(str, missing))} does not exist; pass a run or multirun folder of train.py.")
+    found = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob(RESULTS_FILE))})
+    if not found:
+        raise NoRunsError(
+            f"No {RESULTS_FILE} under {', '.join(map(str, paths))}: these folders hold no finished runs. "
+            "Pass the folder that train.py printed (logs/<task>/runs/<time> or a multirun folder)."
+        )
+    return found
+
+
+def read_run(path: Path) -> RunRecord | None:
+    """The run of one results file; None when the run did not test (train-only runs)."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BadResultsError(f"Cannot read {path}: {err}. Delete it or rerun that job.") from err
+    test = results.get("test")
+    if not test:
+        return None
+    try:
+        return RunRecord(
+            path=Path(path),
+            method=str(results["method"]),
+            dataset=str(results["dataset"]),
+            n_way=int(results["n_way"]),
+            n_shot=int(results["n_shot"]),
+            seed=int(results.get("seed", 0)),
+            acc=float(test["acc"]),
+            ci95=float(test["ci95"]),
+            episodes=int(test["episodes"]),
+            fingerprint=test.get("fingerprint"),
+            episode_index=tuple(int(i) for i in test.get("episode_index", range(len(test["episode_acc"])))),
+            episode_acc=tuple(float(a) for a in test["episode_acc"]),
+            val_history=tuple(results.get("val_history") or ()),
+            shots={int(k): v for k, v in (test.get("shots") or {}).items()},
+            train=dict(results.get("train") or {}),
+            wall_time_s=results.get("wall_time_s"),
+            gates=test.get("gates") or (results.get("val") or {}).get("gates"),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadResultsError(
+            f"{path} is not a complete results file of train.py (missing or bad {err}); rerun that job."
+        ) from err
+
+
+def load_runs(paths: list[Path]) -> list[RunRecord]:
+    """Every tested run in or below ``paths`` (a clear error when there is none)."""
+    runs = [run for run in (read_run(p) for p in find_results(paths)) if run is not None]
+    if not runs:
+        raise NoRunsError(
+            f"The results under {', '.join(map(str, paths))} have no test scores (train-only runs); "
+            "run with test=true to compare methods."
+        )
+    return runs

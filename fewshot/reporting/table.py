@@ -1,0 +1,247 @@
+"""The comparison table: method x setting, mean accuracy with 95% CI, best bold."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, episode_accuracies, paired_difference
+from fewshot.reporting.runs import RunRecord
+
+# The order of Ravi & Larochelle's Table 1, then the later methods; others follow alphabetically.
+METHOD_ORDER = (
+    "Baseline-finetune",
+    "Baseline-NN",
+    "Siamese",
+    "MatchingNet",
+    "MatchingNet-FCE",
+    "Meta-LSTM",
+    "MAML",
+    "FOMAML",
+    "Meta-SGD",
+    "FO-Meta-SGD",
+    "Reptile",
+    "ProtoNet",
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method in one setting, over one or more runs (training seeds) on the same episodes.
+
+    ``acc`` is the mean test accuracy over the runs and ``ci95`` the mean per-run 95% CI over
+    test episodes (for one run: that run's CI); ``seed_std`` is the spread (sample std) of the
+    runs' accuracies, None for a single run.
+    """
+
+    method: str
+    setting: str
+    runs: tuple[RunRecord, ...]
+    acc: float
+    ci95: float
+    seed_std: float | None
+    best: bool = False
+    overlaps_best: bool = False
+
+    @property
+    def bold(self) -> bool:
+        """Marked as the paper does: the best, and every result whose CI overlaps the best's."""
+        return self.best or self.overlaps_best
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    """Position of a method in the table (paper order first)."""
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method.lower())
+
+
+def setting_sort_key(run: RunRecord) -> tuple[str, int, int]:
+    """Columns sorted by dataset, N, then K."""
+    return (run.dataset, run.n_way, run.n_shot)
+
+
+def group_runs(runs: Iterable[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    """Runs grouped by (method, setting), each group's seeds on the same test episodes."""
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault((run.method, run.setting), []).append(run)
+    for group in groups.values():
+        episode_accuracies(group)  # refuses seeds scored on different episodes
+        group.sort(key=lambda r: r.seed)
+    return groups
+
+
+def make_cell(method: str, setting: str, runs: Sequence[RunRecord]) -> Cell:
+    """Summarise the runs of one method in one setting."""
+    accs = [r.acc for r in runs]
+    return Cell(
+        method=method,
+        setting=setting,
+        runs=tuple(runs),
+        acc=statistics.fmean(accs),
+        ci95=statistics.fmean(r.ci95 for r in runs),
+        seed_std=statistics.stdev(accs) if len(accs) > 1 else None,
+    )
+
+
+def mark_best(cells: Sequence[Cell]) -> list[Cell]:
+    """Flag each setting's best cell and the cells whose CI overlaps it."""
+    marked = []
+    by_setting: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_setting.setdefault(cell.setting, []).append(cell)
+    for setting_cells in by_setting.values():
+        top = max(setting_cells, key=lambda c: c.acc)
+        for cell in setting_cells:
+            is_best = cell is top
+            overlaps = not is_best and cell.acc + cell.ci95 >= top.acc - top.ci95
+            marked.append(
+                Cell(**{**cell.__dict__, "best": is_best, "overlaps_best": overlaps})  # frozen: rebuild
+            )
+    return marked
+
+
+def build_cells(runs: Sequence[RunRecord]) -> list[Cell]:
+    """Every (method, setting) cell of the table, with best and overlap marks."""
+    cells = [make_cell(method, setting, group) for (method, setting), group in group_runs(runs).items()]
+    return mark_best(cells)
+
+
+def ordered_settings(cells: Sequence[Cell]) -> list[str]:
+    """The table's columns in order."""
+    firsts = {c.setting: c.runs[0] for c in cells}
+    return sorted(firsts, key=lambda s: setting_sort_key(firsts[s]))
+
+
+def ordered_methods(cells: Sequence[Cell]) -> list[str]:
+    """The table's rows in order."""
+    return sorted({c.method for c in cells}, key=method_sort_key)
+
+
+def cell_text(cell: Cell | None, markdown: bool = True) -> str:
+    """``acc ± ci`` in percent, with the seed spread for several seeds, bold where marked."""
+    if cell is None:
+        return "-"
+    text = f"{100 * cell.acc:.2f} ± {100 * cell.ci95:.2f}"
+    if cell.seed_std is not None:
+        text += f" (sd {100 * cell.seed_std:.2f}, {len(cell.runs)} seeds)"
+    return f"**{text}**" if markdown and cell.bold else text
+
+
+def markdown_table(cells: Sequence[Cell]) -> str:
+    """The method x setting table in Markdown (best and CI-overlapping results in bold)."""
+    settings = ordered_settings(cells)
+    index = {(c.method, c.setting): c for c in cells}
+    lines = [
+        "| method | " + " | ".join(settings) + " |",
+        "|---|" + "---:|" * len(settings),
+    ]
+    for method in ordered_methods(cells):
+        lines.append(f"| {method} | " + " | ".join(cell_text(index.get((method, s))) for s in settings) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = (
+    "method",
+    "setting",
+    "dataset",
+    "n_way",
+    "n_shot",
+    "acc",
+    "ci95",
+    "episodes",
+    "seeds",
+    "seed_std",
+    "best",
+    "overlaps_best",
+    "train_steps",
+    "train_cpu_min",
+    "fingerprint",
+)
+
+
+def csv_table(cells: Sequence[Cell]) -> str:
+    """One CSV row per cell, with the numbers in [0, 1] and the training budget of its runs."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    order = {s: i for i, s in enumerate(ordered_settings(cells))}
+    for cell in sorted(cells, key=lambda c: (order[c.setting], method_sort_key(c.method))):
+        first = cell.runs[0]
+        cpu = [r.train["cpu_s"] for r in cell.runs if isinstance(r.train.get("cpu_s"), (int, float))]
+        cpu = [c for c in cpu if math.isfinite(c)]
+        writer.writerow(
+            {
+                "method": cell.method,
+                "setting": cell.setting,
+                "dataset": first.dataset,
+                "n_way": first.n_way,
+                "n_shot": first.n_shot,
+                "acc": f"{cell.acc:.6f}",
+                "ci95": f"{cell.ci95:.6f}",
+                "episodes": first.episodes,
+                "seeds": len(cell.runs),
+                "seed_std": "" if cell.seed_std is None else f"{cell.seed_std:.6f}",
+                "best": int(cell.best),
+                "overlaps_best": int(cell.overlaps_best),
+                "train_steps": first.train.get("steps", ""),
+                "train_cpu_min": f"{statistics.fmean(cpu) / 60:.2f}" if cpu else "",
+                "fingerprint": first.fingerprint or "",
+            }
+        )
+    return out.getvalue()
+
+
+def paired_against_best(cells: Sequence[Cell]) -> tuple[list[PairedDifference], list[str]]:
+    """In every setting, the paired difference of the best method minus each other method,
+    and a note for each pair skipped because its runs scored different episodes."""
+    differences, skipped = [], []
+    for setting in ordered_settings(cells):
+        in_setting = [c for c in cells if c.setting == setting]
+        best = next(c for c in in_setting if c.best)
+        for cell in sorted(in_setting, key=lambda c: method_sort_key(c.method)):
+            if cell is best:
+                continue
+            try:
+                differences.append(paired_difference(best.runs, cell.runs))
+            except EpisodeMismatchError as err:
+                skipped.append(str(err))
+    return differences, skipped
+
+
+def markdown_paired(differences: Sequence[PairedDifference]) -> str:
+    """Paired differences as a Markdown table (percentage points, 95% CI, p-value)."""
+    lines = [
+        "| setting | a | b | episodes | a - b (points) | p | significant |",
+        "|---|---|---|---:|---:|---:|:---:|",
+    ]
+    for d in differences:
+        lines.append(
+            f"| {d.setting} | {d.method_a} | {d.method_b} | {d.episodes} | "
+            f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f} | {d.p_value:.3g} | {'yes' if d.significant else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def csv_paired(differences: Sequence[PairedDifference]) -> str:
+    """Paired differences as CSV (numbers in [0, 1])."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["setting", "method_a", "method_b", "episodes", "mean_diff", "ci95", "p_value", "significant"])
+    for d in differences:
+        writer.writerow(
+            [
+                d.setting,
+                d.method_a,
+                d.method_b,
+                d.episodes,
+                f"{d.mean:.6f}",
+                f"{d.ci95:.6f}",
+                f"{d.p_value:.6g}",
+                int(d.significant),
+            ]
+        )
+    return out.getvalue()

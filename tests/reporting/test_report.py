@@ -1,0 +1,190 @@
+"""The report command: comparison table, paired test, refusals, plots and W&B logging."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fewshot.evaluation.stats import mean_ci95
+from fewshot.report import main as report_main
+from fewshot.reporting.paired import EpisodeMismatchError, paired_difference
+from fewshot.reporting.runs import load_runs
+from fewshot.reporting.table import build_cells, markdown_table
+from tests.training.test_train import run_train
+
+A = [1.0, 0.8, 0.6, 0.8]  # mean 0.8, CI 1.96 * 0.1633 / 2 = 0.1600
+B = [0.6, 0.6, 0.6, 0.2]  # mean 0.5, CI 1.96 * 0.2 / 2 = 0.1960: overlaps A's CI
+C = [0.2, 0.2, 0.2, 0.2]  # mean 0.2, CI 0: clearly worse
+
+
+def write_run(
+    folder: Path,
+    method: str,
+    episode_acc: list[float],
+    n_shot: int = 1,
+    seed: int = 0,
+    fingerprint: str = "f" * 64,
+    **extra: object,
+) -> Path:
+    """A results.json as train.py writes it, with known per-episode accuracies."""
+    acc, ci95 = mean_ci95(episode_acc)
+    results = {
+        "method": method,
+        "dataset": "toy",
+        "n_way": 5,
+        "n_shot": n_shot,
+        "seed": seed,
+        "train": {"steps": 100, "epochs": 1, "cpu_s": 120.0},
+        "test": {
+            "acc": acc,
+            "ci95": ci95,
+            "episodes": len(episode_acc),
+            "fingerprint": fingerprint,
+            "episode_index": list(range(len(episode_acc))),
+            "episode_acc": episode_acc,
+        },
+        **extra,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+@pytest.fixture
+def three_methods(tmp_path: Path) -> Path:
+    """Runs of three methods on the same four test episodes."""
+    write_run(
+        tmp_path / "a",
+        "ProtoNet",
+        A,
+        val_history=[
+            {"step": 10, "epoch": 0, "acc": 0.5, "ci95": 0.1},
+            {"step": 20, "epoch": 1, "acc": 0.7, "ci95": 0.1},
+        ],
+    )
+    write_run(tmp_path / "b", "MAML", B)
+    write_run(tmp_path / "c", "Baseline-NN", C)
+    return tmp_path
+
+
+def test_table_has_exact_numbers_best_bold_and_overlapping_cis_bold(three_methods):
+    table = markdown_table(build_cells(load_runs([three_methods])))
+    lines = table.splitlines()
+    assert lines[0] == "| method | toy 5-way 1-shot |"
+    # paper order: Baseline-NN, MAML, ProtoNet
+    assert lines[2] == "| Baseline-NN | 20.00 ± 0.00 |"
+    assert lines[3] == "| MAML | **50.00 ± 19.60** |"
+    assert lines[4] == "| ProtoNet | **80.00 ± 16.00** |"
+
+
+def test_paired_difference_matches_hand_computation(three_methods):
+    runs = load_runs([three_methods])
+    a = [r for r in runs if r.method == "ProtoNet"]
+    b = [r for r in runs if r.method == "MAML"]
+    diff = paired_difference(a, b)  # d = [0.4, 0.2, 0.0, 0.6]
+    std = math.sqrt((0.1**2 + 0.1**2 + 0.3**2 + 0.3**2) / 3)
+    assert diff.episodes == 4
+    assert diff.mean == pytest.approx(0.3)
+    assert diff.ci95 == pytest.approx(1.96 * std / 2)
+    assert diff.p_value == pytest.approx(math.erfc((0.3 / (std / 2)) / math.sqrt(2)))
+    assert diff.significant
+
+
+def test_report_writes_table_paired_csv_and_step_plot(three_methods, capsys):
+    assert report_main([str(three_methods)]) == 0
+    out = three_methods / "report"
+    csv_lines = (out / "table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,setting,dataset,n_way,n_shot,acc,ci95,episodes,seeds")
+    assert csv_lines[1].startswith("Baseline-NN,toy 5-way 1-shot,toy,5,1,0.200000,0.000000,4,1,,0,0,100,2.00")
+    paired = (out / "paired.md").read_text()
+    assert "| toy 5-way 1-shot | ProtoNet | MAML | 4 | +30.00 ± 25.30 |" in paired
+    assert "| toy 5-way 1-shot | ProtoNet | Baseline-NN | 4 | +60.00 ± 16.00 |" in paired
+    assert (out / "accuracy_vs_step.png").stat().st_size > 5_000
+    assert not (out / "accuracy_vs_shots.png").exists()  # one K per method: nothing to plot
+    assert "**80.00 ± 16.00**" in capsys.readouterr().out
+
+
+def test_seeds_are_aggregated_with_their_spread(tmp_path):
+    write_run(tmp_path / "s0", "ProtoNet", [1.0, 0.8, 0.6, 0.8], seed=0)  # 0.8
+    write_run(tmp_path / "s1", "ProtoNet", [0.6, 0.6, 0.6, 0.6], seed=1)  # 0.6
+    cells = build_cells(load_runs([tmp_path]))
+    assert len(cells) == 1
+    cell = cells[0]
+    assert cell.acc == pytest.approx(0.7) and cell.seed_std == pytest.approx(math.sqrt(0.02))
+    assert "(sd 14.14, 2 seeds)" in markdown_table(cells)
+
+
+def test_report_refuses_to_pair_runs_on_different_episodes(tmp_path, capsys):
+    write_run(tmp_path / "a", "ProtoNet", A, fingerprint="a" * 64)
+    write_run(tmp_path / "b", "MAML", B, fingerprint="b" * 64)
+    runs = load_runs([tmp_path])
+    with pytest.raises(EpisodeMismatchError, match="fingerprints differ.*same data config"):
+        paired_difference(runs[:1], runs[1:])
+    assert report_main([str(tmp_path), "--pair", "ProtoNet", "MAML"]) == 2
+    assert "Cannot pair ProtoNet" in capsys.readouterr().err
+
+
+def test_report_refuses_seeds_of_one_method_on_different_episodes(tmp_path, capsys):
+    write_run(tmp_path / "s0", "ProtoNet", A, seed=0, fingerprint="a" * 64)
+    write_run(tmp_path / "s1", "ProtoNet", B, seed=1, fingerprint="b" * 64)
+    assert report_main([str(tmp_path)]) == 2
+    assert "fingerprints differ" in capsys.readouterr().err
+
+
+def test_report_on_unknown_pair_names_the_methods_found(three_methods, capsys):
+    assert report_main([str(three_methods), "--pair", "ProtoNet", "Reptile"]) == 2
+    assert "Methods found: Baseline-NN, MAML, ProtoNet" in capsys.readouterr().err
+
+
+def test_report_on_a_corrupt_results_file_names_it(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{ not json")
+    assert report_main([str(tmp_path)]) == 2
+    assert "Cannot read" in capsys.readouterr().err
+
+
+def test_accuracy_vs_shots_plot_from_eval_shots(tmp_path):
+    shots = {"1": {"acc": 0.5, "ci95": 0.05}, "5": {"acc": 0.8, "ci95": 0.04}}
+    write_run(tmp_path / "a", "ProtoNet", A, n_shot=5)
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    data["test"]["shots"] = shots
+    (tmp_path / "a" / "results.json").write_text(json.dumps(data))
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "accuracy_vs_shots.png").stat().st_size > 5_000
+
+
+def test_report_logs_table_and_figures_to_an_offline_wandb_run(three_methods, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert report_main([str(three_methods), "--wandb"]) == 0
+    runs = list((three_methods / "report" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = next(runs[0].glob("*.wandb")).read_bytes()
+    for key in (b"comparison", b"figures/accuracy_vs_step", b"toy 5-way 1-shot/ProtoNet/acc"):
+        assert key in logged
+
+
+def test_multirun_of_two_methods_and_two_shots_is_reported_end_to_end(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    out = run_train(
+        "-m",
+        "debug=tiny",
+        "trainer=cpu",
+        "logger=none",
+        "callbacks=none",
+        "model=protonet,matchingnet",
+        "data.n_shot=1,2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert report_main([str(sweep)]) == 0
+    table = (sweep / "report" / "table.md").read_text().splitlines()
+    assert table[0] == "| method | embedded_tiny 5-way 1-shot | embedded_tiny 5-way 2-shot |"
+    assert [line.split(" |")[0] for line in table[2:]] == ["| MatchingNet", "| ProtoNet"]
+    assert all("±" in cell for line in table[2:] for cell in line.split("|")[2:4])
+    assert (sweep / "report" / "accuracy_vs_shots.png").stat().st_size > 5_000
+    assert (sweep / "report" / "accuracy_vs_step.png").stat().st_size > 5_000

@@ -1,0 +1,47 @@
+"""Run options: scoring several shots on the same episodes, CPU budgets, best-validation results."""
+
+from __future__ import annotations
+
+import pytest
+
+from fewshot.budget import CpuTimeBudget
+from fewshot.training import train
+
+
+def test_eval_shots_scores_each_k_on_the_same_test_episodes(tiny_config):
+    results = train(tiny_config("data.n_shot=3", "eval.shots=[1,3]"))
+    test = results["test"]
+    assert sorted(test["shots"]) == ["1", "3"]
+    assert test["shots"]["3"]["acc"] == test["acc"]  # K = data.n_shot is the main score
+    one = test["shots"]["1"]
+    assert one["episodes"] == test["episodes"] and one["episode_index"] == test["episode_index"]
+    assert one["episode_acc"] != test["episode_acc"]  # fewer shots score differently
+
+
+def test_eval_shots_larger_than_the_episodes_shots_is_refused(tiny_config):
+    with pytest.raises(ValueError, match=r"eval.shots=\[1, 5\].*data.n_shot=2.*set data.n_shot=5"):
+        train(tiny_config("data.n_shot=2", "eval.shots=[1,5]"))
+
+
+def test_results_val_is_the_best_validation_and_history_is_kept(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=3", "data.train_episodes=2"))
+    history = results["val_history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert results["val"]["acc"] == max(h["acc"] for h in history)
+    assert results["val_last"]["acc"] == history[-1]["acc"]
+
+
+def test_cpu_budget_stops_training_and_reports_cpu_time(tiny_config):
+    results = train(
+        tiny_config("callbacks=default", "callbacks.cpu_budget.minutes=0.001", "trainer.max_epochs=-1",
+                    "trainer.enable_progress_bar=false", "data.train_episodes=20")
+    )
+    train_info = results["train"]
+    assert train_info["cpu_s"] >= 0.06
+    assert 1 <= train_info["steps"] < 60  # a few steps, not an endless run
+    assert results["val_history"], "a validation runs when the budget stops training"
+
+
+def test_cpu_budget_rejects_non_positive_minutes():
+    with pytest.raises(ValueError, match="must be positive"):
+        CpuTimeBudget(minutes=0)

@@ -3,9 +3,11 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from tests.conftest import PROJECT_ROOT, compose_config
+from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
 CONF = PROJECT_ROOT / "conf"
 EXPERIMENTS = sorted(
@@ -36,7 +38,7 @@ def test_every_data_option_composes(option, tmp_path: Path):
     assert cfg.data.source.image_size == cfg.data.image_size
 
 
-@pytest.mark.parametrize("group", ["model", "trainer", "logger", "callbacks", "debug"])
+@pytest.mark.parametrize("group", ["model", "trainer", "logger", "callbacks", "debug", "hparams_search"])
 def test_every_option_of_group_composes(group, tmp_path: Path):
     for option in group_options(group):
         cfg = compose_config([f"{group}={option}"], tmp_path)
@@ -48,3 +50,11 @@ def test_trainer_options_instantiate(tmp_path: Path):
         cfg = compose_config([f"trainer={option}"], tmp_path)
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_slurm_launcher_config_composes_when_submitit_is_installed(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra is not installed")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher.timeout_min == 720

@@ -33,8 +33,13 @@ def test_results_val_is_the_best_validation_and_history_is_kept(tiny_config):
 
 def test_cpu_budget_stops_training_and_reports_cpu_time(tiny_config):
     results = train(
-        tiny_config("callbacks=default", "callbacks.cpu_budget.minutes=0.001", "trainer.max_epochs=-1",
-                    "trainer.enable_progress_bar=false", "data.train_episodes=20")
+        tiny_config(
+            "callbacks=default",
+            "callbacks.cpu_budget.minutes=0.001",
+            "trainer.max_epochs=-1",
+            "trainer.enable_progress_bar=false",
+            "data.train_episodes=20",
+        )
     )
     train_info = results["train"]
     assert train_info["cpu_s"] >= 0.06

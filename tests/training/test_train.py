@@ -133,3 +133,16 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     shots = sorted(json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())["n_shot"] for i in (0, 1))
     assert shots == [1, 2]
+
+
+def test_optuna_preset_tunes_on_validation_accuracy(tmp_path):
+    out = run_train(
+        "-m", "hparams_search=optuna", "debug=tiny", "trainer=cpu", "logger=none", "callbacks=none",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1", f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "model.optimizer.lr" in best and "best_value" in best
+    trial_vals = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())["val"]["acc"] for i in (0, 1)]
+    assert float(best.split("best_value:")[1]) == pytest.approx(max(trial_vals))

@@ -1,0 +1,176 @@
+"""Atomic, resumable output folders: build in ``<out>.partial``, rename to ``<out>`` when checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fewshot.data.errors import DataError
+
+# Written last, into a finished folder: its presence is what "complete" means.
+MARKER = ".fewshot_prepared.json"
+# Written first, into the partial folder: a resumed build must be of the same dataset.
+PARTIAL_MARKER = ".fewshot_partial.json"
+PARTIAL_SUFFIX = ".partial"
+TEMP_SUFFIX = ".tmp"
+
+Counts = dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What one prepare command left in ``out``.
+
+    Attributes:
+        dataset: the dataset's name (``"miniimagenet"``, ``"cifar_fs"``, ...).
+        out: the finished folder.
+        counts: ``{split: {class: number of images}}``.
+        written: images written by this call.
+        reused: images found already written (and valid) in ``<out>.partial`` by a resumed call.
+        skipped: True when ``out`` was complete before this call, which then did nothing.
+        notes: remarks for the user (e.g. a split that is not the standard one).
+    """
+
+    dataset: str
+    out: Path
+    counts: Counts
+    written: int = 0
+    reused: int = 0
+    skipped: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> str:
+        """A few lines for the terminal: what was done and the classes and images per split."""
+        if self.skipped:
+            head = (
+                f"{self.out} already holds a complete {self.dataset}; nothing to do "
+                "(delete the folder to build it again)."
+            )
+        else:
+            head = f"{self.dataset} written to {self.out} ({self.written} images written, {self.reused} reused)."
+        lines = [head]
+        for split, classes in self.counts.items():
+            images = sum(classes.values())
+            lines.append(f"  {split}: {len(classes)} classes, {images} images")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def partial_dir(out: Path) -> Path:
+    """The folder a build of ``out`` writes into until it is complete."""
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def finished_counts(out: Path, dataset: str) -> Counts | None:
+    """The counts of a complete ``out`` of ``dataset``; None when ``out`` is absent or an empty folder.
+
+    Raises:
+        DataError: ``out`` exists but is not a complete build of ``dataset``.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise DataError(f"Output {out} exists and is not a folder; pass another --out or remove it.")
+    marker = out / MARKER
+    if not marker.is_file():
+        if not any(out.iterdir()):
+            return None
+        raise DataError(
+            f"Output folder {out} exists and is not a finished `prepare` build (no {MARKER} in it); "
+            "delete it or pass another --out."
+        )
+    info = _read_json(marker)
+    if info.get("dataset") != dataset:
+        raise DataError(
+            f"Output folder {out} already holds {info.get('dataset')!r}, not {dataset!r}; pass another --out."
+        )
+    return {split: dict(classes) for split, classes in info.get("counts", {}).items()}
+
+
+def open_partial(out: Path, dataset: str) -> Path:
+    """Create (or reopen, to resume) ``<out>.partial`` for a build of ``dataset`` and return it."""
+    partial = partial_dir(out)
+    marker = partial / PARTIAL_MARKER
+    if partial.is_dir() and any(partial.iterdir()):
+        # a build stopped inside finish() may hold the final marker instead of the partial one
+        found = next((_read_json(m).get("dataset") for m in (marker, partial / MARKER) if m.is_file()), None)
+        if found != dataset:
+            raise DataError(
+                f"{partial} is left over from another build ({found or 'unknown'}), not {dataset}; "
+                "delete it or pass another --out."
+            )
+        remove_temporaries(partial)
+        return partial
+    partial.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(marker, json.dumps({"dataset": dataset}))
+    return partial
+
+
+def finish(partial: Path, out: Path, dataset: str, counts: Mapping[str, Mapping[str, int]]) -> None:
+    """Mark ``partial`` complete and move it to ``out`` in one rename."""
+    remove_temporaries(partial)
+    info = {"dataset": dataset, "counts": {s: dict(sorted(c.items())) for s, c in counts.items()}}
+    write_text_atomic(partial / MARKER, json.dumps(info, indent=1))
+    (partial / PARTIAL_MARKER).unlink(missing_ok=True)
+    if out.is_dir():  # an empty folder the user made beforehand (finished_counts allows only that)
+        out.rmdir()
+    os.replace(partial, out)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so ``path`` is never half written."""
+    with temporary_for(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode())
+
+
+@contextmanager
+def temporary_for(path: Path) -> Iterator[Path]:
+    """A hidden temporary path next to ``path``, renamed onto ``path`` when the block succeeds.
+
+    The name is new for every call, so threads and interrupted runs never share one; files
+    are created with the usual permissions (unlike ``mkstemp``'s owner-only ones).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def remove_temporaries(root: Path) -> None:
+    """Delete the hidden temporary files an interrupted build left under ``root``."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                Path(dirpath, name).unlink(missing_ok=True)
+
+
+def count_class_files(root: Path) -> dict[str, int]:
+    """``{class folder: number of (non-hidden) files}`` for the folders directly under ``root``."""
+    if not root.is_dir():
+        return {}
+    return {
+        d.name: sum(1 for f in d.iterdir() if not f.name.startswith("."))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"Cannot read {path} ({err}); delete its folder and run the command again.") from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_KEY = "fewshot_config"
+# ``ckpt_path`` values Lightning resolves itself instead of reading a file
+LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
 
 
 class StoreConfigInCheckpoint(pl.Callback):
@@ -45,6 +48,69 @@ def read_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
 def checkpoint_config(ckpt_path: str | os.PathLike) -> DictConfig:
     """The composed config a checkpoint was trained with."""
     return OmegaConf.create(read_checkpoint(ckpt_path)[CONFIG_KEY])
+
+
+def check_checkpoint_fits(
+    ckpt_path: str | os.PathLike, method: torch.nn.Module, model_config: Mapping[str, Any]
+) -> None:
+    """Refuse, before Lightning loads it, a checkpoint of another method or architecture.
+
+    Compares the checkpoint's stored ``model._target_`` with the configured one, then its
+    state-dict keys and shapes with ``method``'s, and raises a ValueError naming both sides,
+    the model settings that differ, and the fix (the ``model=``/``experiment=`` the checkpoint
+    was trained with, or another checkpoint) instead of a raw state-dict mismatch dump.
+
+    Args:
+        ckpt_path: the ``ckpt_path`` of the run (Lightning's ``"last"``/``"best"`` are skipped).
+        method: the method built from the run's config.
+        model_config: the run's resolved ``model`` config.
+    """
+    if str(ckpt_path) in LIGHTNING_CKPT_NAMES:
+        return
+    checkpoint = read_checkpoint(ckpt_path)
+    stored = dict(checkpoint[CONFIG_KEY].get("model") or {})
+    trained, configured = stored.get("_target_"), model_config.get("_target_")
+    fix = (
+        "Pass the model=/experiment= settings the checkpoint was trained with "
+        "(`fewshot.checkpoints.checkpoint_config(path).model` shows them), or a checkpoint of the configured method."
+    )
+    if trained != configured:
+        raise ValueError(f"Checkpoint {ckpt_path} holds a {trained} but the config builds a {configured}. {fix}")
+    problems = state_dict_mismatches(checkpoint["state_dict"], method.state_dict())
+    if problems:
+        differing = config_differences(stored, model_config)
+        settings = f" Model settings that differ: {'; '.join(differing[:5])}." if differing else ""
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError(
+            f"Checkpoint {ckpt_path} does not fit the configured {configured}: "
+            f"{'; '.join(problems[:3])}{more}.{settings} {fix}"
+        )
+
+
+def state_dict_mismatches(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """What stops ``saved`` from loading strictly into a module whose state dict is ``expected``."""
+    problems = []
+    for key, value in expected.items():
+        if key not in saved:
+            problems.append(f"{key} is missing from the checkpoint")
+            continue
+        # tensors have shapes; extra state (plain Python objects) is not compared
+        have, want = getattr(saved[key], "shape", None), getattr(value, "shape", None)
+        if have is not None and want is not None and tuple(have) != tuple(want):
+            problems.append(f"{key} has shape {list(have)} in the checkpoint but {list(want)} in the method")
+    return problems + [f"{k} is in the checkpoint but not in the method" for k in saved if k not in expected]
+
+
+def config_differences(trained: Mapping[str, Any], configured: Mapping[str, Any], prefix: str = "model") -> list[str]:
+    """``"model.<key>: <trained> (checkpoint) vs <configured> (config)"`` for every differing leaf."""
+    differences = []
+    for key in sorted(set(trained) | set(configured), key=str):
+        a, b = trained.get(key), configured.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            differences += config_differences(a, b, f"{prefix}.{key}")
+        elif a != b:
+            differences.append(f"{prefix}.{key}: {a} (checkpoint) vs {b} (config)")
+    return differences
 
 
 def load(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> pl.LightningModule:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 
-from fewshot.checkpoints import StoreConfigInCheckpoint
+from fewshot.checkpoints import StoreConfigInCheckpoint, check_checkpoint_fits
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.methods.base import EpisodicMethod
 from fewshot.reporting.gates import save_gate_figure
@@ -27,8 +27,12 @@ from fewshot.reporting.results import (
     run_title,
     write_results,
 )
+from fewshot.reproducibility import RngStateInCheckpoint
 
 log = logging.getLogger(__name__)
+
+# what meta-training does on a NaN/inf loss (the top-level ``nonfinite_loss`` key)
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -74,11 +78,45 @@ def method_name(method: EpisodicMethod) -> str:
     return str(getattr(method, "display_name", type(method).__name__))
 
 
+def set_nonfinite_policy(method: EpisodicMethod, policy: str, world_size: int) -> None:
+    """Apply ``nonfinite_loss``: ``stop`` on a NaN/inf training loss, or ``skip`` its meta-batch."""
+    if policy not in NONFINITE_POLICIES:
+        raise ValueError(
+            f"nonfinite_loss must be one of {list(NONFINITE_POLICIES)}, got {policy!r}; set nonfinite_loss=stop "
+            "(end training with an error) or nonfinite_loss=skip (skip that meta-batch and go on)."
+        )
+    if policy == "skip" and type(method).training_step is not EpisodicMethod.training_step:
+        raise ValueError(
+            f"nonfinite_loss=skip needs the shared episodic training step, but {method_name(method)} trains "
+            "with its own; set nonfinite_loss=stop."
+        )
+    if policy == "skip" and world_size > 1:
+        # a process that skips its backward would leave the others waiting for its gradients
+        raise ValueError(
+            f"nonfinite_loss=skip works in a single process only, got {world_size}; set nonfinite_loss=stop "
+            "or train on one device (trainer.devices=1)."
+        )
+    method.nonfinite_loss = policy
+
+
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
     """Path of the best-on-validation checkpoint, if one was saved."""
-    callback = trainer.checkpoint_callback
-    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    path = monitored[0].best_model_path if monitored else ""
     return path or None
+
+
+def checkpoint_to_start_from(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path``, or with ``resume=true`` the run folder's ``checkpoints/last.ckpt``."""
+    if cfg.get("ckpt_path") or not cfg.get("resume", False):
+        return cfg.get("ckpt_path")
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"resume=true but {last} does not exist: no epoch of this run finished. Run it in the folder of "
+            "the interrupted run (hydra.run.dir=<run folder>) or pass ckpt_path=<checkpoint>."
+        )
+    return str(last)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -95,20 +133,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     extra = data_dependent_arguments(cfg.model, datamodule)
     method: EpisodicMethod = instantiate(cfg.model, **extra)
     resolved["model"].update(extra)  # so that fewshot.load rebuilds the same method
+    ckpt_path = checkpoint_to_start_from(cfg, output_dir)
+    if ckpt_path:
+        check_checkpoint_fits(ckpt_path, method, resolved["model"])
     datamodule.train_batches = getattr(method, "train_batches", "episodes")
     shots = evaluation_shots(cfg, datamodule)
     if shots:
         method.score_shots(shots)
-    callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
+    callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved), RngStateInCheckpoint()]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = without_progress_bars(callbacks)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    set_nonfinite_policy(method, cfg.get("nonfinite_loss", "stop"), trainer.world_size)
     for lg in loggers:
         lg.log_hyperparams(resolved)
 
     if cfg.get("train", True):
-        trainer.fit(method, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
 
     results: dict[str, Any] = {
         "method": method_name(method),
@@ -125,10 +167,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "steps": int(trainer.global_step),
             "epochs": int(trainer.current_epoch),
             "cpu_s": round(getattr(method, "train_cpu_s", float("nan")), 1),
+            "skipped_nonfinite": int(getattr(method, "skipped_nonfinite", 0)),
         },
     }
     if cfg.get("test", True):
-        ckpt = best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
+        ckpt = best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
         if ckpt is None and cfg.get("train", True):
             log.warning("No best checkpoint was saved; testing the final weights.")
         trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False, verbose=False)
@@ -140,8 +183,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
     results["config"] = resolved
 
+    if not trainer.is_global_zero:  # every rank holds the gathered results; one writes them
+        return results
     path = write_results(output_dir / RESULTS_FILE, results)
-    if trainer.is_global_zero and "test" in results:
+    if "test" in results:
         print_results([results])
         log.info("Results written to %s", path)
         log_gate_figure(results, output_dir, loggers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
@@ -14,6 +15,17 @@ from fewshot.data.episode import Episode, collate_episodes
 from fewshot.data.errors import DataError
 from fewshot.data.sampler import EpisodeDataset, EpisodeIndexSampler, EpisodeSampler, EpisodeSpec
 from fewshot.data.source import DatasetSource
+
+
+def training_setting(name: str, value: int | None, default: int) -> int:
+    """``data.train_<name>``, or ``default`` (the evaluation ``data.<name>``) when it is null."""
+    if value is None:
+        return default
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise DataError(
+            f"data.train_{name} must be a positive integer, or null for data.{name}={default}; got {value!r}."
+        )
+    return value
 
 
 class EpisodicDataModule(pl.LightningDataModule):
@@ -55,13 +67,20 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.source = source
         self.declared_shape = (channels, image_size, image_size)
         self.eval_spec = EpisodeSpec(n_way, n_shot, n_query)
-        self.train_spec = EpisodeSpec(train_n_way or n_way, train_n_shot or n_shot, train_n_query or n_query)
+        self.train_spec = EpisodeSpec(
+            training_setting("n_way", train_n_way, n_way),
+            training_setting("n_shot", train_n_shot, n_shot),
+            training_setting("n_query", train_n_query, n_query),
+        )
         self.n_episodes = {"train": train_episodes, "val": val_episodes, "test": test_episodes}
         for split, n in self.n_episodes.items():
             if n < 1:
                 raise DataError(f"data.{split}_episodes must be positive, got {n}.")
-        if meta_batch_size < 1 or eval_batch_size < 1:
-            raise DataError("data.meta_batch_size and data.eval_batch_size must be positive.")
+        for name, size in (("meta_batch_size", meta_batch_size), ("eval_batch_size", eval_batch_size)):
+            if size < 1:
+                raise DataError(
+                    f"data.{name} must be a positive number of episodes per batch, got {size}; set it >= 1."
+                )
         self.meta_batch_size = meta_batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed

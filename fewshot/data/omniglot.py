@@ -107,7 +107,10 @@ class Omniglot:
         workers: int | None = None,
     ) -> None:
         if split not in SPLIT_MODES:
-            raise DataError(f"Omniglot split must be one of {SPLIT_MODES}, got {split!r}.")
+            raise DataError(
+                f"Omniglot split must be one of {SPLIT_MODES}, got {split!r}; set data.source.split=alphabet "
+                "(whole alphabets per split) or data.source.split=character (characters split by fractions)."
+            )
         self.rotations = tuple(int(r) for r in rotations)
         bad = [r for r in self.rotations if r not in ROTATIONS]
         if bad or not self.rotations or len(set(self.rotations)) != len(self.rotations):

@@ -31,7 +31,9 @@ class EpisodeSpec:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise DataError(f"{name} must be a positive integer, got {value!r}; set data.{name} >= 1.")
         if self.n_way < 2:
-            raise DataError(f"n_way must be at least 2 for a classification episode, got {self.n_way}.")
+            raise DataError(
+                f"n_way must be at least 2 for a classification episode, got {self.n_way}; set data.n_way >= 2."
+            )
 
 
 class EpisodeSampler:
@@ -137,7 +139,8 @@ class EpisodeIndexSampler(Sampler[int]):
     With ``advance_per_epoch`` (training), epoch ``e`` serves episodes
     ``e*n .. (e+1)*n - 1`` so every epoch sees new episodes and any position in training is
     reproducible from (epoch, step). Evaluation streams serve ``0 .. n-1`` every time.
-    Rank ``r`` of ``w`` takes every w-th index starting at r: no duplication, no padding.
+    Rank ``r`` of ``w`` takes every w-th index starting at r: no duplication, no padding
+    (training epochs leave out their last ``n % w`` episodes so every rank takes as many steps).
     """
 
     def __init__(self, n_episodes: int, advance_per_epoch: bool) -> None:
@@ -160,7 +163,12 @@ class EpisodeIndexSampler(Sampler[int]):
     def _indices(self) -> range:
         start = self.epoch * self.n_episodes if self.advance_per_epoch else 0
         rank, world = self._rank_and_world()
-        return range(start + rank, start + self.n_episodes, world)
+        n_episodes = self.n_episodes
+        if self.advance_per_epoch and world > 1:
+            # DDP training needs the same number of steps on every rank (each step all-reduces the
+            # gradients), so the last n_episodes % world episodes of a training epoch are left out
+            n_episodes -= n_episodes % world
+        return range(start + rank, start + n_episodes, world)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices())

@@ -90,7 +90,8 @@ def _blocks(n: int, block_size: int) -> Iterator[tuple[slice, int]]:
 
 
 class _FusedLSTMStep(torch.autograd.Function):
-    """One coordinate-wise LSTM step on coordinate-last tensors; ``x`` is a constant input.
+    """One coordinate-wise LSTM step on coordinate-last tensors; ``x`` is a constant input unless
+    ``differentiable_input`` (a stacked layer, whose input is the layer below's hidden state).
 
     At 10^5 coordinates, memory traffic and fresh allocations (page faults) cost as much as the
     arithmetic, so both passes walk the coordinates in blocks whose gates ``[4H, block]`` stay in
@@ -113,6 +114,7 @@ class _FusedLSTMStep(torch.autograd.Function):
         w_h: Tensor,
         bias: Tensor,
         block_size: int,
+        differentiable_input: bool = False,
     ) -> tuple[Tensor, Tensor]:
         hidden, n = w_h.shape[1], x.shape[1]
         weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
@@ -124,16 +126,21 @@ class _FusedLSTMStep(torch.autograd.Function):
             _forward_block(pre, c_prev, c_new[:, b], h_new[:, b])
         ctx.set_materialize_grads(False)
         ctx.block_size = block_size
+        ctx.differentiable_input = differentiable_input
         ctx.save_for_backward(x, h, c, w_x, w_h, bias, c_new)
         return h_new, c_new
 
     @staticmethod
     def backward(ctx: FunctionCtx, dh: Tensor | None, dc_next: Tensor | None) -> tuple[Tensor | None, ...]:
-        if ctx.needs_input_grad[0]:
-            raise RuntimeError("The coordinate-wise LSTM treats its per-coordinate input as a constant.")
+        need_x = ctx.needs_input_grad[0]
+        if need_x and not ctx.differentiable_input:
+            raise RuntimeError(
+                "The coordinate-wise LSTM treats its per-coordinate input as a constant; "
+                "build it with differentiable_input=True to backpropagate into the input."
+            )
         x, h, c, w_x, w_h, bias, c_new = ctx.saved_tensors
         if dh is None and dc_next is None:
-            return (None,) * 7
+            return (None,) * 8
         if dh is None:
             dh = torch.zeros_like(c_new)
         hidden, n, n_x = w_h.shape[1], x.shape[1], x.shape[0]
@@ -146,6 +153,7 @@ class _FusedLSTMStep(torch.autograd.Function):
         dc_buffer = x.new_empty(hidden * block)
         dh_prev = x.new_empty(hidden, n) if need_h else None
         dc_prev = x.new_empty(hidden, n) if need_c else None
+        dx = x.new_empty(n_x, n) if need_x else None
         dweight = torch.zeros_like(weight)
         for b, m in _blocks(n, block):
             inp = inputs.load(b, m)
@@ -158,15 +166,18 @@ class _FusedLSTMStep(torch.autograd.Function):
             _backward_block(pre, c_new[:, b], c_prev, dh[:, b], dc_next_b, dgates, dc, dc_prev_b)
             if need_h:
                 torch.mm(w_h.t(), dgates, out=dh_prev[:, b])
+            if need_x:
+                torch.mm(w_x.t(), dgates, out=dx[:, b])
             dweight.addmm_(dgates, inp.t())
         dw_x, dw_h, dbias = dweight[:, :n_x], dweight[:, n_x:-1], dweight[:, -1]
         return (
-            None,
+            dx,
             dh_prev,
             dc_prev,
             dw_x if ctx.needs_input_grad[3] else None,
             dw_h if ctx.needs_input_grad[4] and h is not None else None,
             dbias if ctx.needs_input_grad[5] else None,
+            None,
             None,
         )
 
@@ -205,6 +216,9 @@ class CoordinateLSTM(nn.Module):
         block_size: coordinates per block of the fused step, a speed knob (any value gives the
             same result up to float rounding); ``None``: 16384 on CPU, where blocks keep the gates
             in cache, and all coordinates at once elsewhere, where kernel launches cost more.
+        differentiable_input: backpropagate into the per-coordinate input ``x`` (a stacked
+            layer fed by the hidden state below); by default ``x`` is a constant (preprocessed
+            gradients), and a gradient reaching it is an error.
     """
 
     def __init__(
@@ -213,9 +227,11 @@ class CoordinateLSTM(nn.Module):
         hidden_size: int = 20,
         init_range: float = 0.01,
         block_size: int | None = None,
+        differentiable_input: bool = False,
     ) -> None:
         super().__init__()
         self.block_size = block_size
+        self.differentiable_input = differentiable_input
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.init_range = init_range
@@ -233,7 +249,8 @@ class CoordinateLSTM(nn.Module):
 
         The input of coordinate ``k`` is ``[shared, x[:, k]]``: ``shared`` holds features equal for
         every coordinate (the preprocessed loss), folded into the bias instead of broadcast to
-        ``[F_s, n]``. ``x`` is treated as a constant (no gradient flows into it).
+        ``[F_s, n]``. ``x`` is treated as a constant (no gradient flows into it) unless the layer
+        was built with ``differentiable_input``.
 
         Args:
             x: ``[F_x, n]`` per-coordinate features, ``F_s + F_x == input_size``.
@@ -250,7 +267,7 @@ class CoordinateLSTM(nn.Module):
         bias = self.bias if shared is None else torch.addmv(self.bias, w_shared, shared)
         h, c = (None, None) if state is None else state
         block_size = self.block_size or (CPU_BLOCK_SIZE if x.device.type == "cpu" else x.shape[1])
-        return _FusedLSTMStep.apply(x, h, c, w_x, w_h, bias, block_size)
+        return _FusedLSTMStep.apply(x, h, c, w_x, w_h, bias, block_size, self.differentiable_input)
 
     def reference(self, x: Tensor, state: State | None = None) -> State:
         """Plain autograd step in the usual layout, to check ``forward`` against.

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 from torchmetrics import CatMetric
@@ -54,6 +55,9 @@ class EpisodicMethod(pl.LightningModule):
 
     # methods whose learner has an N-way head cannot train on episodes of another N
     needs_fixed_n_way = False
+    # what a NaN/inf training loss does: "stop" or "skip" the update (set from the run config)
+    nonfinite_loss = "stop"
+    skipped_nonfinite = 0
 
     def __init__(self, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
         super().__init__()
@@ -93,9 +97,18 @@ class EpisodicMethod(pl.LightningModule):
                 "and evaluation episodes have the same number of classes."
             )
 
-    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        """One meta-training step on a meta-batch of episodes."""
+    def training_step(self, episode: Episode, batch_idx: int) -> Tensor | None:
+        """One meta-training step on a meta-batch of episodes; None (no update) for a NaN/inf
+        loss when ``nonfinite_loss`` is ``"skip"`` (set by ``fewshot.training``; else it stops)."""
         loss, logits = self.episode_loss(episode)
+        if self.nonfinite_loss == "skip" and not torch.isfinite(loss).all():
+            self.skipped_nonfinite += episode.batch_size
+            rank_zero_warn(
+                f"Non-finite training loss ({loss.item()}) at step {self.global_step}: skipping the update of "
+                f"these {episode.batch_size} episode(s) (nonfinite_loss=skip; {self.skipped_nonfinite} skipped so far)."
+            )
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=episode.batch_size)
+            return None  # Lightning makes no optimizer step for this batch
         self.check_finite(loss)
         acc = episode_accuracy(logits, episode.query_labels, episode.n_way).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=episode.batch_size)
@@ -105,10 +118,12 @@ class EpisodicMethod(pl.LightningModule):
     def check_finite(self, loss: Tensor) -> None:
         """Stop with a clear message on a NaN/inf loss instead of training on garbage."""
         if not torch.isfinite(loss).all():
+            skippable = type(self).training_step is EpisodicMethod.training_step
             raise NonFiniteLossError(
-                f"Non-finite training loss ({loss.item()}) at step {self.global_step}. "
-                "Lower the learning rate (model.optimizer.lr), add gradient clipping "
-                "(trainer.gradient_clip_val), or check the data normalisation."
+                f"Non-finite training loss ({loss.item()}) at step {self.global_step}; training stopped (the "
+                "checkpoints saved so far are kept). Lower the learning rate (model.optimizer.lr), add gradient "
+                "clipping (trainer.gradient_clip_val), or check the data normalisation"
+                + (", or set nonfinite_loss=skip to skip such meta-batches." if skippable else ".")
             )
 
     # -- evaluation ---------------------------------------------------------------------------

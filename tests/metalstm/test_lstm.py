@@ -87,6 +87,25 @@ def test_fused_step_refuses_a_differentiable_input():
         h.sum().backward()
 
 
+def test_differentiable_input_gradient_matches_reference():
+    """A stacked layer (``differentiable_input=True``) backpropagates into its input, over a
+    ragged last block and with and without a previous state."""
+    torch.manual_seed(3)
+    lstm = CoordinateLSTM(6, 5, block_size=7, differentiable_input=True).double()
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.uniform_(-0.5, 0.5)
+    for state in (None, (torch.randn(5, 20, dtype=torch.float64), torch.randn(5, 20, dtype=torch.float64))):
+        x = torch.randn(6, 20, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(5, 20, dtype=torch.float64)
+        h, c = lstm(x, state)
+        (dx,) = torch.autograd.grad((h * w).sum() + (c * w).sum(), x)
+        ref_state = None if state is None else (state[0].t(), state[1].t())
+        h_ref, c_ref = lstm.reference(x.t(), ref_state)
+        (dx_ref,) = torch.autograd.grad((h_ref.t() * w).sum() + (c_ref.t() * w).sum(), x)
+        torch.testing.assert_close(dx, dx_ref)
+
+
 def test_initialisation_range():
     lstm = CoordinateLSTM(4, 20)
     for p in lstm.parameters():

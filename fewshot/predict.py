@@ -1,0 +1,216 @@
+"""Classify your own images with a trained method: adapt on a support folder, label a query folder.
+
+    python -m fewshot.predict ckpt_path=<checkpoint> support=<folder of class folders> \\
+        query=<folder of images> output=predictions.csv
+
+The support folder holds one sub-folder per class (its name is the class); the query folder
+holds the images to label. Images are decoded as in training (the checkpoint's image size,
+channels and normalisation). The CSV has one row per query image: file, predicted class,
+confidence (softmax probability of the prediction).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fewshot.checkpoints import checkpoint_config, load
+from fewshot.data.episode import Episode
+from fewshot.data.errors import DataError
+from fewshot.data.folder import find_class_folders, is_ignored_name
+from fewshot.data.images import decode_image, is_image_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictConfig:
+    """Command-line options of ``python -m fewshot.predict`` (``key=value``)."""
+
+    ckpt_path: str = MISSING
+    support: str = MISSING
+    query: str = MISSING
+    output: str = "predictions.csv"
+    device: str = "cpu"
+    # null: decode like the training data; true/false: force inverting pixel values
+    invert: bool | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The label given to one query image."""
+
+    file: str
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How a checkpoint's training data was decoded and normalised."""
+
+    image_size: int
+    channels: int
+    invert: bool
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+    @classmethod
+    def of_checkpoint(cls, ckpt_path: str | Path) -> ImageFormat:
+        """Read the image format from the config stored in a checkpoint."""
+        data = checkpoint_config(ckpt_path).data
+        return cls(
+            image_size=int(data.image_size),
+            channels=int(data.channels),
+            invert=bool(data.source.get("invert", False)),
+            mean=None if data.get("mean") is None else tuple(data.mean),
+            std=None if data.get("std") is None else tuple(data.std),
+        )
+
+    def read(self, path: Path) -> torch.Tensor:
+        """Decode and normalise one image file into float ``[C, H, W]``."""
+        image = decode_image(path.read_bytes(), str(path), self.channels, self.image_size, self.invert).float() / 255
+        if self.mean is not None:
+            image = image - torch.tensor(self.mean).view(-1, 1, 1)
+        if self.std is not None:
+            image = image / torch.tensor(self.std).view(-1, 1, 1)
+        return image
+
+
+def support_files(folder: Path) -> dict[str, list[Path]]:
+    """``{class: image paths}`` of a support folder, with the same number K of images per class
+    (the episode contract); classes with more images keep their first K (sorted), with a warning."""
+    if not folder.is_dir():
+        raise DataError(f"Support folder {folder} does not exist; pass support=<folder with one sub-folder per class>.")
+    classes = find_class_folders(folder)
+    if len(classes) < 2:
+        raise DataError(f"Support folder {folder} has {len(classes)} class folder(s); a prediction needs at least 2.")
+    n_shot = min(len(files) for files in classes.values())
+    trimmed = [name for name, files in classes.items() if len(files) > n_shot]
+    if trimmed:
+        log.warning(
+            "Support classes have different numbers of images; using the first %d of each (trimmed: %s).",
+            n_shot,
+            ", ".join(trimmed[:5]),
+        )
+    return {name: files[:n_shot] for name, files in classes.items()}
+
+
+def query_files(folder: Path) -> list[Path]:
+    """The images of a query folder (sorted; sub-folders included)."""
+    if not folder.is_dir():
+        raise DataError(f"Query folder {folder} does not exist; pass query=<folder of images to classify>.")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not is_ignored_name(p.name))
+    others = [p for p in files if not is_image_name(p.name)]
+    if others:
+        raise DataError(
+            f"{others[0]} in the query folder is not an image (known suffixes: .png, .jpg, ...); remove it."
+        )
+    if not files:
+        raise DataError(f"Query folder {folder} holds no images; put the images to classify in it.")
+    return files
+
+
+def build_episode(
+    support: dict[str, list[Path]], queries: list[Path], image_format: ImageFormat
+) -> tuple[Episode, list[str]]:
+    """A one-episode batch of the support (class-major, as sampled episodes) and the queries."""
+    names = list(support)
+    n_shot = len(next(iter(support.values())))
+    support_images = torch.stack([image_format.read(p) for name in names for p in support[name]])
+    support_labels = torch.arange(len(names)).repeat_interleave(n_shot)
+    query_images = torch.stack([image_format.read(p) for p in queries])
+    episode = Episode(
+        support_images=support_images[None],
+        support_labels=support_labels[None],
+        query_images=query_images[None],
+        query_labels=torch.zeros(1, len(queries), dtype=torch.long),  # unknown: never used to predict
+        n_way=len(names),
+        index=torch.tensor([0]),
+    )
+    return episode, names
+
+
+def adapt_and_predict(method: Any, episode: Episode) -> torch.Tensor:
+    """Class probabilities ``[N*Q, N]`` of the queries after adapting ``method`` to the support."""
+    method.eval()
+    device = next(iter(method.parameters())).device
+    with torch.enable_grad():  # adaptation-based methods take gradient steps on the support
+        logits = method(episode.to(device))
+    return torch.softmax(logits.detach()[0].float(), dim=-1).cpu()
+
+
+def predict_folders(
+    ckpt_path: str | Path, support: str | Path, query: str | Path, device: str = "cpu", invert: bool | None = None
+) -> list[Prediction]:
+    """Load a checkpoint, adapt it to the support folder and label every query image."""
+    image_format = ImageFormat.of_checkpoint(ckpt_path)
+    if invert is not None:
+        image_format = ImageFormat(**{**image_format.__dict__, "invert": invert})
+    method = load(ckpt_path, map_location=device)
+    queries = query_files(Path(query))
+    episode, names = build_episode(support_files(Path(support)), queries, image_format)
+    probabilities = adapt_and_predict(method, episode)
+    confidence, label = probabilities.max(dim=-1)
+    root = Path(query)
+    return [
+        Prediction(file=str(path.relative_to(root)), label=names[int(k)], confidence=float(c))
+        for path, k, c in zip(queries, label, confidence)
+    ]
+
+
+def write_predictions(path: str | Path, predictions: list[Prediction]) -> Path:
+    """Write predictions as CSV (file, prediction, confidence)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "prediction", "confidence"])
+        for p in predictions:
+            writer.writerow([p.file, p.label, f"{p.confidence:.6f}"])
+    return target
+
+
+def parse_args(argv: list[str]) -> PredictConfig:
+    """``key=value`` arguments checked against :class:`PredictConfig`."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig), OmegaConf.from_dotlist(argv))
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ValueError(f"missing {', '.join(f'{k}=...' for k in missing)}")
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except (OmegaConfBaseException, ValueError) as err:
+        raise SystemExit(
+            f"error: {str(err).splitlines()[0]}.\nusage: python -m fewshot.predict ckpt_path=<ckpt> "
+            "support=<folder of class folders> query=<folder of images> [output=predictions.csv] [device=cpu]"
+        ) from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        predictions = predict_folders(cfg.ckpt_path, cfg.support, cfg.query, cfg.device, cfg.invert)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = write_predictions(cfg.output, predictions)
+    for p in predictions[:20]:
+        print(f"{p.file}\t{p.label}\t{p.confidence:.3f}")
+    if len(predictions) > 20:
+        print(f"... {len(predictions) - 20} more")
+    print(f"wrote {len(predictions)} predictions to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

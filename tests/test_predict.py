@@ -1,0 +1,125 @@
+"""`python -m fewshot.predict`: adapt a trained method on a support folder, label a query folder."""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from fewshot.data.episode import Episode
+from fewshot.predict import main as predict_main
+from fewshot.predict import predict_folders
+from fewshot.training import train
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import omniglot_root, requires_omniglot
+
+# every method config (pretrained is only the shared base of the two pre-trained baselines)
+METHODS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml") if p.stem != "pretrained")
+
+
+def write_png(image: torch.Tensor, path: Path) -> None:
+    """Save a uint8 ``[1, H, W]`` image as a grayscale PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[0].numpy()).save(path)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method_name", METHODS)
+def test_predict_labels_query_folder_like_the_method_scores_the_same_images(method_name, tiny_config, tmp_path):
+    cfg = tiny_config(f"model={method_name}")
+    results = train(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    classes = datamodule.splits["test"]  # held-out classes, as a user's new classes
+    names = classes.names[:5]
+    support, query = [], []
+    for c, name in enumerate(names):
+        images = classes.images[c]
+        write_png(images[0], tmp_path / "support" / name / "a.png")
+        support.append(images[0])
+        for q in (1, 2):
+            write_png(images[q], tmp_path / "query" / f"{name}_{q}.png")
+            query.append(images[q])
+
+    out = tmp_path / "predictions.csv"
+    code = predict_main(
+        [
+            f"ckpt_path={results['checkpoint']}",
+            f"support={tmp_path / 'support'}",
+            f"query={tmp_path / 'query'}",
+            f"output={out}",
+        ]
+    )
+    assert code == 0
+    rows = read_csv(out)
+    assert [r["file"] for r in rows] == sorted(f"{n}_{q}.png" for n in names for q in (1, 2))
+    assert all(r["prediction"] in names and 0.0 < float(r["confidence"]) <= 1.0 for r in rows)
+
+    # the same images as an episode built from the loader's tensors give the same labels
+    import fewshot
+
+    method = fewshot.load(results["checkpoint"])
+    order = sorted(range(10), key=lambda i: f"{names[i // 2]}_{i % 2 + 1}.png")
+    episode = Episode(
+        datamodule.normalize(torch.stack(support))[None],
+        torch.arange(5)[None],
+        datamodule.normalize(torch.stack([query[i] for i in order]))[None],
+        torch.zeros(1, 10, dtype=torch.long),
+        5,
+        torch.tensor([0]),
+    )
+    with torch.enable_grad():
+        expected = method(episode).detach()[0].argmax(-1)
+    assert [r["prediction"] for r in rows] == [names[int(k)] for k in expected]
+
+
+@requires_omniglot
+def test_predict_on_real_omniglot_characters_from_other_drawers(tiny_config, tmp_path):
+    cfg = tiny_config("data=omniglot", "data.train_episodes=60", "data.n_query=5", "trainer.max_epochs=2")
+    results = train(cfg)
+    archive = zipfile.ZipFile(omniglot_root() / "images_background_small2.zip")
+    members = sorted(m for m in archive.namelist() if m.endswith(".png") and "/Korean/" in m)
+    characters = sorted({m.split("/")[-2] for m in members})[:5]
+    for character in characters:
+        files = [m for m in members if f"/{character}/" in m]
+        (tmp_path / "support" / character).mkdir(parents=True)
+        (tmp_path / "support" / character / "shot.png").write_bytes(archive.read(files[0]))  # drawer 1
+        for m in files[1:6]:  # five other drawers
+            (tmp_path / "query" / f"{character}_{Path(m).name}").parent.mkdir(exist_ok=True)
+            (tmp_path / "query" / f"{character}_{Path(m).name}").write_bytes(archive.read(m))
+    predictions = predict_folders(results["checkpoint"], tmp_path / "support", tmp_path / "query")
+    assert len(predictions) == 25
+    correct = np.mean([p.label == p.file.split("_")[0] for p in predictions])
+    assert correct >= 0.6, f"accuracy {correct:.2f} on 5-way 1-shot Korean characters (chance 0.2)"
+
+
+def test_predict_reports_missing_arguments_and_folders(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="missing ckpt_path=..., query=..., support=..."):
+        predict_main([])
+    with pytest.raises(SystemExit, match="usage: python -m fewshot.predict"):
+        predict_main(["ckpt=x", "support=a", "query=b"])  # unknown key
+    assert predict_main([f"ckpt_path={tmp_path / 'no.ckpt'}", "support=a", "query=b"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_support_folder_with_one_class(tiny_config, tmp_path, capsys):
+    results = train(tiny_config())
+    write_png(torch.zeros(1, 28, 28, dtype=torch.uint8), tmp_path / "support" / "only" / "a.png")
+    write_png(torch.zeros(1, 28, 28, dtype=torch.uint8), tmp_path / "query" / "q.png")
+    assert (
+        predict_main(
+            [f"ckpt_path={results['checkpoint']}", f"support={tmp_path / 'support'}", f"query={tmp_path / 'query'}"]
+        )
+        == 2
+    )
+    assert "at least 2" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""Exact resume after a crash, and identical results for the same seed and config (CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshot.training import train
+from tests.conftest import compose_config
+from tests.training.crash import TrainingKilled
+
+# 3 epochs of 3 training steps each; validation (and last.ckpt) after every epoch
+RUN = ["debug=tiny", "trainer=cpu", "logger=none", "trainer.max_epochs=3", "data.train_episodes=3"]
+METHODS = {
+    "protonet": ["model=protonet"],
+    "meta_lstm": ["model=meta_lstm", "model.n_steps=2", "model.learner.hidden=8"],
+    "siamese": ["model=siamese"],
+}
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a run's last checkpoint."""
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_run_killed_mid_training_resumes_to_identical_weights_and_accuracy(method, tmp_path):
+    overrides = RUN + METHODS[method]
+    whole = train(compose_config(overrides, tmp_path / "whole"))
+
+    crash = ["+callbacks.crash._target_=tests.training.crash.CrashAfterStep", "+callbacks.crash.step=5"]
+    with pytest.raises(TrainingKilled):
+        train(compose_config(overrides + crash, tmp_path / "killed"))  # dies in the second epoch
+    resumed = train(compose_config(overrides + ["resume=true"], tmp_path / "killed"))
+
+    assert_same_weights(final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed"))
+    assert resumed["test"]["episode_acc"] == whole["test"]["episode_acc"]
+    assert [h["acc"] for h in resumed["val_history"]] == [h["acc"] for h in whole["val_history"]]
+    assert resumed["train"]["steps"] == whole["train"]["steps"] == 9
+
+
+def test_resume_without_a_finished_epoch_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume=true but .*last.ckpt does not exist.*ckpt_path="):
+        train(compose_config(RUN + ["resume=true"], tmp_path))
+
+
+@pytest.mark.parametrize("method", ["protonet", "meta_lstm"])
+def test_same_seed_and_config_give_identical_results(method, tmp_path):
+    first = train(compose_config(RUN + METHODS[method], tmp_path / "a"))
+    second = train(compose_config(RUN + METHODS[method], tmp_path / "b"))
+    assert first["test"]["episode_acc"] == second["test"]["episode_acc"]
+    assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
+    other_seed = train(compose_config(RUN + METHODS[method] + ["seed=1"], tmp_path / "c"))
+    assert other_seed["test"]["episode_acc"] != first["test"]["episode_acc"]
+
+
+def test_trainer_deterministic_is_honoured(tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        train(compose_config(RUN + ["trainer.deterministic=true"], tmp_path))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("method", ["meta_lstm", "maml"])
+def test_ddp_with_two_cpu_processes_scores_the_test_episodes_like_one_process(method, tmp_path):
+    from tests.training.test_train import run_train
+
+    settings = {"meta_lstm": METHODS["meta_lstm"], "maml": ["model=maml", "model.learner.hidden=8"]}[method]
+    overrides = ["debug=tiny", "logger=none", "data.test_episodes=7", "data.train_episodes=5", *settings]
+    out = run_train(
+        *overrides,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp_path / 'ddp'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    # 7 test episodes over 2 ranks (4 + 3): each scored once, none padded
+    assert ddp["test"]["episode_index"] == list(range(7))
+    assert ddp["train"]["steps"] == 2  # 5 training episodes: 2 per rank, the odd one left out
+    single = train(
+        compose_config(
+            [*overrides, "trainer=cpu", "train=false", f"ckpt_path={ddp['checkpoint']}"], tmp_path / "single"
+        )
+    )
+    assert single["test"]["episode_acc"] == pytest.approx(ddp["test"]["episode_acc"], abs=1e-6)
+    assert single["test"]["acc"] == pytest.approx(ddp["test"]["acc"], abs=1e-7)

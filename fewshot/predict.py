@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -70,7 +71,7 @@ class ImageFormat:
         return cls(
             image_size=int(data.image_size),
             channels=int(data.channels),
-            invert=bool(data.source.get("invert", False)),
+            invert=bool(data.source.get("invert", getattr(get_class(data.source._target_), "invert", False))),
             mean=None if data.get("mean") is None else tuple(data.mean),
             std=None if data.get("std") is None else tuple(data.std),
         )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
@@ -40,6 +43,40 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def sweep_group() -> str | None:
+    """``sweep-<folder name>`` inside a Hydra multirun (so W&B groups a sweep's runs), else None."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not started by @hydra.main (e.g. the compose API)
+        return None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+
+
+def instantiate_loggers(group: DictConfig | None) -> list[Any]:
+    """The configured loggers; in a multirun, W&B runs of the sweep share one group."""
+    sweep = sweep_group()
+    loggers = []
+    for entry in (group or {}).values():
+        if entry is None or "_target_" not in entry:
+            continue
+        is_wandb = str(entry._target_).endswith("WandbLogger")
+        loggers.append(instantiate(entry, group=sweep) if is_wandb and sweep else instantiate(entry))
+    return loggers
+
+
+def log_results_table(results: dict[str, Any], loggers: list[Any]) -> None:
+    """Log the run's test result as a one-row table to W&B (other loggers have the metrics)."""
+    test = results["test"]
+    columns = ["method", "dataset", "n_way", "n_shot", "episodes", "acc", "ci95", "fingerprint"]
+    row = [results["method"], results["dataset"], results["n_way"], results["n_shot"], test["episodes"],
+           test["acc"], test["ci95"], test.get("fingerprint")]
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.log_table(key="results", columns=columns, data=[row])
 
 
 def without_progress_bars(callbacks: list[Any]) -> list[Any]:
@@ -119,8 +156,23 @@ def checkpoint_to_start_from(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(last)
 
 
+def finish_wandb() -> None:
+    """End the W&B run of this process, if any, so the next run (multirun job) starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test the configured method on the configured data; return the results."""
+    try:
+        return train_and_test(cfg)
+    finally:
+        finish_wandb()
+
+
+def train_and_test(cfg: DictConfig) -> dict[str, Any]:
+    """The body of :func:`train`: build everything, fit, test the best checkpoint, write results."""
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -143,7 +195,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved), RngStateInCheckpoint()]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = without_progress_bars(callbacks)
-    loggers = instantiate_group(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     set_nonfinite_policy(method, cfg.get("nonfinite_loss", "stop"), trainer.world_size)
     for lg in loggers:
@@ -190,6 +242,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_results([results])
         log.info("Results written to %s", path)
         log_gate_figure(results, output_dir, loggers)
+        log_results_table(results, loggers)
     return results
 
 

@@ -90,6 +90,7 @@ class Omniglot:
     """
 
     name = "omniglot"
+    invert = True  # ink 255 on background 0 (fewshot.predict decodes users' images the same way)
 
     def __init__(
         self,
@@ -135,7 +136,7 @@ class Omniglot:
             characters = self.find_characters(archives)
             names = self._split_characters(characters)
             readers = {n: characters[n].readers for s in SPLITS for n in names[s]}
-            decoded = decode_classes(readers, 1, self.image_size, True, self.workers)
+            decoded = decode_classes(readers, 1, self.image_size, self.invert, self.workers)
         splits = {s: ClassImages.from_mapping(self._rotated(decoded, names[s], s)) for s in SPLITS}
         return check_splits(splits, self.name)
 

@@ -212,6 +212,11 @@ def paired_against_best(cells: Sequence[Cell]) -> tuple[list[PairedDifference], 
     return differences, skipped
 
 
+def p_value_text(p: float) -> str:
+    """A p-value for a table; below double precision's resolution it reads ``<1e-16``."""
+    return "<1e-16" if p < 1e-16 else f"{p:.3g}"
+
+
 def markdown_paired(differences: Sequence[PairedDifference]) -> str:
     """Paired differences as a Markdown table (percentage points, 95% CI, p-value)."""
     lines = [
@@ -221,7 +226,7 @@ def markdown_paired(differences: Sequence[PairedDifference]) -> str:
     for d in differences:
         lines.append(
             f"| {d.setting} | {d.method_a} | {d.method_b} | {d.episodes} | "
-            f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f} | {d.p_value:.3g} | {'yes' if d.significant else 'no'} |"
+            f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f} | {p_value_text(d.p_value)} | {'yes' if d.significant else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 

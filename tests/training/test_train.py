@@ -146,3 +146,19 @@ def test_optuna_preset_tunes_on_validation_accuracy(tmp_path):
     assert "model.optimizer.lr" in best and "best_value" in best
     trial_vals = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())["val"]["acc"] for i in (0, 1)]
     assert float(best.split("best_value:")[1]) == pytest.approx(max(trial_vals))
+
+
+def test_wandb_offline_runs_of_one_sweep_share_a_group_and_log_results(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_train(
+        "-m", "debug=tiny", "trainer=cpu", "logger=wandb", "callbacks=none", "data.n_shot=1,2",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(sweep.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2
+    for run in runs:
+        logged = next(run.glob("*.wandb")).read_bytes()
+        assert b"sweep-sweep" in logged  # the group: sweep-<sweep folder name>
+        for key in (b"test/acc", b"val/acc", b"results", b"train/loss"):
+            assert key in logged, key

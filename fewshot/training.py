@@ -72,8 +72,16 @@ def log_results_table(results: dict[str, Any], loggers: list[Any]) -> None:
     """Log the run's test result as a one-row table to W&B (other loggers have the metrics)."""
     test = results["test"]
     columns = ["method", "dataset", "n_way", "n_shot", "episodes", "acc", "ci95", "fingerprint"]
-    row = [results["method"], results["dataset"], results["n_way"], results["n_shot"], test["episodes"],
-           test["acc"], test["ci95"], test.get("fingerprint")]
+    row = [
+        results["method"],
+        results["dataset"],
+        results["n_way"],
+        results["n_shot"],
+        test["episodes"],
+        test["acc"],
+        test["ci95"],
+        test.get("fingerprint"),
+    ]
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.log_table(key="results", columns=columns, data=[row])

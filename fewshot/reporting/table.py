@@ -226,7 +226,8 @@ def markdown_paired(differences: Sequence[PairedDifference]) -> str:
     for d in differences:
         lines.append(
             f"| {d.setting} | {d.method_a} | {d.method_b} | {d.episodes} | "
-            f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f} | {p_value_text(d.p_value)} | {'yes' if d.significant else 'no'} |"
+            f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f} | {p_value_text(d.p_value)} | "
+            f"{'yes' if d.significant else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 

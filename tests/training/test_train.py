@@ -127,8 +127,16 @@ def test_cfg_job_shows_composed_config(tmp_path):
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     out = run_train(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=tiny", "trainer=cpu", "logger=none",
-        "callbacks=none", "data.n_shot=1,2", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "debug=tiny",
+        "trainer=cpu",
+        "logger=none",
+        "callbacks=none",
+        "data.n_shot=1,2",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     shots = sorted(json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text())["n_shot"] for i in (0, 1))
@@ -137,8 +145,15 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 def test_optuna_preset_tunes_on_validation_accuracy(tmp_path):
     out = run_train(
-        "-m", "hparams_search=optuna", "debug=tiny", "trainer=cpu", "logger=none", "callbacks=none",
-        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1", f"hydra.sweep.dir={tmp_path}/sweep",
+        "-m",
+        "hparams_search=optuna",
+        "debug=tiny",
+        "trainer=cpu",
+        "logger=none",
+        "callbacks=none",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+        f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -151,8 +166,14 @@ def test_optuna_preset_tunes_on_validation_accuracy(tmp_path):
 def test_wandb_offline_runs_of_one_sweep_share_a_group_and_log_results(tmp_path):
     sweep = tmp_path / "sweep"
     out = run_train(
-        "-m", "debug=tiny", "trainer=cpu", "logger=wandb", "callbacks=none", "data.n_shot=1,2",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "-m",
+        "debug=tiny",
+        "trainer=cpu",
+        "logger=wandb",
+        "callbacks=none",
+        "data.n_shot=1,2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     runs = sorted(sweep.glob("*/wandb/offline-run-*"))

@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 
 SYNSETS = ("n01532829", "n01558993", "n01704323", "n01749939", "n01770081", "n01843383", "n01910747")
+# made-up WordNet-shaped ids for fakes that need more classes than the real ones above
+SYNSETS += tuple(f"n0999{i:04d}" for i in range(40))
 
 
 def random_image(rng: np.random.Generator, size: tuple[int, int], mode: str = "RGB") -> Image.Image:

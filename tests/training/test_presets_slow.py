@@ -1,0 +1,47 @@
+"""Every experiment preset runs end to end for a few steps (``pytest -m slow``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fewshot.training import train
+from tests.conftest import compose_config
+from tests.data.fakes import make_mini_imagenet
+from tests.helpers import omniglot_root
+from tests.training.test_configs import EXPERIMENTS
+
+FEW_STEPS = [
+    "trainer=cpu",
+    "logger=none",
+    "trainer.max_epochs=1",
+    "trainer.max_steps=2",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "data.eval_batch_size=1",
+]
+
+
+def data_overrides(experiment: str, tmp_path: Path) -> list[str]:
+    """Point the preset at real Omniglot or at a generated Mini-ImageNet of the real layout."""
+    if experiment.startswith("omniglot/"):
+        if omniglot_root() is None:
+            pytest.skip("real Omniglot data not found")
+        return [f"data.source.root={omniglot_root()}"]
+    if experiment.startswith("miniimagenet/"):
+        root = make_mini_imagenet(tmp_path / "mini", classes=(30, 6, 6), images=20, sizes=((84, 84),))
+        return [f"data.source.root={root}", "data.source.cache=false"]
+    return []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_preset_trains_and_tests_for_a_few_steps(experiment, tmp_path):
+    overrides = [f"experiment={experiment}", *FEW_STEPS, *data_overrides(experiment, tmp_path)]
+    if "finetune" in experiment:
+        overrides += ["trainer.check_val_every_n_epoch=1", "model.grid_episodes=2"]
+    results = train(compose_config(list(dict.fromkeys(overrides)), tmp_path / "run"))
+    assert results["test"]["episodes"] >= 1
+    assert 0.0 <= results["test"]["acc"] <= 1.0

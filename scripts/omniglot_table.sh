@@ -19,6 +19,10 @@ python="${PYTHON:-python}"
 
 run_one() {
   local method="$1" shot="$2"
+  local epochs=(trainer.max_epochs=-1)
+  # Reptile anneals its outer step size over the planned run, so it keeps its preset's epochs
+  # (the budget may still stop it earlier)
+  [[ "$method" == reptile ]] && epochs=()
   local dir="$out/${method}_5w${shot}s"
   if [[ -f "$dir/results.json" ]]; then
     echo "skip $dir (done)"
@@ -27,7 +31,7 @@ run_one() {
   echo "$(date +%T) start $method 5w${shot}s"
   OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads" "$python" train.py \
     "experiment=omniglot/${method}_5w${shot}s" \
-    "callbacks.cpu_budget.minutes=$budget" trainer.max_epochs=-1 \
+    "callbacks.cpu_budget.minutes=$budget" "${epochs[@]}" \
     trainer.enable_progress_bar=false logger=csv \
     "hydra.run.dir=$dir" >"$dir.log" 2>&1 || echo "FAILED $method 5w${shot}s (see $dir.log)"
   echo "$(date +%T) end $method 5w${shot}s"

@@ -22,6 +22,13 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def method_colors(methods: Sequence[str]) -> dict[str, str]:
+    """One colour per method, the same in every panel and figure of a report."""
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ordered = sorted(set(methods), key=method_sort_key)
+    return {m: palette[i % len(palette)] for i, m in enumerate(ordered)}
+
+
 def run_label(run: RunRecord, runs: Sequence[RunRecord]) -> str:
     """The legend entry of a run: its method, plus the seed when the method has several runs."""
     same = [r for r in runs if r.method == run.method and r.setting == run.setting]
@@ -35,13 +42,16 @@ def plot_accuracy_vs_step(runs: Sequence[RunRecord], path: Path) -> Path | None:
     if not with_history:
         return None
     settings = sorted({r.setting for r in with_history})
+    colors = method_colors([r.method for r in runs])
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         for run in sorted((r for r in with_history if r.setting == setting), key=lambda r: method_sort_key(r.method)):
             steps = [p["step"] for p in run.val_history]
             acc = [100 * p["acc"] for p in run.val_history]
             ci = [100 * (p.get("ci95") or 0.0) for p in run.val_history]
-            (line,) = ax.plot(steps, acc, marker="o", markersize=3, label=run_label(run, with_history))
+            (line,) = ax.plot(
+                steps, acc, marker="o", markersize=4, color=colors[run.method], label=run_label(run, with_history)
+            )
             ax.fill_between(
                 steps,
                 [a - c for a, c in zip(acc, ci)],
@@ -79,13 +89,14 @@ def plot_accuracy_vs_shots(runs: Sequence[RunRecord], path: Path) -> Path | None
     if not points:
         return None
     panels = sorted({panel for _, panel in points})
+    colors = method_colors([method for method, _ in points])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for method, _ in sorted((k for k in points if k[1] == panel), key=lambda k: method_sort_key(k[0])):
             shots = sorted(points[(method, panel)])
             acc = [100 * points[(method, panel)][k][0] for k in shots]
             ci = [100 * points[(method, panel)][k][1] for k in shots]
-            ax.errorbar(shots, acc, yerr=ci, marker="o", capsize=3, label=method)
+            ax.errorbar(shots, acc, yerr=ci, marker="o", capsize=3, color=colors[method], label=method)
         ax.set(title=panel, xlabel="shots per class (K)", ylabel="test accuracy (%)")
         ax.set_xticks(sorted({k for (m, p), v in points.items() if p == panel for k in v}))
         ax.grid(alpha=0.3)

@@ -67,9 +67,7 @@ def decode_classes(
     """
     decoded: dict[str, torch.Tensor] = {}
     for chunk in _class_chunks(readers):
-        images = decode_many(
-            [item for n in chunk for item in readers[n]], channels, image_size, invert, workers
-        )
+        images = decode_many([item for n in chunk for item in readers[n]], channels, image_size, invert, workers)
         start = 0
         for n in chunk:
             decoded[n] = stack_class(images[start : start + len(readers[n])])
@@ -104,8 +102,7 @@ def find_class_folders(root: Path) -> dict[str, list[Path]]:
         if here == root:
             if images:
                 raise DataError(
-                    f"Image {here / images[0]} lies directly in {root}; move the images into one "
-                    "sub-folder per class."
+                    f"Image {here / images[0]} lies directly in {root}; move the images into one sub-folder per class."
                 )
             continue
         if images and others:

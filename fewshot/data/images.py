@@ -21,9 +21,7 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def decode_image(
-    data: bytes, where: str, channels: int, image_size: int | None, invert: bool = False
-) -> torch.Tensor:
+def decode_image(data: bytes, where: str, channels: int, image_size: int | None, invert: bool = False) -> torch.Tensor:
     """Decode encoded image bytes into uint8 ``[channels, H, W]``.
 
     RGB images are converted to grayscale where ``channels == 1`` (and vice versa), then
@@ -38,8 +36,7 @@ def decode_image(
             converted = img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(
-            f"Cannot decode image {where}: {err}. The file is corrupt, truncated or not an image; "
-            "replace or delete it."
+            f"Cannot decode image {where}: {err}. The file is corrupt, truncated or not an image; replace or delete it."
         ) from err
     if image_size is not None and converted.size != (image_size, image_size):
         converted = converted.resize((image_size, image_size), Image.Resampling.LANCZOS)

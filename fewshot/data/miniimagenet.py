@@ -161,15 +161,11 @@ def read_cache(path: Path, key: str) -> dict[str, ClassImages] | None:
         if saved.get("key") != key:
             return None
         return {
-            s: ClassImages(
-                names=tuple(saved["splits"][s]["names"]), images=tuple(saved["splits"][s]["images"])
-            )
+            s: ClassImages(names=tuple(saved["splits"][s]["names"]), images=tuple(saved["splits"][s]["images"]))
             for s in SPLITS
         }
     except Exception as err:  # a broken cache must never stop a run: it is rebuilt
-        warnings.warn(
-            f"Ignoring the unreadable Mini-ImageNet cache {path} ({err}); rebuilding it.", stacklevel=2
-        )
+        warnings.warn(f"Ignoring the unreadable Mini-ImageNet cache {path} ({err}); rebuilding it.", stacklevel=2)
         return None
 
 

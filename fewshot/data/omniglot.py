@@ -226,9 +226,7 @@ class Omniglot:
                 owner[alphabet] = split
         return {s: set(chosen[s]) for s in SPLITS}
 
-    def _rotated(
-        self, decoded: dict[str, torch.Tensor], names: Iterable[str], split: str
-    ) -> dict[str, torch.Tensor]:
+    def _rotated(self, decoded: dict[str, torch.Tensor], names: Iterable[str], split: str) -> dict[str, torch.Tensor]:
         rotations = self.rotations if split in self.rotate_splits else (0,)
         classes = {}
         for name in names:
@@ -268,8 +266,7 @@ def character_folders(tree: Tree) -> list[CharacterFolder]:
     for folder in sorted(tree.dirs):
         if folder[:-1] in alphabets and folder not in by_folder:
             raise DataError(
-                f"Omniglot character folder {tree.where(folder)} has no images; delete it or re-extract "
-                "the archive."
+                f"Omniglot character folder {tree.where(folder)} has no images; delete it or re-extract the archive."
             )
     return [
         CharacterFolder(
@@ -322,8 +319,6 @@ def zip_reader(archive: zipfile.ZipFile, path: Path, member: str) -> Callable[[]
         try:
             return archive.read(member)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
-            raise DataError(
-                f"Cannot read {member} in {path} ({err}): the archive is corrupt; re-download it."
-            ) from err
+            raise DataError(f"Cannot read {member} in {path} ({err}): the archive is corrupt; re-download it.") from err
 
     return read

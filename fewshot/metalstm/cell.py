@@ -26,6 +26,9 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from fewshot.metalstm import native
 
 Feedback = Literal["preactivation", "gate"]
 
@@ -53,6 +56,90 @@ def cell_update(theta_prev: Tensor, grad: Tensor, input_gate: Tensor, forget_gat
     return forget_gate * theta_prev - input_gate * grad
 
 
+class _FusedCellStep(torch.autograd.Function):
+    """The cell's step as one autograd node with a hand-written backward.
+
+    Plain autograd records about ten nodes per step and keeps their inputs; this keeps ``h``,
+    ``theta_{t-1}``, the previous gate states and the two gates, and its backward writes each
+    gradient once (the learner gradient ``grad`` is a constant).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        h: Tensor,
+        theta_prev: Tensor,
+        grad: Tensor,
+        i_prev: Tensor,
+        f_prev: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        feed_preactivation: bool,
+        use_native: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        ctx.feed_preactivation, ctx.use_native = feed_preactivation, use_native
+        if use_native:
+            theta, i, f, state_i, state_f = native.cell_forward(
+                h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation
+            )
+            ctx.save_for_backward(h, theta_prev, grad, i_prev, f_prev, i, f, weight)
+            return theta, i, f, state_i, state_f
+        hidden = h.shape[0]
+        states = torch.stack([i_prev, f_prev])
+        pre = torch.addmm(bias.unsqueeze(1), weight[:, :hidden], h)  # [2, n]
+        pre.addcmul_(weight[:, hidden : hidden + 1], theta_prev).addcmul_(weight[:, hidden + 1 :], states)
+        gates = torch.sigmoid(pre)
+        i, f = gates
+        theta = cell_update(theta_prev, grad, i, f)
+        state = pre if feed_preactivation else gates
+        ctx.save_for_backward(h, theta_prev, grad, states, gates, weight)
+        return theta, i, f, state[0], state[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: FunctionCtx, d_theta: Tensor, d_i: Tensor, d_f: Tensor, d_state_i: Tensor, d_state_f: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if ctx.use_native:
+            h, theta_prev, grad, i_prev, f_prev, i, f, weight = ctx.saved_tensors
+            d_outputs = (d_theta, d_i, d_f, d_state_i, d_state_f)
+            grads = native.cell_backward(
+                h, theta_prev, grad, i_prev, f_prev, (i, f), weight, ctx.feed_preactivation, d_outputs
+            )
+            return (*grads[:2], None, *grads[2:], None, None)
+        h, theta_prev, grad, states, gates, weight = ctx.saved_tensors
+        hidden, n = h.shape
+        i, f = gates
+        d_gates = torch.zeros_like(gates)
+        if d_theta is not None:
+            torch.mul(d_theta, grad, out=d_gates[0]).neg_()
+            torch.mul(d_theta, theta_prev, out=d_gates[1])
+        for k, d in enumerate((d_i, d_f)):
+            if d is not None:
+                d_gates[k] += d
+        d_states = (d_state_i, d_state_f)
+        if not ctx.feed_preactivation:
+            for k, d in enumerate(d_states):
+                if d is not None:
+                    d_gates[k] += d
+        d_pre = d_gates.mul_(gates).mul_(1.0 - gates)  # sigmoid'
+        if ctx.feed_preactivation:
+            for k, d in enumerate(d_states):
+                if d is not None:
+                    d_pre[k] += d
+        d_h = torch.mm(weight[:, :hidden].t(), d_pre)
+        w_theta, w_state = weight[:, hidden], weight[:, hidden + 1]
+        d_theta_prev = torch.mv(d_pre.t(), w_theta)  # [n]
+        if d_theta is not None:
+            d_theta_prev.addcmul_(d_theta, f)
+        d_prev = d_pre * w_state.unsqueeze(1)
+        d_weight = torch.cat(
+            [torch.mm(d_pre, h.t()), torch.mv(d_pre, theta_prev).unsqueeze(1), (d_pre * states).sum(1, keepdim=True)],
+            dim=1,
+        )
+        return d_h, d_theta_prev, None, d_prev[0], d_prev[1], d_weight, d_pre.sum(1), None, None
+
+
 class MetaLearnerCell(nn.Module):
     """The gated update of the learner's parameters (see the module docstring).
 
@@ -63,6 +150,8 @@ class MetaLearnerCell(nn.Module):
         input_bias_range: ``b_I`` starts uniform in this range (small input gate), so the cell
             starts close to plain gradient descent with a small learning rate.
         feedback: what is fed back as the previous gate (see the module docstring).
+        backend: ``"native"``, ``"torch"`` or ``"auto"``, as for
+            :class:`~fewshot.metalstm.lstm.CoordinateLSTM`.
     """
 
     def __init__(
@@ -72,8 +161,11 @@ class MetaLearnerCell(nn.Module):
         forget_bias_range: tuple[float, float] = (4.0, 5.0),
         input_bias_range: tuple[float, float] = (-5.0, -4.0),
         feedback: Feedback = "preactivation",
+        backend: native.Backend = "auto",
     ) -> None:
         super().__init__()
+        native.check_backend(backend)
+        self.backend = backend
         if feedback not in ("preactivation", "gate"):
             raise ValueError(f"feedback must be 'preactivation' or 'gate', got {feedback!r}.")
         self.hidden_size = hidden_size
@@ -106,16 +198,14 @@ class MetaLearnerCell(nn.Module):
         Returns:
             A :class:`CellOutput`.
         """
-        hidden = self.hidden_size
         weight = torch.stack([self.weight_i, self.weight_f])  # [2, H + 2]
-        bias = torch.cat([self.bias_i, self.bias_f]).unsqueeze(1)
-        pre = torch.addmm(bias, weight[:, :hidden], h)  # [2, n]
-        pre = torch.addcmul(pre, weight[:, hidden : hidden + 1], theta_prev)
-        pre = torch.addcmul(pre, weight[:, hidden + 1 :], torch.stack([i_prev, f_prev]))
-        gates = torch.sigmoid(pre)
-        i, f = gates.unbind(0)
-        state = pre if self.feedback == "preactivation" else gates
-        return CellOutput(cell_update(theta_prev, grad, i, f), i, f, state[0], state[1])
+        bias = torch.cat([self.bias_i, self.bias_f])
+        grad = grad.detach()  # a constant (gradient independence)
+        use_native = native.applies(self.backend, h, weight)
+        feed_preactivation = self.feedback == "preactivation"
+        return CellOutput(
+            *_FusedCellStep.apply(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation, use_native)
+        )
 
     def reference(self, h: Tensor, theta_prev: Tensor, grad: Tensor, i_prev: Tensor, f_prev: Tensor) -> CellOutput:
         """The same step written gate by gate, with ``h`` in the usual ``[n, H]`` layout."""

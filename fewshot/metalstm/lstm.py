@@ -13,9 +13,10 @@ Equations, per coordinate, with input ``x_t`` (preprocessed loss and gradient):
 
 The gate rows of ``W`` are ordered ``(i, f, o, g)`` like the official Torch code (one sigmoid over
 three blocks). ``forward`` is the fused step: one custom autograd function with a hand-written
-backward that walks the coordinates in cache-sized blocks (see ``_FusedLSTMStep``).
-``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check the two
-agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
+backward that walks the coordinates in blocks (see ``_FusedLSTMStep``); its pointwise maths runs
+in the native C kernels of :mod:`fewshot.metalstm.native` (CPU, float32) or as torch operations.
+``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check that they
+all agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
 """
 
 from __future__ import annotations
@@ -26,61 +27,76 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-State = tuple[Tensor, Tensor]
+from fewshot.metalstm import native
 
-CPU_BLOCK_SIZE = 16384
+State = tuple[Tensor, Tensor]
+Backend = native.Backend
+
+CPU_BLOCK_SIZE = 32768
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 
 
-# Pointwise maths of one block of coordinates, given the gate pre-activations ``pre [4H, m]``
-# (rows i, f, o, g), written in place into preallocated buffers: allocations of fresh
-# multi-megabyte tensors (page faults) cost as much as the arithmetic here.
+class _TorchPointwise:
+    """The step's pointwise maths as torch operations, in place into preallocated buffers
+    (fresh multi-megabyte tensors cost page faults comparable to the arithmetic)."""
+
+    @staticmethod
+    def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor) -> None:
+        """Activate ``gates [4H, m]`` (rows i, f, o, g) in place; write ``c``, ``h`` and ``tanh(c)``."""
+        hidden = c.shape[0]
+        gates[: 3 * hidden].sigmoid_()
+        gates[3 * hidden :].tanh_()
+        i, f, o, g = gates.chunk(4)
+        torch.mul(i, g, out=c)
+        if c_prev is not None:
+            c.addcmul_(f, c_prev)
+        torch.tanh(c, out=tanh_c)
+        torch.mul(o, tanh_c, out=h)
+
+    @staticmethod
+    def backward(
+        gates: Tensor,
+        tanh_c: Tensor,
+        c_prev: Tensor | None,
+        dh: Tensor,
+        dc_next: Tensor | None,
+        d_pre: Tensor,
+        dc_prev: Tensor | None,
+    ) -> None:
+        """From activated ``gates`` and ``tanh(c)``: the pre-activation gradient ``d_pre [4H, m]``
+        and ``dc_prev = dc * f`` (unless ``None``)."""
+        hidden = tanh_c.shape[0]
+        i, f, o, g = gates.chunk(4)
+        di, df, do, dg = d_pre.chunk(4)
+        torch.mul(dh, tanh_c, out=do)
+        dc = torch.mul(dh, o, out=dg)  # dg's rows are free until the end: borrow them for dc
+        _tanh_backward(dc, tanh_c, grad_input=dc)
+        if dc_next is not None:
+            dc.add_(dc_next)
+        torch.mul(dc, g, out=di)
+        if c_prev is not None:
+            torch.mul(dc, c_prev, out=df)
+        else:
+            df.zero_()
+        if dc_prev is not None:
+            torch.mul(dc, f, out=dc_prev)
+        dg.mul_(i)
+        _sigmoid_backward(d_pre[: 3 * hidden], gates[: 3 * hidden], grad_input=d_pre[: 3 * hidden])
+        _tanh_backward(dg, g, grad_input=dg)
 
 
-def _forward_block(pre: Tensor, c_prev: Tensor | None, c_out: Tensor, h_out: Tensor) -> None:
-    hidden = c_out.shape[0]
-    pre[: 3 * hidden].sigmoid_()
-    pre[3 * hidden :].tanh_()
-    i, f, o, g = pre.chunk(4)
-    torch.mul(i, g, out=c_out)
-    if c_prev is not None:
-        c_out.addcmul_(f, c_prev)
-    torch.tanh(c_out, out=h_out).mul_(o)
+class _NativePointwise:
+    """The same maths, one pass per direction, in the C kernels of :mod:`fewshot.metalstm.native`."""
+
+    forward = staticmethod(native.step_forward)
+    backward = staticmethod(native.step_backward)
 
 
-def _backward_block(
-    pre: Tensor,
-    c_new: Tensor,
-    c_prev: Tensor | None,
-    dh: Tensor,
-    dc_next: Tensor | None,
-    dgates: Tensor,
-    dc: Tensor,
-    dc_prev_out: Tensor | None,
-) -> None:
-    hidden = c_new.shape[0]
-    pre[: 3 * hidden].sigmoid_()
-    pre[3 * hidden :].tanh_()
-    i, f, o, g = pre.chunk(4)
-    di, df, do, dg = dgates.chunk(4)
-    tanh_c = torch.tanh(c_new, out=dg)  # dg's rows are free until the end: borrow them
-    torch.mul(dh, tanh_c, out=do)
-    torch.mul(dh, o, out=dc)
-    _tanh_backward(dc, tanh_c, grad_input=dc)
-    if dc_next is not None:
-        dc.add_(dc_next)
-    torch.mul(dc, g, out=di)
-    if c_prev is not None:
-        torch.mul(dc, c_prev, out=df)
-    else:
-        df.zero_()
-    torch.mul(dc, i, out=dg)
-    _sigmoid_backward(dgates[: 3 * hidden], pre[: 3 * hidden], grad_input=dgates[: 3 * hidden])
-    _tanh_backward(dg, g, grad_input=dg)
-    if dc_prev_out is not None:
-        torch.mul(dc, f, out=dc_prev_out)
+def _matrix(buffer: Tensor, rows: int, m: int) -> Tensor:
+    """The first ``rows * m`` values of a flat buffer as a contiguous ``[rows, m]`` matrix."""
+    return buffer[: rows * m].view(rows, m)
 
 
 def _blocks(n: int, block_size: int) -> Iterator[tuple[slice, int]]:
@@ -93,15 +109,15 @@ class _FusedLSTMStep(torch.autograd.Function):
     """One coordinate-wise LSTM step on coordinate-last tensors; ``x`` is a constant input unless
     ``differentiable_input`` (a stacked layer, whose input is the layer below's hidden state).
 
-    At 10^5 coordinates, memory traffic and fresh allocations (page faults) cost as much as the
-    arithmetic, so both passes walk the coordinates in blocks whose gates ``[4H, block]`` stay in
-    cache, and the backward recomputes the gates from the saved inputs instead of keeping
-    ``[4H, n]`` per step alive: the graph holds only ``h`` and ``c`` per step, and the large
-    temporaries are a few block buffers reused by every block.
+    Both passes walk the coordinates in blocks (on CPU with torch operations, blocks whose gates
+    ``[4H, block]`` stay in cache; the native kernels and GPUs take all coordinates at once).
+    Per block, ``[x; h; 1]`` is gathered into one buffer, so that a single matrix product gives
+    the gate pre-activations (bias included) and a single one accumulates ``[dW_x, dW_h, db]``.
 
-    Per block, the input ``[x; h; 1]`` is gathered into one buffer so that a single matrix
-    product gives the gate pre-activations (bias included) and a single one accumulates the
-    weight gradient ``[dW_x, dW_h, db]``.
+    What the backward needs: with ``save_gates`` (the fast default) the activated gates and
+    ``tanh(c)`` of every coordinate, ``5H`` floats per coordinate and step; without it
+    (checkpointing) only the step's inputs are kept and the backward recomputes the gates, at the
+    cost of one more matrix product and activation pass per step.
     """
 
     @staticmethod
@@ -114,61 +130,82 @@ class _FusedLSTMStep(torch.autograd.Function):
         w_h: Tensor,
         bias: Tensor,
         block_size: int,
-        differentiable_input: bool = False,
+        differentiable_input: bool,
+        pointwise: type[_TorchPointwise] | type[_NativePointwise],
+        save_gates: bool,
     ) -> tuple[Tensor, Tensor]:
         hidden, n = w_h.shape[1], x.shape[1]
+        block = min(block_size, n)
         weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-        inputs, pre_buffer = _InputBlock(x, h, block_size), x.new_empty(4 * hidden * min(block_size, n))
+        inputs = _InputBlock(x, h, block)
         h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
-        for b, m in _blocks(n, block_size):
-            pre = torch.mm(weight, inputs.load(b, m), out=pre_buffer[: 4 * hidden * m].view(4 * hidden, m))
-            c_prev = None if c is None else c[:, b]
-            _forward_block(pre, c_prev, c_new[:, b], h_new[:, b])
+        kept: list[tuple[Tensor, Tensor, Tensor]] = []
+        scratch = x.new_empty(4 * hidden * block), x.new_empty(hidden * block)
+        for b, m in _blocks(n, block):
+            # One allocation per block: glibc serves requests above 32 MB with fresh pages from
+            # the kernel every time, and first touches of fresh pages cost more than the maths.
+            inp = inputs.load(b, m, fresh=save_gates)
+            if save_gates:
+                gates, tanh_c = x.new_empty(4 * hidden, m), x.new_empty(hidden, m)
+                kept.append((gates, tanh_c, inp))
+            else:
+                gates, tanh_c = _matrix(scratch[0], 4 * hidden, m), _matrix(scratch[1], hidden, m)
+            torch.mm(weight, inp, out=gates)
+            pointwise.forward(gates, None if c is None else c[:, b], c_new[:, b], h_new[:, b], tanh_c)
         ctx.set_materialize_grads(False)
         ctx.block_size = block_size
         ctx.differentiable_input = differentiable_input
-        ctx.save_for_backward(x, h, c, w_x, w_h, bias, c_new)
+        ctx.pointwise = pointwise
+        ctx.kept = kept if save_gates else None
+        ctx.save_for_backward(x, h, c, w_x, w_h, bias)
         return h_new, c_new
 
     @staticmethod
     def backward(ctx: FunctionCtx, dh: Tensor | None, dc_next: Tensor | None) -> tuple[Tensor | None, ...]:
+        n_inputs = 10
         need_x = ctx.needs_input_grad[0]
         if need_x and not ctx.differentiable_input:
             raise RuntimeError(
                 "The coordinate-wise LSTM treats its per-coordinate input as a constant; "
                 "build it with differentiable_input=True to backpropagate into the input."
             )
-        x, h, c, w_x, w_h, bias, c_new = ctx.saved_tensors
+        x, h, c, w_x, w_h, bias = ctx.saved_tensors
         if dh is None and dc_next is None:
-            return (None,) * 8
-        if dh is None:
-            dh = torch.zeros_like(c_new)
+            return (None,) * n_inputs
         hidden, n, n_x = w_h.shape[1], x.shape[1], x.shape[0]
+        if dh is None:
+            dh = x.new_zeros(hidden, n)
         block = min(ctx.block_size, n)
         need_h = ctx.needs_input_grad[1] and h is not None
         need_c = ctx.needs_input_grad[2] and c is not None
         weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-        inputs = _InputBlock(x, h, block)
-        pre_buffer, dgates_buffer = x.new_empty(4 * hidden * block), x.new_empty(4 * hidden * block)
-        dc_buffer = x.new_empty(hidden * block)
+        inputs = _InputBlock(x, h, block) if ctx.kept is None else None
+        if ctx.kept is None:  # checkpointing: recompute the gates block by block
+            rows = (4 * hidden, hidden, hidden, hidden)
+            scratch = [x.new_empty(r * block) for r in rows]
+        d_pre_buffer = x.new_empty(4 * hidden * block)
         dh_prev = x.new_empty(hidden, n) if need_h else None
         dc_prev = x.new_empty(hidden, n) if need_c else None
         dx = x.new_empty(n_x, n) if need_x else None
-        dweight = torch.zeros_like(weight)
-        for b, m in _blocks(n, block):
-            inp = inputs.load(b, m)
-            pre = torch.mm(weight, inp, out=pre_buffer[: 4 * hidden * m].view(4 * hidden, m))
+        dweight_t = torch.zeros_like(weight.t())  # [F_x + H + 1, 4H]: inputs @ d_pre^T is the fast product
+        for k, (b, m) in enumerate(_blocks(n, block)):
             c_prev = None if c is None else c[:, b]
+            if ctx.kept is None:
+                inp = inputs.load(b, m)
+                gates, tanh_c, c_scratch, h_scratch = (_matrix(b_, r, m) for b_, r in zip(scratch, rows, strict=True))
+                torch.mm(weight, inp, out=gates)
+                ctx.pointwise.forward(gates, c_prev, c_scratch, h_scratch, tanh_c)
+            else:
+                gates, tanh_c, inp = ctx.kept[k]
+            d_pre = _matrix(d_pre_buffer, 4 * hidden, m)
             dc_next_b = None if dc_next is None else dc_next[:, b]
-            dgates = dgates_buffer[: 4 * hidden * m].view(4 * hidden, m)
-            dc = dc_buffer[: hidden * m].view(hidden, m)
-            dc_prev_b = dc_prev[:, b] if need_c else None
-            _backward_block(pre, c_new[:, b], c_prev, dh[:, b], dc_next_b, dgates, dc, dc_prev_b)
+            ctx.pointwise.backward(gates, tanh_c, c_prev, dh[:, b], dc_next_b, d_pre, dc_prev[:, b] if need_c else None)
             if need_h:
-                torch.mm(w_h.t(), dgates, out=dh_prev[:, b])
+                torch.mm(w_h.t(), d_pre, out=dh_prev[:, b])
             if need_x:
-                torch.mm(w_x.t(), dgates, out=dx[:, b])
-            dweight.addmm_(dgates, inp.t())
+                torch.mm(w_x.t(), d_pre, out=dx[:, b])
+            dweight_t.addmm_(inp, d_pre.t())
+        dweight = dweight_t.t()
         dw_x, dw_h, dbias = dweight[:, :n_x], dweight[:, n_x:-1], dweight[:, -1]
         return (
             dx,
@@ -177,9 +214,7 @@ class _FusedLSTMStep(torch.autograd.Function):
             dw_x if ctx.needs_input_grad[3] else None,
             dw_h if ctx.needs_input_grad[4] and h is not None else None,
             dbias if ctx.needs_input_grad[5] else None,
-            None,
-            None,
-        )
+        ) + (None,) * (n_inputs - 6)
 
 
 def _augmented_weight(w_x: Tensor, w_h: Tensor | None, bias: Tensor) -> Tensor:
@@ -189,20 +224,22 @@ def _augmented_weight(w_x: Tensor, w_h: Tensor | None, bias: Tensor) -> Tensor:
 
 
 class _InputBlock:
-    """A reused ``[F_x (+ H) + 1, block]`` buffer holding ``[x; h; 1]`` for one block of coordinates."""
+    """``[x; h; 1]`` for one block of coordinates: ``[F_x (+ H) + 1, m]``, in a reused buffer or a
+    fresh one (to keep for the backward)."""
 
     def __init__(self, x: Tensor, h: Tensor | None, block_size: int) -> None:
         self.x, self.h = x, h
-        rows = x.shape[0] + (0 if h is None else h.shape[0])
-        self.buffer = x.new_empty(rows + 1, min(block_size, x.shape[1]))
-        self.buffer[rows].fill_(1.0)
+        self.rows = x.shape[0] + (0 if h is None else h.shape[0]) + 1
+        self.buffer = x.new_empty(self.rows * min(block_size, x.shape[1]))
         self.n_x = x.shape[0]
 
-    def load(self, b: slice, m: int) -> Tensor:
-        block = self.buffer[:, :m]
+    def load(self, b: slice, m: int, fresh: bool = False) -> Tensor:
+        """The block ``b`` (``m`` coordinates)."""
+        block = self.x.new_empty(self.rows, m) if fresh else _matrix(self.buffer, self.rows, m)
         block[: self.n_x].copy_(self.x[:, b])
         if self.h is not None:
             block[self.n_x : -1].copy_(self.h[:, b])
+        block[-1].fill_(1.0)
         return block
 
 
@@ -214,11 +251,17 @@ class CoordinateLSTM(nn.Module):
         hidden_size: ``H`` (20 in the paper).
         init_range: weights and biases start ``U(-init_range, init_range)`` (official code).
         block_size: coordinates per block of the fused step, a speed knob (any value gives the
-            same result up to float rounding); ``None``: 16384 on CPU, where blocks keep the gates
-            in cache, and all coordinates at once elsewhere, where kernel launches cost more.
+            same result up to float rounding); ``None``: 16384 for torch operations on CPU, where
+            blocks keep the gates in cache, and all coordinates at once otherwise.
         differentiable_input: backpropagate into the per-coordinate input ``x`` (a stacked
             layer fed by the hidden state below); by default ``x`` is a constant (preprocessed
             gradients), and a gradient reaching it is an error.
+        backend: the pointwise maths: ``"native"`` (C kernels built on first use, CPU float32),
+            ``"torch"`` (torch operations, any device and dtype), or ``"auto"``: native where
+            it applies and builds, torch otherwise.
+        checkpoint: keep only each step's inputs for the backward and recompute the gates there
+            (``H`` + 3 floats per coordinate and step instead of ``6H`` + 3, about one more
+            forward pass of time); for long unrolls.
     """
 
     def __init__(
@@ -228,10 +271,15 @@ class CoordinateLSTM(nn.Module):
         init_range: float = 0.01,
         block_size: int | None = None,
         differentiable_input: bool = False,
+        backend: Backend = "auto",
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
+        native.check_backend(backend)
         self.block_size = block_size
         self.differentiable_input = differentiable_input
+        self.backend = backend
+        self.checkpoint = checkpoint
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.init_range = init_range
@@ -266,8 +314,16 @@ class CoordinateLSTM(nn.Module):
         w_shared, w_x, w_h = self.weight.split([n_shared, x.shape[0], self.hidden_size], dim=1)
         bias = self.bias if shared is None else torch.addmv(self.bias, w_shared, shared)
         h, c = (None, None) if state is None else state
+        pointwise = self._pointwise(x)
         block_size = self.block_size or (CPU_BLOCK_SIZE if x.device.type == "cpu" else x.shape[1])
-        return _FusedLSTMStep.apply(x, h, c, w_x, w_h, bias, block_size, self.differentiable_input)
+        save_gates = torch.is_grad_enabled() and not self.checkpoint
+        return _FusedLSTMStep.apply(
+            x, h, c, w_x, w_h, bias, block_size, self.differentiable_input, pointwise, save_gates
+        )
+
+    def _pointwise(self, x: Tensor) -> type[_TorchPointwise] | type[_NativePointwise]:
+        """The backend for this input (see ``backend``)."""
+        return _NativePointwise if native.applies(self.backend, x, self.weight) else _TorchPointwise
 
     def reference(self, x: Tensor, state: State | None = None) -> State:
         """Plain autograd step in the usual layout, to check ``forward`` against.

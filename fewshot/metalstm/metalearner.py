@@ -56,6 +56,7 @@ from torch.func import functional_call
 from fewshot.metalstm.cell import CellOutput, Feedback, MetaLearnerCell, cell_update
 from fewshot.metalstm.flat import FlatLayout
 from fewshot.metalstm.lstm import CoordinateLSTM, State
+from fewshot.metalstm.native import Backend
 from fewshot.metalstm.preprocess import preprocess
 from fewshot.models.conv4 import layer_names as conv4_layer_names
 
@@ -138,6 +139,10 @@ class MetaLearner(nn.Module):
             (same function, slower; for tests).
         layers: parameter name -> layer name for the gate statistics; by default
             ``conv4.layer_names(learner)``.
+        backend: pointwise maths of the fused path: ``"native"`` (C kernels built on first
+            use; CPU, float32), ``"torch"``, or ``"auto"`` (native where it applies and builds).
+        checkpoint: recompute the LSTM gates in the backward instead of keeping them: about a
+            third of the meta-graph's memory per step, for some more time (long unrolls).
     """
 
     def __init__(
@@ -151,6 +156,8 @@ class MetaLearner(nn.Module):
         feedback: Feedback = "preactivation",
         fused: bool = True,
         layers: Mapping[str, str] | None = None,
+        backend: Backend = "auto",
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         for mode in (train_bn, eval_bn):
@@ -167,8 +174,8 @@ class MetaLearner(nn.Module):
         self.gate_layers, self.segment_sizes = self.layout.segments(layers or conv4_layer_names(learner))
 
         self.c0 = nn.Parameter(self.layout.flatten(dict(learner.named_parameters())).detach().clone())
-        self.lstm = CoordinateLSTM(input_size=4, hidden_size=hidden_size)
-        self.cell = MetaLearnerCell(hidden_size=hidden_size, feedback=feedback)
+        self.lstm = CoordinateLSTM(input_size=4, hidden_size=hidden_size, backend=backend, checkpoint=checkpoint)
+        self.cell = MetaLearnerCell(hidden_size=hidden_size, feedback=feedback, backend=backend)
 
         self._buffer_names = tuple(name for name, _ in learner.named_buffers())
         for k, (_, buffer) in enumerate(learner.named_buffers()):
@@ -314,7 +321,8 @@ class MetaLearner(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_coords={self.layout.n_coords}, n_steps={self.n_steps}, train_bn={self.train_bn!r}, "
-            f"eval_bn={self.eval_bn!r}, fused={self.fused}"
+            f"eval_bn={self.eval_bn!r}, fused={self.fused}, backend={self.lstm.backend!r}, "
+            f"checkpoint={self.lstm.checkpoint}"
         )
 
 

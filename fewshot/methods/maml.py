@@ -192,7 +192,6 @@ class MAML(EpisodicMethod):
         return logits if meta_train else logits.detach()
 
 
-
 def lr_key(name: str) -> str:
     """The ``ParameterDict`` key of a parameter's Meta-SGD step size."""
     return name.replace(".", "__")

@@ -9,6 +9,7 @@ from torchmetrics import CatMetric
 from fewshot.data.episode import Episode
 from fewshot.metalstm.cell import Feedback
 from fewshot.metalstm.metalearner import GATES, STATISTICS, BNMode, GateStats, MetaLearner
+from fewshot.metalstm.native import Backend
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 
 
@@ -55,6 +56,8 @@ class MetaLSTM(EpisodicMethod):
         grad_clip_norm: float | None = 0.25,
         fused: bool = True,
         feedback: Feedback = "preactivation",
+        backend: Backend = "auto",
+        checkpoint: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.metalearner = MetaLearner(
@@ -66,6 +69,8 @@ class MetaLSTM(EpisodicMethod):
             eval_bn=eval_bn,
             fused=fused,
             feedback=feedback,
+            backend=backend,
+            checkpoint=checkpoint,
         )
         self.n_way = getattr(learner, "out_features", None)
         self.grad_clip_norm = grad_clip_norm

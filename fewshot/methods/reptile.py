@@ -218,7 +218,6 @@ class Reptile(EpisodicMethod):
         self.log("train/acc", acc, prog_bar=True, batch_size=episode.batch_size)
         return loss
 
-
     def configure_optimizers(self):
         """The outer optimizer, with the linear annealing of ``outer_lr_final`` if set."""
         configured = super().configure_optimizers()

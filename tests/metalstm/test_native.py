@@ -1,0 +1,208 @@
+"""The native CPU kernels compute the same function as the torch operations they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot.metalstm import native
+from fewshot.metalstm.cell import MetaLearnerCell
+from fewshot.metalstm.lstm import CoordinateLSTM
+from fewshot.metalstm.metalearner import MetaLearner
+from tests.metalstm.test_lstm import unroll
+from tests.metalstm.test_metalearner import random_episode, tiny_conv4
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: native kernels cannot be built here")
+N = 5000  # coordinates; block_size 1536 leaves a ragged last block
+
+
+@needs_native
+@pytest.mark.parametrize(("name", "reference"), [("sigmoid", torch.sigmoid), ("tanh", torch.tanh)])
+def test_activations_are_accurate_to_a_float32_rounding(name, reference):
+    x = torch.cat([torch.linspace(-100, 100, 400_001), torch.randn(100_000) * 3, torch.tensor([0.0, -0.0, 1e-30, 0.625])])
+    ours = getattr(native, name)(x).double()
+    exact = reference(x.double())
+    assert (ours - exact).abs().max() < 2e-7
+    big = exact.abs() > 1e-6
+    assert ((ours - exact)[big] / exact[big]).abs().max() < 3e-7
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_activations_propagate_nan_and_saturate_at_infinity(name):
+    out = getattr(native, name)(torch.tensor([float("nan"), float("inf"), -float("inf")]))
+    assert out[0].isnan()
+    assert out[1] == 1.0
+    assert out[2] == (0.0 if name == "sigmoid" else -1.0) or (name == "sigmoid" and 0 <= out[2] < 1e-37)
+
+
+def lstm_run(backend: str, checkpoint: bool, seed: int = 0):
+    """Values and gradients of three chained steps with large weights (every path matters)."""
+    torch.manual_seed(seed)
+    lstm = CoordinateLSTM(4, 20, block_size=1536, backend=backend, checkpoint=checkpoint)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.uniform_(-0.5, 0.5)
+    xs = [torch.randn(2, N) for _ in range(3)]
+    shared = [torch.randn(2) for _ in range(3)]
+    readouts = [torch.randn(20, N) for _ in range(3)]
+    loss, h, c = unroll(lstm, xs, shared, True, readouts)
+    loss.backward()
+    return h.detach(), c.detach(), [p.grad.clone() for p in lstm.parameters()]
+
+
+@needs_native
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_native_lstm_step_matches_torch_operations(checkpoint):
+    (h1, c1, g1), (h2, c2, g2) = lstm_run("native", checkpoint), lstm_run("torch", checkpoint)
+    torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2, strict=True):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_native), "torch"])
+def test_checkpointing_gives_bitwise_the_same_result(backend):
+    """Recomputing the gates in the backward reruns the same operations on the same inputs."""
+    (h1, c1, g1), (h2, c2, g2) = lstm_run(backend, False), lstm_run(backend, True)
+    assert torch.equal(h1, h2) and torch.equal(c1, c2)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_native
+def test_native_lstm_takes_broadcast_output_gradients():
+    """``h.sum().backward()`` hands the step an expanded (stride-0) gradient."""
+    lstm = CoordinateLSTM(4, 3, backend="native")
+    x, shared = torch.randn(2, 50), torch.randn(2)
+    lstm(x, shared=shared)[0].sum().backward()
+    broadcast = [p.grad.clone() for p in lstm.parameters()]
+    lstm.zero_grad()
+    h = lstm(x, shared=shared)[0]
+    h.backward(torch.ones_like(h))
+    for a, b in zip(broadcast, (p.grad for p in lstm.parameters()), strict=True):
+        assert torch.equal(a, b) and a.abs().max() > 0
+
+
+def cell_run(backend: str, feedback: str, dtype=torch.float32):
+    torch.manual_seed(3)
+    cell = MetaLearnerCell(20, feedback=feedback, backend=backend)
+    with torch.no_grad():  # leave the saturated initial regime so every path matters
+        for p in cell.parameters():
+            p.uniform_(-0.5, 0.5)
+    cell = cell.to(dtype)
+    n = 3000  # float32 draws, then converted: both runs see the same numbers
+    h = torch.randn(20, n).to(dtype).requires_grad_(True)
+    theta = torch.randn(n).to(dtype).requires_grad_(True)
+    grad = torch.randn(n).to(dtype)
+    states = [torch.randn(n).to(dtype).requires_grad_(True) for _ in range(2)]
+    out = cell(h, theta, grad, *states)
+    weights = [torch.randn(n).to(dtype) for _ in range(5)]
+    loss = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
+    leaves = [h, theta, *states, *cell.parameters()]
+    return [o.detach() for o in out], torch.autograd.grad(loss, leaves)
+
+
+@needs_native
+@pytest.mark.parametrize("feedback", ["preactivation", "gate"])
+def test_native_cell_matches_the_reference_step(feedback):
+    (out1, g1), (out2, g2) = cell_run("native", feedback), cell_run("torch", feedback, torch.float64)
+    for a, b in zip(out1, out2, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2, strict=True):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("feedback", ["preactivation", "gate"])
+def test_fused_torch_cell_matches_the_plain_reference(feedback):
+    """The cell's hand-written backward (torch backend) against autograd through ``reference``."""
+    torch.manual_seed(4)
+    cell = MetaLearnerCell(6, feedback=feedback, backend="torch").double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.uniform_(-0.5, 0.5)
+    h = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
+    theta, i_prev, f_prev = (torch.randn(40, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    grad = torch.randn(40, dtype=torch.float64)
+    weights = [torch.randn(40, dtype=torch.float64) for _ in range(5)]
+    leaves = [h, theta, i_prev, f_prev, *cell.parameters()]
+    results = []
+    for out in (cell(h, theta, grad, i_prev, f_prev), cell.reference(h.t(), theta, grad, i_prev, f_prev)):
+        loss = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
+        results.append(([o.detach() for o in out], torch.autograd.grad(loss, leaves)))
+    (out1, g1), (out2, g2) = results
+    for a, b in zip(out1 + list(g1), out2 + list(g2), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@needs_native
+def test_meta_gradients_agree_between_backends():
+    episode = random_episode()
+    grads = {}
+    for backend in ("native", "torch"):
+        torch.manual_seed(0)
+        meta = MetaLearner(tiny_conv4(), n_steps=3, backend=backend)
+        loss = meta.meta_loss(*episode).loss
+        grads[backend] = (loss.detach(), torch.autograd.grad(loss, list(meta.parameters())))
+    (l1, g1), (l2, g2) = grads["native"], grads["torch"]
+    torch.testing.assert_close(l1, l2)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * max(1.0, b.abs().max().item()))
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"):
+        CoordinateLSTM(4, 3, backend="fast")
+    with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"):
+        MetaLearnerCell(3, backend="cuda")
+
+
+def test_native_backend_refuses_float64_and_auto_falls_back():
+    lstm = CoordinateLSTM(4, 3, backend="native").double()
+    with pytest.raises(ValueError, match="float32 tensors on the CPU"):
+        lstm(torch.randn(2, 10, dtype=torch.float64), shared=torch.randn(2, dtype=torch.float64))
+    lstm.backend = "auto"
+    h, _ = lstm(torch.randn(2, 10, dtype=torch.float64), shared=torch.randn(2, dtype=torch.float64))
+    assert h.dtype == torch.float64
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+    """A process where the kernels are not cached and no compiler exists."""
+    monkeypatch.setenv("FEWSHOT_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    native.load.cache_clear()
+    yield
+    native.load.cache_clear()
+
+
+def test_without_a_compiler_auto_warns_once_and_uses_torch(no_compiler):
+    with pytest.warns(UserWarning, match="Native Meta-LSTM kernels unavailable.*no C compiler"):
+        assert native.load() is None
+    lstm = CoordinateLSTM(4, 3, backend="auto")
+    h, c = lstm(torch.randn(2, 10), shared=torch.randn(2))
+    assert h.shape == c.shape == (3, 10)
+    strict = CoordinateLSTM(4, 3, backend="native")
+    with pytest.raises(RuntimeError, match="could not be built"):
+        strict(torch.randn(2, 10), shared=torch.randn(2))
+
+
+@needs_native
+def test_a_failing_build_reports_the_compiler_message(monkeypatch, tmp_path):
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C;\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    with pytest.raises(RuntimeError, match="failed"):
+        native.build(tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written is left to load
+
+
+@needs_native
+def test_build_is_cached_by_content(tmp_path):
+    first = native.build(tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
+    assert first.name.startswith("lstm_kernels-") and first.suffix == ".so"

@@ -1,6 +1,7 @@
 """Time one Meta-Learner LSTM meta-training episode against the learner alone, on synthetic data.
 
-    python -m fewshot.metalstm.bench [--repeats 5] [--device cpu] [--variants fused reference]
+    python -m fewshot.metalstm.bench [--repeats 5] [--device cpu] [--variants fused torch checkpoint reference]
+                                     [--eval-episodes 600] [--memory] [--out bench_results/meta_lstm.json]
 
 For each shape the *episode* is ``meta_loss`` + ``backward`` (all meta-parameters get their
 gradient); the *floor* is the learner's own work in the same process: ``T`` times forward +
@@ -15,8 +16,17 @@ backward on the support set, then forward + backward on the query set. Both are 
 instead of the wall clock: on a shared machine, with ``--threads 1``, it is what the wall time
 would be on an idle one.
 
-Variants: ``fused`` (the default code path) and ``reference`` (the plain, unfused code). The
-first episode (warm-up) is reported separately.
+Variants: ``fused`` (the default code path: native kernels where they build), ``torch`` (the
+fused path with torch operations instead of the native kernels), ``checkpoint`` (fused, gates
+recomputed in the backward) and ``reference`` (the plain, unfused code). The first episode
+(warm-up) is reported separately.
+
+Evaluation (``--eval-episodes``, default 600, on the first shape; 0 skips it): that many
+episodes of ``adapt`` + query prediction in eval mode without a meta-graph, as testing runs,
+against its floor: ``T`` x learner forward + backward on the support set + forward on the query.
+
+Memory (``--memory``): peak memory of one meta-training episode at ``T`` = 5, 12 and 50 on the
+Omniglot 1-shot shape, with and without ``checkpoint``, each in its own process.
 
 Peak memory: on CPU, ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` minus its value before the
 run; every shape runs in a fresh subprocess so the high-water mark is its own (tracemalloc does
@@ -34,7 +44,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +73,11 @@ SHAPES = {
     s.name: s
     for s in (
         Shape("omniglot-5w1s-T5", 1, 64, 28, 5, 1, 15, 5, 0.9),
+        Shape("omniglot-5w5s-T8", 1, 64, 28, 5, 5, 15, 8, 0.95),
         Shape("omniglot-5w1s-T12", 1, 64, 28, 5, 1, 15, 12, 0.9),
+        Shape("miniimagenet-5w1s-T5", 3, 32, 84, 5, 1, 15, 5, 0.9),
         Shape("miniimagenet-5w5s-T8", 3, 32, 84, 5, 5, 15, 8, 0.95),
+        Shape("miniimagenet-5w1s-T12", 3, 32, 84, 5, 1, 15, 12, 0.9),
     )
 }
 
@@ -93,7 +107,31 @@ def _median_of(fn: Callable[[], dict[str, float]], repeats: int) -> dict[str, fl
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
-VARIANTS = ("fused", "reference")
+VARIANTS = ("fused", "torch", "checkpoint", "reference")
+MEMORY_STEPS = (5, 12, 50)
+
+
+def build(shape: Shape, variant: str, device: torch.device) -> MetaLearner:
+    """The meta-learner of ``shape`` in the code path ``variant`` (see the module docstring)."""
+    learner = Conv4(shape.in_channels, shape.hidden, shape.image_size, shape.n_way, shape.bn_momentum, 1e-3)
+    meta = MetaLearner(
+        learner,
+        n_steps=shape.n_steps,
+        fused=variant != "reference",
+        backend="torch" if variant == "torch" else "auto",
+        checkpoint=variant == "checkpoint",
+    )
+    return meta.to(device).train()
+
+
+def synthetic_episode(shape: Shape, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Random images and labels of the shape: ``(support_x, support_y, query_x, query_y)``."""
+    image = (shape.in_channels, shape.image_size, shape.image_size)
+    support_x = torch.randn(shape.n_way * shape.n_shot, *image, device=device)
+    support_y = torch.arange(shape.n_way, device=device).repeat_interleave(shape.n_shot)
+    query_x = torch.randn(shape.n_way * shape.n_query, *image, device=device)
+    query_y = torch.arange(shape.n_way, device=device).repeat_interleave(shape.n_query)
+    return support_x, support_y, query_x, query_y
 
 
 def run_shape(
@@ -101,14 +139,8 @@ def run_shape(
 ) -> dict[str, float | str]:
     """Measure one shape in this process; returns times in milliseconds and peaks in MiB."""
     torch.manual_seed(0)
-    learner = Conv4(shape.in_channels, shape.hidden, shape.image_size, shape.n_way, shape.bn_momentum, 1e-3)
-    meta = MetaLearner(learner, n_steps=shape.n_steps, fused=variant == "fused")
-    meta = meta.to(device).train()
-    image = (shape.in_channels, shape.image_size, shape.image_size)
-    support_x = torch.randn(shape.n_way * shape.n_shot, *image, device=device)
-    support_y = torch.arange(shape.n_way, device=device).repeat_interleave(shape.n_shot)
-    query_x = torch.randn(shape.n_way * shape.n_query, *image, device=device)
-    query_y = torch.arange(shape.n_way, device=device).repeat_interleave(shape.n_query)
+    meta = build(shape, variant, device)
+    support_x, support_y, query_x, query_y = synthetic_episode(shape, device)
 
     def floor() -> dict[str, float]:
         theta = meta.c0.detach().clone().requires_grad_(True)
@@ -174,6 +206,50 @@ def run_shape(
     return result
 
 
+def run_eval(
+    shape: Shape, episodes: int, device: torch.device, variant: str, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float | str]:
+    """Seconds for ``episodes`` evaluation episodes (no autograd, as testing runs) and their floor."""
+    torch.manual_seed(0)
+    meta = build(shape, variant, device).eval()
+    support_x, support_y, query_x, _ = synthetic_episode(shape, device)
+
+    def evaluate() -> None:
+        with torch.no_grad():  # as testing runs (trainer.inference_mode is false)
+            theta, buffers, _ = meta.adapt(support_x, support_y)
+            meta.predict(theta, buffers, query_x).argmax(1)
+
+    def floor() -> None:
+        theta, buffers = meta.c0.detach(), meta.fresh_buffers()
+        for _ in range(shape.n_steps):
+            meta.learner_loss_and_grad(theta, buffers, support_x, support_y)
+        with torch.no_grad():
+            meta.learner_forward(theta, buffers, query_x, train=False).argmax(1)
+
+    def total(fn: Callable[[], None]) -> float:
+        for _ in range(3):
+            fn()
+        _sync(device)
+        start = clock()
+        for _ in range(episodes):
+            fn()
+        _sync(device)
+        return clock() - start
+
+    ours, base = total(evaluate), total(floor)
+    return {"shape": shape.name, "variant": variant, "episodes": episodes, "eval_s": ours, "floor_s": base}
+
+
+def run_memory(n_steps: int, checkpoint: bool, device: torch.device) -> dict[str, float]:
+    """Peak memory (MiB above the state before it) of one Omniglot 1-shot meta-training episode."""
+    shape = replace(SHAPES["omniglot-5w1s-T5"], name=f"omniglot-5w1s-T{n_steps}", n_steps=n_steps)
+    meta = build(shape, "checkpoint" if checkpoint else "fused", device)
+    support_x, support_y, query_x, query_y = synthetic_episode(shape, device)
+    start = _peak_start(device)
+    meta.meta_loss(support_x, support_y, query_x, query_y).loss.backward()
+    return {"n_steps": n_steps, "checkpoint": checkpoint, "peak_mib": _peak_mib(device, start)}
+
+
 def _format(results: list[dict[str, float | str]]) -> str:
     header = (
         f"{'shape':<22}{'variant':<10}{'coords':>7}{'floor ms':>10}{'episode ms':>12}{'ratio':>7}"
@@ -198,34 +274,79 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=["fused"], choices=VARIANTS)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--eval-episodes", type=int, default=600, help="0: skip the evaluation timing")
+    parser.add_argument("--memory", action="store_true", help="peak memory vs T, with and without checkpointing")
+    parser.add_argument("--out", default="bench_results/meta_lstm.json")
+    parser.add_argument("--child", choices=["train", "eval", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    if args.child:
-        for name in args.shapes:
-            for variant in args.variants:
-                clock = time.perf_counter if args.clock == "wall" else time.process_time
-                print(json.dumps(run_shape(SHAPES[name], args.repeats, device, variant, clock)))
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.child == "train":
+        print(json.dumps(run_shape(SHAPES[args.shapes[0]], args.repeats, device, args.variants[0], clock)))
+        return
+    if args.child == "eval":
+        print(json.dumps(run_eval(SHAPES[args.shapes[0]], args.eval_episodes, device, args.variants[0], clock)))
+        return
+    if args.child == "memory":
+        print(json.dumps(run_memory(args.memory_steps, args.checkpoint, device)))
         return
 
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
         f"{args.clock} clock, median of {args.repeats}, load average before {os.getloadavg()[0]:.2f}"
     )
-    results = []
-    for name in args.shapes:
-        for variant in args.variants:
-            command = [sys.executable, "-m", "fewshot.metalstm.bench", "--child", "--shapes", name]
-            command += ["--variants", variant, "--repeats", str(args.repeats), "--device", args.device]
-            command += ["--threads", str(args.threads)] if args.threads else []
-            command += ["--clock", args.clock]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results.append(json.loads(out.strip().splitlines()[-1]))
+    common = ["--repeats", str(args.repeats), "--device", args.device, "--clock", args.clock]
+    common += ["--threads", str(args.threads)] if args.threads else []
+
+    def child(*extra: str) -> dict:
+        command = [sys.executable, "-m", "fewshot.metalstm.bench", *common, *extra]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    results = [
+        child("--child", "train", "--shapes", name, "--variants", variant)
+        for name in args.shapes
+        for variant in args.variants
+    ]
     print(_format(results))
+    payload: dict = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
+    payload |= {"clock": args.clock, "train": results}
+    if args.eval_episodes > 0:
+        shape = args.shapes[0]
+        runs = [
+            child("--child", "eval", "--shapes", shape, "--variants", v, "--eval-episodes", str(args.eval_episodes))
+            for v in args.variants
+        ]
+        print(f"\nevaluation of {args.eval_episodes} episodes, {shape} (no autograd, no meta-graph)")
+        print(f"{'variant':<12}{'seconds':>9}{'floor s':>9}{'ratio':>7}{'episodes/s':>12}")
+        for run in runs:
+            print(
+                f"{run['variant']:<12}{run['eval_s']:>9.1f}{run['floor_s']:>9.1f}{run['eval_s'] / run['floor_s']:>7.2f}"
+                f"{run['episodes'] / run['eval_s']:>12.1f}"
+            )
+        payload["eval"] = runs
+    if args.memory:
+        runs = [
+            child("--child", "memory", "--memory-steps", str(t), *(["--checkpoint"] if ckpt else []))
+            for t in MEMORY_STEPS
+            for ckpt in (False, True)
+        ]
+        print("\npeak memory of one meta-training episode, omniglot 5-way 1-shot (MiB above the state before it)")
+        print(f"{'T':>4}{'kept gates':>12}{'checkpoint':>12}")
+        for t in MEMORY_STEPS:
+            kept, ckpt = (next(r for r in runs if r["n_steps"] == t and r["checkpoint"] is c) for c in (False, True))
+            print(f"{t:>4}{kept['peak_mib']:>12.0f}{ckpt['peak_mib']:>12.0f}")
+        payload["memory"] = runs
     print(f"load average after {os.getloadavg()[0]:.2f}")
+    target = Path(args.out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

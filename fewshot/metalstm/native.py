@@ -29,7 +29,9 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("native") / "lstm_kernels.c"
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared") + (
+    ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()
+)
 
 _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 

@@ -22,6 +22,17 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory (``VmHWM``; unlike ``ru_maxrss`` it is not inherited
+    from a large parent across ``fork`` + ``exec``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource  # not Linux: the closest figure there
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write benchmark figures as JSON."""
     target = Path(path)

@@ -17,7 +17,7 @@ those of the configuration people run) on random 5-way 1-shot episodes with 15 q
   ``benchmarks.maml``; Meta-LSTM: ``T`` x learner forward + backward on the support set +
   query forward (+ backward when training); fine-tune: the same number of SGD steps of
   backbone + head on the support set, plus the query forward); the ratio is ours / floor;
-* **peak memory**: peak resident memory (``ru_maxrss``) of a child process that builds the
+* **peak memory**: peak resident memory (``VmHWM``) of a child process that builds the
   method and runs one training step and one evaluation episode; it includes Python, torch and
   the configs, about 0.4 GiB, so compare methods by their differences.
 
@@ -243,15 +243,16 @@ def measure(case: Case, repeats: int, episodes: int) -> dict:
 def peak_memory_mib(case: Case) -> float:
     """Peak resident memory of a child that builds ``case`` and runs one training step and one test episode."""
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from benchmarks.suite import CASES, build, eval_episodes, train_step\n"
         f"case = CASES[{case.name!r}]; method = build(case)\n"
         "train_step(method, case)(); eval_episodes(method, 1)()\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "from benchmarks.common import peak_resident_bytes\n"
+        "print(peak_resident_bytes())\n"
     )
     env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024  # KiB on Linux
+    return int(out.stdout.strip().splitlines()[-1]) / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,7 +186,38 @@ def batch_statistics(module: nn.Module) -> Iterator[nn.Module]:
             m.train(mode)
 
 
+def _batch_norm_from_elementary_ops(module: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Batch norm with the current batch's statistics, written with elementary operations."""
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dims, keepdim=True)
+    var = x.var(dims, unbiased=False, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + module.eps)
+    if module.affine:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = y * module.weight.view(shape) + module.bias.view(shape)
+    return y
+
+
+@contextmanager
+def elementary_batch_norm(module: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every batch-norm layer of ``module`` normalises with the current batch's
+    statistics computed from elementary operations, and reads or writes no running statistic.
+
+    For ``torch.func.vmap``: torch's fused batch-norm kernel under ``vmap`` gave wrong second
+    derivatives (torch 2.14, checked against the per-task loop); elementary operations do not.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        for m in norms:
+            m.forward = _batch_norm_from_elementary_ops.__get__(m)
+        yield module
+    finally:
+        for m in norms:
+            del m.forward
+
+
 __all__ = [
+    "elementary_batch_norm",
     "Params",
     "batch_statistics",
     "functional_logits",

@@ -19,3 +19,26 @@ def test_floor_loop_gives_the_methods_meta_gradient(setting):
     for name, p in method.learner.named_parameters():
         torch.testing.assert_close(p.grad, ours[name], rtol=1e-4, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in ours.values())
+
+
+def test_benchmark_writes_loop_vmap_and_floor_figures(tmp_path):
+    import json
+
+    from benchmarks import maml
+
+    out = tmp_path / "maml.json"
+    maml.main(["--meta-batch", "2", "--repeats", "1", "--no-memory", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    expected = ["MAML-1st 1 step", "MAML-1st 5 steps", "MAML-2nd 1 step", "MAML-2nd 5 steps"]
+    assert [r["setting"] for r in rows] == expected
+    for row in rows:
+        assert row["ours_tasks_per_s"] > 0 and row["floor_tasks_per_s"] > 0 and row["vmap_tasks_per_s"] > 0
+
+
+def test_peak_resident_bytes_is_this_process():
+    from benchmarks.common import peak_resident_bytes
+
+    before = peak_resident_bytes()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    assert peak_resident_bytes() >= before
+    assert peak_resident_bytes() > 64 * 2**20 and block.sum() > 0

@@ -43,8 +43,9 @@ class _TorchPointwise:
     (fresh multi-megabyte tensors cost page faults comparable to the arithmetic)."""
 
     @staticmethod
-    def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor) -> None:
-        """Activate ``gates [4H, m]`` (rows i, f, o, g) in place; write ``c``, ``h`` and ``tanh(c)``."""
+    def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
+        """Activate ``gates [4H, m]`` (rows i, f, o, g) in place; write ``c``, ``h`` and, unless
+        ``None``, ``tanh(c)``."""
         hidden = c.shape[0]
         gates[: 3 * hidden].sigmoid_()
         gates[3 * hidden :].tanh_()
@@ -52,6 +53,9 @@ class _TorchPointwise:
         torch.mul(i, g, out=c)
         if c_prev is not None:
             c.addcmul_(f, c_prev)
+        if tanh_c is None:
+            torch.tanh(c, out=h).mul_(o)
+            return
         torch.tanh(c, out=tanh_c)
         torch.mul(o, tanh_c, out=h)
 
@@ -140,7 +144,7 @@ class _FusedLSTMStep(torch.autograd.Function):
         inputs = _InputBlock(x, h, block)
         h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
         kept: list[tuple[Tensor, Tensor, Tensor]] = []
-        scratch = x.new_empty(4 * hidden * block), x.new_empty(hidden * block)
+        scratch = None if save_gates else x.new_empty(4 * hidden * block)
         for b, m in _blocks(n, block):
             # One allocation per block: glibc serves requests above 32 MB with fresh pages from
             # the kernel every time, and first touches of fresh pages cost more than the maths.
@@ -148,8 +152,8 @@ class _FusedLSTMStep(torch.autograd.Function):
             if save_gates:
                 gates, tanh_c = x.new_empty(4 * hidden, m), x.new_empty(hidden, m)
                 kept.append((gates, tanh_c, inp))
-            else:
-                gates, tanh_c = _matrix(scratch[0], 4 * hidden, m), _matrix(scratch[1], hidden, m)
+            else:  # nothing to keep: the gates are written nowhere but the scratch block
+                gates, tanh_c = _matrix(scratch, 4 * hidden, m), None
             torch.mm(weight, inp, out=gates)
             pointwise.forward(gates, None if c is None else c[:, b], c_new[:, b], h_new[:, b], tanh_c)
         ctx.set_materialize_grads(False)

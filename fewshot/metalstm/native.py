@@ -154,8 +154,10 @@ def _rows_contiguous(t: Tensor | None) -> Tensor | None:
     return t.contiguous()
 
 
-def step_forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor) -> None:
-    """Activate ``gates [4H, m]`` in place and write ``c``, ``h``, ``tanh(c)`` (each ``[H, m]``)."""
+def step_forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
+    """Write ``c`` and ``h`` (each ``[H, m]``) from the pre-activations ``gates [4H, m]``; unless
+    ``tanh_c`` is ``None`` (nothing kept for a backward), also activate ``gates`` in place and
+    write ``tanh(c)``."""
     library = load()
     hidden, m = c.shape
     tensors = (gates, _rows_contiguous(c_prev), c, h, tanh_c)  # referenced until the call returns

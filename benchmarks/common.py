@@ -22,6 +22,23 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
+def time_pair(
+    ours: Callable[[], Any], floor: Callable[[], Any], repeats: int = 5, warmup: int = 1
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Like :func:`time_call` for two functions, alternating them call by call, so that both
+    see the same machine (on a shared or throttled machine the speed drifts between runs)."""
+    for _ in range(warmup):
+        ours()
+        floor()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, bucket in zip((ours, floor), times, strict=True):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return tuple({"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)} for t in times)
+
+
 def peak_resident_bytes() -> int:
     """This process's peak resident memory (``VmHWM``; unlike ``ru_maxrss`` it is not inherited
     from a large parent across ``fork`` + ``exec``)."""

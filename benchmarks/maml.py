@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from benchmarks.common import time_call, write_json
+from benchmarks.common import time_call, time_pair, write_json
 from fewshot.data.episode import Episode
 from fewshot.methods.inner_loop import batch_statistics
 from fewshot.methods.maml import MAML
@@ -120,8 +120,11 @@ def measure(setting: Setting, meta_batch: int, repeats: int, device: str = "cpu"
     episode = random_episode(meta_batch, device=device)
     method = build_method(setting, device=device)
     batched = build_method(setting, "vmap", device)
-    ours = time_call(synced(lambda: method_step(method, episode), device), repeats=repeats)
-    floor = time_call(synced(lambda: floor_step(method.learner, episode, setting), device), repeats=repeats)
+    ours, floor = time_pair(
+        synced(lambda: method_step(method, episode), device),
+        synced(lambda: floor_step(method.learner, episode, setting), device),
+        repeats=repeats,
+    )
     vmapped = time_call(synced(lambda: method_step(batched, episode), device), repeats=repeats)
     return {
         "vmap_tasks_per_s": meta_batch / vmapped["median_s"],

@@ -9,8 +9,11 @@ those of the configuration people run) on random 5-way 1-shot episodes with 15 q
 
 * **meta-training**: one training step's compute (loss forward + backward over what the method
   trains on: an episode, a meta-batch of tasks, or a batch of 32 images for the pre-trained
-  baselines), median of ``--repeats`` after a warm-up, as episodes (or tasks, or images) per s;
-* **evaluation**: ``--eval-episodes`` test episodes under ``torch.no_grad``, as testing runs;
+  baselines), median of ``--repeats`` after three warm-up runs, as episodes (or tasks, or
+  images) per s;
+* **evaluation**: ``--eval-episodes`` test episodes under ``torch.no_grad``, as testing runs
+  (median of 3);
+* ours and the floor alternate call by call, so that both see the same machine;
 * **floor**: the learner's own work on the same tensors, written directly with torch
   (ProtoNet / Matching Net: the backbone's forward + backward on the episode's images, or its
   forward for evaluation; MAML: the plain ``torch.autograd.grad`` loop over tasks of
@@ -43,7 +46,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.func import functional_call
 
-from benchmarks.common import time_call, write_json
+from benchmarks.common import time_pair, write_json
 from benchmarks.maml import Setting, floor_step, random_episode
 from fewshot.data.classification import LabelledImages
 from fewshot.data.episode import Episode
@@ -222,11 +225,9 @@ def measure(case: Case, repeats: int, episodes: int) -> dict:
     """Speed of ``case`` and of its floors, in this process."""
     torch.manual_seed(0)
     method = build(case)
-    ours = time_call(train_step(method, case), repeats=repeats)
-    floor = time_call(train_floor(method, case), repeats=repeats)
+    ours, floor = time_pair(train_step(method, case), train_floor(method, case), repeats=repeats, warmup=3)
     unit = 32 if getattr(method, "train_batches", "episodes") == "images" else case.meta_batch
-    ours_eval = time_call(eval_episodes(method, episodes), repeats=1)
-    floor_eval = time_call(eval_floor(method, case, episodes), repeats=1)
+    ours_eval, floor_eval = time_pair(eval_episodes(method, episodes), eval_floor(method, case, episodes), repeats=3)
     return {
         "method": case.name,
         "train_unit": "images" if unit == 32 and case.meta_batch == 1 else ("tasks" if unit > 1 else "episodes"),

@@ -6,7 +6,8 @@
 For each shape the *episode* is ``meta_loss`` + ``backward`` (all meta-parameters get their
 gradient); the *floor* is the learner's own work in the same process: ``T`` times forward +
 backward on the support set, then forward + backward on the query set. Both are the median of
-``--repeats`` runs after two warm-up runs (``time.perf_counter``). The episode is split into:
+``--repeats`` runs after two warm-up runs (``time.perf_counter``), called in turn so that both
+see the same machine. The episode is split into:
 
 * learner: the ``T`` support gradients + the query forward (timed inside the episode),
 * meta forward: the rest of the forward (preprocessing, LSTM, cell, gate statistics),
@@ -100,11 +101,17 @@ def _peak_mib(device: torch.device, start: int) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start) / 2**20
 
 
-def _median_of(fn: Callable[[], dict[str, float]], repeats: int) -> dict[str, float]:
-    fn()
-    fn()
-    runs = [fn() for _ in range(repeats)]
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+def _interleaved_medians(fns: list[Callable[[], dict[str, float]]], repeats: int) -> dict[str, float]:
+    """Two warm-up runs of each, then ``repeats`` rounds calling each once in turn (so all see
+    the same machine); the median of every reported key."""
+    for fn in fns:
+        fn()
+        fn()
+    runs: list[list[dict[str, float]]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, runs, strict=True):
+            bucket.append(fn())
+    return {key: statistics.median(r[key] for r in bucket) for bucket in runs for key in bucket[0]}
 
 
 VARIANTS = ("fused", "torch", "checkpoint", "reference")
@@ -200,8 +207,7 @@ def run_shape(
         "n_coords": float(meta.layout.n_coords),
         "first_episode": first,
     }
-    result |= _median_of(floor, repeats)
-    result |= _median_of(episode, repeats)
+    result |= _interleaved_medians([floor, episode], repeats)
     result |= {"floor_peak_mib": floor_peak, "episode_peak_mib": episode_peak}
     return result
 
@@ -209,7 +215,8 @@ def run_shape(
 def run_eval(
     shape: Shape, episodes: int, device: torch.device, variant: str, clock: Callable[[], float] = time.perf_counter
 ) -> dict[str, float | str]:
-    """Seconds for ``episodes`` evaluation episodes (no autograd, as testing runs) and their floor."""
+    """Seconds for ``episodes`` evaluation episodes (no autograd, as testing runs) and their floor,
+    in alternating blocks of 50 episodes (so that both see the same machine)."""
     torch.manual_seed(0)
     meta = build(shape, variant, device).eval()
     support_x, support_y, query_x, _ = synthetic_episode(shape, device)
@@ -226,17 +233,21 @@ def run_eval(
         with torch.no_grad():
             meta.learner_forward(theta, buffers, query_x, train=False).argmax(1)
 
-    def total(fn: Callable[[], None]) -> float:
-        for _ in range(3):
-            fn()
+    def timed(fn: Callable[[], None], count: int) -> float:
         _sync(device)
         start = clock()
-        for _ in range(episodes):
+        for _ in range(count):
             fn()
         _sync(device)
         return clock() - start
 
-    ours, base = total(evaluate), total(floor)
+    for fn in (evaluate, floor):
+        timed(fn, 3)
+    ours = base = 0.0
+    for start in range(0, episodes, 50):
+        count = min(50, episodes - start)
+        ours += timed(evaluate, count)
+        base += timed(floor, count)
     return {"shape": shape.name, "variant": variant, "episodes": episodes, "eval_s": ours, "floor_s": base}
 
 

@@ -59,6 +59,28 @@ class _TorchPointwise:
         torch.tanh(c, out=tanh_c)
         torch.mul(o, tanh_c, out=h)
 
+    @classmethod
+    def step(
+        cls,
+        weight: Tensor,
+        x: Tensor,
+        h: Tensor | None,
+        c_prev: Tensor | None,
+        c: Tensor,
+        h_out: Tensor,
+        kept: tuple[Tensor, Tensor, Tensor] | None,
+        workspace: _Workspace,
+    ) -> None:
+        """A forward step on one block of ``m`` coordinates: write ``c`` and ``h_out``; with ``kept =
+        (gates [4H, m], tanh_c [H, m], inputs [F_x (+ H) + 1, m])`` also what the backward needs
+        (activated gates, ``tanh(c)`` and the gathered ``[x; h; 1]``), else only scratch is used."""
+        m = x.shape[1]
+        inputs = workspace.inputs(m) if kept is None else kept[2]
+        gates = workspace.gates(m) if kept is None else kept[0]
+        _gather(inputs, x, h)
+        torch.mm(weight, inputs, out=gates)
+        cls.forward(gates, c_prev, c, h_out, None if kept is None else kept[1])
+
     @staticmethod
     def backward(
         gates: Tensor,
@@ -91,11 +113,32 @@ class _TorchPointwise:
         _tanh_backward(dg, g, grad_input=dg)
 
 
-class _NativePointwise:
+class _NativePointwise(_TorchPointwise):
     """The same maths, one pass per direction, in the C kernels of :mod:`fewshot.metalstm.native`."""
 
     forward = staticmethod(native.step_forward)
     backward = staticmethod(native.step_backward)
+
+
+class _NativeInferenceStep(_NativePointwise):
+    """The native kernels with the inference forward in one pass, matrix product included (where
+    it pays: see :func:`fewshot.metalstm.native.fused_step_pays`): no gate buffer, nothing kept."""
+
+    @staticmethod
+    def step(
+        weight: Tensor,
+        x: Tensor,
+        h: Tensor | None,
+        c_prev: Tensor | None,
+        c: Tensor,
+        h_out: Tensor,
+        kept: tuple[Tensor, Tensor, Tensor] | None,
+        workspace: _Workspace,
+    ) -> None:
+        """As :meth:`_TorchPointwise.step`, without ``kept``."""
+        if kept is not None:
+            raise RuntimeError("the one-pass inference step keeps nothing for a backward")
+        native.fused_step_forward(weight, x, h, c_prev, c, h_out)
 
 
 def _matrix(buffer: Tensor, rows: int, m: int) -> Tensor:
@@ -135,27 +178,27 @@ class _FusedLSTMStep(torch.autograd.Function):
         bias: Tensor,
         block_size: int,
         differentiable_input: bool,
-        pointwise: type[_TorchPointwise] | type[_NativePointwise],
+        pointwise: type[_TorchPointwise],
         save_gates: bool,
     ) -> tuple[Tensor, Tensor]:
         hidden, n = w_h.shape[1], x.shape[1]
-        block = min(block_size, n)
+        # The one-pass inference kernel needs no scratch: all coordinates in one call.
+        block = n if pointwise is _NativeInferenceStep else min(block_size, n)
         weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-        inputs = _InputBlock(x, h, block)
+        rows = _input_rows(x, h)
+        workspace = _Workspace(x, 4 * hidden, rows, block)
         h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
         kept: list[tuple[Tensor, Tensor, Tensor]] = []
-        scratch = None if save_gates else x.new_empty(4 * hidden * block)
         for b, m in _blocks(n, block):
             # One allocation per block: glibc serves requests above 32 MB with fresh pages from
             # the kernel every time, and first touches of fresh pages cost more than the maths.
-            inp = inputs.load(b, m, fresh=save_gates)
+            block_kept = None
             if save_gates:
-                gates, tanh_c = x.new_empty(4 * hidden, m), x.new_empty(hidden, m)
-                kept.append((gates, tanh_c, inp))
-            else:  # nothing to keep: the gates are written nowhere but the scratch block
-                gates, tanh_c = _matrix(scratch, 4 * hidden, m), None
-            torch.mm(weight, inp, out=gates)
-            pointwise.forward(gates, None if c is None else c[:, b], c_new[:, b], h_new[:, b], tanh_c)
+                block_kept = (x.new_empty(4 * hidden, m), x.new_empty(hidden, m), x.new_empty(rows, m))
+                kept.append(block_kept)
+            h_b = None if h is None else h[:, b]
+            c_b = None if c is None else c[:, b]
+            pointwise.step(weight, x[:, b], h_b, c_b, c_new[:, b], h_new[:, b], block_kept, workspace)
         ctx.set_materialize_grads(False)
         ctx.block_size = block_size
         ctx.differentiable_input = differentiable_input
@@ -183,10 +226,10 @@ class _FusedLSTMStep(torch.autograd.Function):
         need_h = ctx.needs_input_grad[1] and h is not None
         need_c = ctx.needs_input_grad[2] and c is not None
         weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-        inputs = _InputBlock(x, h, block) if ctx.kept is None else None
         if ctx.kept is None:  # checkpointing: recompute the gates block by block
-            rows = (4 * hidden, hidden, hidden, hidden)
+            rows = (4 * hidden, hidden, _input_rows(x, h), hidden, hidden)
             scratch = [x.new_empty(r * block) for r in rows]
+            workspace = _Workspace(x, 4 * hidden, rows[2], block)
         d_pre_buffer = x.new_empty(4 * hidden * block)
         dh_prev = x.new_empty(hidden, n) if need_h else None
         dc_prev = x.new_empty(hidden, n) if need_c else None
@@ -195,10 +238,10 @@ class _FusedLSTMStep(torch.autograd.Function):
         for k, (b, m) in enumerate(_blocks(n, block)):
             c_prev = None if c is None else c[:, b]
             if ctx.kept is None:
-                inp = inputs.load(b, m)
-                gates, tanh_c, c_scratch, h_scratch = (_matrix(b_, r, m) for b_, r in zip(scratch, rows, strict=True))
-                torch.mm(weight, inp, out=gates)
-                ctx.pointwise.forward(gates, c_prev, c_scratch, h_scratch, tanh_c)
+                views = (_matrix(buffer, r, m) for buffer, r in zip(scratch, rows, strict=True))
+                gates, tanh_c, inp, c_scratch, h_scratch = views
+                h_b = None if h is None else h[:, b]
+                ctx.pointwise.step(weight, x[:, b], h_b, c_prev, c_scratch, h_scratch, (gates, tanh_c, inp), workspace)
             else:
                 gates, tanh_c, inp = ctx.kept[k]
             d_pre = _matrix(d_pre_buffer, 4 * hidden, m)
@@ -227,24 +270,41 @@ def _augmented_weight(w_x: Tensor, w_h: Tensor | None, bias: Tensor) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-class _InputBlock:
-    """``[x; h; 1]`` for one block of coordinates: ``[F_x (+ H) + 1, m]``, in a reused buffer or a
-    fresh one (to keep for the backward)."""
+def _input_rows(x: Tensor, h: Tensor | None) -> int:
+    """Rows of ``[x; h; 1]``: ``F_x (+ H) + 1``."""
+    return x.shape[0] + (0 if h is None else h.shape[0]) + 1
 
-    def __init__(self, x: Tensor, h: Tensor | None, block_size: int) -> None:
-        self.x, self.h = x, h
-        self.rows = x.shape[0] + (0 if h is None else h.shape[0]) + 1
-        self.buffer = x.new_empty(self.rows * min(block_size, x.shape[1]))
-        self.n_x = x.shape[0]
 
-    def load(self, b: slice, m: int, fresh: bool = False) -> Tensor:
-        """The block ``b`` (``m`` coordinates)."""
-        block = self.x.new_empty(self.rows, m) if fresh else _matrix(self.buffer, self.rows, m)
-        block[: self.n_x].copy_(self.x[:, b])
-        if self.h is not None:
-            block[self.n_x : -1].copy_(self.h[:, b])
-        block[-1].fill_(1.0)
-        return block
+def _gather(inputs: Tensor, x: Tensor, h: Tensor | None) -> None:
+    """Write ``[x; h; 1]`` into ``inputs [F_x (+ H) + 1, m]``."""
+    n_x = x.shape[0]
+    inputs[:n_x].copy_(x)
+    if h is not None:
+        inputs[n_x:-1].copy_(h)
+    inputs[-1].fill_(1.0)
+
+
+class _Workspace:
+    """Scratch for the forward's gates and gathered inputs, allocated on first use and reused by
+    every block of one call."""
+
+    def __init__(self, like: Tensor, gate_rows: int, input_rows: int, block_size: int) -> None:
+        self.like, self.block_size = like, block_size
+        self.rows = {"gates": gate_rows, "inputs": input_rows}
+        self.buffers: dict[str, Tensor] = {}
+
+    def _matrix(self, name: str, m: int) -> Tensor:
+        if name not in self.buffers:
+            self.buffers[name] = self.like.new_empty(self.rows[name] * self.block_size)
+        return _matrix(self.buffers[name], self.rows[name], m)
+
+    def gates(self, m: int) -> Tensor:
+        """Scratch ``[4H, m]``."""
+        return self._matrix("gates", m)
+
+    def inputs(self, m: int) -> Tensor:
+        """Scratch ``[F_x (+ H) + 1, m]``."""
+        return self._matrix("inputs", m)
 
 
 class CoordinateLSTM(nn.Module):
@@ -325,9 +385,13 @@ class CoordinateLSTM(nn.Module):
             x, h, c, w_x, w_h, bias, block_size, self.differentiable_input, pointwise, save_gates
         )
 
-    def _pointwise(self, x: Tensor) -> type[_TorchPointwise] | type[_NativePointwise]:
+    def _pointwise(self, x: Tensor) -> type[_TorchPointwise]:
         """The backend for this input (see ``backend``)."""
-        return _NativePointwise if native.applies(self.backend, x, self.weight) else _TorchPointwise
+        if not native.applies(self.backend, x, self.weight):
+            return _TorchPointwise
+        if not torch.is_grad_enabled() and native.fused_step_pays():
+            return _NativeInferenceStep
+        return _NativePointwise
 
     def reference(self, x: Tensor, state: State | None = None) -> State:
         """Plain autograd step in the usual layout, to check ``forward`` against.

@@ -85,8 +85,8 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 
 
-def build(target_dir: Path | None = None) -> Path:
-    """Compile the kernels (or find them in the cache); returns the shared library's path.
+def build(target_dir: Path | None = None, flags: tuple[str, ...] = FLAGS) -> Path:
+    """Compile the kernels with ``flags`` (or find them in the cache); returns the shared library's path.
 
     Raises:
         RuntimeError: no C compiler, or the build failed (with the compiler's message).
@@ -96,7 +96,7 @@ def build(target_dir: Path | None = None) -> Path:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), _cpu_signature().encode()]))
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_signature().encode()]))
     target_dir = target_dir or cache_dir()
     library = target_dir / f"lstm_kernels-{key.hexdigest()[:16]}.so"
     if library.exists():
@@ -104,7 +104,7 @@ def build(target_dir: Path | None = None) -> Path:
     target_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
         partial = Path(tmp) / library.name
-        result = subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags, "-o", str(partial), str(SOURCE)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed:\n{result.stderr.strip()}")
         os.replace(partial, library)
@@ -119,15 +119,23 @@ def load() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(
             f"Native Meta-LSTM kernels unavailable ({error}); using torch operations, which are slower. "
-            "Install a C compiler (gcc) or set model.lstm_backend=torch to silence this.",
+            "Install a C compiler (gcc) or set model.backend=torch to silence this.",
             stacklevel=2,
         )
         return None
+    return declare(library)
+
+
+def declare(library: ctypes.CDLL) -> ctypes.CDLL:
+    """Set the argument and result types of the kernels' functions; returns ``library``."""
     library.lstm_step_forward.argtypes = [_i64, _i64, _int] + [_ptr, _i64] * 5
     library.lstm_step_backward.argtypes = [_i64, _i64, _int] + [_ptr, _i64] * 7
     library.cell_forward.argtypes = [_i64, _i64, _int, _ptr, _i64] + [_ptr] * 6 + [_int] + [_ptr] * 5
     library.cell_backward.argtypes = [_i64, _i64, _int, _ptr, _i64] + [_ptr] * 7 + [_int] + [_ptr] * 6
     library.cell_backward.argtypes += [_i64] + [_ptr] * 4
+    library.lstm_fused_forward.argtypes = [_i64, _i64, _i64, _int, _ptr] + [_ptr, _i64] * 5
+    library.lstm_fused_forward.restype = _int
+    library.lstm_fused_forward_vectorised.restype = _int
     for name in ("fs_sigmoid_array", "fs_tanh_array"):
         getattr(library, name).argtypes = [_i64, _ptr, _ptr]
     return library
@@ -163,6 +171,28 @@ def step_forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tan
     tensors = (gates, _rows_contiguous(c_prev), c, h, tanh_c)  # referenced until the call returns
     args = [x for t in tensors for x in _arg(t)]
     library.lstm_step_forward(hidden, m, torch.get_num_threads(), *args)
+
+
+def fused_step_pays() -> bool:
+    """Whether :func:`fused_step_forward` beats a matrix product + :func:`step_forward` here: where
+    the kernels were built with AVX-512 (its register-tiled activations)."""
+    library = load()
+    return library is not None and bool(library.lstm_fused_forward_vectorised())
+
+
+def fused_step_forward(
+    weight: Tensor, x: Tensor, h_prev: Tensor | None, c_prev: Tensor | None, c: Tensor, h: Tensor
+) -> None:
+    """An inference step in one pass (matrix product and activations, tile by tile): write ``c``
+    and ``h`` (each ``[H, m]``) from ``weight = [W_x, W_h, b]`` (``[4H, F (+ H) + 1]``), ``x [F, m]``
+    and ``h_prev``, ``c_prev`` (``None``: zeros)."""
+    library = load()
+    hidden, m = c.shape
+    weight = weight.contiguous()  # referenced until the call returns, like the tensors
+    tensors = [_rows_contiguous(t) for t in (x, h_prev, c_prev)] + [c, h]
+    args = [x for t in tensors for x in _arg(t)]
+    if library.lstm_fused_forward(x.shape[0], hidden, m, torch.get_num_threads(), weight.data_ptr(), *args):
+        raise MemoryError("the native LSTM step could not allocate its per-thread buffers")
 
 
 def step_backward(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
+
 import pytest
 import torch
 
@@ -19,7 +22,8 @@ N = 5000  # coordinates; block_size 1536 leaves a ragged last block
 @needs_native
 @pytest.mark.parametrize(("name", "reference"), [("sigmoid", torch.sigmoid), ("tanh", torch.tanh)])
 def test_activations_are_accurate_to_a_float32_rounding(name, reference):
-    x = torch.cat([torch.linspace(-100, 100, 400_001), torch.randn(100_000) * 3, torch.tensor([0.0, -0.0, 1e-30, 0.625])])
+    special = torch.tensor([0.0, -0.0, 1e-30, 0.625])
+    x = torch.cat([torch.linspace(-100, 100, 400_001), torch.randn(100_000) * 3, special])
     ours = getattr(native, name)(x).double()
     exact = reference(x.double())
     assert (ours - exact).abs().max() < 2e-7
@@ -206,3 +210,68 @@ def test_build_is_cached_by_content(tmp_path):
     mtime = first.stat().st_mtime_ns
     assert native.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
     assert first.name.startswith("lstm_kernels-") and first.suffix == ".so"
+
+
+def inference_and_training_forward(monkeypatch, n: int = 5000):
+    """Three chained steps without autograd (the one-pass inference kernel) and with it (matrix
+    product + pointwise kernel), on the same inputs; large weights so every path matters."""
+    calls = []
+    one_pass = native.fused_step_forward
+    monkeypatch.setattr(native, "fused_step_forward", lambda *a: calls.append(1) or one_pass(*a))
+    torch.manual_seed(5)
+    lstm = CoordinateLSTM(4, 20, backend="native")
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.uniform_(-0.5, 0.5)
+    xs, shared = [torch.randn(2, n) for _ in range(3)], [torch.randn(2) for _ in range(3)]
+    runs = []
+    for grad in (False, True):
+        state = None
+        with torch.set_grad_enabled(grad):
+            for x, s in zip(xs, shared, strict=True):
+                state = lstm(x, state, shared=s)
+        runs.append(tuple(t.detach() for t in state))
+    return runs, len(calls)
+
+
+@needs_native
+@pytest.mark.skipif(not native.fused_step_pays(), reason="the one-pass kernel is used only where built with AVX-512")
+@pytest.mark.parametrize("n", [5000, 256, 17])
+def test_one_pass_inference_step_matches_the_training_forward(monkeypatch, n):
+    ((h1, c1), (h2, c2)), calls = inference_and_training_forward(monkeypatch, n)
+    assert calls == 3  # the no-grad steps took the one-pass kernel, the others did not
+    torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
+    assert h1.abs().max() > 0.1
+
+
+@needs_native
+def test_one_pass_inference_step_propagates_nan():
+    lstm = CoordinateLSTM(4, 20, backend="native")
+    x = torch.randn(2, 300)
+    x[1, 123] = float("nan")
+    with torch.no_grad():
+        h, c = lstm(x, lstm(torch.randn(2, 300), shared=torch.randn(2)), shared=torch.randn(2))
+    assert h[:, 123].isnan().all() and c[:, 123].isnan().all()
+    assert h.isnan().sum() == 20 and c.isnan().sum() == 20
+
+
+@needs_native
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set levels")
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3"])
+def test_kernels_built_without_avx512_compute_the_same(monkeypatch, tmp_path, march):
+    """The portable code paths (no AVX-512): activations and the one-pass step, called directly."""
+    flags = ("-O3", f"-march={march}", "-fopenmp", "-fPIC", "-shared")
+    library = native.declare(ctypes.CDLL(str(native.build(tmp_path, flags))))
+    assert library.lstm_fused_forward_vectorised() == 0
+    x = torch.linspace(-30, 30, 20_001)
+    for name, reference in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        out = torch.empty_like(x)
+        getattr(library, f"fs_{name}_array")(x.numel(), x.data_ptr(), out.data_ptr())
+        assert (out.double() - reference(x.double())).abs().max() < 2e-7
+    monkeypatch.setattr(native, "load", lambda: library)
+    monkeypatch.setattr(native, "fused_step_pays", lambda: True)  # force the one-pass step
+    ((h1, c1), (h2, c2)), calls = inference_and_training_forward(monkeypatch, 1000)
+    assert calls == 3
+    torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define CHUNK 2048
 
@@ -52,6 +53,53 @@ static inline float fs_tanh(float x) {
     return a < 0.625f ? small : big;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* The same exp, sigmoid and tanh on 16 lanes, with AVX-512's scalef for 2^n and a reciprocal
+ * estimate refined by one Newton step (relative error about 2^-28) instead of a division, which
+ * costs several times more. Constants first in max/min: then a NaN in x passes through. */
+static inline __m512 v_exp(__m512 x) {
+    x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 v_reciprocal(__m512 d) {
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+static inline __m512 v_sigmoid(__m512 x) {
+    return v_reciprocal(_mm512_add_ps(_mm512_set1_ps(1.0f), v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+static inline __m512 v_tanh(__m512 x) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 a = _mm512_andnot_ps(sign, x), z = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+    __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+    __m512 e = _mm512_add_ps(v_exp(_mm512_add_ps(a, a)), _mm512_set1_ps(1.0f));
+    __m512 big = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), v_reciprocal(e), _mm512_set1_ps(1.0f));
+    big = _mm512_or_ps(big, _mm512_and_ps(sign, x));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big, small);
+}
+
+#endif
+
 /* The work is split into (row, chunk of columns) tasks, shared by the OpenMP threads. */
 #define FOR_TASKS(rows, m, threads)                                                   \
     int64_t n_chunks = ((m) + CHUNK - 1) / CHUNK;                                     \
@@ -64,6 +112,23 @@ static inline float fs_tanh(float x) {
 static inline void forward_row(int64_t start, int64_t stop, float *gi, float *gf, float *go, float *gg,
                                const float *cp, float *cr, float *hr, float *tr, const int has_c_prev,
                                const int keep) {
+#if defined(__AVX512F__)
+    for (int64_t j = start; j < stop; j += 16) {
+        __mmask16 mask = stop - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (stop - j)) - 1u);
+        __m512 i = v_sigmoid(_mm512_maskz_loadu_ps(mask, gi + j)), f = v_sigmoid(_mm512_maskz_loadu_ps(mask, gf + j));
+        __m512 o = v_sigmoid(_mm512_maskz_loadu_ps(mask, go + j)), g = v_tanh(_mm512_maskz_loadu_ps(mask, gg + j));
+        __m512 cn = _mm512_mul_ps(i, g);
+        if (has_c_prev) cn = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(mask, cp + j), cn);
+        __m512 t = v_tanh(cn);
+        if (keep) {
+            _mm512_mask_storeu_ps(gi + j, mask, i), _mm512_mask_storeu_ps(gf + j, mask, f);
+            _mm512_mask_storeu_ps(go + j, mask, o), _mm512_mask_storeu_ps(gg + j, mask, g);
+            _mm512_mask_storeu_ps(tr + j, mask, t);
+        }
+        _mm512_mask_storeu_ps(cr + j, mask, cn), _mm512_mask_storeu_ps(hr + j, mask, _mm512_mul_ps(o, t));
+    }
+    return;
+#endif
 #pragma omp simd
     for (int64_t j = start; j < stop; ++j) {
         float i = fs_sigmoid(gi[j]), f = fs_sigmoid(gf[j]), o = fs_sigmoid(go[j]), g = fs_tanh(gg[j]);
@@ -151,16 +216,22 @@ void lstm_step_backward(int64_t hidden, int64_t m, int threads, const float *gat
     }
 }
 
-/* Elementwise sigmoid and tanh over n values (for the accuracy tests). */
-void fs_sigmoid_array(int64_t n, const float *x, float *y) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) y[j] = fs_sigmoid(x[j]);
-}
+/* Elementwise sigmoid and tanh over n values, by the functions the LSTM forward uses here (for
+ * the accuracy tests). */
+#if defined(__AVX512F__)
+#define ARRAY_OF(f, vf_)                                                                          \
+    for (int64_t j = 0; j < n; j += 16) {                                                         \
+        __mmask16 mask = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);      \
+        _mm512_mask_storeu_ps(y + j, mask, vf_(_mm512_maskz_loadu_ps(mask, x + j)));              \
+    }
+#else
+#define ARRAY_OF(f, vf_)  \
+    _Pragma("omp simd") for (int64_t j = 0; j < n; ++j) y[j] = f(x[j]);
+#endif
 
-void fs_tanh_array(int64_t n, const float *x, float *y) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) y[j] = fs_tanh(x[j]);
-}
+void fs_sigmoid_array(int64_t n, const float *x, float *y) { ARRAY_OF(fs_sigmoid, v_sigmoid) }
+
+void fs_tanh_array(int64_t n, const float *x, float *y) { ARRAY_OF(fs_tanh, v_tanh) }
 
 /* ---- Layer 2, the Meta-Learner cell (fewshot/metalstm/cell.py), per coordinate j:
  *   pre_k = b_k + sum_r W[k, r] h[r, j] + W[k, H] theta[j] + W[k, H + 1] prev_k[j]  (k = i, f)
@@ -248,4 +319,126 @@ void cell_backward(int64_t hidden, int64_t n, int threads, const float *h, int64
         sums[hidden] = s_ti, sums[hidden + 1] = s_pi, sums[hidden + 2] = s_bi;
         sums[hidden + 3 + hidden] = s_tf, sums[hidden + 3 + hidden + 1] = s_pf, sums[hidden + 3 + hidden + 2] = s_bf;
     }
+}
+
+/* ---- Inference: the whole forward step in one pass, the matrix product and the activations
+ * tile by tile of TILE coordinates, so that the [4H, m] pre-activations never leave the
+ * registers and nothing but c and h is written.
+ *   pre = W [x; h_prev; 1],  W = [W_x, W_h, b]: [4H, K + 1] row-major, K = F (+ H)
+ * x [F, m] (row stride ld_x); h_prev [H, m] or NULL (the first step: then K = F); c_prev [H, m]
+ * or NULL. Each unit's four gate rows are accumulated together, NV vectors per gate, so every
+ * input vector loaded from the tile serves 4 * NV multiply-adds. With AVX-512 the activations
+ * run on those registers too (below); elsewhere each unit's pre-activations go through a small
+ * buffer and the scalar functions, a slower path that the caller avoids (see
+ * lstm_fused_forward_vectorised). */
+#if defined(__AVX512F__)
+#define VEC 16
+#define NV 4
+#else
+#define VEC 8
+#define NV 2
+#endif
+#define TILE (VEC * NV)
+
+typedef float vf __attribute__((vector_size(VEC * sizeof(float))));
+
+/* One chunk of CHUNK_IN coordinates at a time: its input and c_prev rows are copied into
+ * buffers first, and c and h are written back row by row at the end, so that memory is read and
+ * written in long runs per row (the prefetchers follow a few long streams, not 80 short ones);
+ * in between, tiles of TILE coordinates work from those buffers (zero-padded past the end). */
+#define CHUNK_IN 256
+
+#if defined(__AVX512F__)
+static inline void unit_outputs(vf acc[4][NV], const float *cp, float *cr, float *hr) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+        __m512 i = v_sigmoid((__m512)acc[0][v]), f = v_sigmoid((__m512)acc[1][v]);
+        __m512 o = v_sigmoid((__m512)acc[2][v]), g = v_tanh((__m512)acc[3][v]);
+        __m512 cn = _mm512_fmadd_ps(f, _mm512_load_ps(cp + v * VEC), _mm512_mul_ps(i, g));
+        _mm512_store_ps(cr + v * VEC, cn);
+        _mm512_store_ps(hr + v * VEC, _mm512_mul_ps(o, v_tanh(cn)));
+    }
+}
+#else
+static inline void unit_outputs(vf acc[4][NV], const float *cp, float *cr, float *hr) {
+    float pre[4][TILE];
+    for (int q = 0; q < 4; ++q) __builtin_memcpy(pre[q], acc[q], sizeof(pre[q]));
+    for (int64_t j = 0; j < TILE; ++j) {
+        float i = fs_sigmoid(pre[0][j]), f = fs_sigmoid(pre[1][j]), o = fs_sigmoid(pre[2][j]);
+        float cn = i * fs_tanh(pre[3][j]) + f * cp[j];
+        cr[j] = cn, hr[j] = o * fs_tanh(cn);
+    }
+}
+#endif
+
+/* Returns 0, or 1 if a thread's buffers could not be allocated (c and h are incomplete then). */
+int lstm_fused_forward(int64_t n_x, int64_t hidden, int64_t m, int threads, const float *weight, const float *x,
+                       int64_t ld_x, const float *h_prev, int64_t ld_h_prev, const float *c_prev,
+                       int64_t ld_c_prev, float *c, int64_t ld_c, float *h, int64_t ld_h) {
+    const int64_t k_in = n_x + (h_prev ? hidden : 0), ld_w = k_in + 1;
+    const int64_t n_chunks = (m + CHUNK_IN - 1) / CHUNK_IN;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        vf *in = aligned_alloc(64, k_in * CHUNK_IN * sizeof(float));
+        float *cp = aligned_alloc(64, 3 * hidden * CHUNK_IN * sizeof(float));
+        float *cr = cp + hidden * CHUNK_IN, *hr = cr + hidden * CHUNK_IN;
+        failed = !in || !cp;
+#pragma omp for schedule(static)
+        for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+            if (!in || !cp) continue;
+            const int64_t start = chunk * CHUNK_IN, valid = start + CHUNK_IN < m ? CHUNK_IN : m - start;
+            for (int64_t k = 0; k < k_in; ++k) {
+                const float *row = k < n_x ? x + k * ld_x : h_prev + (k - n_x) * ld_h_prev;
+                float *buffer = (float *)(in + k * (CHUNK_IN / VEC));
+                __builtin_memcpy(buffer, row + start, valid * sizeof(float));
+                for (int64_t j = valid; j < CHUNK_IN; ++j) buffer[j] = 0.0f;
+            }
+            for (int64_t u = 0; u < hidden; ++u) {
+                float *buffer = cp + u * CHUNK_IN;
+                if (c_prev) __builtin_memcpy(buffer, c_prev + u * ld_c_prev + start, valid * sizeof(float));
+                for (int64_t j = c_prev ? valid : 0; j < CHUNK_IN; ++j) buffer[j] = 0.0f;
+            }
+            for (int64_t t0 = 0; t0 < valid; t0 += TILE) {
+                const int64_t v0 = t0 / VEC;
+                for (int64_t u = 0; u < hidden; ++u) {
+                    const float *w[4] = {weight + u * ld_w, weight + (hidden + u) * ld_w,
+                                         weight + (2 * hidden + u) * ld_w, weight + (3 * hidden + u) * ld_w};
+                    vf acc[4][NV];
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+                        for (int v = 0; v < NV; ++v) acc[q][v] = (vf){0} + w[q][k_in];
+                    for (int64_t k = 0; k < k_in; ++k) {
+                        const vf *row = in + k * (CHUNK_IN / VEC) + v0;
+#pragma GCC unroll 4
+                        for (int q = 0; q < 4; ++q) {
+                            const float wk = w[q][k];
+#pragma GCC unroll 4
+                            for (int v = 0; v < NV; ++v) acc[q][v] += wk * row[v];
+                        }
+                    }
+                    const int64_t at = u * CHUNK_IN + t0;
+                    unit_outputs(acc, cp + at, cr + at, hr + at);
+                }
+            }
+            for (int64_t u = 0; u < hidden; ++u) {
+                __builtin_memcpy(c + u * ld_c + start, cr + u * CHUNK_IN, valid * sizeof(float));
+                __builtin_memcpy(h + u * ld_h + start, hr + u * CHUNK_IN, valid * sizeof(float));
+            }
+        }
+        free(in);
+        free(cp);
+    }
+    return failed;
+}
+
+/* Whether lstm_fused_forward was built with its AVX-512 path; elsewhere the separate matrix
+ * product + lstm_step_forward is faster, and the caller uses that. */
+int lstm_fused_forward_vectorised(void) {
+#if defined(__AVX512F__)
+    return 1;
+#else
+    return 0;
+#endif
 }

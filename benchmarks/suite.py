@@ -20,6 +20,8 @@ those of the configuration people run) on random 5-way 1-shot episodes with 15 q
   ``benchmarks.maml``; Meta-LSTM: ``T`` x learner forward + backward on the support set +
   query forward (+ backward when training); fine-tune: the same number of SGD steps of
   backbone + head on the support set, plus the query forward); the ratio is ours / floor;
+* the process keeps freed memory, as ``train.py`` does (``fewshot.allocator``;
+  ``--return-freed-memory`` leaves glibc's default);
 * **peak memory**: peak resident memory (``VmHWM``) of a child process that builds the
   method and runs one training step and one evaluation episode; it includes Python, torch and
   the configs, about 0.4 GiB, so compare methods by their differences.
@@ -48,6 +50,7 @@ from torch.func import functional_call
 
 from benchmarks.common import time_pair, write_json
 from benchmarks.maml import Setting, floor_step, random_episode
+from fewshot.allocator import retain_freed_memory
 from fewshot.data.classification import LabelledImages
 from fewshot.data.episode import Episode
 from fewshot.methods.finetune import FinetuneSettings
@@ -265,9 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--out", default="bench_results/suite.json")
+    parser.add_argument(
+        "--return-freed-memory", action="store_true", help="leave glibc's allocator as it is (train.py retains)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.return_freed_memory:
+        retain_freed_memory()  # as train.py does (retain_freed_memory: true)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}, "
         f"Omniglot shape 5-way 1-shot 15 queries, median of {args.repeats}"

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 
+from fewshot.allocator import retain_freed_memory
 from fewshot.checkpoints import StoreConfigInCheckpoint, check_checkpoint_fits
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.methods.base import EpisodicMethod
@@ -182,6 +183,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def train_and_test(cfg: DictConfig) -> dict[str, Any]:
     """The body of :func:`train`: build everything, fit, test the best checkpoint, write results."""
     started = time.perf_counter()
+    if cfg.retain_freed_memory:
+        retain_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -13,6 +13,10 @@ see the same machine. The episode is split into:
 * meta forward: the rest of the forward (preprocessing, LSTM, cell, gate statistics),
 * meta backward: ``loss.backward()`` (query backward + backward through the unrolled meta-learner).
 
+Every process keeps its freed memory, as ``train.py`` does (:mod:`fewshot.allocator`);
+``--return-freed-memory`` leaves glibc's default, which hands the meta-graph back to the OS after
+every episode and faults it in again on the next.
+
 ``--clock cpu`` times with ``time.process_time`` (CPU seconds of the process, all threads)
 instead of the wall clock: on a shared machine, with ``--threads 1``, it is what the wall time
 would be on an idle one.
@@ -51,6 +55,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fewshot.allocator import retain_freed_memory
 from fewshot.metalstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
 
@@ -288,12 +293,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=600, help="0: skip the evaluation timing")
     parser.add_argument("--memory", action="store_true", help="peak memory vs T, with and without checkpointing")
     parser.add_argument("--out", default="bench_results/meta_lstm.json")
+    parser.add_argument(
+        "--return-freed-memory", action="store_true", help="leave glibc's allocator as it is (train.py retains)"
+    )
     parser.add_argument("--child", choices=["train", "eval", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--memory-steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.return_freed_memory:
+        retain_freed_memory()  # as train.py does (retain_freed_memory: true)
     device = torch.device(args.device)
 
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -313,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     common = ["--repeats", str(args.repeats), "--device", args.device, "--clock", args.clock]
     common += ["--threads", str(args.threads)] if args.threads else []
+    common += ["--return-freed-memory"] if args.return_freed_memory else []
 
     def child(*extra: str) -> dict:
         command = [sys.executable, "-m", "fewshot.metalstm.bench", *common, *extra]

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fewshot.metalstm import native
 from fewshot.metalstm.cell import CellOutput, Feedback, MetaLearnerCell, cell_update
 from fewshot.metalstm.flat import FlatLayout
 from fewshot.metalstm.lstm import CoordinateLSTM, State
@@ -172,6 +173,7 @@ class MetaLearner(nn.Module):
         self.fused = fused
         self.layout = FlatLayout.of(learner)
         self.gate_layers, self.segment_sizes = self.layout.segments(layers or conv4_layer_names(learner))
+        self._segment_offsets = torch.tensor([0, *self.segment_sizes], dtype=torch.int64).cumsum(0)
 
         self.c0 = nn.Parameter(self.layout.flatten(dict(learner.named_parameters())).detach().clone())
         self.lstm = CoordinateLSTM(input_size=4, hidden_size=hidden_size, backend=backend, checkpoint=checkpoint)
@@ -272,7 +274,8 @@ class MetaLearner(nn.Module):
             return CellOutput(cell_update(theta, grad, i, f), i, f, i, f), lstm_state
         p = self.preprocess_p
         if self.fused:  # coordinate-last [features, n]; the loss features are shared by all coordinates
-            lstm_state = self.lstm(preprocess(grad, p, dim=0), lstm_state, shared=preprocess(loss, p))
+            x = native.preprocess(grad, p) if native.applies(self.lstm.backend, grad) else preprocess(grad, p, dim=0)
+            lstm_state = self.lstm(x, lstm_state, shared=preprocess(loss, p))
             return self.cell(lstm_state[0], theta, grad, i_state, f_state), lstm_state
         x = torch.cat([preprocess(loss, p).expand(grad.shape[0], 2), preprocess(grad, p)], dim=1)  # [n, 4]
         lstm_state = self.lstm.reference(x, lstm_state)
@@ -313,6 +316,8 @@ class MetaLearner(nn.Module):
     def _summarise_gates(self, input_gate: Tensor, forget_gate: Tensor) -> Tensor:
         """``[2 (gate), 2 (mean, std), L]`` over each layer's contiguous coordinate segment."""
         gates = torch.stack([input_gate, forget_gate])
+        if self.fused and native.applies(self.lstm.backend, gates):
+            return native.segment_moments(gates, self._segment_offsets)
         stats = [torch.std_mean(s, dim=1, correction=0) for s in gates.split(self.segment_sizes, dim=1)]
         std = torch.stack([s for s, _ in stats], dim=1)
         mean = torch.stack([m for _, m in stats], dim=1)

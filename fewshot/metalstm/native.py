@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("native") / "lstm_kernels.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared") + (
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fPIC", "-shared") + (
     ("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()
 )
 
@@ -136,6 +136,8 @@ def declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.lstm_fused_forward.argtypes = [_i64, _i64, _i64, _int, _ptr] + [_ptr, _i64] * 5
     library.lstm_fused_forward.restype = _int
     library.lstm_fused_forward_vectorised.restype = _int
+    library.preprocess_gradient.argtypes = [_i64, _int, ctypes.c_float, _ptr, _ptr, _i64]
+    library.segment_moments.argtypes = [_i64, _i64, _int, _ptr, _i64, _ptr, _ptr]
     for name in ("fs_sigmoid_array", "fs_tanh_array"):
         getattr(library, name).argtypes = [_i64, _ptr, _ptr]
     return library
@@ -193,6 +195,33 @@ def fused_step_forward(
     args = [x for t in tensors for x in _arg(t)]
     if library.lstm_fused_forward(x.shape[0], hidden, m, torch.get_num_threads(), weight.data_ptr(), *args):
         raise MemoryError("the native LSTM step could not allocate its per-thread buffers")
+
+
+def preprocess(x: Tensor, p: float) -> Tensor:
+    """:func:`fewshot.metalstm.preprocess.preprocess` of a flat float32 CPU tensor ``x [n]`` with
+    the feature axis first: ``[2, n]``, in one pass."""
+    library = load()
+    x = x.contiguous()
+    out = x.new_empty(2, x.shape[0])
+    library.preprocess_gradient(x.shape[0], torch.get_num_threads(), p, x.data_ptr(), out.data_ptr(), out.stride(0))
+    return out
+
+
+def segment_moments(x: Tensor, offsets: Tensor) -> Tensor:
+    """Mean and population std of each segment ``offsets[s] .. offsets[s + 1]`` of every row of
+    ``x [rows, n]``: ``[rows, 2 (mean, std), n_segments]`` (double sums, two passes)."""
+    library = load()
+    if offsets.dtype != torch.int64 or offsets.device.type != "cpu" or not offsets.is_contiguous():
+        raise ValueError("offsets must be a contiguous int64 CPU tensor")
+    if offsets[0] < 0 or offsets[-1] > x.shape[1] or bool((offsets[1:] <= offsets[:-1]).any()):
+        raise ValueError(f"offsets must increase strictly within 0 .. {x.shape[1]}")
+    rows, n_segments = x.shape[0], offsets.shape[0] - 1
+    out = x.new_empty(rows, 2, n_segments)
+    x = _rows_contiguous(x)  # referenced until the call returns
+    pointer, stride = _arg(x)
+    threads = torch.get_num_threads()
+    library.segment_moments(rows, n_segments, threads, pointer, stride, offsets.data_ptr(), out.data_ptr())
+    return out
 
 
 def step_backward(

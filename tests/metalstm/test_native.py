@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import platform
 
 import pytest
@@ -12,6 +13,7 @@ from fewshot.metalstm import native
 from fewshot.metalstm.cell import MetaLearnerCell
 from fewshot.metalstm.lstm import CoordinateLSTM
 from fewshot.metalstm.metalearner import MetaLearner
+from fewshot.metalstm.preprocess import preprocess
 from tests.metalstm.test_lstm import unroll
 from tests.metalstm.test_metalearner import random_episode, tiny_conv4
 
@@ -144,16 +146,19 @@ def test_fused_torch_cell_matches_the_plain_reference(feedback):
 @needs_native
 def test_meta_gradients_agree_between_backends():
     episode = random_episode()
-    grads = {}
+    grads, gates = {}, {}
     for backend in ("native", "torch"):
         torch.manual_seed(0)
         meta = MetaLearner(tiny_conv4(), n_steps=3, backend=backend)
         loss = meta.meta_loss(*episode).loss
         grads[backend] = (loss.detach(), torch.autograd.grad(loss, list(meta.parameters())))
+        gates[backend] = meta.meta_loss(*episode).gates.values
     (l1, g1), (l2, g2) = grads["native"], grads["torch"]
     torch.testing.assert_close(l1, l2)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * max(1.0, b.abs().max().item()))
+    torch.testing.assert_close(gates["native"], gates["torch"], rtol=1e-4, atol=1e-6)
+    assert gates["torch"][:, :, 1].abs().max() > 0  # the stds are not all zero
 
 
 def test_unknown_backend_is_refused():
@@ -275,3 +280,37 @@ def test_kernels_built_without_avx512_compute_the_same(monkeypatch, tmp_path, ma
     assert calls == 3
     torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_native_preprocessing_matches_the_torch_code():
+    threshold = math.exp(-10.0)
+    special = [0.0, -0.0, 1e-45, -1e-40, threshold, -threshold, threshold * 1.0001, threshold * 0.9999]
+    special += [1e38, -3.4e38, float("inf"), -float("inf"), float("nan"), 1.0, -1.0, 2.0**-126]
+    x = torch.cat([torch.tensor(special), torch.randn(20_000) * torch.logspace(-12, 3, 20_000)])
+    ours, theirs = native.preprocess(x, 10.0), preprocess(x, 10.0, dim=0)
+    assert ours.shape == theirs.shape == (2, x.numel())
+    torch.testing.assert_close(ours, theirs, rtol=2e-7, atol=3e-7, equal_nan=True)
+    assert ours[0, 12] == -1.0 and ours[1, 12].isnan()  # NaN: the linear branch, as the torch code
+    assert ours[0, 11] == float("inf") and ours[1, 11] == -1.0  # -inf
+
+
+@needs_native
+def test_segment_moments_match_std_mean_even_for_gates_near_one():
+    torch.manual_seed(1)
+    x = torch.stack([torch.rand(10_000), 1.0 - 1e-4 * torch.rand(10_000)])  # a forget gate near 1
+    sizes = [1, 999, 5000, 4000]
+    offsets = torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0)
+    ours = native.segment_moments(x, offsets)
+    for s, segment in enumerate(x.double().split(sizes, dim=1)):
+        std, mean = torch.std_mean(segment, dim=1, correction=0)
+        torch.testing.assert_close(ours[:, 0, s], mean.float(), rtol=1e-6, atol=0)
+        torch.testing.assert_close(ours[:, 1, s], std.float(), rtol=1e-4, atol=1e-9)
+    assert ours[1, 1, 2] < 1e-4 and ours[:, 1, 0].eq(0).all()  # one coordinate: std 0
+
+
+@needs_native
+@pytest.mark.parametrize("offsets", [[0, 5, 5, 10], [0, 11], [-1, 10], [0, 4, 2]])
+def test_segment_moments_refuse_bad_offsets(offsets):
+    with pytest.raises(ValueError, match="offsets"):
+        native.segment_moments(torch.rand(2, 10), torch.tensor(offsets))

@@ -4,7 +4,8 @@
  * rows (i, f, o, g) of one [4H, m] block. Every loop is written branch-free so that gcc
  * vectorises it (-O3 -march=native); exp, sigmoid and tanh are float32 polynomial
  * approximations (max error about 1 ulp of the result's scale, see the tests), and NaN
- * inputs give NaN outputs. No -ffast-math: it would let the compiler drop NaNs.
+ * inputs give NaN outputs. No -ffast-math: it would let the compiler drop NaNs; only
+ * -fno-trapping-math, so that gcc may compute both sides of a select and vectorise it.
  */
 #include <math.h>
 #include <stdint.h>
@@ -232,6 +233,72 @@ void lstm_step_backward(int64_t hidden, int64_t m, int threads, const float *gat
 void fs_sigmoid_array(int64_t n, const float *x, float *y) { ARRAY_OF(fs_sigmoid, v_sigmoid) }
 
 void fs_tanh_array(int64_t n, const float *x, float *y) { ARRAY_OF(fs_tanh, v_tanh) }
+
+/* ---- The gradient preprocessing of fewshot/metalstm/preprocess.py, per coordinate:
+ *   x -> (log|x| / p, sign x) if |x| >= e^-p, else (-1, e^p x)
+ * into the rows of out [2, n] (row stride ld_out). NaN gives (-1, NaN), as the torch code. */
+
+/* log(x) for positive normal x or +inf: x = 2^e m with m in [sqrt(1/2), sqrt(2)), and
+ * log(m) = f - f^2 / 2 + f^3 Q(f), f = m - 1, Q a degree-7 least-squares fit (error < 4e-8). */
+static inline float fs_log(float x) {
+    bits32 b;
+    b.f = x;
+    int32_t e = ((b.i >> 23) & 0xff) - 127;
+    b.i = (b.i & 0x007fffff) | 0x3f800000;
+    float m = b.f;
+    int32_t big = m > 1.41421356f;
+    m = big ? 0.5f * m : m;
+    e += big;
+    float f = m - 1.0f, z = f * f;
+    float q = -7.3351889061e-02f;
+    q = q * f + 1.2697940167e-01f;
+    q = q * f - 1.3257158892e-01f;
+    q = q * f + 1.4220441174e-01f;
+    q = q * f - 1.6613944425e-01f;
+    q = q * f + 1.9999745290e-01f;
+    q = q * f - 2.5001104263e-01f;
+    q = q * f + 3.3333363411e-01f;
+    float y = f - 0.5f * z + z * f * q;
+    float r = ((float)e * -2.12194440e-4f + y) + (float)e * 0.693359375f;
+    return x > 3.4028235e38f ? x : r;
+}
+
+void preprocess_gradient(int64_t n, int threads, float p, const float *x, float *out, int64_t ld_out) {
+    const float threshold = expf(-p), scale = expf(p), inv_p = 1.0f / p;
+    int64_t n_chunks = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+        int64_t start = chunk * CHUNK, stop = start + CHUNK < n ? start + CHUNK : n;
+#pragma omp simd
+        for (int64_t j = start; j < stop; ++j) {
+            float v = x[j], a = fabsf(v);
+            float log_part = fs_log(a >= threshold ? a : 1.0f) * inv_p;
+            float low = v < -threshold ? -threshold : v, clamped = low > threshold ? threshold : low;
+            out[j] = a >= threshold ? log_part : -1.0f;
+            out[ld_out + j] = a >= threshold ? copysignf(1.0f, v) : clamped * scale;
+        }
+    }
+}
+
+/* ---- Mean and population std of each segment [offsets[s], offsets[s + 1]) of each row of
+ * x [rows, n] (row stride ld), into out [rows, 2, n_seg] (means, then stds); double sums, two
+ * passes (no cancellation for gates near 1 with a tiny spread). */
+void segment_moments(int64_t rows, int64_t n_seg, int threads, const float *x, int64_t ld, const int64_t *offsets,
+                     float *out) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
+    for (int64_t task = 0; task < rows * n_seg; ++task) {
+        int64_t r = task / n_seg, s = task % n_seg, start = offsets[s], stop = offsets[s + 1];
+        const float *row = x + r * ld;
+        double sum = 0.0, squares = 0.0, count = (double)(stop - start);
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = start; j < stop; ++j) sum += row[j];
+        double mean = sum / count;
+#pragma omp simd reduction(+ : squares)
+        for (int64_t j = start; j < stop; ++j) squares += (row[j] - mean) * (row[j] - mean);
+        out[(r * 2) * n_seg + s] = (float)mean;
+        out[(r * 2 + 1) * n_seg + s] = (float)sqrt(squares / count);
+    }
+}
 
 /* ---- Layer 2, the Meta-Learner cell (fewshot/metalstm/cell.py), per coordinate j:
  *   pre_k = b_k + sum_r W[k, r] h[r, j] + W[k, H] theta[j] + W[k, H + 1] prev_k[j]  (k = i, f)

@@ -39,11 +39,14 @@ log = logging.getLogger(__name__)
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+def group_entries(group: DictConfig | None) -> list[DictConfig]:
+    """The ``_target_`` entries of a callbacks/logger group (a dict of configs; null entries are off)."""
+    return [entry for entry in (group or {}).values() if entry is not None and "_target_" in entry]
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a callbacks/logger group (a dict of configs)."""
-    if not group:
-        return []
-    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+    """Instantiate every ``_target_`` entry of a callbacks/logger group."""
+    return [instantiate(entry) for entry in group_entries(group)]
 
 
 def sweep_group() -> str | None:
@@ -61,9 +64,7 @@ def instantiate_loggers(group: DictConfig | None) -> list[Any]:
     """The configured loggers; in a multirun, W&B runs of the sweep share one group."""
     sweep = sweep_group()
     loggers = []
-    for entry in (group or {}).values():
-        if entry is None or "_target_" not in entry:
-            continue
+    for entry in group_entries(group):
         is_wandb = str(entry._target_).endswith("WandbLogger")
         loggers.append(instantiate(entry, group=sweep) if is_wandb and sweep else instantiate(entry))
     return loggers

@@ -135,6 +135,8 @@ def declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.cell_backward.argtypes += [_i64] + [_ptr] * 4
     library.lstm_fused_forward.argtypes = [_i64, _i64, _i64, _int, _ptr] + [_ptr, _i64] * 5
     library.lstm_fused_forward.restype = _int
+    library.lstm_fused_backward.argtypes = [_i64, _i64, _i64, _int, _ptr] + [_ptr, _i64] * 8
+    library.lstm_fused_backward.restype = _int
     library.lstm_fused_forward_vectorised.restype = _int
     library.preprocess_gradient.argtypes = [_i64, _int, ctypes.c_float, _ptr, _ptr, _i64]
     library.segment_moments.argtypes = [_i64, _i64, _int, _ptr, _i64, _ptr, _ptr]
@@ -222,6 +224,29 @@ def segment_moments(x: Tensor, offsets: Tensor) -> Tensor:
     threads = torch.get_num_threads()
     library.segment_moments(rows, n_segments, threads, pointer, stride, offsets.data_ptr(), out.data_ptr())
     return out
+
+
+def fused_step_backward(
+    weight: Tensor,
+    x: Tensor,
+    h_prev: Tensor | None,
+    c_prev: Tensor | None,
+    dh: Tensor,
+    dc_next: Tensor | None,
+    d_pre: Tensor,
+    dc_prev: Tensor | None,
+    inputs: Tensor,
+) -> None:
+    """A training step's backward in one pass, the gates recomputed per tile from the step's inputs
+    (as :func:`fused_step_forward` computes them): write ``d_pre [4H, m]``, ``dc_prev`` (unless
+    ``None``) and the gathered ``inputs = [x; h_prev; 1]`` (for the weight gradient)."""
+    library = load()
+    hidden, m = dh.shape
+    weight = weight.contiguous()  # referenced until the call returns, like the tensors
+    tensors = [_rows_contiguous(t) for t in (x, h_prev, c_prev, dh, dc_next)] + [d_pre, dc_prev, inputs]
+    args = [x for t in tensors for x in _arg(t)]
+    if library.lstm_fused_backward(x.shape[0], hidden, m, torch.get_num_threads(), weight.data_ptr(), *args):
+        raise MemoryError("the native LSTM step could not allocate its per-thread buffers")
 
 
 def step_backward(

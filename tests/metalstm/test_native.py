@@ -69,12 +69,42 @@ def test_native_lstm_step_matches_torch_operations(checkpoint):
 
 
 @pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_native), "torch"])
-def test_checkpointing_gives_bitwise_the_same_result(backend):
-    """Recomputing the gates in the backward reruns the same operations on the same inputs."""
+def test_checkpointing_gives_bitwise_the_same_result(monkeypatch, backend):
+    """Recomputing the gates in the backward reruns the same operations on the same inputs (the
+    two-pass kernels; the one-pass ones are checked against them below)."""
+    monkeypatch.setattr(native, "fused_step_pays", lambda: False)
     (h1, c1, g1), (h2, c2, g2) = lstm_run(backend, False), lstm_run(backend, True)
     assert torch.equal(h1, h2) and torch.equal(c1, c2)
     for a, b in zip(g1, g2, strict=True):
         assert torch.equal(a, b)
+
+
+def one_pass_calls(monkeypatch) -> list[str]:
+    """Spy on the one-pass kernels: the names of those called, in order."""
+    calls = []
+    for name in ("fused_step_forward", "fused_step_backward"):
+        kernel = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    return calls
+
+
+def assert_same_lstm_run(ours, reference):
+    (h1, c1, g1), (h2, c2, g2) = ours, reference
+    torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2, strict=True):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+@needs_native
+@pytest.mark.skipif(not native.fused_step_pays(), reason="the one-pass kernels are used only where built with AVX-512")
+def test_checkpointing_with_the_one_pass_kernels_matches_kept_gates(monkeypatch):
+    """checkpoint=True: one-pass forward, gates recomputed in the one-pass backward."""
+    kept = lstm_run("native", False)
+    calls = one_pass_calls(monkeypatch)
+    assert_same_lstm_run(lstm_run("native", True), kept)
+    assert calls == ["fused_step_forward"] * 3 + ["fused_step_backward"] * 12  # 3 steps x 4 blocks of 1536
 
 
 @needs_native
@@ -275,11 +305,12 @@ def test_kernels_built_without_avx512_compute_the_same(monkeypatch, tmp_path, ma
         getattr(library, f"fs_{name}_array")(x.numel(), x.data_ptr(), out.data_ptr())
         assert (out.double() - reference(x.double())).abs().max() < 2e-7
     monkeypatch.setattr(native, "load", lambda: library)
-    monkeypatch.setattr(native, "fused_step_pays", lambda: True)  # force the one-pass step
+    monkeypatch.setattr(native, "fused_step_pays", lambda: True)  # force the one-pass kernels
     ((h1, c1), (h2, c2)), calls = inference_and_training_forward(monkeypatch, 1000)
     assert calls == 3
     torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
+    assert_same_lstm_run(lstm_run("native", True), lstm_run("torch", False))  # the one-pass backward
 
 
 @needs_native

@@ -500,6 +500,120 @@ int lstm_fused_forward(int64_t n_x, int64_t hidden, int64_t m, int threads, cons
     return failed;
 }
 
+/* ---- Training backward of one step in one pass, recomputing the gates per tile from the step's
+ * inputs (so that the forward keeps nothing but those inputs): the same matrix product and
+ * activations as lstm_fused_forward, then the step's backward.
+ * In: weight, x, h_prev, c_prev as for lstm_fused_forward; dh [H, m]; dc_next [H, m] or NULL.
+ * Out: d_pre [4H, m] (gradient of the pre-activations, rows i, f, o, g), dc_prev [H, m] unless
+ * NULL, and the gathered inputs [K + 1, m] = [x; h_prev; 1] (for the weight gradient). */
+#if defined(__AVX512F__)
+static inline void unit_backward(vf acc[4][NV], const float *cp, const float *dhr, const float *dnr, float *di,
+                                 float *df, float *dout, float *dg, float *dcp) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+        __m512 i = v_sigmoid((__m512)acc[0][v]), f = v_sigmoid((__m512)acc[1][v]);
+        __m512 o = v_sigmoid((__m512)acc[2][v]), g = v_tanh((__m512)acc[3][v]);
+        __m512 c_prev = _mm512_load_ps(cp + v * VEC), dh = _mm512_load_ps(dhr + v * VEC);
+        __m512 t = v_tanh(_mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, g)));
+        __m512 dc = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(t, t, one), _mm512_load_ps(dnr + v * VEC));
+        _mm512_store_ps(di + v * VEC, _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i))));
+        _mm512_store_ps(df + v * VEC,
+                        _mm512_mul_ps(_mm512_mul_ps(dc, c_prev), _mm512_mul_ps(f, _mm512_sub_ps(one, f))));
+        _mm512_store_ps(dout + v * VEC, _mm512_mul_ps(_mm512_mul_ps(dh, t), _mm512_mul_ps(o, _mm512_sub_ps(one, o))));
+        _mm512_store_ps(dg + v * VEC, _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one)));
+        _mm512_store_ps(dcp + v * VEC, _mm512_mul_ps(dc, f));
+    }
+}
+#else
+static inline void unit_backward(vf acc[4][NV], const float *cp, const float *dhr, const float *dnr, float *di,
+                                 float *df, float *dout, float *dg, float *dcp) {
+    float pre[4][TILE];
+    for (int q = 0; q < 4; ++q) __builtin_memcpy(pre[q], acc[q], sizeof(pre[q]));
+    for (int64_t j = 0; j < TILE; ++j) {
+        float i = fs_sigmoid(pre[0][j]), f = fs_sigmoid(pre[1][j]), o = fs_sigmoid(pre[2][j]);
+        float g = fs_tanh(pre[3][j]), t = fs_tanh(f * cp[j] + i * g), dh = dhr[j];
+        float dc = dh * o * (1.0f - t * t) + dnr[j];
+        di[j] = dc * g * i * (1.0f - i), df[j] = dc * cp[j] * f * (1.0f - f);
+        dout[j] = dh * t * o * (1.0f - o), dg[j] = dc * i * (1.0f - g * g), dcp[j] = dc * f;
+    }
+}
+#endif
+
+/* Copy `valid` values of a row into a chunk buffer and zero the rest (NULL row: all zeros). */
+static inline void load_row(float *buffer, const float *row, int64_t valid) {
+    if (row) __builtin_memcpy(buffer, row, valid * sizeof(float));
+    for (int64_t j = row ? valid : 0; j < CHUNK_IN; ++j) buffer[j] = 0.0f;
+}
+
+/* Returns 0, or 1 if a thread's buffers could not be allocated (the outputs are incomplete then). */
+int lstm_fused_backward(int64_t n_x, int64_t hidden, int64_t m, int threads, const float *weight, const float *x,
+                        int64_t ld_x, const float *h_prev, int64_t ld_h_prev, const float *c_prev,
+                        int64_t ld_c_prev, const float *dh, int64_t ld_dh, const float *dc_next,
+                        int64_t ld_dc_next, float *d_pre, int64_t ld_d_pre, float *dc_prev, int64_t ld_dc_prev,
+                        float *inputs, int64_t ld_inputs) {
+    const int64_t k_in = n_x + (h_prev ? hidden : 0), ld_w = k_in + 1;
+    const int64_t n_chunks = (m + CHUNK_IN - 1) / CHUNK_IN;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        vf *in = aligned_alloc(64, k_in * CHUNK_IN * sizeof(float));
+        /* c_prev, dh, dc_next, then the outputs dc_prev and d_pre (4H rows) */
+        float *cp = aligned_alloc(64, 8 * hidden * CHUNK_IN * sizeof(float));
+        float *dhb = cp + hidden * CHUNK_IN, *dnb = dhb + hidden * CHUNK_IN, *dcpb = dnb + hidden * CHUNK_IN;
+        float *dpb = dcpb + hidden * CHUNK_IN;
+        failed = !in || !cp;
+#pragma omp for schedule(static)
+        for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+            if (!in || !cp) continue;
+            const int64_t start = chunk * CHUNK_IN, valid = start + CHUNK_IN < m ? CHUNK_IN : m - start;
+            for (int64_t k = 0; k < k_in; ++k) {
+                const float *row = k < n_x ? x + k * ld_x : h_prev + (k - n_x) * ld_h_prev;
+                load_row((float *)(in + k * (CHUNK_IN / VEC)), row + start, valid);
+                __builtin_memcpy(inputs + k * ld_inputs + start, row + start, valid * sizeof(float));
+            }
+            for (int64_t j = 0; j < valid; ++j) inputs[k_in * ld_inputs + start + j] = 1.0f;
+            for (int64_t u = 0; u < hidden; ++u) {
+                load_row(cp + u * CHUNK_IN, c_prev ? c_prev + u * ld_c_prev + start : 0, valid);
+                load_row(dhb + u * CHUNK_IN, dh + u * ld_dh + start, valid);
+                load_row(dnb + u * CHUNK_IN, dc_next ? dc_next + u * ld_dc_next + start : 0, valid);
+            }
+            for (int64_t t0 = 0; t0 < valid; t0 += TILE) {
+                const int64_t v0 = t0 / VEC;
+                for (int64_t u = 0; u < hidden; ++u) {
+                    const float *w[4] = {weight + u * ld_w, weight + (hidden + u) * ld_w,
+                                         weight + (2 * hidden + u) * ld_w, weight + (3 * hidden + u) * ld_w};
+                    vf acc[4][NV];
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+                        for (int v = 0; v < NV; ++v) acc[q][v] = (vf){0} + w[q][k_in];
+                    for (int64_t k = 0; k < k_in; ++k) {
+                        const vf *row = in + k * (CHUNK_IN / VEC) + v0;
+#pragma GCC unroll 4
+                        for (int q = 0; q < 4; ++q) {
+                            const float wk = w[q][k];
+#pragma GCC unroll 4
+                            for (int v = 0; v < NV; ++v) acc[q][v] += wk * row[v];
+                        }
+                    }
+                    const int64_t at = u * CHUNK_IN + t0;
+                    unit_backward(acc, cp + at, dhb + at, dnb + at, dpb + at, dpb + hidden * CHUNK_IN + at,
+                                  dpb + 2 * hidden * CHUNK_IN + at, dpb + 3 * hidden * CHUNK_IN + at, dcpb + at);
+                }
+            }
+            for (int64_t r = 0; r < 4 * hidden; ++r)
+                __builtin_memcpy(d_pre + r * ld_d_pre + start, dpb + r * CHUNK_IN, valid * sizeof(float));
+            if (dc_prev)
+                for (int64_t u = 0; u < hidden; ++u)
+                    __builtin_memcpy(dc_prev + u * ld_dc_prev + start, dcpb + u * CHUNK_IN, valid * sizeof(float));
+        }
+        free(in);
+        free(cp);
+    }
+    return failed;
+}
+
 /* Whether lstm_fused_forward was built with its AVX-512 path; elsewhere the separate matrix
  * product + lstm_step_forward is faster, and the caller uses that. */
 int lstm_fused_forward_vectorised(void) {

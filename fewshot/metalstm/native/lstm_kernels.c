@@ -415,6 +415,42 @@ typedef float vf __attribute__((vector_size(VEC * sizeof(float))));
  * in between, tiles of TILE coordinates work from those buffers (zero-padded past the end). */
 #define CHUNK_IN 256
 
+/* Copy `valid` values of a row into a chunk buffer and zero the rest (NULL row: all zeros). */
+static inline void load_row(float *buffer, const float *row, int64_t valid) {
+    if (row) __builtin_memcpy(buffer, row, valid * sizeof(float));
+    for (int64_t j = row ? valid : 0; j < CHUNK_IN; ++j) buffer[j] = 0.0f;
+}
+
+/* The chunk's [x; h_prev] rows (k_in of them) into `in`, from coordinate `start` on. */
+static inline void load_inputs(vf *in, const float *x, int64_t ld_x, const float *h_prev, int64_t ld_h_prev,
+                               int64_t n_x, int64_t k_in, int64_t start, int64_t valid) {
+    for (int64_t k = 0; k < k_in; ++k) {
+        const float *row = k < n_x ? x + k * ld_x : h_prev + (k - n_x) * ld_h_prev;
+        load_row((float *)(in + k * (CHUNK_IN / VEC)), row + start, valid);
+    }
+}
+
+/* Unit u's four gate pre-activations (rows u, H + u, 2H + u, 3H + u of W [x; h; 1]) for the tile
+ * of NV vectors that starts at vector v0 of the chunk buffer `in`. */
+static inline void unit_preactivations(const float *weight, int64_t ld_w, int64_t hidden, int64_t k_in, int64_t u,
+                                       const vf *in, int64_t v0, vf acc[4][NV]) {
+    const float *w[4] = {weight + u * ld_w, weight + (hidden + u) * ld_w, weight + (2 * hidden + u) * ld_w,
+                         weight + (3 * hidden + u) * ld_w};
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[q][v] = (vf){0} + w[q][k_in];
+    for (int64_t k = 0; k < k_in; ++k) {
+        const vf *row = in + k * (CHUNK_IN / VEC) + v0;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+            const float wk = w[q][k];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[q][v] += wk * row[v];
+        }
+    }
+}
+
 #if defined(__AVX512F__)
 static inline void unit_outputs(vf acc[4][NV], const float *cp, float *cr, float *hr) {
 #pragma GCC unroll 4
@@ -455,36 +491,14 @@ int lstm_fused_forward(int64_t n_x, int64_t hidden, int64_t m, int threads, cons
         for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
             if (!in || !cp) continue;
             const int64_t start = chunk * CHUNK_IN, valid = start + CHUNK_IN < m ? CHUNK_IN : m - start;
-            for (int64_t k = 0; k < k_in; ++k) {
-                const float *row = k < n_x ? x + k * ld_x : h_prev + (k - n_x) * ld_h_prev;
-                float *buffer = (float *)(in + k * (CHUNK_IN / VEC));
-                __builtin_memcpy(buffer, row + start, valid * sizeof(float));
-                for (int64_t j = valid; j < CHUNK_IN; ++j) buffer[j] = 0.0f;
-            }
-            for (int64_t u = 0; u < hidden; ++u) {
-                float *buffer = cp + u * CHUNK_IN;
-                if (c_prev) __builtin_memcpy(buffer, c_prev + u * ld_c_prev + start, valid * sizeof(float));
-                for (int64_t j = c_prev ? valid : 0; j < CHUNK_IN; ++j) buffer[j] = 0.0f;
-            }
+            load_inputs(in, x, ld_x, h_prev, ld_h_prev, n_x, k_in, start, valid);
+            for (int64_t u = 0; u < hidden; ++u)
+                load_row(cp + u * CHUNK_IN, c_prev ? c_prev + u * ld_c_prev + start : 0, valid);
             for (int64_t t0 = 0; t0 < valid; t0 += TILE) {
                 const int64_t v0 = t0 / VEC;
                 for (int64_t u = 0; u < hidden; ++u) {
-                    const float *w[4] = {weight + u * ld_w, weight + (hidden + u) * ld_w,
-                                         weight + (2 * hidden + u) * ld_w, weight + (3 * hidden + u) * ld_w};
                     vf acc[4][NV];
-#pragma GCC unroll 4
-                    for (int q = 0; q < 4; ++q)
-#pragma GCC unroll 4
-                        for (int v = 0; v < NV; ++v) acc[q][v] = (vf){0} + w[q][k_in];
-                    for (int64_t k = 0; k < k_in; ++k) {
-                        const vf *row = in + k * (CHUNK_IN / VEC) + v0;
-#pragma GCC unroll 4
-                        for (int q = 0; q < 4; ++q) {
-                            const float wk = w[q][k];
-#pragma GCC unroll 4
-                            for (int v = 0; v < NV; ++v) acc[q][v] += wk * row[v];
-                        }
-                    }
+                    unit_preactivations(weight, ld_w, hidden, k_in, u, in, v0, acc);
                     const int64_t at = u * CHUNK_IN + t0;
                     unit_outputs(acc, cp + at, cr + at, hr + at);
                 }
@@ -540,12 +554,6 @@ static inline void unit_backward(vf acc[4][NV], const float *cp, const float *dh
 }
 #endif
 
-/* Copy `valid` values of a row into a chunk buffer and zero the rest (NULL row: all zeros). */
-static inline void load_row(float *buffer, const float *row, int64_t valid) {
-    if (row) __builtin_memcpy(buffer, row, valid * sizeof(float));
-    for (int64_t j = row ? valid : 0; j < CHUNK_IN; ++j) buffer[j] = 0.0f;
-}
-
 /* Returns 0, or 1 if a thread's buffers could not be allocated (the outputs are incomplete then). */
 int lstm_fused_backward(int64_t n_x, int64_t hidden, int64_t m, int threads, const float *weight, const float *x,
                         int64_t ld_x, const float *h_prev, int64_t ld_h_prev, const float *c_prev,
@@ -567,11 +575,9 @@ int lstm_fused_backward(int64_t n_x, int64_t hidden, int64_t m, int threads, con
         for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
             if (!in || !cp) continue;
             const int64_t start = chunk * CHUNK_IN, valid = start + CHUNK_IN < m ? CHUNK_IN : m - start;
-            for (int64_t k = 0; k < k_in; ++k) {
-                const float *row = k < n_x ? x + k * ld_x : h_prev + (k - n_x) * ld_h_prev;
-                load_row((float *)(in + k * (CHUNK_IN / VEC)), row + start, valid);
-                __builtin_memcpy(inputs + k * ld_inputs + start, row + start, valid * sizeof(float));
-            }
+            load_inputs(in, x, ld_x, h_prev, ld_h_prev, n_x, k_in, start, valid);
+            for (int64_t k = 0; k < k_in; ++k)  /* [x; h_prev; 1] for the weight gradient */
+                __builtin_memcpy(inputs + k * ld_inputs + start, in + k * (CHUNK_IN / VEC), valid * sizeof(float));
             for (int64_t j = 0; j < valid; ++j) inputs[k_in * ld_inputs + start + j] = 1.0f;
             for (int64_t u = 0; u < hidden; ++u) {
                 load_row(cp + u * CHUNK_IN, c_prev ? c_prev + u * ld_c_prev + start : 0, valid);
@@ -581,22 +587,8 @@ int lstm_fused_backward(int64_t n_x, int64_t hidden, int64_t m, int threads, con
             for (int64_t t0 = 0; t0 < valid; t0 += TILE) {
                 const int64_t v0 = t0 / VEC;
                 for (int64_t u = 0; u < hidden; ++u) {
-                    const float *w[4] = {weight + u * ld_w, weight + (hidden + u) * ld_w,
-                                         weight + (2 * hidden + u) * ld_w, weight + (3 * hidden + u) * ld_w};
                     vf acc[4][NV];
-#pragma GCC unroll 4
-                    for (int q = 0; q < 4; ++q)
-#pragma GCC unroll 4
-                        for (int v = 0; v < NV; ++v) acc[q][v] = (vf){0} + w[q][k_in];
-                    for (int64_t k = 0; k < k_in; ++k) {
-                        const vf *row = in + k * (CHUNK_IN / VEC) + v0;
-#pragma GCC unroll 4
-                        for (int q = 0; q < 4; ++q) {
-                            const float wk = w[q][k];
-#pragma GCC unroll 4
-                            for (int v = 0; v < NV; ++v) acc[q][v] += wk * row[v];
-                        }
-                    }
+                    unit_preactivations(weight, ld_w, hidden, k_in, u, in, v0, acc);
                     const int64_t at = u * CHUNK_IN + t0;
                     unit_backward(acc, cp + at, dhb + at, dnb + at, dpb + at, dpb + hidden * CHUNK_IN + at,
                                   dpb + 2 * hidden * CHUNK_IN + at, dpb + 3 * hidden * CHUNK_IN + at, dcpb + at);

@@ -26,6 +26,7 @@ class CpuTimeBudget(pl.Callback):
             raise ValueError(f"callbacks.cpu_budget.minutes must be positive (or null for no budget), got {minutes}.")
         self.minutes = minutes
         self.used_s = 0.0
+        self.spent = False  # whether this budget stopped training
         self._since: float | None = None
 
     @property
@@ -49,6 +50,7 @@ class CpuTimeBudget(pl.Callback):
         if self.budget_s is not None and self.used_s >= self.budget_s and not trainer.should_stop:
             log.info("CPU budget of %g min spent after %d steps; stopping.", self.minutes, trainer.global_step)
             trainer.should_stop = True
+            self.spent = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Record the CPU time of the run on the module (for the results file)."""

@@ -22,6 +22,7 @@ from fewshot.reporting.plots import plot_accuracy_vs_shots, plot_accuracy_vs_ste
 from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
 from fewshot.reporting.table import (
     build_cells,
+    checkpoint_note,
     csv_paired,
     csv_table,
     markdown_paired,
@@ -78,7 +79,7 @@ def build_report(paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
     differences += requested_pairs(runs, pairs)
-    table_md, table_csv = markdown_table(cells), csv_table(cells)
+    table_md, table_csv = markdown_table(cells) + checkpoint_note(cells), csv_table(cells)
     written = [
         write_text(out / "table.md", table_md),
         write_text(out / "table.csv", table_csv),

@@ -14,10 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, ProgressBar, Timer
 from pytorch_lightning.loggers import WandbLogger
 
 from fewshot.allocator import retain_freed_memory
+from fewshot.budget import CpuTimeBudget
 from fewshot.checkpoints import StoreConfigInCheckpoint, check_checkpoint_fits
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.methods.base import EpisodicMethod
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # what meta-training does on a NaN/inf loss (the top-level ``nonfinite_loss`` key)
 NONFINITE_POLICIES = ("stop", "skip")
+# which weights a training run tests (the top-level ``test_checkpoint`` key)
+TEST_CHECKPOINTS = ("best", "last")
+FINAL_CHECKPOINT = "final.ckpt"
 
 
 def group_entries(group: DictConfig | None) -> list[DictConfig]:
@@ -146,6 +150,46 @@ def set_nonfinite_policy(method: EpisodicMethod, policy: str, world_size: int) -
     method.nonfinite_loss = policy
 
 
+def check_test_checkpoint(choice: str) -> str:
+    """``test_checkpoint``, refused with the allowed values when it is not one of them."""
+    if choice not in TEST_CHECKPOINTS:
+        raise ValueError(
+            f"test_checkpoint must be one of {list(TEST_CHECKPOINTS)}, got {choice!r}: 'best' tests the "
+            "best-on-validation checkpoint, 'last' the final weights of training (saved as checkpoints/final.ckpt)."
+        )
+    return choice
+
+
+def checkpoint_to_test(trainer: pl.Trainer, choice: str, output_dir: Path) -> str | None:
+    """The checkpoint a training run tests: the best on validation, or the final weights saved
+    as ``checkpoints/final.ckpt`` (``test_checkpoint=last``, the official Meta-LSTM protocol)."""
+    if choice == "last":
+        path = output_dir / "checkpoints" / FINAL_CHECKPOINT
+        trainer.save_checkpoint(path)
+        return str(path)
+    ckpt = best_checkpoint(trainer)
+    if ckpt is None:
+        log.warning("No best checkpoint was saved; testing the final weights.")
+    return ckpt
+
+
+def stop_reason(trainer: pl.Trainer) -> str:
+    """What ended training: ``plateau`` (early stopping on validation), ``cpu_budget``,
+    ``max_time``, ``max_steps``, ``max_epochs``, or ``other`` (e.g. interrupted)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+            return "plateau"
+        if isinstance(callback, CpuTimeBudget) and callback.spent:
+            return "cpu_budget"
+        if isinstance(callback, Timer) and callback.time_remaining() is not None and callback.time_remaining() <= 0:
+            return "max_time"
+    if trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch:
+        return "max_epochs"
+    return "other"
+
+
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
     """Path of the best-on-validation checkpoint, if one was saved."""
     monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
@@ -184,6 +228,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def train_and_test(cfg: DictConfig) -> dict[str, Any]:
     """The body of :func:`train`: build everything, fit, test the best checkpoint, write results."""
     started = time.perf_counter()
+    test_choice = check_test_checkpoint(cfg.get("test_checkpoint", "best"))
     if cfg.retain_freed_memory:
         retain_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
@@ -234,16 +279,18 @@ def train_and_test(cfg: DictConfig) -> dict[str, Any]:
             "skipped_nonfinite": int(getattr(method, "skipped_nonfinite", 0)),
         },
     }
+    if cfg.get("train", True):
+        stopped_by = stop_reason(trainer)
+        results["train"].update(stopped_by=stopped_by, plateaued=stopped_by == "plateau")
     if cfg.get("test", True):
-        ckpt = best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
-        if ckpt is None and cfg.get("train", True):
-            log.warning("No best checkpoint was saved; testing the final weights.")
+        ckpt = checkpoint_to_test(trainer, test_choice, output_dir) if cfg.get("train", True) else ckpt_path
         trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False, verbose=False)
         test = dict(method.eval_results["test"])
         test["fingerprint"] = datamodule.episode_fingerprint("test")
         test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])
         results["test"] = test
         results["checkpoint"] = ckpt
+        results["test_checkpoint"] = test_choice if cfg.get("train", True) else "given"
     results["wall_time_s"] = round(time.perf_counter() - started, 2)
     results["config"] = resolved
 

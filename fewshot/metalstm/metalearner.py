@@ -31,10 +31,11 @@ carry over unchanged: ``Conv4(..., bn_momentum=0.9, bn_eps=1e-3)``.
 
 Known differences from the official (Torch7) code:
 
-* The learner gradient is that of the mean cross-entropy. The official learner divides the
-  gradient of its (already size-averaged) criterion by the batch size once more, so its
-  ``grad_t`` and ``c~_t`` were smaller by a factor ``N*K``; the learned input gate can absorb a
-  constant factor, the preprocessing's ``log|grad|`` shifts by ``log(N*K) / p``.
+* ``grad_scale``: the official learner divides the gradient of its (already size-averaged)
+  criterion by the batch size once more (``grad_scale="official"``), so its ``grad_t`` and
+  ``c~_t`` are smaller by a factor ``N*K`` than the gradient of the mean cross-entropy
+  (``grad_scale="mean"``); the learned input gate can absorb a constant factor, the
+  preprocessing's ``log|grad|`` shifts by ``log(N*K) / p``.
 * Preprocessing takes the log branch for ``|x| >= e^-p`` (the official code: ``>``); both
   branches give ``(-1, sign x)`` at the boundary, so the map is the same.
 """
@@ -62,6 +63,8 @@ from fewshot.metalstm.preprocess import preprocess
 from fewshot.models.conv4 import layer_names as conv4_layer_names
 
 BNMode = Literal["batch", "support"]
+GradScale = Literal["official", "mean"]
+GRAD_SCALES: tuple[str, ...] = ("official", "mean")
 LearnerGrad = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
 """``(theta [n], buffers) -> (loss [], grad [n])``, both detached: the learner's gradient oracle."""
 
@@ -144,6 +147,9 @@ class MetaLearner(nn.Module):
             use; CPU, float32), ``"torch"``, or ``"auto"`` (native where it applies and builds).
         checkpoint: recompute the LSTM gates in the backward instead of keeping them: about a
             third of the meta-graph's memory per step, for some more time (long unrolls).
+        grad_scale: the learner gradient fed to the meta-learner: ``"official"`` (that of the
+            mean support loss divided by the support size once more, as the official code) or
+            ``"mean"`` (that of the mean support loss).
     """
 
     def __init__(
@@ -159,8 +165,16 @@ class MetaLearner(nn.Module):
         layers: Mapping[str, str] | None = None,
         backend: Backend = "auto",
         checkpoint: bool = False,
+        grad_scale: GradScale = "official",
     ) -> None:
         super().__init__()
+        if grad_scale not in GRAD_SCALES:
+            raise ValueError(
+                f"model.grad_scale must be one of {list(GRAD_SCALES)}, got {grad_scale!r}: 'official' divides the "
+                "gradient of the mean support loss by the support size once more (the official code), 'mean' "
+                "feeds the gradient of the mean loss."
+            )
+        self.grad_scale = grad_scale
         for mode in (train_bn, eval_bn):
             if mode not in ("batch", "support"):
                 raise ValueError(f"BN mode must be 'batch' or 'support', got {mode!r}.")
@@ -209,7 +223,8 @@ class MetaLearner(nn.Module):
         """Support loss and its gradient at ``theta``, both detached (gradient independence).
 
         The gradient is taken on a detached leaf copy of ``theta``, so the learner's backward
-        never enters the meta-graph; gradients are of the mean cross-entropy. Works under
+        never enters the meta-graph; gradients are of the mean cross-entropy, divided once more
+        by the support size when ``grad_scale`` is ``"official"``. Works under
         ``torch.no_grad`` (evaluation) too.
 
         Returns:
@@ -219,6 +234,8 @@ class MetaLearner(nn.Module):
             leaf = theta.detach().requires_grad_(True)
             loss = F.cross_entropy(self.learner_forward(leaf, buffers, x, train=True), y)
             (grad,) = torch.autograd.grad(loss, leaf)
+        if self.grad_scale == "official":
+            grad = grad / y.shape[0]
         return loss.detach(), grad
 
     @contextmanager
@@ -326,8 +343,8 @@ class MetaLearner(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_coords={self.layout.n_coords}, n_steps={self.n_steps}, train_bn={self.train_bn!r}, "
-            f"eval_bn={self.eval_bn!r}, fused={self.fused}, backend={self.lstm.backend!r}, "
-            f"checkpoint={self.lstm.checkpoint}"
+            f"eval_bn={self.eval_bn!r}, grad_scale={self.grad_scale!r}, fused={self.fused}, "
+            f"backend={self.lstm.backend!r}, checkpoint={self.lstm.checkpoint}"
         )
 
 

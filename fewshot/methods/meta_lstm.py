@@ -8,7 +8,7 @@ from torchmetrics import CatMetric
 
 from fewshot.data.episode import Episode
 from fewshot.metalstm.cell import Feedback
-from fewshot.metalstm.metalearner import GATES, STATISTICS, BNMode, GateStats, MetaLearner
+from fewshot.metalstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
 from fewshot.metalstm.native import Backend
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 
@@ -58,6 +58,7 @@ class MetaLSTM(EpisodicMethod):
         feedback: Feedback = "preactivation",
         backend: Backend = "auto",
         checkpoint: bool = False,
+        grad_scale: GradScale = "official",
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.metalearner = MetaLearner(
@@ -71,6 +72,7 @@ class MetaLSTM(EpisodicMethod):
             feedback=feedback,
             backend=backend,
             checkpoint=checkpoint,
+            grad_scale=grad_scale,
         )
         self.n_way = getattr(learner, "out_features", None)
         self.grad_clip_norm = grad_clip_norm

@@ -39,6 +39,9 @@ class RunRecord:
     train: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float | None = None
     gates: dict[str, Any] | None = None
+    # which weights were tested: "best" (on validation) or "last" (the final weights); results
+    # files written before the run key existed tested the best
+    test_checkpoint: str = "best"
 
     @property
     def setting(self) -> str:
@@ -93,6 +96,7 @@ def read_run(path: Path) -> RunRecord | None:
             train=dict(results.get("train") or {}),
             wall_time_s=results.get("wall_time_s"),
             gates=test.get("gates") or (results.get("val") or {}).get("gates"),
+            test_checkpoint=str(results.get("test_checkpoint", "best")),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise BadResultsError(

@@ -131,6 +131,26 @@ def cell_text(cell: Cell | None, markdown: bool = True) -> str:
     return f"**{text}**" if markdown and cell.bold else text
 
 
+def tested_checkpoints(cell: Cell) -> str:
+    """Which checkpoint the cell's runs tested: ``best``, ``last`` or both (``best+last``)."""
+    return "+".join(sorted({run.test_checkpoint for run in cell.runs}))
+
+
+def checkpoint_note(cells: Sequence[Cell]) -> str:
+    """A line under the table naming the methods tested with other than the best-on-validation weights."""
+    other = sorted(
+        {(c.method, tested_checkpoints(c)) for c in cells if tested_checkpoints(c) != "best"},
+        key=lambda m: method_sort_key(m[0]),
+    )
+    if not other:
+        return "\nEvery run was tested with its best-on-validation checkpoint.\n"
+    listed = ", ".join(f"{method} ({which})" for method, which in other)
+    return (
+        "\nTested checkpoint: best on validation, except " + listed + " (last = the final weights, the protocol "
+        "of that method's paper).\n"
+    )
+
+
 def markdown_table(cells: Sequence[Cell]) -> str:
     """The method x setting table in Markdown (best and CI-overlapping results in bold)."""
     settings = ordered_settings(cells)
@@ -159,6 +179,7 @@ CSV_COLUMNS = (
     "overlaps_best",
     "train_steps",
     "train_cpu_min",
+    "test_checkpoint",
     "fingerprint",
 )
 
@@ -189,6 +210,7 @@ def csv_table(cells: Sequence[Cell]) -> str:
                 "overlaps_best": int(cell.overlaps_best),
                 "train_steps": first.train.get("steps", ""),
                 "train_cpu_min": f"{statistics.fmean(cpu) / 60:.2f}" if cpu else "",
+                "test_checkpoint": tested_checkpoints(cell),
                 "fingerprint": first.fingerprint or "",
             }
         )

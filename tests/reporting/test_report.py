@@ -12,7 +12,7 @@ from fewshot.evaluation.stats import mean_ci95
 from fewshot.report import main as report_main
 from fewshot.reporting.paired import EpisodeMismatchError, paired_difference
 from fewshot.reporting.runs import load_runs
-from fewshot.reporting.table import build_cells, markdown_table
+from fewshot.reporting.table import build_cells, checkpoint_note, csv_table, markdown_table
 from tests.training.test_train import run_train
 
 A = [1.0, 0.8, 0.6, 0.8]  # mean 0.8, CI 1.96 * 0.1633 / 2 = 0.1600
@@ -78,6 +78,20 @@ def test_table_has_exact_numbers_best_bold_and_overlapping_cis_bold(three_method
     assert lines[2] == "| Baseline-NN | 20.00 ± 0.00 |"
     assert lines[3] == "| MAML | **50.00 ± 19.60** |"
     assert lines[4] == "| ProtoNet | **80.00 ± 16.00** |"
+
+
+def test_table_says_which_checkpoint_each_method_tested(tmp_path):
+    write_run(tmp_path / "a", "ProtoNet", A, test_checkpoint="best")
+    write_run(tmp_path / "b", "Meta-LSTM", B, test_checkpoint="last")
+    write_run(tmp_path / "c", "MAML", C)  # written before the key existed: the best was tested
+    cells = build_cells(load_runs([tmp_path]))
+    assert checkpoint_note(cells) == (
+        "\nTested checkpoint: best on validation, except Meta-LSTM (last) (last = the final weights, the protocol "
+        "of that method's paper).\n"
+    )
+    rows = {line.split(",")[0]: line.split(",") for line in csv_table(cells).splitlines()}
+    column = rows["method"].index("test_checkpoint")
+    assert [rows[m][column] for m in ("ProtoNet", "Meta-LSTM", "MAML")] == ["best", "last", "best"]
 
 
 def test_paired_difference_matches_hand_computation(three_methods):
@@ -184,7 +198,8 @@ def test_multirun_of_two_methods_and_two_shots_is_reported_end_to_end(tmp_path, 
     assert report_main([str(sweep)]) == 0
     table = (sweep / "report" / "table.md").read_text().splitlines()
     assert table[0] == "| method | embedded_tiny 5-way 1-shot | embedded_tiny 5-way 2-shot |"
-    assert [line.split(" |")[0] for line in table[2:]] == ["| MatchingNet", "| ProtoNet"]
+    assert [line.split(" |")[0] for line in table[2:4]] == ["| MatchingNet", "| ProtoNet"]
+    assert table[4:] == ["", "Every run was tested with its best-on-validation checkpoint."]
     assert all("±" in cell for line in table[2:] for cell in line.split("|")[2:4])
     assert (sweep / "report" / "accuracy_vs_shots.png").stat().st_size > 5_000
     assert (sweep / "report" / "accuracy_vs_step.png").stat().st_size > 5_000

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from fewshot.budget import CpuTimeBudget
 from fewshot.training import train
@@ -31,6 +34,28 @@ def test_results_val_is_the_best_validation_and_history_is_kept(tiny_config):
     assert results["val_last"]["acc"] == history[-1]["acc"]
 
 
+def test_test_checkpoint_best_tests_the_best_validation_checkpoint(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=3", "data.train_episodes=2"))
+    assert results["test_checkpoint"] == "best"
+    best_epoch = max(results["val_history"], key=lambda h: h["acc"])["epoch"]
+    assert Path(results["checkpoint"]).name.startswith(f"epoch{best_epoch:03d}-")
+
+
+def test_test_checkpoint_last_tests_the_final_weights(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=3", "data.train_episodes=2", "test_checkpoint=last"))
+    assert results["test_checkpoint"] == "last"
+    path = Path(results["checkpoint"])
+    assert path.name == "final.ckpt" and path.parent.name == "checkpoints"
+    final = torch.load(path, map_location="cpu", weights_only=True)
+    assert final["global_step"] == results["train"]["steps"] == 6
+
+
+def test_unknown_test_checkpoint_is_refused_before_training(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match=r"test_checkpoint must be one of \['best', 'last'\], got 'final'"):
+        train(tiny_config("test_checkpoint=final"))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_cpu_budget_stops_training_and_reports_cpu_time(tiny_config):
     results = train(
         tiny_config(
@@ -45,6 +70,41 @@ def test_cpu_budget_stops_training_and_reports_cpu_time(tiny_config):
     assert train_info["cpu_s"] >= 0.06
     assert 1 <= train_info["steps"] < 60  # a few steps, not an endless run
     assert results["val_history"], "a validation runs when the budget stops training"
+
+
+def test_plateau_stops_when_validation_stops_improving(tiny_config):
+    # min_delta=1.0: no validation after the first can improve on it, so patience 2 ends training
+    # after the third validation
+    results = train(
+        tiny_config(
+            "callbacks=plateau",
+            "callbacks.early_stopping.patience=2",
+            "callbacks.early_stopping.min_delta=1.0",
+            "trainer.max_epochs=-1",
+            "trainer.enable_progress_bar=false",
+            "data.train_episodes=2",
+        )
+    )
+    assert results["train"]["stopped_by"] == "plateau" and results["train"]["plateaued"] is True
+    assert [h["epoch"] for h in results["val_history"]] == [0, 1, 2]
+
+
+def test_plateau_run_capped_by_cpu_budget_says_it_did_not_plateau(tiny_config):
+    results = train(
+        tiny_config(
+            "callbacks=plateau",
+            "callbacks.cpu_budget.minutes=0.001",
+            "trainer.max_epochs=-1",
+            "trainer.enable_progress_bar=false",
+            "data.train_episodes=20",
+        )
+    )
+    assert results["train"]["stopped_by"] == "cpu_budget" and results["train"]["plateaued"] is False
+
+
+def test_run_ended_by_max_epochs_says_so(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=2", "data.train_episodes=2"))
+    assert results["train"]["stopped_by"] == "max_epochs" and results["train"]["plateaued"] is False
 
 
 def test_cpu_budget_rejects_non_positive_minutes():

@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fewshot.methods.base import EpisodicMethod
 
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
@@ -23,7 +26,7 @@ def group_options(group: str) -> list[str]:
 def test_experiment_preset_composes_and_builds_its_method(experiment, tmp_path: Path):
     cfg = compose_config([f"experiment={experiment}"], tmp_path)
     method = instantiate(cfg.model)
-    assert method is not None
+    assert isinstance(method, EpisodicMethod)
     assert cfg.data.n_way >= 2 and cfg.data.n_shot >= 1
     if experiment.startswith("omniglot/"):  # 20 drawers per character
         datamodule = instantiate(cfg.data)
@@ -38,11 +41,25 @@ def test_every_data_option_composes(option, tmp_path: Path):
     assert cfg.data.source.image_size == cfg.data.image_size
 
 
+def targets(node: object) -> list[str]:
+    """Every ``_target_`` in a config subtree."""
+    if isinstance(node, DictConfig):
+        own = [str(node["_target_"])] if "_target_" in node else []
+        return own + [t for key in node if key != "_target_" for t in targets(node[key])]
+    if isinstance(node, ListConfig):
+        return [t for item in node for t in targets(item)]
+    return []
+
+
 @pytest.mark.parametrize("group", ["model", "trainer", "logger", "callbacks", "debug", "hparams_search"])
-def test_every_option_of_group_composes(group, tmp_path: Path):
+def test_every_option_of_group_composes_with_importable_targets(group, tmp_path: Path):
+    plain = OmegaConf.to_yaml(compose_config([], tmp_path))
     for option in group_options(group):
         cfg = compose_config([f"{group}={option}"], tmp_path)
-        assert cfg is not None
+        for target in targets(cfg):
+            assert callable(get_object(target)), f"{group}={option}: {target} is not callable"
+        if group == "debug":
+            assert OmegaConf.to_yaml(cfg) != plain, f"debug={option} changes nothing"
 
 
 def test_trainer_options_instantiate(tmp_path: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -176,8 +177,15 @@ def test_report_logs_table_and_figures_to_an_offline_wandb_run(three_methods, mo
     assert report_main([str(three_methods), "--wandb"]) == 0
     runs = list((three_methods / "report" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    logged = next(runs[0].glob("*.wandb")).read_bytes()
-    for key in (b"comparison", b"figures/accuracy_vs_step", b"toy 5-way 1-shot/ProtoNet/acc"):
+    keys = (b"comparison", b"figures/accuracy_vs_step", b"toy 5-way 1-shot/ProtoNet/acc")
+    # W&B's service process writes the run file after finish() returns: wait (bounded) for it
+    deadline = time.monotonic() + 60
+    while True:
+        logged = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))
+        if all(key in logged for key in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for key in keys:
         assert key in logged
 
 

@@ -124,6 +124,7 @@ def check_known_keys(
 
     reference = compose(config_name=config_name, overrides=reference_overrides(choices, task_overrides))
     run = OmegaConf.to_container(cfg, resolve=False)
+    run.pop("hydra", None)  # Hydra's own node (present when composed with return_hydra_config)
     found = unknown_keys(run, OmegaConf.to_container(reference, resolve=False))
     if found:
         raise UnknownConfigKeyError(describe_unknown(found))

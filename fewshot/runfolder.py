@@ -54,7 +54,11 @@ class ProtectExistingRuns(Callback):
         resume's .hydra at a fresh folder."""
         run_dir = Path(str(config.hydra.run.dir))
         if not config.get("train", True):
-            check_test_only_folder(run_dir, (*RUN_MARKERS, HYDRA_SUBDIR))
+            try:
+                check_test_only_folder(run_dir, (*RUN_MARKERS, HYDRA_SUBDIR))
+            except RunConfigError as err:
+                # Hydra turns a callback's exception into a warning and goes on: exit instead
+                raise SystemExit(f"Error: {err}") from err
         elif config.get("resume", False) and config.hydra.output_subdir == HYDRA_SUBDIR:
             if (run_dir / HYDRA_SUBDIR).exists():
                 with read_write(config.hydra), open_dict(config.hydra):

@@ -124,7 +124,8 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
     ``resume_allow_changes`` (the user's deliberate exceptions) may differ; model arguments the
     data fill in (null in the config) are compared after filling.
     """
-    allowed = [*current.get("resume_may_change", []), *current.get("resume_allow_changes", [])]
+    own = ["resume_may_change", "resume_allow_changes"]  # the mechanism's own keys
+    allowed = [*own, *current.get("resume_may_change", []), *current.get("resume_allow_changes", [])]
     differing = []
     for key in config_differences(stored, current):
         if is_allowed(key, allowed):

@@ -192,7 +192,9 @@ def test_multirun_of_two_methods_and_two_shots_is_reported_end_to_end(tmp_path, 
 
 def crafted(tmp_path: Path, change) -> Path:
     """A valid results.json of A's episodes, then ``change(results)`` applied to it."""
-    folder = write_run(tmp_path / "run", "ProtoNet", A, val={"acc": 0.7}, val_history=[{"epoch": 0, "acc": 0.7}])
+    folder = write_run(
+        tmp_path / "run", "ProtoNet", A, val={"acc": 0.7}, val_history=[{"epoch": 0, "step": 100, "acc": 0.7}]
+    )
     data = json.loads((folder / "results.json").read_text())
     change(data)
     (folder / "results.json").write_text(json.dumps(data))

@@ -72,7 +72,7 @@ def check_run_mode(cfg: DictConfig) -> None:
             "pass ckpt_path=<run folder>/checkpoints/<checkpoint>.ckpt."
         )
     if ckpt and str(ckpt) not in LIGHTNING_CKPT_NAMES and not os.path.isfile(ckpt):
-        raise RunConfigError(f"ckpt_path={ckpt} is not a file; pass the path of a .ckpt written by train.py.")
+        raise FileNotFoundError(f"Checkpoint {ckpt} not found; pass the path of a .ckpt written by train.py.")
 
 
 def check_eval_shots(cfg: DictConfig) -> None:

@@ -243,7 +243,6 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = checkpoint_to_start_from(cfg, output_dir)
-    continued = check_continuation(ckpt_path, resolved, cfg)
 
     log.info("Building data <%s>", cfg.data.source._target_)
     datamodule: EpisodicDataModule = instantiate(cfg.data)
@@ -253,8 +252,9 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     extra = data_dependent_arguments(cfg.model, datamodule)
     method: EpisodicMethod = instantiate(cfg.model, **extra)
     resolved["model"].update(extra)  # so that fewshot.load rebuilds the same method
-    if ckpt_path:
+    if ckpt_path:  # another method or architecture first: that message shows shapes and settings
         check_checkpoint_fits(ckpt_path, method, resolved["model"])
+    continued = check_continuation(ckpt_path, resolved, cfg)
     datamodule.train_batches = getattr(method, "train_batches", "episodes")
     shots = evaluation_shots(cfg, datamodule)
     if shots:

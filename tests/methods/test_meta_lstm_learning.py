@@ -9,14 +9,22 @@ from tests.helpers import requires_omniglot
 from tests.methods.test_protonet_learning import pixel_nn_on_test_episodes
 
 SHORT_RUN = [
-    "trainer=cpu", "logger=none", "callbacks=none", "trainer.max_epochs=1", "data.val_episodes=10",
-    "model=meta_lstm", "model.n_steps=5", "model.learner.hidden=32", "data.train_episodes=200",
+    "trainer=cpu",
+    "logger=none",
+    "callbacks=none",
+    "trainer.max_epochs=1",
+    "data.val_episodes=10",
+    "model=meta_lstm",
+    "model.n_steps=5",
+    "model.learner.hidden=32",
+    "data.train_episodes=200",
     "data.test_episodes=100",
 ]
 
 
 def untrained_and_trained(overrides: list[str], tmp_path) -> tuple[float, float, float]:
-    untrained = train(compose_config([*SHORT_RUN, *overrides, "train=false"], tmp_path / "untrained"))
+    # no training epoch (train=false needs a checkpoint): the final weights are the initial ones
+    untrained = train(compose_config([*SHORT_RUN, *overrides, "trainer.max_epochs=0"], tmp_path / "untrained"))
     cfg = compose_config([*SHORT_RUN, *overrides], tmp_path / "trained")
     trained = train(cfg)
     return untrained["test"]["acc"], trained["test"]["acc"], pixel_nn_on_test_episodes(cfg, 100)

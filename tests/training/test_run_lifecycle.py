@@ -286,7 +286,7 @@ def test_8_train_py_refuses_a_preset_typo_before_work(tmp_path):
         ("eval.shots=[1,5]", RunConfigError, "asks for 5 shots but test episodes have data.n_shot=1"),
         ("optimized_metric=valacc", RunConfigError, "optimized_metric must be '<stage>/<key>'"),
         ("train=maybe", RunConfigError, "train must be true or false, got 'maybe'"),
-        ("ckpt_path=/no/such.ckpt", RunConfigError, "ckpt_path=/no/such.ckpt is not a file"),
+        ("ckpt_path=/no/such.ckpt", FileNotFoundError, "Checkpoint /no/such.ckpt not found"),
         ("resume_allow_changes=seed", RunConfigError, "resume_allow_changes must be a list of config keys"),
     ],
 )

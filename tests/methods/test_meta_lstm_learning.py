@@ -9,15 +9,8 @@ from tests.helpers import requires_omniglot
 from tests.methods.test_protonet_learning import pixel_nn_on_test_episodes
 
 SHORT_RUN = [
-    "trainer=cpu",
-    "logger=none",
-    "callbacks=none",
-    "trainer.max_epochs=1",
-    "data.val_episodes=10",
-    "model=meta_lstm",
-    "model.n_steps=5",
-    "model.learner.hidden=32",
-    "data.train_episodes=200",
+    "trainer=cpu", "logger=none", "callbacks=none", "trainer.max_epochs=1", "data.val_episodes=10",
+    "model=meta_lstm", "model.n_steps=5", "model.learner.hidden=32", "data.train_episodes=200",
     "data.test_episodes=100",
 ]
 

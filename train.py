@@ -1,9 +1,11 @@
 """Train and test a few-shot method: `python train.py [overrides]` (see README)."""
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 os.environ.setdefault("FEWSHOT_PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -12,9 +14,20 @@ os.environ.setdefault("FEWSHOT_PROJECT_ROOT", str(Path(__file__).resolve().paren
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers."""
+    from fewshot.config_keys import check_known_keys
+
+    hydra_cfg = HydraConfig.get()
+    check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, hydra_cfg.job.config_name)
+
+    from fewshot.interrupt import RunInterrupted, resume_command
     from fewshot.training import objective, train
 
-    return objective(train(cfg), cfg.get("optimized_metric", "val/acc"))
+    try:
+        return objective(train(cfg), cfg.get("optimized_metric", "val/acc"))
+    except RunInterrupted as stop:
+        command = resume_command(sys.argv[0], hydra_cfg.overrides.task, hydra_cfg.runtime.output_dir)
+        print(f"{stop} Resume it with:\n  {command}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

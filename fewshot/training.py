@@ -16,11 +16,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ProgressBar, Timer
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fewshot.allocator import retain_freed_memory
 from fewshot.budget import CpuTimeBudget
-from fewshot.checkpoints import StoreConfigInCheckpoint, check_checkpoint_fits
+from fewshot.checkpoints import CONFIG_KEY, StoreConfigInCheckpoint, check_checkpoint_fits, read_checkpoint
 from fewshot.data.datamodule import EpisodicDataModule
+from fewshot.interrupt import RunInterrupted, StopFlag, StopOnSignal, stop_on_signals
+from fewshot.loggers import ResumableCSVLogger
 from fewshot.methods.base import EpisodicMethod
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
@@ -33,6 +36,8 @@ from fewshot.reporting.results import (
     write_results,
 )
 from fewshot.reproducibility import RngStateInCheckpoint
+from fewshot.runchecks import check_resume_config, check_run_config
+from fewshot.runfolder import check_test_only_folder
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +202,16 @@ def best_checkpoint(trainer: pl.Trainer) -> str | None:
     return path or None
 
 
+def last_checkpoint_path(output_dir: Path) -> Path:
+    """Where a run keeps its latest state (``callbacks.last_checkpoint``), what ``resume=true`` uses."""
+    return output_dir / "checkpoints" / "last.ckpt"
+
+
 def checkpoint_to_start_from(cfg: DictConfig, output_dir: Path) -> str | None:
     """``ckpt_path``, or with ``resume=true`` the run folder's ``checkpoints/last.ckpt``."""
     if cfg.get("ckpt_path") or not cfg.get("resume", False):
         return cfg.get("ckpt_path")
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint_path(output_dir)
     if not last.is_file():
         raise FileNotFoundError(
             f"resume=true but {last} does not exist: no epoch of this run finished. Run it in the folder of "
@@ -218,15 +228,58 @@ def finish_wandb() -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train and/or test the configured method on the configured data; return the results."""
+    """Train and/or test the configured method on the configured data; return the results.
+
+    Raises RunInterrupted when SIGTERM/SIGINT stopped the run (see fewshot.interrupt).
+    """
     try:
-        return train_and_test(cfg)
+        with stop_on_signals() as flag:
+            return train_and_test(cfg, flag)
     finally:
         finish_wandb()
 
 
-def train_and_test(cfg: DictConfig) -> dict[str, Any]:
+def check_before_work(cfg: DictConfig) -> None:
+    """Everything about the run's keys and folder that can be refused before anything is built."""
+    check_run_config(cfg)
+    if not cfg.get("train", True):
+        check_test_only_folder(cfg.paths.output_dir)
+
+
+def check_continuation(ckpt_path: str | None, resolved: dict[str, Any], cfg: DictConfig) -> tuple[int, int] | None:
+    """When training continues a checkpoint, refuse a config that differs from the checkpoint's
+    (fewshot.runchecks.check_resume_config); return the checkpoint's (epoch, global step)."""
+    if not ckpt_path or not cfg.get("train", True) or not Path(ckpt_path).is_file():
+        return None
+    checkpoint = read_checkpoint(ckpt_path)
+    check_resume_config(checkpoint[CONFIG_KEY], resolved, ckpt_path)
+    return int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
+
+
+def continue_csv_logs(loggers: list[Any], position: tuple[int, int] | None) -> None:
+    """On a resume, drop the CSV rows the interrupted run logged after its checkpoint (the resumed
+    run logs those steps again) and keep the earlier ones."""
+    if position is None:
+        return
+    for lg in loggers:
+        if isinstance(lg, ResumableCSVLogger):
+            lg.continue_from(*position)
+
+
+def fit_or_test(run: Any, flag: StopFlag) -> None:
+    """Call ``trainer.fit``/``trainer.test`` (``run``); a stop signal becomes RunInterrupted."""
+    flag.raise_if_set()
+    try:
+        run()
+    except (RunInterrupted, SIGTERMException) as stop:  # Lightning's own SIGTERM exit is a SystemExit(0)
+        raise flag.interruption() from stop  # names the checkpoint saved while the trainer stopped
+    flag.raise_if_set()
+
+
+def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, Any]:
     """The body of :func:`train`: build everything, fit, test the best checkpoint, write results."""
+    check_before_work(cfg)
+    flag = flag or StopFlag()
     started = time.perf_counter()
     test_choice = check_test_checkpoint(cfg.get("test_checkpoint", "best"))
     if cfg.retain_freed_memory:
@@ -234,32 +287,36 @@ def train_and_test(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path = checkpoint_to_start_from(cfg, output_dir)
 
     log.info("Building data <%s>", cfg.data.source._target_)
     datamodule: EpisodicDataModule = instantiate(cfg.data)
     datamodule.setup()
+    flag.raise_if_set()
     log.info("Building method <%s>", cfg.model._target_)
     extra = data_dependent_arguments(cfg.model, datamodule)
     method: EpisodicMethod = instantiate(cfg.model, **extra)
     resolved["model"].update(extra)  # so that fewshot.load rebuilds the same method
-    ckpt_path = checkpoint_to_start_from(cfg, output_dir)
-    if ckpt_path:
+    if ckpt_path:  # another method or architecture first: that message shows shapes and settings
         check_checkpoint_fits(ckpt_path, method, resolved["model"])
+    continued = check_continuation(ckpt_path, resolved, cfg)
     datamodule.train_batches = getattr(method, "train_batches", "episodes")
     shots = evaluation_shots(cfg, datamodule)
     if shots:
         method.score_shots(shots)
     callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved), RngStateInCheckpoint()]
+    callbacks.append(StopOnSignal(flag, last_checkpoint_path(output_dir)))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = without_progress_bars(callbacks)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     set_nonfinite_policy(method, cfg.get("nonfinite_loss", "stop"), trainer.world_size)
+    continue_csv_logs(loggers, continued)
     for lg in loggers:
         lg.log_hyperparams(resolved)
 
     if cfg.get("train", True):
-        trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit_or_test(lambda: trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path), flag)
 
     results: dict[str, Any] = {
         "method": method_name(method),
@@ -284,7 +341,10 @@ def train_and_test(cfg: DictConfig) -> dict[str, Any]:
         results["train"].update(stopped_by=stopped_by, plateaued=stopped_by == "plateau")
     if cfg.get("test", True):
         ckpt = checkpoint_to_test(trainer, test_choice, output_dir) if cfg.get("train", True) else ckpt_path
-        trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False, verbose=False)
+        fit_or_test(
+            lambda: trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False, verbose=False),
+            flag,
+        )
         test = dict(method.eval_results["test"])
         test["fingerprint"] = datamodule.episode_fingerprint("test")
         test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -26,6 +27,41 @@ def training_setting(name: str, value: int | None, default: int) -> int:
             f"data.train_{name} must be a positive integer, or null for data.{name}={default}; got {value!r}."
         )
     return value
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (a bool is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_data_settings(
+    *,
+    seed: object,
+    eval_seed: object,
+    num_workers: object,
+    image_batch_size: object,
+    image_size: object,
+    channels: object,
+    mean: object,
+    std: object,
+) -> None:
+    """Refuse, before any data is read, settings that would otherwise fail only when first used
+    (a negative ``eval_seed`` at the first validation, a fractional count at test time)."""
+    for name, value in (("seed", seed), ("eval_seed", eval_seed), ("num_workers", num_workers)):
+        if not is_int(value) or value < 0:
+            fix = "set the top-level seed=0 or another non-negative integer" if name == "seed" else f"set data.{name}=0"
+            raise DataError(f"data.{name} must be a non-negative integer, got {value!r}; {fix}.")
+    for name, value in (("image_batch_size", image_batch_size), ("image_size", image_size), ("channels", channels)):
+        if not is_int(value) or value < 1:
+            raise DataError(f"data.{name} must be a positive integer, got {value!r}; set it >= 1.")
+    for name, stats in (("mean", mean), ("std", std)):
+        if stats is None:
+            continue
+        values = list(stats) if isinstance(stats, Sequence) and not isinstance(stats, str) else [stats]
+        if not values or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+            raise DataError(f"data.{name} must be null or a list of finite numbers (one per channel), got {stats!r}.")
+        if name == "std" and any(v <= 0 for v in values):
+            raise DataError(f"data.std must be positive (images are divided by it), got {stats!r}.")
 
 
 class EpisodicDataModule(pl.LightningDataModule):
@@ -74,13 +110,23 @@ class EpisodicDataModule(pl.LightningDataModule):
         )
         self.n_episodes = {"train": train_episodes, "val": val_episodes, "test": test_episodes}
         for split, n in self.n_episodes.items():
-            if n < 1:
-                raise DataError(f"data.{split}_episodes must be positive, got {n}.")
+            if not is_int(n) or n < 1:
+                raise DataError(f"data.{split}_episodes must be a positive integer, got {n!r}; set it >= 1.")
         for name, size in (("meta_batch_size", meta_batch_size), ("eval_batch_size", eval_batch_size)):
-            if size < 1:
+            if not is_int(size) or size < 1:
                 raise DataError(
-                    f"data.{name} must be a positive number of episodes per batch, got {size}; set it >= 1."
+                    f"data.{name} must be a positive number of episodes per batch, got {size!r}; set it >= 1."
                 )
+        check_data_settings(
+            seed=seed,
+            eval_seed=eval_seed,
+            num_workers=num_workers,
+            image_batch_size=image_batch_size,
+            image_size=image_size,
+            channels=channels,
+            mean=mean,
+            std=std,
+        )
         self.meta_batch_size = meta_batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed

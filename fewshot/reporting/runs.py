@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewshot.reporting.checks import results_problems
 from fewshot.reporting.results import RESULTS_FILE
 
 
@@ -74,9 +75,15 @@ def read_run(path: Path) -> RunRecord | None:
         results = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise BadResultsError(f"Cannot read {path}: {err}. Delete it or rerun that job.") from err
-    test = results.get("test")
+    test = results.get("test") if isinstance(results, dict) else None
     if not test:
         return None
+    problems = results_problems(results)
+    if problems:
+        raise BadResultsError(
+            f"{path} does not add up: {'; '.join(problems[:5])}. It was edited, cut, or written by a run that "
+            "went wrong; rerun that job (or remove the file from the report)."
+        )
     try:
         return RunRecord(
             path=Path(path),

@@ -16,7 +16,8 @@ SHORT_RUN = [
 
 
 def untrained_and_trained(overrides: list[str], tmp_path) -> tuple[float, float, float]:
-    untrained = train(compose_config([*SHORT_RUN, *overrides, "train=false"], tmp_path / "untrained"))
+    # no training epoch (train=false needs a checkpoint): the final weights are the initial ones
+    untrained = train(compose_config([*SHORT_RUN, *overrides, "trainer.max_epochs=0"], tmp_path / "untrained"))
     cfg = compose_config([*SHORT_RUN, *overrides], tmp_path / "trained")
     trained = train(cfg)
     return untrained["test"]["acc"], trained["test"]["acc"], pixel_nn_on_test_episodes(cfg, 100)

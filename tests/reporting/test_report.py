@@ -211,3 +211,40 @@ def test_multirun_of_two_methods_and_two_shots_is_reported_end_to_end(tmp_path, 
     assert all("±" in cell for line in table[2:] for cell in line.split("|")[2:4])
     assert (sweep / "report" / "accuracy_vs_shots.png").stat().st_size > 5_000
     assert (sweep / "report" / "accuracy_vs_step.png").stat().st_size > 5_000
+
+
+def crafted(tmp_path: Path, change) -> Path:
+    """A valid results.json of A's episodes, then ``change(results)`` applied to it."""
+    folder = write_run(
+        tmp_path / "run", "ProtoNet", A, val={"acc": 0.7}, val_history=[{"epoch": 0, "step": 100, "acc": 0.7}]
+    )
+    data = json.loads((folder / "results.json").read_text())
+    change(data)
+    (folder / "results.json").write_text(json.dumps(data))
+    return folder / "results.json"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda d: d["test"].update(acc=float("nan")), "test.acc is nan"),
+        (lambda d: d["test"].update(ci95=1.7), "test.ci95 is 1.7, outside [0, 1]"),
+        (lambda d: d["test"].update(acc=0.9), "test.acc is 0.9 but the mean of test.episode_acc is 0.800000"),
+        (lambda d: d["test"].update(episodes=600), "test.episodes is 600 but test.episode_acc has 4 entries"),
+        (lambda d: d["test"]["episode_acc"].__setitem__(1, -0.2), "test.episode_acc[1] is -0.2, outside [0, 1]"),
+        (lambda d: d["test"].update(episode_index=[0, 0, 1, 2]), "test.episode_index has 4 entries (or repeats)"),
+        (lambda d: d["val"].update(acc=0.95), "val.acc (the best) is 0.95 but the best in val_history is 0.7"),
+        (lambda d: d["val_history"][0].update(acc=float("nan")), "val_history[0].acc is nan"),
+        (lambda d: d["test"].update(shots={"1": {"acc": float("inf"), "ci95": 0.1}}), "test.shots[1].acc is inf"),
+    ],
+)
+def test_report_refuses_an_inconsistent_results_file_naming_it(tmp_path, capsys, change, problem):
+    path = crafted(tmp_path, change)
+    assert report_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} does not add up" in err and problem in err, err
+
+
+def test_report_accepts_a_consistent_results_file(tmp_path):
+    crafted(tmp_path, lambda d: None)
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0

@@ -34,6 +34,21 @@ def test_experiment_preset_composes_and_builds_its_method(experiment, tmp_path: 
             assert spec.n_shot + spec.n_query <= 20, spec
 
 
+@pytest.mark.parametrize(
+    "preset",
+    [f"experiment={e}" for e in EXPERIMENTS]
+    + [f"{g}={o}" for g in ("debug", "hparams_search") for o in group_options(g)],
+)
+def test_experiment_preset_sets_only_known_keys(preset):
+    """Every preset passes the unknown-key check of train.py (issue 17, item 8)."""
+    from fewshot.config_keys import check_known_keys
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[preset], return_hydra_config=True)
+        check_known_keys(cfg, cfg.hydra.runtime.choices, cfg.hydra.overrides.task)
+
+
 @pytest.mark.parametrize("option", [o for o in group_options("data") if o != "episodic"])
 def test_every_data_option_composes(option, tmp_path: Path):
     cfg = compose_config([f"data={option}"], tmp_path)

@@ -40,7 +40,10 @@ def test_run_killed_mid_training_resumes_to_identical_weights_and_accuracy(metho
     crash = ["+callbacks.crash._target_=tests.training.crash.CrashAfterStep", "+callbacks.crash.step=5"]
     with pytest.raises(TrainingKilled):
         train(compose_config(overrides + crash, tmp_path / "killed"))  # dies in the second epoch
-    resumed = train(compose_config(overrides + ["resume=true"], tmp_path / "killed"))
+    # the crash callback is the one deliberate difference from the killed run's config
+    resumed = train(
+        compose_config(overrides + ["resume=true", "resume_allow_changes=[callbacks.crash]"], tmp_path / "killed")
+    )
 
     assert_same_weights(final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed"))
     assert resumed["test"]["episode_acc"] == whole["test"]["episode_acc"]

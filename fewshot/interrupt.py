@@ -1,0 +1,123 @@
+"""Stopping a run on SIGTERM/SIGINT with a loadable last checkpoint and the command that resumes.
+
+SIGTERM is what SLURM preemption, ``timeout`` and ``docker stop`` send; SIGINT is Ctrl+C. While a
+run is inside :func:`stop_on_signals`, either signal only sets a flag; :class:`StopOnSignal`
+raises :class:`RunInterrupted` at the end of the current episode (training, validation or test
+batch), so a long validation or fine-tuning grid stops within one episode. A second Ctrl+C stops
+at once (KeyboardInterrupt).
+
+What is kept: ``last.ckpt`` holds the state after the last finished validation (an exact resume
+point). If the run is stopped before its first validation, the current training state is saved
+as ``last.ckpt`` instead, so there is always one to resume from (Lightning then restarts the
+interrupted epoch's episode stream, so that resume is not bit-exact).
+
+On SLURM, requeueing is Lightning's own: its SLURMEnvironment (auto_requeue, on by default)
+saves ``hpc_ckpt_<n>.ckpt`` on the requeue signal (``#SBATCH --signal=SIGUSR1@90``), requeues
+the job and restores that checkpoint when the requeued job starts in the same run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by a signal; ``exit_code`` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        name = signal.Signals(signum).name
+        kept = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        super().__init__(f"Run interrupted by {name}; {kept}.")
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + signum
+
+
+class StopFlag:
+    """The signal received while a run is inside :func:`stop_on_signals` (None until one arrives)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.last_checkpoint: Path | None = None
+
+    def interruption(self) -> RunInterrupted:
+        """The RunInterrupted to raise for the signal received (SIGTERM if Lightning saw it first)."""
+        last = self.last_checkpoint
+        return RunInterrupted(self.signum or signal.SIGTERM, last if last and last.is_file() else None)
+
+    def raise_if_set(self) -> None:
+        """Raise RunInterrupted when a stop signal has arrived."""
+        if self.signum is not None:
+            raise self.interruption()
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Turn SIGTERM and SIGINT into a flag for the duration of a run (main thread only)."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if flag.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now
+        flag.signum = signum
+        log.warning("Received %s: stopping after the current episode.", signal.Signals(signum).name)
+
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handle)
+    try:
+        yield flag
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class StopOnSignal(pl.Callback):
+    """Raise RunInterrupted after the episode in progress once a stop signal has arrived, and
+    make sure an interrupted fit leaves ``last_checkpoint`` behind."""
+
+    def __init__(self, flag: StopFlag, last_checkpoint: Path) -> None:
+        self.flag = flag
+        self.last_checkpoint = Path(last_checkpoint)
+        flag.last_checkpoint = self.last_checkpoint
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Stop between training episodes."""
+        self.flag.raise_if_set()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Stop between validation episodes."""
+        self.flag.raise_if_set()
+
+    def on_test_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Stop between test episodes."""
+        self.flag.raise_if_set()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On a signal during fit, keep the last validated state, or save the current one if none."""
+        stopped = self.flag.signum is not None or getattr(trainer, "received_sigterm", False)
+        if stopped and trainer.state.fn == "fit" and not self.last_checkpoint.is_file() and trainer.global_step > 0:
+            trainer.save_checkpoint(self.last_checkpoint)
+
+
+def resume_command(script: str, overrides: Iterable[str], run_dir: str | Path) -> str:
+    """``python <script> <overrides> hydra.run.dir=<run_dir> resume=true``, shell-quoted."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+    words = ["python", script, *kept, f"hydra.run.dir={run_dir}", "resume=true"]
+    return " ".join(shlex.quote(word) for word in words)

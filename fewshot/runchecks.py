@@ -1,0 +1,146 @@
+"""Checks of the run's top-level keys before any work starts, and of a resume's config.
+
+Data keys are checked by the datamodule's constructor (``fewshot.data.datamodule``), method keys
+by the methods' constructors, Trainer keys by Lightning: all of them before data are read. This
+module covers what only the run uses: seeds, the run mode (train/test/resume/ckpt_path), the
+evaluation shots, the optimised metric, and which keys a resume may change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+
+from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
+from fewshot.data.datamodule import is_int
+from fewshot.runfolder import RunConfigError
+
+# the stages of results.json a sweeper's ``optimized_metric`` (``<stage>/<key>``) can read
+METRIC_STAGES = ("val", "val_last", "test")
+# model arguments filled in from the data when the config leaves them null (fewshot.training)
+DATA_DEPENDENT_MODEL_KEYS = ("n_train_classes",)
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """Refuse bad top-level run keys before anything is built (item 9 of issue 17)."""
+    seed = cfg.get("seed")
+    if not is_int(seed) or seed < 0:
+        raise RunConfigError(f"seed must be a non-negative integer, got {seed!r}; set e.g. seed=0.")
+    for flag in ("train", "test", "resume", "retain_freed_memory"):
+        value = cfg.get(flag)
+        if value is not None and not isinstance(value, bool):
+            raise RunConfigError(f"{flag} must be true or false, got {value!r}; set {flag}=true or {flag}=false.")
+    check_run_mode(cfg)
+    check_eval_shots(cfg)
+    metric = str(cfg.get("optimized_metric") or "val/acc")
+    stage, _, key = metric.partition("/")
+    if stage not in METRIC_STAGES or not key:
+        raise RunConfigError(
+            f"optimized_metric must be '<stage>/<key>' with a stage of {list(METRIC_STAGES)}, got {metric!r}; "
+            "set e.g. optimized_metric=val/acc."
+        )
+    allowed = cfg.get("resume_allow_changes") or []
+    if not isinstance(allowed, list | ListConfig) or not all(isinstance(k, str) for k in allowed):
+        raise RunConfigError(
+            f"resume_allow_changes must be a list of config keys, got {allowed!r}; "
+            "set e.g. resume_allow_changes=[data.val_episodes]."
+        )
+
+
+def check_run_mode(cfg: DictConfig) -> None:
+    """``train``/``test``/``resume``/``ckpt_path`` fit together and the checkpoint exists (item 5)."""
+    train, test, resume, ckpt = (
+        cfg.get("train", True),
+        cfg.get("test", True),
+        cfg.get("resume", False),
+        cfg.get("ckpt_path"),
+    )
+    if not train and not test:
+        raise RunConfigError("train=false and test=false leave nothing to do; set train=true or test=true.")
+    if not train and resume:
+        raise RunConfigError(
+            "resume=true continues training, but train=false; to test a run's last state pass "
+            "ckpt_path=<run folder>/checkpoints/last.ckpt instead of resume=true."
+        )
+    if not train and not ckpt:
+        raise RunConfigError(
+            "train=false tests a trained model, but no ckpt_path is given (it would score an untrained one); "
+            "pass ckpt_path=<run folder>/checkpoints/<checkpoint>.ckpt."
+        )
+    if ckpt and str(ckpt) not in LIGHTNING_CKPT_NAMES and not os.path.isfile(ckpt):
+        raise FileNotFoundError(f"Checkpoint {ckpt} not found; pass the path of a .ckpt written by train.py.")
+
+
+def check_eval_shots(cfg: DictConfig) -> None:
+    """``eval.shots`` is null or a list of positive integers no larger than ``data.n_shot``."""
+    shots = (cfg.get("eval") or {}).get("shots")
+    if shots is None:
+        return
+    if isinstance(shots, str) or not all(is_int(k) and k >= 1 for k in shots):
+        raise RunConfigError(f"eval.shots must be null or a list of positive integers, e.g. [1,5]; got {shots}.")
+    n_shot = cfg.data.get("n_shot")
+    if shots and is_int(n_shot) and max(shots) > n_shot:
+        raise RunConfigError(
+            f"eval.shots={list(shots)} asks for {max(shots)} shots but test episodes have data.n_shot={n_shot}; "
+            f"set data.n_shot={max(shots)} (the smaller shots use the first images of each class's support)."
+        )
+
+
+def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (nested dicts compared per key)."""
+    if isinstance(stored, Mapping) and isinstance(current, Mapping):
+        differing = []
+        for key in sorted(set(stored) | set(current), key=str):
+            path = f"{prefix}{key}"
+            differing += config_differences(stored.get(key), current.get(key), f"{path}.") or []
+        return differing
+    return [] if stored == current else [prefix.rstrip(".")]
+
+
+def is_allowed(key: str, allowed: Sequence[str]) -> bool:
+    """Whether ``key`` is one of ``allowed`` or lies under one of them."""
+    return any(key == a or key.startswith(f"{a}.") for a in allowed)
+
+
+def value_at(tree: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted key of a nested dict (``<absent>`` when missing)."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return "<absent>"
+        node = node[part]
+    return node
+
+
+def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], ckpt_path: str | Path) -> None:
+    """Refuse to continue a checkpoint's training under a config that differs from its own (item 6).
+
+    ``stored`` is the resolved config kept in the checkpoint, ``current`` the run's. Keys in the
+    run's ``resume_may_change`` (budgets, where things are written, test-time options) and in
+    ``resume_allow_changes`` (the user's deliberate exceptions) may differ; model arguments the
+    data fill in (null in the config) are compared after filling.
+    """
+    own = ["resume_may_change", "resume_allow_changes"]  # the mechanism's own keys
+    allowed = [*own, *current.get("resume_may_change", []), *current.get("resume_allow_changes", [])]
+    differing = []
+    for key in config_differences(stored, current):
+        if is_allowed(key, allowed):
+            continue
+        section, _, name = key.partition(".")
+        if section == "model" and name in DATA_DEPENDENT_MODEL_KEYS and value_at(current, key) is None:
+            continue
+        differing.append(key)
+    if differing:
+        shown = "; ".join(
+            f"{k}: {value_at(stored, k)!r} (run) vs {value_at(current, k)!r} (now)" for k in differing[:8]
+        )
+        more = f" and {len(differing) - 8} more" if len(differing) > 8 else ""
+        raise RunConfigError(
+            f"The config differs from the one {ckpt_path} was trained with: {shown}{more}. Continuing would mix "
+            "both in one run. Resume with the run's own overrides (its .hydra/overrides.yaml), or accept the "
+            f"change deliberately with resume_allow_changes=[{','.join(differing)}]."
+        )

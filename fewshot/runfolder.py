@@ -1,0 +1,65 @@
+"""Protect a run folder that already holds a run: checked by Hydra before it writes anything.
+
+Hydra writes ``.hydra/`` (config, overrides) into the run folder before the task starts, so a
+test-only run pointed at a trained run's folder (``hydra.run.dir=<run>``) replaced that run's
+``.hydra`` before any of our code ran. :class:`ProtectExistingRuns` is a Hydra callback whose
+``on_run_start`` runs earlier: it refuses such a test-only run, and gives a resumed run's config
+its own ``.hydra-resume-<n>`` folder so the interrupted run's ``.hydra`` stays as it was. This
+module imports no torch (it runs before every run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+# what a run leaves in its folder; inside the task .hydra is this run's own (Hydra wrote it)
+RUN_MARKERS = ("results.json", "checkpoints")
+HYDRA_SUBDIR = ".hydra"
+
+
+class RunConfigError(ValueError):
+    """A run key with a value the run cannot use; the message names the key, the value and the fix."""
+
+
+def check_test_only_folder(output_dir: str | Path, markers: Sequence[str] = RUN_MARKERS) -> None:
+    """Refuse a test-only run in a folder that already holds another run (issue 17, item 5)."""
+    folder = Path(output_dir)
+    existing = [name for name in markers if (folder / name).exists()]
+    if existing:
+        raise RunConfigError(
+            f"The run folder {folder} already holds another run ({', '.join(existing)}); a test-only run "
+            "(train=false) would replace its results. Give it its own folder: drop hydra.run.dir (the default "
+            "is a new timestamped folder) and keep ckpt_path=<checkpoint>."
+        )
+
+
+def free_subdir(folder: Path, stem: str) -> str:
+    """``<stem>-1``, ``<stem>-2``, ...: the first that does not exist in ``folder``."""
+    n = 1
+    while (folder / f"{stem}-{n}").exists():
+        n += 1
+    return f"{stem}-{n}"
+
+
+class ProtectExistingRuns(Callback):
+    """Hydra callback (conf/hydra/default.yaml): nothing of an existing run is replaced."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before Hydra writes .hydra: refuse a test-only run in another run's folder; point a
+        resume's .hydra at a fresh folder."""
+        run_dir = Path(str(config.hydra.run.dir))
+        if not config.get("train", True):
+            try:
+                check_test_only_folder(run_dir, (*RUN_MARKERS, HYDRA_SUBDIR))
+            except RunConfigError as err:
+                # Hydra turns a callback's exception into a warning and goes on: exit instead
+                raise SystemExit(f"Error: {err}") from err
+        elif config.get("resume", False) and config.hydra.output_subdir == HYDRA_SUBDIR:
+            if (run_dir / HYDRA_SUBDIR).exists():
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra.output_subdir = free_subdir(run_dir, f"{HYDRA_SUBDIR}-resume")

@@ -1,0 +1,297 @@
+"""Issue 17, items 5-9: test-only runs, resumes, signals, unknown keys and run keys checked up front.
+
+5. a test-only run needs a checkpoint and never replaces another run's results or .hydra.
+6. a resume under a changed config is refused, naming the keys (unless allowed explicitly);
+   a resume keeps the CSV rows logged before the interruption.
+7. SIGTERM/SIGINT leave a loadable last.ckpt, exit non-zero and print the resume command, also
+   during a long validation.
+8. an unknown key in a preset is refused, naming the closest valid key; every preset passes
+   (tests/training/test_configs.py::test_experiment_preset_sets_only_known_keys).
+9. bad run keys fail before any data are read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import InstantiationException
+
+from fewshot.checkpoints import read_checkpoint
+from fewshot.config_keys import UnknownConfigKeyError, check_known_keys, reference_overrides
+from fewshot.data.datamodule import EpisodicDataModule
+from fewshot.data.errors import DataError
+from fewshot.interrupt import resume_command
+from fewshot.loggers import ResumableCSVLogger
+from fewshot.runchecks import check_resume_config
+from fewshot.runfolder import RunConfigError
+from fewshot.training import train
+from tests.conftest import CONFIG_DIR, PROJECT_ROOT
+
+TINY = ["debug=tiny", "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false"]
+
+
+def start_train_py(*args: str, cwd: Path) -> subprocess.Popen:
+    """``python train.py args`` in the background, stdout and stderr captured."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until ``path`` exists (the run reached the announced point)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"train.py ended before {path.name}: {process.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def announce(path: Path, stage: str, batches: int, delay: float) -> list[str]:
+    """Overrides adding tests.training.signals.AnnounceAndSlowDown to a run."""
+    return [
+        "+callbacks.announce._target_=tests.training.signals.AnnounceAndSlowDown",
+        f"+callbacks.announce.path={path}",
+        f"+callbacks.announce.stage={stage}",
+        f"+callbacks.announce.batches={batches}",
+        f"+callbacks.announce.delay={delay}",
+    ]
+
+
+@pytest.fixture
+def no_data_reads(monkeypatch):
+    """Fail the test if a run gets as far as reading its data."""
+
+    def refuse(self, stage=None):
+        raise AssertionError("the run read its data before refusing the bad key")
+
+    monkeypatch.setattr(EpisodicDataModule, "setup", refuse)
+
+
+# --- 5. test-only runs ------------------------------------------------------------------------
+
+
+def test_5_test_only_run_without_a_checkpoint_is_refused_before_work(tiny_config, no_data_reads):
+    with pytest.raises(RunConfigError, match="train=false tests a trained model, but no ckpt_path.*pass ckpt_path="):
+        train(tiny_config("train=false"))
+    with pytest.raises(RunConfigError, match="resume=true continues training, but train=false"):
+        train(tiny_config("train=false", "resume=true"))
+
+
+def test_5_test_only_run_in_a_trained_runs_folder_replaces_nothing(tmp_path):
+    run = tmp_path / "trained"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
+    (run / "results.json").write_text('{"kept": true}')
+    (run / "model.ckpt").write_bytes(b"not used: refused before loading")
+    out = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *TINY, "train=false", f"ckpt_path={run / 'model.ckpt'}",
+         f"hydra.run.dir={run}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "already holds another run (results.json, .hydra)" in out.stderr and "drop hydra.run.dir" in out.stderr
+    assert (run / "results.json").read_text() == '{"kept": true}'
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=3\n"
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "model.ckpt", "results.json"]
+
+
+# --- 6. resume under a changed config; CSV rows ----------------------------------------------
+
+
+def test_6_resume_with_a_changed_episode_shape_or_seed_is_refused_naming_the_keys(tiny_config, tmp_path):
+    train(tiny_config("trainer.max_epochs=1", "data.train_episodes=2", "test=false"))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(RunConfigError) as caught:
+        train(tiny_config("trainer.max_epochs=2", "data.train_episodes=2", "resume=true", "data.n_shot=2", "seed=1"))
+    message = str(caught.value)
+    for part in ("data.n_shot: 1 (run) vs 2 (now)", "seed: 0 (run) vs 1 (now)", "data.seed", "resume_allow_changes=["):
+        assert part in message, message
+    assert "trainer.max_epochs" not in message  # a budget may change
+
+
+def test_6_resume_allow_changes_accepts_the_named_keys_only():
+    stored = {"seed": 0, "data": {"n_shot": 1, "val_episodes": 10}, "trainer": {"max_epochs": 2}, "resume": False}
+    current = {
+        "seed": 0,
+        "data": {"n_shot": 1, "val_episodes": 20},
+        "trainer": {"max_epochs": 5},
+        "resume": True,
+        "resume_may_change": ["resume", "trainer.max_epochs"],
+        "resume_allow_changes": ["data.val_episodes"],
+    }
+    stored.update(resume_may_change=current["resume_may_change"], resume_allow_changes=[])
+    check_resume_config(stored, current, "last.ckpt")  # no error
+    current["data"]["n_shot"] = 5
+    with pytest.raises(RunConfigError, match=r"data.n_shot: 1 \(run\) vs 5 \(now\)"):
+        check_resume_config(stored, current, "last.ckpt")
+
+
+def test_6_resumed_csv_logger_keeps_the_rows_before_the_checkpoint(tmp_path):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    rows = [(0, 0, 0.1), (0, 1, 0.2), (1, 2, 0.3), (1, 3, 0.4)]  # the run's checkpoint is at epoch 0, step 1
+    with open(folder / "metrics.csv", "w", newline="") as file:
+        file.write("epoch,step,train/loss\n" + "".join(f"{e},{s},{v}\n" for e, s, v in rows))
+    logger = ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
+    assert logger.continue_from(epoch=0, step=1) == 2  # the rows logged after the checkpoint
+    logger.log_metrics({"train/loss": 0.9, "epoch": 1}, step=2)
+    logger.save()
+    with open(folder / "metrics.csv", newline="") as file:
+        kept = [(r["epoch"], r["step"], r["train/loss"]) for r in csv.DictReader(file)]
+    assert kept == [("0", "0", "0.1"), ("0", "1", "0.2"), ("1", "2", "0.9")]
+
+
+# --- 7. SIGTERM and SIGINT --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_7_signal_during_training_leaves_last_ckpt_exits_nonzero_and_the_printed_command_resumes(stop, tmp_path):
+    run, mark = tmp_path / "run", tmp_path / "reached"
+    overrides = [*TINY, "trainer.max_epochs=2", "data.train_episodes=6", *announce(mark, "train", 8, 1.0)]
+    process = start_train_py(*overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for(mark, process)  # two steps into the second epoch: epoch 0's last.ckpt exists
+    epoch0 = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + stop, stderr[-3000:]
+    assert f"Run interrupted by {stop.name}; the last checkpoint is {run / 'checkpoints' / 'last.ckpt'}" in stderr
+    assert not (run / "results.json").exists()
+    kept = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert kept["global_step"] == epoch0["global_step"] == 6  # the exact end-of-epoch state
+    command = re.search(r"Resume it with:\n\s+(.*)", stderr).group(1)
+    assert "resume=true" in command and f"hydra.run.dir={run}" in command
+    args = shlex.split(command)[2:]  # drop "python train.py"
+    mark.unlink()
+    resumed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["train"]["steps"] == 12 and [h["epoch"] for h in results["val_history"]] == [0, 1]
+    assert (run / ".hydra").is_dir() and (run / ".hydra-resume-1").is_dir()  # the first run's .hydra is kept
+
+
+def test_7_sigterm_during_a_long_validation_is_acted_on_within_an_episode(tmp_path):
+    run, mark = tmp_path / "run", tmp_path / "reached"
+    overrides = [*TINY, "data.train_episodes=2", "data.val_episodes=100000", *announce(mark, "validation", 3, 0.05)]
+    process = start_train_py(*overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for(mark, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "resume=true" in stderr
+    # no validation finished: the current training state was saved so that there is one to resume
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+def test_7_resume_command_keeps_the_overrides_and_replaces_folder_and_resume():
+    command = resume_command("train.py", ["model=maml", "resume=false", "hydra.run.dir=x", "data.n_shot=5"], "/r un")
+    assert command == "python train.py model=maml data.n_shot=5 'hydra.run.dir=/r un' resume=true"
+
+
+# --- 8. unknown keys ------------------------------------------------------------------------
+
+
+def compose_with_hydra(overrides: list[str]):
+    """The composed config and its Hydra node, as @hydra.main sees them."""
+    GlobalHydra.instance().clear()
+    initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3")
+    cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    return cfg, cfg.hydra
+
+
+def typo_preset(tmp_path: Path, body: str) -> str:
+    """A preset conf/experiment/typo.yaml in a search-path folder; the override that adds it."""
+    (tmp_path / "experiment").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "experiment" / "typo.yaml").write_text(f"# @package _global_\n{body}")
+    return f"hydra.searchpath=[file://{tmp_path}]"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "closest"),
+    [
+        ("eval:\n  shot: [1, 5]\n", "eval.shot", "eval.shots"),
+        ("nonfinite_los: skip\n", "nonfinite_los", "nonfinite_loss"),
+    ],
+)
+def test_8_misspelled_key_in_a_preset_names_the_closest_key(tmp_path, body, key, closest):
+    cfg, hydra_cfg = compose_with_hydra([typo_preset(tmp_path, body), "experiment=typo"])
+    try:
+        with pytest.raises(UnknownConfigKeyError, match=rf"'{key}' \(did you mean '{closest}'\?\)"):
+            check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_8_explicit_additions_and_target_parameters_are_allowed(tmp_path):
+    overrides = ["debug=fast_dev_run", "+callbacks.crash._target_=tests.training.crash.CrashAfterStep"]
+    cfg, hydra_cfg = compose_with_hydra(overrides)
+    try:
+        assert "+callbacks.crash._target_=tests.training.crash.CrashAfterStep" in reference_overrides(
+            hydra_cfg.runtime.choices, hydra_cfg.overrides.task
+        )
+        check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)  # trainer.fast_dev_run is a
+    finally:  # Trainer argument; the callback was added deliberately with +
+        GlobalHydra.instance().clear()
+
+
+def test_8_train_py_refuses_a_preset_typo_before_work(tmp_path):
+    searchpath = typo_preset(tmp_path / "conf", "eval:\n  shot: [1, 5]\n")
+    out = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *TINY, searchpath, "experiment=typo",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "Unknown config key 'eval.shot' (did you mean 'eval.shots'?)" in out.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- 9. run keys checked before any work -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "error_type", "message"),
+    [
+        ("data.eval_seed=-1", DataError, "data.eval_seed must be a non-negative integer, got -1; set data.eval_seed=0"),
+        ("seed=-3", RunConfigError, "seed must be a non-negative integer, got -3"),
+        ("seed=1.5", RunConfigError, "seed must be a non-negative integer, got 1.5"),
+        ("data.test_episodes=2.5", DataError, "data.test_episodes must be a positive integer, got 2.5"),
+        ("data.val_episodes=0", DataError, "data.val_episodes must be a positive integer, got 0"),
+        ("data.num_workers=-1", DataError, "data.num_workers must be a non-negative integer"),
+        ("data.image_batch_size=0", DataError, "data.image_batch_size must be a positive integer"),
+        ("data.std=[0.0]", DataError, "data.std must be positive"),
+        ("data.mean=[.nan]", DataError, "data.mean must be null or a list of finite numbers"),
+        ("eval.shots=[0]", RunConfigError, "eval.shots must be null or a list of positive integers"),
+        ("eval.shots=[1,5]", RunConfigError, "asks for 5 shots but test episodes have data.n_shot=1"),
+        ("optimized_metric=valacc", RunConfigError, "optimized_metric must be '<stage>/<key>'"),
+        ("train=maybe", RunConfigError, "train must be true or false, got 'maybe'"),
+        ("ckpt_path=/no/such.ckpt", FileNotFoundError, "Checkpoint /no/such.ckpt not found"),
+        ("resume_allow_changes=seed", RunConfigError, "resume_allow_changes must be a list of config keys"),
+    ],
+)
+def test_9_bad_run_keys_fail_before_the_data_are_read(tiny_config, no_data_reads, override, error_type, message):
+    with pytest.raises((error_type, InstantiationException)) as caught:
+        train(tiny_config(override))
+    error = caught.value.__cause__ if isinstance(caught.value, InstantiationException) else caught.value
+    assert isinstance(error, error_type) and message in str(error), repr(error)

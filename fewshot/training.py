@@ -18,8 +18,9 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 
 from fewshot.allocator import retain_freed_memory
-from fewshot.checkpoints import StoreConfigInCheckpoint, check_checkpoint_fits
+from fewshot.checkpoints import StoreConfigInCheckpoint, check_checkpoint_fits, resumable_checkpoint
 from fewshot.data.datamodule import EpisodicDataModule
+from fewshot.io import check_writable_dir
 from fewshot.methods.base import EpisodicMethod
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
@@ -163,7 +164,7 @@ def checkpoint_to_start_from(cfg: DictConfig, output_dir: Path) -> str | None:
             f"resume=true but {last} does not exist: no epoch of this run finished. Run it in the folder of "
             "the interrupted run (hydra.run.dir=<run folder>) or pass ckpt_path=<checkpoint>."
         )
-    return str(last)
+    return str(resumable_checkpoint(last))
 
 
 def finish_wandb() -> None:
@@ -187,7 +188,7 @@ def train_and_test(cfg: DictConfig) -> dict[str, Any]:
     if cfg.retain_freed_memory:
         retain_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
+    output_dir = check_writable_dir(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     log.info("Building data <%s>", cfg.data.source._target_)
@@ -238,7 +239,7 @@ def train_and_test(cfg: DictConfig) -> dict[str, Any]:
         ckpt = best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
         if ckpt is None and cfg.get("train", True):
             log.warning("No best checkpoint was saved; testing the final weights.")
-        trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False, verbose=False)
+        trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
         test = dict(method.eval_results["test"])
         test["fingerprint"] = datamodule.episode_fingerprint("test")
         test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])

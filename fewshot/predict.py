@@ -26,8 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 from fewshot.checkpoints import checkpoint_config, load
 from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
-from fewshot.data.folder import find_class_folders, is_ignored_name
-from fewshot.data.images import decode_image, is_image_name
+from fewshot.data.folder import find_class_folders, is_ignored_name, walk_folders
+from fewshot.data.images import decode_image, is_image_name, warn_constant_images
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,14 @@ def support_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def query_files(folder: Path) -> list[Path]:
-    """The images of a query folder (sorted; sub-folders included)."""
+    """The images of a query folder (sorted; sub-folders included, symlinked ones followed)."""
     if not folder.is_dir():
         raise DataError(f"Query folder {folder} does not exist; pass query=<folder of images to classify>.")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not is_ignored_name(p.name))
+    files = []
+    for here, dirnames, filenames in walk_folders(folder):  # symlinked sub-folders too, loops refused
+        dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+        files += [here / name for name in filenames if not is_ignored_name(name)]
+    files.sort()
     others = [p for p in files if not is_image_name(p.name)]
     if others:
         raise DataError(
@@ -126,9 +130,12 @@ def build_episode(
     """A one-episode batch of the support (class-major, as sampled episodes) and the queries."""
     names = list(support)
     n_shot = len(next(iter(support.values())))
-    support_images = torch.stack([image_format.read(p) for name in names for p in support[name]])
+    support_paths = [p for name in names for p in support[name]]
+    support_images = torch.stack([image_format.read(p) for p in support_paths])
+    warn_constant_images([str(p) for p in support_paths], list(support_images), "support images")
     support_labels = torch.arange(len(names)).repeat_interleave(n_shot)
     query_images = torch.stack([image_format.read(p) for p in queries])
+    warn_constant_images([str(p) for p in queries], list(query_images), "query images")
     episode = Episode(
         support_images=support_images[None],
         support_labels=support_labels[None],

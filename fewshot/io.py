@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TEMP_SUFFIX = ".tmp"
 
@@ -33,6 +34,9 @@ FIXES = {
 
 class OutputPathError(OSError):
     """An output path that cannot be written; the message is one line naming the path and the fix."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def os_error_message(err: OSError, path: str | os.PathLike[str]) -> str:
@@ -121,8 +125,8 @@ def _check_can_create_in(folder: Path, target: Path) -> None:
         raise output_error(err, target) from err
 
 
-def check_writable_dir(path: str | os.PathLike[str]) -> Path:
-    """Make sure ``path`` is (or can be created as) a folder we can write in; create it.
+def check_writable_dir(path: str | os.PathLike[str], create: bool = True) -> Path:
+    """Make sure ``path`` is (or can be created as) a folder we can write in; create it unless ``create`` is False.
 
     Raises:
         OutputPathError: one line naming the path and the fix (it is a file, a parent is a
@@ -139,6 +143,9 @@ def check_writable_dir(path: str | os.PathLike[str]) -> Path:
             errno.ENOTDIR,
             f"Cannot create the folder {folder}: {existing} is a file, not a folder; pass another path or move it.",
         )
+    if not create:
+        _check_can_create_in(existing, folder)
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -168,4 +175,15 @@ def check_writable_file(path: str | os.PathLike[str]) -> Path:
             f"Cannot write {target}: {existing} is a file, not a folder; pass another path or move that file.",
         )
     _check_can_create_in(existing, target)
+    return target
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike[str], **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` to ``path`` atomically (the format is taken from the file's suffix)."""
+    target = Path(path)
+    try:
+        with temporary_for(target) as tmp:
+            fig.savefig(tmp, format=target.suffix.lstrip(".") or "png", **savefig_kwargs)
+    except OSError as err:
+        raise output_error(err, target) from err
     return target

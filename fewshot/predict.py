@@ -12,6 +12,7 @@ confidence (softmax probability of the prediction).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
 from fewshot.data.folder import find_class_folders, is_ignored_name, walk_folders
 from fewshot.data.images import decode_image, is_image_name, warn_constant_images
+from fewshot.io import OutputPathError, check_writable_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +178,13 @@ def predict_folders(
 
 
 def write_predictions(path: str | Path, predictions: list[Prediction]) -> Path:
-    """Write predictions as CSV (file, prediction, confidence)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "prediction", "confidence"])
-        for p in predictions:
-            writer.writerow([p.file, p.label, f"{p.confidence:.6f}"])
-    return target
+    """Write predictions as CSV (file, prediction, confidence), atomically: an old file stays whole on failure."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "prediction", "confidence"])
+    for p in predictions:
+        writer.writerow([p.file, p.label, f"{p.confidence:.6f}"])
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def parse_args(argv: list[str]) -> PredictConfig:
@@ -207,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        check_writable_file(cfg.output)  # before loading and adapting
         predictions = predict_folders(cfg.ckpt_path, cfg.support, cfg.query, cfg.device, cfg.invert)
-    except (DataError, FileNotFoundError, ValueError) as err:
+        path = write_predictions(cfg.output, predictions)
+    except (DataError, FileNotFoundError, ValueError, OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    path = write_predictions(cfg.output, predictions)
     for p in predictions[:20]:
         print(f"{p.file}\t{p.label}\t{p.confidence:.3f}")
     if len(predictions) > 20:

@@ -48,7 +48,7 @@ def to_8bit(img: Image.Image) -> Image.Image:
     if img.mode in ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba).convert("RGB")
-    if img.mode in ("L", "RGB"):
+    if img.mode in ("1", "L", "RGB"):  # converted by Pillow exactly as before
         return img
     return img.convert("RGB")
 

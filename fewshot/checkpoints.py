@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import pickle
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+
+from fewshot.io import output_error, temporary_for
+
+log = logging.getLogger(__name__)
 
 CONFIG_KEY = "fewshot_config"
 # ``ckpt_path`` values Lightning resolves itself instead of reading a file
@@ -27,18 +36,48 @@ class StoreConfigInCheckpoint(pl.Callback):
         checkpoint[CONFIG_KEY] = self.config
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (corrupt, not a checkpoint, or refused)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holding Python objects other than tensors and plain data: never unpickled."""
+
+
+def load_checkpoint_file(
+    ckpt_path: str | os.PathLike, map_location: str | torch.device | Callable | None = "cpu"
+) -> Any:
+    """``torch.load`` of tensors and plain data only (``weights_only=True``): loading never runs code.
+
+    Raises:
+        UnsafeCheckpointError: the file holds other Python objects (whose loading could run code).
+        CheckpointError: the file is corrupt, truncated or not a torch file.
+    """
+    try:
+        return torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        detail = f" (it names {found.group(1)})" if found else ""
+        raise UnsafeCheckpointError(
+            f"Refusing to load checkpoint {ckpt_path}: it contains Python objects other than tensors and plain "
+            f"data{detail}, and loading those could run code, so fewshot never executes them. Use a checkpoint "
+            "written by `python train.py`; if you made this file yourself and trust it, load it in Python with "
+            "torch.load(path, weights_only=False) and save only its tensors and plain values."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - any other failure means a bad file
+        raise CheckpointError(
+            f"Cannot read checkpoint {ckpt_path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+            "The file is corrupt, truncated or not a checkpoint; use another checkpoint of the run."
+        ) from err
+
+
 def read_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file on the CPU, with a clear error when it is not one of ours."""
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"Checkpoint {ckpt_path} not found; pass the path of a .ckpt written by train.py.")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(
-            f"Cannot read checkpoint {ckpt_path}: {err}. The file is corrupt or not a checkpoint."
-        ) from err
+    checkpoint = load_checkpoint_file(ckpt_path)
     if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(
+        raise CheckpointError(
             f"{ckpt_path} is not a fewshot checkpoint (no stored config); "
             "use a checkpoint written by `python train.py`."
         )
@@ -125,3 +164,65 @@ def load(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu")
             f"missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
     return method.to(map_location).eval()
+
+
+def resumable_checkpoint(last: Path) -> Path:
+    """``last`` when it loads; else an error naming why and the run's earlier checkpoints that load."""
+    try:
+        load_checkpoint_file(last)
+        return last
+    except CheckpointError as err:
+        problem = err
+    usable = []
+    for candidate in sorted(last.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if candidate == last:
+            continue
+        try:
+            load_checkpoint_file(candidate)
+        except CheckpointError:
+            continue
+        usable.append(candidate)
+    if usable:
+        hint = (
+            f"The newest earlier checkpoint of the run that loads is {usable[0]}: resume from it with "
+            f"ckpt_path={usable[0]} (and hydra.run.dir={last.parent.parent})"
+            + (f"; others: {', '.join(str(p) for p in usable[1:4])}." if len(usable) > 1 else ".")
+        )
+    else:
+        hint = f"No other checkpoint in {last.parent} loads; start the run again without resume=true."
+    raise CheckpointError(f"resume=true but {last} cannot be used. {problem} {hint}") from problem
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, writing atomically and loading only tensors and plain data.
+
+    A checkpoint is written to a temporary file in its destination folder, flushed to the
+    disk and renamed onto its name, so an interruption or a full disk leaves the previous
+    checkpoint intact (Lightning's own writer can truncate it when its temporary folder is on
+    another file system). Loading (resume, test, validate) always uses ``weights_only=True``,
+    whatever the caller asks: a crafted checkpoint is refused, never executed.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` through a temporary file in the same folder."""
+        if "://" in str(path):  # remote storage: Lightning's fsspec writer
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options; got {storage_options!r}.")
+        target = Path(path)
+        try:
+            with temporary_for(target, fsync=True) as tmp, tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+        except OSError as err:
+            raise output_error(err, target) from err
+
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | None = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load with ``weights_only=True`` (a request for ``False`` is refused with a warning)."""
+        if weights_only is False:
+            log.warning("Loading %s with weights_only=True: fewshot never unpickles arbitrary objects.", path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint {path} not found; pass the path of a .ckpt written by train.py.")
+        return load_checkpoint_file(path, map_location)

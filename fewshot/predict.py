@@ -12,6 +12,7 @@ confidence (softmax probability of the prediction).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import sys
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 from fewshot.checkpoints import checkpoint_config, load
 from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
-from fewshot.data.folder import find_class_folders, is_ignored_name
-from fewshot.data.images import decode_image, is_image_name
+from fewshot.data.folder import find_class_folders, is_ignored_name, walk_folders
+from fewshot.data.images import decode_image, is_image_name, warn_constant_images
+from fewshot.io import OutputPathError, check_writable_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,14 @@ def support_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def query_files(folder: Path) -> list[Path]:
-    """The images of a query folder (sorted; sub-folders included)."""
+    """The images of a query folder (sorted; sub-folders included, symlinked ones followed)."""
     if not folder.is_dir():
         raise DataError(f"Query folder {folder} does not exist; pass query=<folder of images to classify>.")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not is_ignored_name(p.name))
+    files = []
+    for here, dirnames, filenames in walk_folders(folder):  # symlinked sub-folders too, loops refused
+        dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
+        files += [here / name for name in filenames if not is_ignored_name(name)]
+    files.sort()
     others = [p for p in files if not is_image_name(p.name)]
     if others:
         raise DataError(
@@ -126,9 +132,12 @@ def build_episode(
     """A one-episode batch of the support (class-major, as sampled episodes) and the queries."""
     names = list(support)
     n_shot = len(next(iter(support.values())))
-    support_images = torch.stack([image_format.read(p) for name in names for p in support[name]])
+    support_paths = [p for name in names for p in support[name]]
+    support_images = torch.stack([image_format.read(p) for p in support_paths])
+    warn_constant_images([str(p) for p in support_paths], list(support_images), "support images")
     support_labels = torch.arange(len(names)).repeat_interleave(n_shot)
     query_images = torch.stack([image_format.read(p) for p in queries])
+    warn_constant_images([str(p) for p in queries], list(query_images), "query images")
     episode = Episode(
         support_images=support_images[None],
         support_labels=support_labels[None],
@@ -169,15 +178,13 @@ def predict_folders(
 
 
 def write_predictions(path: str | Path, predictions: list[Prediction]) -> Path:
-    """Write predictions as CSV (file, prediction, confidence)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "prediction", "confidence"])
-        for p in predictions:
-            writer.writerow([p.file, p.label, f"{p.confidence:.6f}"])
-    return target
+    """Write predictions as CSV (file, prediction, confidence), atomically: an old file stays whole on failure."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "prediction", "confidence"])
+    for p in predictions:
+        writer.writerow([p.file, p.label, f"{p.confidence:.6f}"])
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def parse_args(argv: list[str]) -> PredictConfig:
@@ -200,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        check_writable_file(cfg.output)  # before loading and adapting
         predictions = predict_folders(cfg.ckpt_path, cfg.support, cfg.query, cfg.device, cfg.invert)
-    except (DataError, FileNotFoundError, ValueError) as err:
+        path = write_predictions(cfg.output, predictions)
+    except (DataError, FileNotFoundError, ValueError, OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    path = write_predictions(cfg.output, predictions)
     for p in predictions[:20]:
         print(f"{p.file}\t{p.label}\t{p.confidence:.3f}")
     if len(predictions) > 20:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
 from fewshot.reporting.plots import plot_accuracy_vs_shots, plot_accuracy_vs_step
@@ -67,10 +68,8 @@ def default_out(paths: Sequence[Path]) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a report file and return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    """Write a report file atomically and return its path."""
+    return write_text_atomic(path, text)
 
 
 def build_report(paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]] = ()) -> dict[str, object]:
@@ -121,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or default_out(args.paths)
     try:
+        check_writable_dir(out, create=False)  # before reading every run
         report = build_report(args.paths, out, args.pair)
-    except (NoRunsError, BadResultsError, EpisodeMismatchError) as err:
+    except (NoRunsError, BadResultsError, EpisodeMismatchError, OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(report['runs'])} run(s) found\n")

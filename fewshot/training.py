@@ -20,9 +20,16 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fewshot.allocator import retain_freed_memory
 from fewshot.budget import CpuTimeBudget
-from fewshot.checkpoints import CONFIG_KEY, StoreConfigInCheckpoint, check_checkpoint_fits, read_checkpoint
+from fewshot.checkpoints import (
+    CONFIG_KEY,
+    StoreConfigInCheckpoint,
+    check_checkpoint_fits,
+    read_checkpoint,
+    resumable_checkpoint,
+)
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.interrupt import RunInterrupted, StopFlag, StopOnSignal, stop_on_signals
+from fewshot.io import check_writable_dir
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.methods.base import EpisodicMethod
 from fewshot.reporting.gates import save_gate_figure
@@ -217,7 +224,7 @@ def checkpoint_to_start_from(cfg: DictConfig, output_dir: Path) -> str | None:
             f"resume=true but {last} does not exist: no epoch of this run finished. Run it in the folder of "
             "the interrupted run (hydra.run.dir=<run folder>) or pass ckpt_path=<checkpoint>."
         )
-    return str(last)
+    return str(resumable_checkpoint(last))
 
 
 def finish_wandb() -> None:
@@ -285,7 +292,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     if cfg.retain_freed_memory:
         retain_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
+    output_dir = check_writable_dir(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = checkpoint_to_start_from(cfg, output_dir)
 
@@ -342,7 +349,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     if cfg.get("test", True):
         ckpt = checkpoint_to_test(trainer, test_choice, output_dir) if cfg.get("train", True) else ckpt_path
         fit_or_test(
-            lambda: trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=False, verbose=False),
+            lambda: trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False),
             flag,
         )
         test = dict(method.eval_results["test"])

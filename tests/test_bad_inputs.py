@@ -380,7 +380,7 @@ def test_14_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_conf
         "set nonfinite_loss=skip",
     )
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
     method = fewshot.load(last)
     assert all(torch.isfinite(p).all() for p in method.parameters())
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,15 +87,49 @@ def _class_chunks(readers: Mapping[str, Sequence[Reader]]) -> list[list[str]]:
     return [c for c in chunks if c]
 
 
+def walk_folders(root: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """``os.walk`` of ``root`` (sorted, top-down) that follows symlinked folders and files.
+
+    A symlinked folder is walked like a real one; one that points at a folder it lies in (a
+    loop) or a link whose target is missing is an error naming it, so no data is dropped
+    silently. The caller may prune the folder names it gets, as with ``os.walk``.
+    """
+
+    def visit(folder: Path, ancestors: frozenset[str]) -> Iterator[tuple[Path, list[str], list[str]]]:
+        dirnames, filenames = [], []
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_dir():  # follows symlinks
+                dirnames.append(entry.name)
+            elif entry.is_file() or is_ignored_name(entry.name):
+                filenames.append(entry.name)
+            elif entry.is_symlink():
+                raise DataError(
+                    f"{folder / entry.name} is a symbolic link to {os.readlink(entry.path)}, which does not "
+                    "exist; fix or remove the link."
+                )
+        yield folder, dirnames, filenames
+        for name in dirnames:
+            path = folder / name
+            real = os.path.realpath(path)
+            if real in ancestors:
+                raise DataError(
+                    f"{path} is a symbolic link to {real}, a folder it lies in: following it would loop "
+                    "forever. Remove the link or point it at a folder outside."
+                )
+            yield from visit(path, ancestors | {real})
+
+    yield from visit(root, frozenset({os.path.realpath(root)}))
+
+
 def find_class_folders(root: Path) -> dict[str, list[Path]]:
     """``{class name: sorted image paths}`` for every folder under ``root`` that holds images.
 
-    A class is named by its path relative to ``root`` (``"birds/owl"`` for nested folders).
+    A class is named by its path relative to ``root`` (``"birds/owl"`` for nested folders);
+    symlinked folders are followed (a loop is an error naming the link).
     """
     classes: dict[str, list[Path]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored_name(d))
-        here = Path(dirpath)
+    for here, dirnames, filenames in walk_folders(root):
+        dirnames[:] = [d for d in dirnames if not is_ignored_name(d)]
         files = sorted(f for f in filenames if not is_ignored_name(f))
         images = [f for f in files if is_image_name(f)]
         others = [f for f in files if not is_image_name(f)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,19 +22,51 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+# Pillow modes of more than 8 bits per pixel: scaled to 0..255 (``convert`` would clip them)
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# transparent pixels become paper: dark ink drawn on a transparent sheet shows as ink on white
+BACKGROUND = (255, 255, 255, 255)
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """An 8-bit ``L`` or ``RGB`` image with every pixel's meaning kept, from any Pillow mode.
+
+    * 16-bit grayscale (``I;16*``) is scaled from 0..65535 to 0..255; 32-bit ``I`` and ``F``
+      images are scaled the same way when any value exceeds 255 (16-bit data, as Pillow opens
+      some 16-bit PNGs and TIFFs), else taken as 0..255.
+    * Transparency (``RGBA``, ``LA``, ``PA``, a palette or grayscale image with a transparent
+      colour) is composited onto a white background: what is not drawn is white paper, so
+      black-ink-on-transparent drawings keep their strokes.
+    * Palette, CMYK, YCbCr, 1-bit and the other modes are converted by Pillow to RGB (or L).
+    """
+    if img.mode in WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba).convert("RGB")
+    if img.mode in ("1", "L", "RGB"):  # converted by Pillow exactly as before
+        return img
+    return img.convert("RGB")
+
+
 def decode_image(data: bytes, where: str, channels: int, image_size: int | None, invert: bool = False) -> torch.Tensor:
     """Decode encoded image bytes into uint8 ``[channels, H, W]``.
 
-    RGB images are converted to grayscale where ``channels == 1`` (and vice versa), then
-    resized to ``image_size`` x ``image_size`` (None keeps the size). ``where`` names the file
-    in error messages.
+    Every Pillow mode is first brought to 8 bits as :func:`to_8bit` says (16-bit scaled,
+    transparency composited onto white, palette and CMYK converted); RGB is then converted
+    to grayscale where ``channels == 1`` (and vice versa), and the image resized to
+    ``image_size`` x ``image_size`` (None keeps the size). ``where`` names the file in errors.
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            converted = img.convert("L" if channels == 1 else "RGB")
+            converted = to_8bit(img).convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(
             f"Cannot decode image {where}: {err}. The file is corrupt, truncated or not an image; replace or delete it."
@@ -50,6 +83,20 @@ def decode_image(data: bytes, where: str, channels: int, image_size: int | None,
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def warn_constant_images(names: Sequence[str], images: Sequence[torch.Tensor], what: str) -> list[str]:
+    """Warn, naming the files, about images whose pixels are all equal (they carry nothing); return them."""
+    flat = [name for name, image in zip(names, images) if image.numel() and bool((image == image.flatten()[0]).all())]
+    if flat:
+        shown = ", ".join(flat[:5]) + (f" and {len(flat) - 5} more" if len(flat) > 5 else "")
+        warnings.warn(
+            f"{len(flat)} {what} decode to a single flat colour, so they carry no information: {shown}. "
+            "Check that they are not blank (e.g. white ink on a transparent background, which is "
+            "composited onto white) and replace or remove them.",
+            stacklevel=2,
+        )
+    return flat
+
+
 def decode_many(
     items: Sequence[tuple[str, Callable[[], bytes]]],
     channels: int,
@@ -64,9 +111,12 @@ def decode_many(
         return decode_image(read(), where, channels, image_size, invert)
 
     if workers <= 1 or len(items) < 64:
-        return [one(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, items))
+        images = [one(item) for item in items]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            images = list(pool.map(one, items))
+    warn_constant_images([where for where, _ in items], images, "images")
+    return images
 
 
 def read_file_bytes(path: Path) -> Callable[[], bytes]:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from fewshot.io import save_figure_atomic  # noqa: E402
 from fewshot.learned_optimizer.comparison import OptimizerResult  # noqa: E402
 from fewshot.learned_optimizer.report import curve_stats  # noqa: E402
 
@@ -45,7 +46,7 @@ def save_curves_figure(
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=110)
+        save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return paths
 

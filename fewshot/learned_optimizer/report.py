@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fewshot.io import temporary_for
 from fewshot.learned_optimizer.comparison import OptimizerResult
 
 CURVE_STATS = ("mean", "std", "q25", "median", "q75")
@@ -55,8 +56,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 def write_curves_csv(results: Sequence[OptimizerResult], path: str | Path) -> Path:
     """Per-step statistics of every optimizer as CSV: ``optimizer, step, mean, std, q25, median, q75``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", newline="") as f:
+    with temporary_for(target) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["optimizer", "step", *CURVE_STATS])
         for result in results:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from fewshot.io import temporary_for, write_text_atomic
 from fewshot.learned_optimizer.comparison import Baselines, Comparison, OptimizerResult
 from fewshot.learned_optimizer.errors import ConfigError
 from fewshot.learned_optimizer.meta_train import MetaTrainer
@@ -87,7 +88,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "best_iteration": summary.best_iteration,
             "started_from": cfg.get("ckpt_path"),
         }
-        torch.save({"state_dict": net.state_dict(), "meta": trained}, output_dir / NET_FILE)
+        with temporary_for(output_dir / NET_FILE, fsync=True) as tmp, tmp.open("wb") as f:
+            torch.save({"state_dict": net.state_dict(), "meta": trained}, f)
 
     results_list = comparison.run(problem, {LEARNED_NAME: net}, baselines)
     rows = [final_row(r) for r in results_list]
@@ -137,8 +139,8 @@ def write_report(results: dict[str, Any], curves: list[OptimizerResult], output_
     write_results(output_dir / RESULTS_FILE, results)
     table = markdown_table(results["final_loss"])
     header = f"{run_title(results)}; final loss after {results['steps']} steps over {results['n_draws']} draws\n\n"
-    (output_dir / "final_loss.md").write_text(header + table)
-    (output_dir / "final_loss.json").write_text(json.dumps(results["final_loss"], indent=2))
+    write_text_atomic(output_dir / "final_loss.md", header + table)
+    write_text_atomic(output_dir / "final_loss.json", json.dumps(results["final_loss"], indent=2))
     write_curves_csv(curves, output_dir / "curves.csv")
     png, _ = save_curves_figure(curves, output_dir, run_title(results))
     print(header + table)

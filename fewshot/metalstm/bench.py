@@ -50,12 +50,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from fewshot.allocator import retain_freed_memory
+from fewshot.io import write_text_atomic
 from fewshot.metalstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
 
@@ -365,9 +365,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{t:>4}{kept['peak_mib']:>12.0f}{ckpt['peak_mib']:>12.0f}")
         payload["memory"] = runs
     print(f"load average after {os.getloadavg()[0]:.2f}")
-    target = Path(args.out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(payload, indent=2))
+    target = write_text_atomic(args.out, json.dumps(payload, indent=2))
     print(f"wrote {target}")
 
 

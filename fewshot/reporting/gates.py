@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fewshot.io import save_figure_atomic  # noqa: E402
+
 GATE_TITLES = {"input": "input gate $i_t$", "forget": "forget gate $f_t$"}
 
 
@@ -55,6 +57,6 @@ def save_gate_figure(gates: dict, out_dir: str | Path, title: str = "", stem: st
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=130)
+        save_figure_atomic(fig, path, dpi=130)
     plt.close(fig)
     return paths

@@ -10,14 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from fewshot.io import save_figure_atomic  # noqa: E402
 from fewshot.reporting.runs import RunRecord  # noqa: E402
 from fewshot.reporting.table import method_sort_key  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Write a figure as PNG and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

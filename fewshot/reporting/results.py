@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fewshot.evaluation.stats import mean_ci95
+from fewshot.io import write_text_atomic
 
 RESULTS_FILE = "results.json"
 PREFIX_EPISODES = (100, 250, 600)
@@ -60,12 +61,7 @@ def accuracy_at_prefixes(episode_acc: list[float], sizes: tuple[int, ...] = PREF
 
 def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
     """Write the results JSON atomically and return its path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(path, json.dumps(results, indent=2, default=str), fsync=True)
 
 
 def run_title(results: dict[str, Any]) -> str:

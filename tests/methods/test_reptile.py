@@ -120,7 +120,7 @@ def test_fit_and_test_through_train(tiny_config, tmp_path):
     assert 0.0 <= saved["test"]["acc"] <= 1.0
     method = fewshot.load(results["checkpoint"])
     assert isinstance(method, Reptile)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4 and checkpoint["optimizer_states"]
     # annealed from 1.0 toward 0 over the 4 meta-updates
     assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0)

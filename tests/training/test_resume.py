@@ -23,7 +23,7 @@ METHODS = {
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """The state dict of a run's last checkpoint."""
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -38,7 +38,7 @@ def test_load_rebuilds_the_trained_method(tiny_config, tmp_path):
     results = train(tiny_config())
     method = fewshot.load(results["checkpoint"])
     assert type(method).__name__ == "ProtoNet" and not method.training
-    state = torch.load(results["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     for name, tensor in method.state_dict().items():
         assert torch.equal(tensor, state[name]), name
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from fewshot.data.errors import DataError
 from fewshot.data.pickles import load_data_pickle
+from fewshot.data.prepare.output import check_name
 
 ARCHIVE_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 ARCHIVE_NAME = "cifar-100-python.tar.gz"
@@ -156,6 +157,8 @@ def _field(table: Any, key: str, where: str) -> Any:
 
 def _names(values: Any, expected: int, key: str, where: str) -> tuple[str, ...]:
     names = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
+    for name in names:  # they become folder names under --out
+        check_name(name, f"{key} entry", where)
     if len(names) != expected or len(set(names)) != expected:
         raise DataError(
             f"{where}: {key} has {len(names)} names ({len(set(names))} distinct), CIFAR-100 has {expected}; "

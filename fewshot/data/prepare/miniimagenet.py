@@ -19,13 +19,14 @@ from fewshot.data.miniimagenet import CsvRow, check_disjoint, read_split_csv
 from fewshot.data.prepare.output import (
     Counts,
     Prepared,
+    check_name,
     finish,
     finished_counts,
     open_partial,
     partial_dir,
-    write_bytes_atomic,
 )
 from fewshot.data.prepare.resize import ImageJob, open_image, write_images
+from fewshot.io import write_bytes_atomic
 
 DATASET = "miniimagenet"
 IMAGE_SIZE = 84
@@ -108,6 +109,9 @@ def read_rows(csv_dir: Path) -> dict[str, list[CsvRow]]:
     seen: dict[str, CsvRow] = {}
     for split in SPLITS:
         for row in rows[split]:
+            where = f"{row.csv_path} line {row.line}"
+            check_name(row.filename, "filename", where)  # becomes images/<filename> under --out
+            check_name(row.label, "label", where)
             parse_csv_filename(row)
             first = seen.setdefault(row.filename, row)
             if first is not row:

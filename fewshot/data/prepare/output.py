@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewshot.data.errors import DataError
+from fewshot.io import TEMP_SUFFIX, write_text_atomic
 
 # Written last, into a finished folder: its presence is what "complete" means.
 MARKER = ".fewshot_prepared.json"
 # Written first, into the partial folder: a resumed build must be of the same dataset.
 PARTIAL_MARKER = ".fewshot_partial.json"
 PARTIAL_SUFFIX = ".partial"
-TEMP_SUFFIX = ".tmp"
 
 Counts = dict[str, dict[str, int]]
 
@@ -59,6 +57,29 @@ class Prepared:
             lines.append(f"  {split}: {len(classes)} classes, {images} images")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def check_name(name: str, what: str, where: str) -> str:
+    """``name`` if it is safe as one file or folder name, else a DataError naming it and ``where``.
+
+    Names taken from an input (archive, CSV) become paths under the output folder; a name
+    with a path separator, ``..``, a NUL, or an empty or absolute one could write outside it.
+    """
+    problem = None
+    if not name or name in (".", ".."):
+        problem = "is empty or a relative folder reference"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif "\0" in name:
+        problem = "contains a NUL character"
+    elif os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        problem = "is an absolute path"
+    if problem:
+        raise DataError(
+            f"{where}: the {what} {name!r} {problem}, so it cannot be a file or folder name; nothing was "
+            "written. The input is corrupt or crafted: use the original files."
+        )
+    return name
 
 
 def partial_dir(out: Path) -> Path:
@@ -120,34 +141,6 @@ def finish(partial: Path, out: Path, dataset: str, counts: Mapping[str, Mapping[
     if out.is_dir():  # an empty folder the user made beforehand (finished_counts allows only that)
         out.rmdir()
     os.replace(partial, out)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so ``path`` is never half written."""
-    with temporary_for(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    write_bytes_atomic(path, text.encode())
-
-
-@contextmanager
-def temporary_for(path: Path) -> Iterator[Path]:
-    """A hidden temporary path next to ``path``, renamed onto ``path`` when the block succeeds.
-
-    The name is new for every call, so threads and interrupted runs never share one; files
-    are created with the usual permissions (unlike ``mkstemp``'s owner-only ones).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def remove_temporaries(root: Path) -> None:

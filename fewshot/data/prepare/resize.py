@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fewshot.data.errors import DataError
-from fewshot.data.prepare.output import temporary_for
+from fewshot.io import temporary_for
 
 # LANCZOS, as the dataset readers use when they resize; the whole image is squeezed to a
 # square (no crop), as in the usual Mini-ImageNet builds.

@@ -1,0 +1,210 @@
+"""Every file is written atomically, and unwritable outputs are named before the work (issue 17, items 11, 12)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import fewshot.io as io_module
+from fewshot.io import (
+    OutputPathError,
+    check_writable_dir,
+    check_writable_file,
+    save_figure_atomic,
+    write_text_atomic,
+)
+from fewshot.predict import Prediction, write_predictions
+from fewshot.predict import main as predict_main
+from fewshot.report import main as report_main
+from fewshot.reporting.results import write_results
+from fewshot.training import train
+from tests.conftest import compose_config
+from tests.reporting.test_report import A, B, write_run
+
+ENOSPC = "no space left on the device: free some space or write to another disk"
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every atomic write puts half its bytes into the temporary file, then fails with ENOSPC."""
+
+    def write_bytes(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module.Path, "write_bytes", write_bytes)
+
+
+def only_file(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_failed_results_write_leaves_the_previous_results_intact(tmp_path, full_disk):
+    target = tmp_path / "results.json"
+    target.write_text('{"old": true}')
+    with pytest.raises(OutputPathError, match=f"Cannot write {target}: {ENOSPC}"):
+        write_results(target, {"new": list(range(1000))})
+    assert json.loads(target.read_text()) == {"old": True}
+    assert only_file(tmp_path) == ["results.json"]  # no temporary left behind
+
+
+def test_a_failed_predictions_write_leaves_the_previous_csv_intact(tmp_path, full_disk):
+    target = tmp_path / "predictions.csv"
+    target.write_text("file,prediction,confidence\nold.png,a,0.9\n")
+    with pytest.raises(OutputPathError, match=ENOSPC):
+        write_predictions(target, [Prediction(f"{i}.png", "b", 0.5) for i in range(100)])
+    assert target.read_text() == "file,prediction,confidence\nold.png,a,0.9\n"
+    assert only_file(tmp_path) == ["predictions.csv"]
+
+
+def test_predictions_are_written_whole(tmp_path):
+    path = write_predictions(tmp_path / "out" / "p.csv", [Prediction("x.png", "b", 0.5)])
+    assert path.read_text().splitlines() == ["file,prediction,confidence", "x.png,b,0.500000"]
+
+
+def test_a_failed_report_leaves_the_previous_report_files_intact(tmp_path, full_disk, capsys):
+    write_run(tmp_path / "runs" / "a", "ProtoNet", A)
+    write_run(tmp_path / "runs" / "b", "MAML", B)
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in ("table.md", "table.csv", "paired.md", "paired.csv"):
+        (out / name).write_text(f"previous {name}")
+    assert report_main([str(tmp_path / "runs"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: Cannot write {out / 'table.md'}: {ENOSPC}."
+    assert {p.name: p.read_text() for p in out.iterdir()} == {n: f"previous {n}" for n in only_file(out)}
+    assert only_file(out) == ["paired.csv", "paired.md", "table.csv", "table.md"]
+
+
+class HalfWrittenFigure:
+    """A figure whose saving fails half-way, as on a full disk."""
+
+    def savefig(self, path: Path, format: str, **kwargs: object) -> None:  # noqa: A002 - matplotlib's name
+        Path(path).write_text("half a png")  # plain text write (not patched)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_plot_leaves_the_previous_plot_intact(tmp_path):
+    target = tmp_path / "accuracy_vs_step.png"
+    target.write_bytes(b"previous png")
+    with pytest.raises(OutputPathError, match=ENOSPC):
+        save_figure_atomic(HalfWrittenFigure(), target)
+    assert target.read_bytes() == b"previous png"
+    assert only_file(tmp_path) == ["accuracy_vs_step.png"]
+
+
+def test_report_plots_are_real_pngs_written_through_the_atomic_helper(tmp_path, monkeypatch):
+    saved = []
+    original = io_module.save_figure_atomic
+
+    def spy(fig, path, **kwargs):
+        saved.append(Path(path).name)
+        return original(fig, path, **kwargs)
+
+    monkeypatch.setattr("fewshot.reporting.plots.save_figure_atomic", spy)
+    write_run(tmp_path / "runs" / "a", "ProtoNet", A, val_history=[{"step": 1, "epoch": 0, "acc": 0.5, "ci95": 0.1}])
+    write_run(tmp_path / "runs" / "b", "MAML", B)
+    assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
+    assert saved == ["accuracy_vs_step.png"]
+    assert (tmp_path / "r" / "accuracy_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- item 12: unwritable outputs, named before the work -------------------------------------------
+
+
+def test_predict_names_an_output_that_is_a_folder_before_loading_anything(tmp_path, capsys):
+    missing = tmp_path / "no.ckpt"  # would be the error if the checkpoint were read first
+    code = predict_main([f"ckpt_path={missing}", "support=s", "query=q", f"output={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"error: Cannot write {tmp_path}: it is a folder; pass the path of a file, e.g. {tmp_path / 'out.csv'}."
+    )
+
+
+def test_predict_names_an_output_whose_parent_is_a_file(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    output = tmp_path / "notes.txt" / "sub" / "p.csv"
+    assert predict_main([f"ckpt_path={tmp_path / 'no.ckpt'}", "support=s", "query=q", f"output={output}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"error: Cannot write {output}: {tmp_path / 'notes.txt'} is a file, not a folder; "
+        "pass another path or move that file."
+    )
+
+
+def test_predict_names_a_read_only_output_folder(tmp_path, capsys, monkeypatch):
+    real_open = os.open
+
+    def denied(path, flags, *args):
+        if ".fewshot-write-check" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(io_module.os, "open", denied)  # tests run as root, where chmod does not refuse
+    output = tmp_path / "p.csv"
+    assert predict_main([f"ckpt_path={tmp_path / 'no.ckpt'}", "support=s", "query=q", f"output={output}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: Cannot write {output}: permission denied: "
+        "fix the folder's permissions or write somewhere you may write."
+    )
+
+
+def test_report_names_an_out_that_is_a_file_before_reading_the_runs(tmp_path, capsys):
+    out = tmp_path / "report.md"
+    out.write_text("x")
+    assert report_main([str(tmp_path / "no_runs_here"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: Cannot write into {out}: it is a file, not a folder; pass another folder or move it."
+    assert out.read_text() == "x"
+
+
+def test_report_names_an_out_whose_parent_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" / "report"
+    assert report_main([str(tmp_path), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: Cannot create the folder {out}: {tmp_path / 'f'} is a file, not a folder; "
+        "pass another path or move it."
+    )
+
+
+def test_train_names_a_run_folder_that_is_a_file_before_building_anything(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.write_text("not a folder")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was built before the run folder was checked")
+
+    monkeypatch.setattr("fewshot.training.instantiate", no_data)
+    with pytest.raises(OutputPathError, match=f"Cannot write into {run_dir}: it is a file, not a folder"):
+        train(compose_config(["debug=tiny", "trainer=cpu", "logger=none"], run_dir))
+
+
+def test_check_writable_dir_creates_the_folder_and_leaves_no_probe(tmp_path):
+    folder = check_writable_dir(tmp_path / "a" / "b")
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    assert check_writable_dir(tmp_path / "c", create=False) == tmp_path / "c" and not (tmp_path / "c").exists()
+
+
+def test_check_writable_file_creates_nothing(tmp_path):
+    assert check_writable_file(tmp_path / "x" / "y.csv") == tmp_path / "x" / "y.csv"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_text_atomic_replaces_through_a_temporary_in_the_same_folder(tmp_path, monkeypatch):
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(io_module.os, "replace", lambda a, b: (renames.append((Path(a), Path(b))), real_replace(a, b)))
+    write_text_atomic(tmp_path / "t.md", "new", fsync=True)
+    ((src, dst),) = renames
+    assert (
+        src.parent == dst.parent == tmp_path
+        and src.name.startswith(".t.md.")
+        and (tmp_path / "t.md").read_text() == "new"
+    )

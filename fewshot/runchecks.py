@@ -116,6 +116,14 @@ def value_at(tree: Mapping[str, Any], key: str) -> Any:
     return node
 
 
+def moved_with_run_folder(stored: Any, current: Any, stored_dir: Any, current_dir: Any) -> bool:
+    """Whether two values are the same path inside the run folder, before and after the folder
+    moved (``callbacks.*.dirpath``, ``trainer.default_root_dir`` follow ``paths.output_dir``)."""
+    if not all(isinstance(v, str) for v in (stored, current, stored_dir, current_dir)):
+        return False
+    return stored.startswith(stored_dir) and current == current_dir + stored[len(stored_dir) :]
+
+
 def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], ckpt_path: str | Path) -> None:
     """Refuse to continue a checkpoint's training under a config that differs from its own (item 6).
 
@@ -126,9 +134,12 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
     """
     own = ["resume_may_change", "resume_allow_changes"]  # the mechanism's own keys
     allowed = [*own, *current.get("resume_may_change", []), *current.get("resume_allow_changes", [])]
+    stored_dir, current_dir = value_at(stored, "paths.output_dir"), value_at(current, "paths.output_dir")
     differing = []
     for key in config_differences(stored, current):
         if is_allowed(key, allowed):
+            continue
+        if moved_with_run_folder(value_at(stored, key), value_at(current, key), stored_dir, current_dir):
             continue
         section, _, name = key.partition(".")
         if section == "model" and name in DATA_DEPENDENT_MODEL_KEYS and value_at(current, key) is None:

@@ -145,6 +145,21 @@ def test_6_resume_allow_changes_accepts_the_named_keys_only():
         check_resume_config(stored, current, "last.ckpt")
 
 
+def test_6_a_moved_run_folder_resumes_but_a_path_outside_it_is_a_change():
+    paths = {"output_dir": "/old/run", "data_dir": "/data"}
+    stored = {"paths": paths, "trainer": {"default_root_dir": "/old/run"}, "cb": {"dirpath": "/old/run/checkpoints"}}
+    current = {
+        "paths": {**paths, "output_dir": "/new/place"},
+        "trainer": {"default_root_dir": "/new/place"},
+        "cb": {"dirpath": "/new/place/checkpoints"},
+        "resume_may_change": ["paths"],
+    }
+    check_resume_config(stored, current, "last.ckpt")  # no error: the same paths inside the moved folder
+    current["cb"]["dirpath"] = "/elsewhere/checkpoints"
+    with pytest.raises(RunConfigError, match=r"cb.dirpath: '/old/run/checkpoints' \(run\) vs '/elsewhere/checkpoints'"):
+        check_resume_config(stored, current, "last.ckpt")
+
+
 def test_6_resumed_csv_logger_keeps_the_rows_before_the_checkpoint(tmp_path):
     folder = tmp_path / "csv"
     folder.mkdir()

@@ -415,3 +415,16 @@ def test_miniimagenet_presets_use_the_settings_of_ravi_and_larochelles_code(tmp_
     assert cfg.model.fce_clip_norm == (0.25 if experiment == "matchingnet_fce" else None)
     assert cfg.model.fce_clip_support_lstm is False
     assert cfg.trainer.gradient_clip_val is None
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [f"omniglot/matchingnet{fce}_{shape}" for fce in ("", "_fce") for shape in ("5w1s", "5w5s", "20w1s", "20w5s")],
+)
+def test_omniglot_presets_keep_the_papers_unscaled_cosine_attention(tmp_path, experiment):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    m = cfg.model
+    assert (m.cosine_scale, m.learn_scale, m.readout) == (1.0, False, "attention")
+    assert (m.bn_mode, m.eval_bn_stats, m.backbone.dropout, m.backbone.hidden) == ("joint", "running", 0.0, 64)
+    assert m.optimizer.lr == (1e-4 if m.fce else 1e-3)
+    assert m.fce_clip_norm == (0.25 if m.fce else None)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,6 +14,14 @@ from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory, embed_episode
 
 SUPPORT_ORDERS = ("canonical", "episode")
+# joint: support and queries in one backbone batch; separate: two calls, each with its own
+# batch-norm running statistics (the two embedding nets of Ravi & Larochelle's code)
+BN_MODES = ("joint", "separate")
+# which statistics batch norm normalises with in evaluation
+EVAL_BN_STATS = ("running", "episode")
+# attention: P(y=n) = sum of the softmax-over-support attention on class n (the paper's equation);
+# class_sum: softmax over classes of each class's summed similarity (Ravi & Larochelle's code)
+READOUTS = ("attention", "class_sum")
 # seed of the fixed random projection that gives every support image its sort key
 CONTENT_KEY_SEED = 20160613
 
@@ -37,6 +49,52 @@ def class_log_probabilities(scores: Tensor, support_labels: Tensor, n_way: int) 
     in_class = F.one_hot(support_labels, n_way).bool()  # [B, S, N]
     masked = log_attention.unsqueeze(-1).masked_fill(~in_class.unsqueeze(1), float("-inf"))  # [B, M, S, N]
     return masked.logsumexp(2)
+
+
+def class_sum_log_probabilities(scores: Tensor, support_labels: Tensor, n_way: int) -> Tensor:
+    """log softmax over the classes of each class's summed similarity ``sum_{i in n} scores_i``.
+
+    Args:
+        scores: ``[B, M, S]`` similarities of M queries to the S support items.
+        support_labels: ``[B, S]`` labels in ``0..N-1``.
+        n_way: N.
+
+    Returns:
+        ``[B, M, N]`` log class probabilities. Equal to :func:`class_log_probabilities` when
+        every class has one support item.
+    """
+    one_hot = F.one_hot(support_labels, n_way).to(scores.dtype)  # [B, S, N]
+    return (scores @ one_hot).log_softmax(-1)
+
+
+def tied_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that shares its parameters (the same Parameter objects) but has its
+    own buffers, e.g. batch-norm running statistics."""
+    twin = copy.deepcopy(module)
+    for (name, _), (_, parameter) in zip(twin.named_parameters(), module.named_parameters(), strict=True):
+        owner_name, _, attribute = name.rpartition(".")
+        setattr(twin.get_submodule(owner_name) if owner_name else twin, attribute, parameter)
+    return twin
+
+
+@contextmanager
+def episode_batch_norm(module: nn.Module) -> Iterator[None]:
+    """Within the block, every batch norm of ``module`` normalises with the statistics of the
+    batch it is given and leaves its running statistics unchanged (other layers keep their mode)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum) for m in norms]
+    counts = [m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None for m in norms]
+    try:
+        for m in norms:
+            m.train()
+            m.momentum = 0.0  # running = 1 * running + 0 * batch: unchanged
+        yield
+    finally:
+        for m, (training, momentum), count in zip(norms, saved, counts, strict=True):
+            m.train(training)
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def content_keys(images: Tensor) -> Tensor:
@@ -131,10 +189,16 @@ class MatchingNetwork(EpisodicMethod):
     Learning", NeurIPS 2016. ``forward`` returns log P ``[B, N*Q, N]``, so the base class's
     cross-entropy is the paper's negative log-likelihood.
 
-    Embeddings: f' = g' = the backbone. Without full-context embeddings (``fce=False``) f = f'
-    and g = g'. With ``fce=True`` g is a bidirectional LSTM over the support set with a skip
-    connection, and f an attention LSTM that reads g(S) for ``fce_steps`` steps (the paper's
-    appendix; ``lstm_layers`` stacks the bidirectional LSTM).
+    Embeddings: f' = g' = the backbone (shared weights). Without full-context embeddings
+    (``fce=False``) f = f' and g = g'. With ``fce=True`` g is a bidirectional LSTM over the
+    support set with a skip connection, and f an attention LSTM that reads g(S) for
+    ``fce_steps`` steps (the paper's appendix; ``lstm_layers`` stacks the bidirectional LSTM).
+
+    Readout: ``readout="attention"`` is the paper's equation above; ``"class_sum"`` is what
+    Ravi & Larochelle's code computes (``model/baselines/matching-net.lua``): a softmax over the
+    classes of each class's summed cosine. The two are equal in 1-shot episodes. The
+    similarities are multiplied by ``cosine_scale`` (1 in the paper and that code; a learnable
+    parameter with ``learn_scale=True``).
 
     Support order: the paper treats S as a set but reads it with a bidirectional LSTM, whose
     output depends on the order. With ``support_order="canonical"`` (default) the LSTM reads
@@ -144,12 +208,17 @@ class MatchingNetwork(EpisodicMethod):
     only reorders the shots inside each class. ``support_order="episode"`` reads the support
     in the order the episode gives (class-major, shots in sampling order).
 
-    Batch norm: the support and query images of a meta-batch go through the backbone together,
-    using their batch statistics in training and the running statistics (accumulated over
-    meta-training) in evaluation, as for ProtoNet.
+    Batch norm: ``bn_mode="joint"`` passes the support and query images of a meta-batch through
+    the backbone together (one set of batch and running statistics); ``"separate"`` passes them
+    in two calls, the queries through a copy of the backbone that shares its weights but keeps
+    its own running statistics (Ravi & Larochelle's code builds two embedding nets with one set
+    of parameters). In evaluation batch norm uses the running statistics
+    (``eval_bn_stats="running"``) or each evaluation batch's own (``"episode"``).
 
-    Optimiser: Adam, lr 1e-3 (``conf/model/matchingnet.yaml``); the FCE config uses 1e-4, the
-    official code's FCE setting as cited in issue 5.
+    FCE gradient clipping: with ``fce_clip_norm`` set, the gradient of the attention LSTM is
+    scaled to that norm when larger (0.25 in that code's ``FCE-embedding.lua``), and also,
+    separately, the bidirectional LSTM's when ``fce_clip_support_lstm`` (that code names it but,
+    reading its parameters under another key, clips nothing there).
     """
 
     def __init__(
@@ -161,13 +230,41 @@ class MatchingNetwork(EpisodicMethod):
         fce_steps: int = 3,
         lstm_layers: int = 1,
         support_order: str = "canonical",
+        bn_mode: str = "joint",
+        eval_bn_stats: str = "running",
+        readout: str = "attention",
+        cosine_scale: float = 1.0,
+        learn_scale: bool = False,
+        fce_clip_norm: float | None = None,
+        fce_clip_support_lstm: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler)
-        if support_order not in SUPPORT_ORDERS:
-            raise ValueError(f"support_order must be one of {SUPPORT_ORDERS}, got {support_order!r}.")
+        for key, value, allowed in (
+            ("support_order", support_order, SUPPORT_ORDERS),
+            ("bn_mode", bn_mode, BN_MODES),
+            ("eval_bn_stats", eval_bn_stats, EVAL_BN_STATS),
+            ("readout", readout, READOUTS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {value!r}.")
+        if not cosine_scale > 0:
+            raise ValueError(f"cosine_scale must be positive, got {cosine_scale}.")
+        if fce_clip_norm is not None and not fce_clip_norm > 0:
+            raise ValueError(f"fce_clip_norm must be positive or null (no clipping), got {fce_clip_norm}.")
         self.backbone = backbone
+        self.query_backbone = tied_copy(backbone) if bn_mode == "separate" else None
         self.fce = fce
         self.support_order = support_order
+        self.bn_mode = bn_mode
+        self.eval_bn_stats = eval_bn_stats
+        self.readout = readout
+        scale = torch.tensor(float(cosine_scale))
+        if learn_scale:
+            self.cosine_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("cosine_scale", scale, persistent=False)
+        self.fce_clip_norm = fce_clip_norm
+        self.fce_clip_support_lstm = fce_clip_support_lstm
         if fce:
             dim = getattr(backbone, "out_features", None)
             if not isinstance(dim, int):
@@ -183,10 +280,23 @@ class MatchingNetwork(EpisodicMethod):
         """Name in results tables."""
         return "MatchingNet-FCE" if self.fce else "MatchingNet"
 
+    def embed_images(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Backbone embeddings g'(x_i) ``[B, N*K, D]`` and f'(x) ``[B, N*Q, D]`` under ``bn_mode``."""
+        if self.query_backbone is None:
+            return embed_episode(self.backbone, episode)
+        b, nk = episode.support_labels.shape
+        support = self.backbone(episode.support_images.flatten(0, 1))
+        queries = self.query_backbone(episode.query_images.flatten(0, 1))
+        return support.view(b, nk, -1), queries.view(b, -1, queries.shape[-1])
+
     def embed(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Support embeddings g(x_i, S) ``[B, N*K, D]`` and query embeddings f(x, S) ``[B, N*Q, D]``,
         the support in the episode's order."""
-        support, queries = embed_episode(self.backbone, episode)
+        if not self.training and self.eval_bn_stats == "episode":
+            with episode_batch_norm(self):
+                support, queries = self.embed_images(episode)
+        else:
+            support, queries = self.embed_images(episode)
         if not self.fce:
             return support, queries
         if self.support_order == "canonical":
@@ -200,4 +310,15 @@ class MatchingNetwork(EpisodicMethod):
     def forward(self, episode: Episode) -> Tensor:
         """Query log class probabilities ``[B, N*Q, N]``."""
         support, queries = self.embed(episode)
-        return class_log_probabilities(cosine_similarities(queries, support), episode.support_labels, episode.n_way)
+        scores = self.cosine_scale * cosine_similarities(queries, support)
+        if self.readout == "class_sum":
+            return class_sum_log_probabilities(scores, episode.support_labels, episode.n_way)
+        return class_log_probabilities(scores, episode.support_labels, episode.n_way)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the FCE LSTMs' gradient norms (each LSTM on its own) when ``fce_clip_norm`` is set."""
+        if not self.fce or self.fce_clip_norm is None:
+            return
+        torch.nn.utils.clip_grad_norm_(self.query_encoder.parameters(), self.fce_clip_norm)
+        if self.fce_clip_support_lstm:
+            torch.nn.utils.clip_grad_norm_(self.support_encoder.parameters(), self.fce_clip_norm)

@@ -5,14 +5,19 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def conv_block(in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float) -> nn.Sequential:
-    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool."""
-    return nn.Sequential(
+def conv_block(
+    in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float, dropout: float = 0.0
+) -> nn.Sequential:
+    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool (-> Dropout when ``dropout > 0``)."""
+    layers = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
         nn.ReLU(inplace=False),
         nn.MaxPool2d(2),
-    )
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
 
 
 class Conv4(nn.Module):
@@ -22,6 +27,8 @@ class Conv4(nn.Module):
     ``n_classes`` it is the Meta-LSTM / MAML learner. It has no hidden state and no in-place
     parameter tricks, so ``torch.func.functional_call(model, (params, buffers), x)`` works.
     ``bn_momentum`` follows PyTorch's convention (weight of the new batch statistic).
+    ``dropout > 0`` ends every block with Dropout of that rate (after the max-pool, as the
+    Matching Network embedding of Ravi & Larochelle's code); 0 adds no module.
 
     Input ``[B, C, H, W]``; output ``[B, out_features]`` (embedding) or ``[B, n_classes]``.
     """
@@ -34,13 +41,16 @@ class Conv4(nn.Module):
         n_classes: int | None = None,
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Conv4 dropout must be in [0, 1), got {dropout}.")
         self.features = nn.Sequential(
-            conv_block(in_channels, hidden, bn_momentum, bn_eps),
-            conv_block(hidden, hidden, bn_momentum, bn_eps),
-            conv_block(hidden, hidden, bn_momentum, bn_eps),
-            conv_block(hidden, hidden, bn_momentum, bn_eps),
+            conv_block(in_channels, hidden, bn_momentum, bn_eps, dropout),
+            conv_block(hidden, hidden, bn_momentum, bn_eps, dropout),
+            conv_block(hidden, hidden, bn_momentum, bn_eps, dropout),
+            conv_block(hidden, hidden, bn_momentum, bn_eps, dropout),
         )
         side = image_size
         for _ in range(4):

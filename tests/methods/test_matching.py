@@ -13,7 +13,9 @@ from fewshot.methods.matching import (
     MatchingNetwork,
     canonical_order,
     class_log_probabilities,
+    class_sum_log_probabilities,
     cosine_similarities,
+    episode_batch_norm,
 )
 from fewshot.models.conv4 import Conv4
 from fewshot.training import train
@@ -174,9 +176,23 @@ def test_batched_forward_equals_per_episode_forward_in_eval_mode(fce):
     assert_batched_equals_per_episode(method, batch)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"support_order": "random"}, "support_order must be one of"),
+        ({"bn_mode": "shared"}, r"bn_mode must be one of \('joint', 'separate'\)"),
+        ({"eval_bn_stats": "batch"}, r"eval_bn_stats must be one of \('running', 'episode'\)"),
+        ({"readout": "softmax"}, r"readout must be one of \('attention', 'class_sum'\)"),
+        ({"cosine_scale": 0.0}, "cosine_scale must be positive"),
+        ({"fce_clip_norm": -1.0}, "fce_clip_norm must be positive or null"),
+    ],
+)
+def test_bad_option_values_are_rejected_naming_the_allowed_ones(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MatchingNetwork(Identity(2), optimizer=torch.optim.Adam, **kwargs)
+
+
 def test_invalid_settings_are_rejected():
-    with pytest.raises(ValueError, match="support_order must be"):
-        MatchingNetwork(Identity(2), optimizer=torch.optim.Adam, support_order="random")
     with pytest.raises(ValueError, match="out_features"):
         MatchingNetwork(nn.Flatten(), optimizer=torch.optim.Adam, fce=True)
     with pytest.raises(ValueError, match="fce_steps"):
@@ -218,3 +234,197 @@ def test_matching_net_learns_on_embedded_default(tmp_path):
     # measured: 0.696 vs raw-pixel NN 0.443 (chance 0.2)
     assert acc > 0.60
     assert acc > pixel_nn + 0.15
+
+
+# -- the settings of Ravi & Larochelle's code (issue 16 item 8) and the evaluation batch norm (issue 18) --
+
+
+def test_conv4_dropout_follows_every_max_pool_and_is_active_only_in_training():
+    torch.manual_seed(0)
+    plain, dropped = Conv4(1, 8, 16), Conv4(1, 8, 16, dropout=0.1)
+    assert not any(isinstance(m, nn.Dropout) for m in plain.modules())
+    for block in dropped.features:
+        assert isinstance(block[-2], nn.MaxPool2d) and isinstance(block[-1], nn.Dropout) and block[-1].p == 0.1
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no parameter or buffer
+    x = torch.rand(6, 1, 16, 16)
+    dropped.train()
+    assert not torch.equal(dropped(x), dropped(x))
+    dropped.eval()
+    plain.load_state_dict(dropped.state_dict())  # the running statistics moved in training mode
+    plain.eval()
+    assert torch.equal(dropped(x), dropped(x)) and torch.allclose(dropped(x), plain(x))
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        Conv4(1, 8, 16, dropout=1.0)
+
+
+def test_separate_bn_mode_shares_the_weights_and_keeps_two_sets_of_running_statistics():
+    torch.manual_seed(0)
+    joint = MatchingNetwork(Conv4(1, 8, 16), optimizer=torch.optim.Adam)
+    torch.manual_seed(0)
+    separate = MatchingNetwork(Conv4(1, 8, 16), optimizer=torch.optim.Adam, bn_mode="separate")
+    assert sum(p.numel() for p in separate.parameters()) == sum(p.numel() for p in joint.parameters())
+    for a, b in zip(separate.backbone.parameters(), separate.query_backbone.parameters(), strict=True):
+        assert a is b
+    episode = conv_episode(n_way=3, n_shot=1, n_query=4)
+    separate.train()
+    support, queries = separate.embed(episode)
+    # each half is normalised with its own batch statistics ...
+    assert torch.allclose(support[0], separate.backbone(episode.support_images[0]), atol=1e-6)
+    assert torch.allclose(queries[0], separate.query_backbone(episode.query_images[0]), atol=1e-6)
+    # ... and updates its own running statistics
+    bn_support, bn_query = separate.backbone.features[0][1], separate.query_backbone.features[0][1]
+    assert not torch.allclose(bn_support.running_mean, bn_query.running_mean)
+    # the joint mode normalises support and queries together: the support depends on the queries
+    joint.train()
+    other_queries = episode.with_images(episode.support_images, torch.rand_like(episode.query_images))
+    assert not torch.allclose(joint.embed(episode)[0], joint.embed(other_queries)[0], atol=1e-5)
+    assert torch.allclose(separate.embed(episode)[0], separate.embed(other_queries)[0], atol=1e-6)
+    # a training step moves both copies' weights at once
+    separate.query_backbone.features[0][0].weight.data.add_(1.0)
+    assert torch.equal(separate.backbone.features[0][0].weight, separate.query_backbone.features[0][0].weight)
+
+
+@pytest.mark.parametrize("bn_mode", ["joint", "separate"])
+def test_episode_bn_statistics_in_evaluation_use_the_batch_and_leave_the_running_statistics(bn_mode):
+    method = conv_matching_net(bn_mode=bn_mode, eval_bn_stats="episode")
+    episode = conv_episode(n_way=3, n_shot=2, n_query=2)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    method.eval()
+    evaluated = method(episode)
+    for key, value in method.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not any(m.training for m in method.modules())
+    running = conv_matching_net(bn_mode=bn_mode).eval()(episode)
+    assert not torch.allclose(evaluated, running, atol=1e-4)
+    # the batch statistics are those of training mode (no dropout here)
+    method.train()
+    assert torch.allclose(evaluated, method(episode), atol=1e-5)
+
+
+def test_episode_batch_norm_restores_modes_and_momentum():
+    net = Conv4(1, 4, 16, dropout=0.5).eval()
+    with episode_batch_norm(net):
+        norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert all(m.training and m.momentum == 0.0 for m in norms)
+        assert not any(m.training for m in net.modules() if isinstance(m, nn.Dropout))
+    assert not any(m.training for m in net.modules()) and all(m.momentum == 0.1 for m in norms)
+
+
+def test_class_sum_readout_is_a_softmax_over_classes_of_summed_cosines():
+    scores = torch.tensor([[[0.9, 0.1, 0.4, 0.3]]])
+    labels = torch.tensor([[0, 0, 1, 1]])
+    log_p = class_sum_log_probabilities(scores, labels, 2)[0, 0]
+    z = math.exp(1.0) + math.exp(0.7)
+    assert log_p.exp().tolist() == pytest.approx([math.exp(1.0) / z, math.exp(0.7) / z])
+    assert not torch.allclose(log_p, class_log_probabilities(scores, labels, 2)[0, 0])
+    one_shot = torch.randn(2, 5, 3)
+    one_shot_labels = torch.tensor([[2, 0, 1], [0, 1, 2]])
+    assert torch.allclose(
+        class_sum_log_probabilities(one_shot, one_shot_labels, 3),
+        class_log_probabilities(one_shot, one_shot_labels, 3),
+        atol=1e-6,
+    )
+    method = conv_matching_net(readout="class_sum")
+    assert torch.allclose(method(conv_episode(batch=2)).exp().sum(-1), torch.ones(2, 6), atol=1e-5)
+
+
+def test_cosine_scale_multiplies_the_similarities_and_is_learned_only_when_asked():
+    episode = vector_episode([[1.0, 0.0], [0.0, 1.0]], [0, 1], [[1.0, 1.0]], [0], 2)
+    scaled = MatchingNetwork(Identity(2), optimizer=torch.optim.Adam, cosine_scale=10.0)
+    # equal cosines give equal probabilities whatever the scale; an unequal pair sharpens
+    assert scaled(episode).exp()[0, 0].tolist() == pytest.approx([0.5, 0.5])
+    episode = vector_episode([[1.0, 0.0], [0.0, 1.0]], [0, 1], [[1.0, 0.0]], [0], 2)
+    assert scaled(episode).exp()[0, 0, 0].item() == pytest.approx(math.exp(10) / (math.exp(10) + 1))
+    assert "cosine_scale" not in scaled.state_dict()
+    assert not any(p.ndim == 0 for p in scaled.parameters())
+    learned = MatchingNetwork(Identity(2), optimizer=torch.optim.Adam, cosine_scale=5.0, learn_scale=True)
+    assert isinstance(learned.cosine_scale, nn.Parameter) and learned.cosine_scale.item() == 5.0
+    loss = -learned(episode)[0, 0, 0]
+    loss.backward()
+    assert learned.cosine_scale.grad is not None and learned.cosine_scale.grad.item() < 0  # larger scale, lower loss
+
+
+@pytest.mark.parametrize("clip_support", [False, True])
+def test_fce_clip_scales_each_lstm_gradient_to_the_norm(clip_support):
+    method = conv_matching_net(fce=True, fce_clip_norm=0.25, fce_clip_support_lstm=clip_support).train()
+    loss = -1e3 * method(conv_episode(n_way=3, n_shot=2)).sum()
+    loss.backward()
+
+    def norm(module):
+        return torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None]).norm().item()
+
+    support_before, backbone_before = norm(method.support_encoder), norm(method.backbone)
+    assert norm(method.query_encoder) > 0.25 and support_before > 0.25 and backbone_before > 0.25
+    method.on_before_optimizer_step(None)
+    assert norm(method.query_encoder) == pytest.approx(0.25, rel=1e-4)
+    assert norm(method.support_encoder) == (pytest.approx(0.25, rel=1e-4) if clip_support else support_before)
+    assert norm(method.backbone) == backbone_before
+
+
+def test_no_clip_without_fce_clip_norm():
+    method = conv_matching_net(fce=True).train()
+    (-1e3 * method(conv_episode()).sum()).backward()
+    grads = [p.grad.clone() for p in method.query_encoder.parameters()]
+    method.on_before_optimizer_step(None)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, method.query_encoder.parameters(), strict=True))
+
+
+def test_fce_clip_is_applied_in_a_lightning_training_step(tiny_config, monkeypatch):
+    calls = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def recording(parameters, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return original(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
+    train(tiny_config("model=matchingnet_fce"))
+    assert calls and set(calls) == {0.25}
+
+
+# the values that define the Mini-ImageNet experiments, with their source in Ravi & Larochelle's code
+# (twitter/meta-learning-lstm)
+CODE_SETTINGS = {
+    "model.backbone.hidden": (64, "model/matching-net-classifier.lua: nFilters = 64"),
+    "model.backbone.dropout": (0.1, "config/baselines/train-matching-net.lua useDropout; Dropout(0.1)"),
+    "model.backbone.bn_eps": (1e-3, "model/matching-net-classifier.lua: SpatialBatchNormalization(n, 1e-3)"),
+    "model.backbone.bn_momentum": (0.1, "torch7 SpatialBatchNormalization default momentum"),
+    "model.optimizer.lr": (1e-4, "config/baselines/train-matching-net.lua: learningRate = 0.0001"),
+    "model.bn_mode": ("separate", "model/baselines/simple-embedding.lua: two nets, one set of weights"),
+    "model.eval_bn_stats": ("running", "model.set('evaluate') before validation and test"),
+    "model.readout": ("class_sum", "model/baselines/matching-net.lua: log-softmax of summed cosines"),
+    "model.cosine_scale": (1.0, "model/baselines/matching-net.lua: nn.CosineDistance, no scale"),
+    "model.learn_scale": (False, "model/baselines/matching-net.lua: no scale"),
+    "model.fce_steps": (3, "config/baselines/train-matching-net.lua: steps = 3"),
+    "episodes": (75000, "config/baselines/train-matching-net.lua: nEpisode = 75000"),
+    "data.n_query": (15, "15 queries per class"),
+}
+
+
+@pytest.mark.parametrize("experiment", ["matchingnet", "matchingnet_fce"])
+@pytest.mark.parametrize("shots", [1, 5])
+def test_miniimagenet_presets_use_the_settings_of_ravi_and_larochelles_code(tmp_path, experiment, shots):
+    from omegaconf import OmegaConf
+
+    cfg = compose_config([f"experiment=miniimagenet/{experiment}_5w{shots}s"], tmp_path)
+    for key, (expected, source) in CODE_SETTINGS.items():
+        value = cfg.data.train_episodes * cfg.trainer.max_epochs if key == "episodes" else OmegaConf.select(cfg, key)
+        assert value == expected, f"{key} = {value}, expected {expected} ({source})"
+    assert cfg.model.fce is (experiment == "matchingnet_fce") and cfg.data.n_shot == shots
+    # FCE-embedding.lua: maxGradNorm 0.25 on the attention LSTM (its bi-LSTM clip reads no gradient)
+    assert cfg.model.fce_clip_norm == (0.25 if experiment == "matchingnet_fce" else None)
+    assert cfg.model.fce_clip_support_lstm is False
+    assert cfg.trainer.gradient_clip_val is None
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [f"omniglot/matchingnet{fce}_{shape}" for fce in ("", "_fce") for shape in ("5w1s", "5w5s", "20w1s", "20w5s")],
+)
+def test_omniglot_presets_keep_the_papers_unscaled_cosine_attention(tmp_path, experiment):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    m = cfg.model
+    assert (m.cosine_scale, m.learn_scale, m.readout) == (1.0, False, "attention")
+    assert (m.bn_mode, m.eval_bn_stats, m.backbone.dropout, m.backbone.hidden) == ("joint", "running", 0.0, 64)
+    assert m.optimizer.lr == (1e-4 if m.fce else 1e-3)
+    assert m.fce_clip_norm == (0.25 if m.fce else None)

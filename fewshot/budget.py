@@ -52,6 +52,12 @@ class CpuTimeBudget(pl.Callback):
             trainer.should_stop = True
             self.spent = True
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Show the CPU time used so far to the method (its validation history records it)."""
+        if not trainer.sanity_checking:
+            self._tick()
+            pl_module.train_cpu_s = self.used_s
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Record the CPU time of the run on the module (for the results file)."""
         self._tick()

@@ -4,8 +4,8 @@ Finds every ``results.json`` below the given folders and writes, into ``--out``:
 ``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
 in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
 spread), ``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best
-method against every other, plus any ``--pair A B``), ``accuracy_vs_step.png`` and
-``accuracy_vs_shots.png``; and draws the Meta-LSTM gate figure into every run folder with
+method against every other, plus any ``--pair A B``), ``accuracy_vs_step.png``,
+``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the Meta-LSTM gate figure into every run folder with
 gate statistics. ``--wandb`` also logs the table and figures as one W&B run (offline).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
-from fewshot.reporting.plots import plot_accuracy_vs_shots, plot_accuracy_vs_step
+from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
 from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
 from fewshot.reporting.table import (
     build_cells,
@@ -89,6 +89,7 @@ def build_report(paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]
         f
         for f in (
             plot_accuracy_vs_step(runs, out / "accuracy_vs_step.png"),
+            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png"),
             plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png"),
         )
         if f is not None

@@ -190,6 +190,9 @@ class EpisodicMethod(pl.LightningModule):
             return
         latest = self.eval_results["val"]
         point = {"step": int(self.global_step), "epoch": int(self.current_epoch)}
+        cpu_s = getattr(self, "train_cpu_s", None)  # set by the CPU budget callback, when there is one
+        if cpu_s is not None:
+            point["cpu_s"] = round(float(cpu_s), 2)
         self.val_history.append({**point, "acc": latest["acc"], "ci95": latest["ci95"]})
         if self.best_val is None or latest["acc"] > self.best_val["acc"]:
             self.best_val = {**latest, **point}

@@ -1,4 +1,4 @@
-"""Report figures: validation accuracy over meta-training, and test accuracy against shots."""
+"""Report figures: validation accuracy over meta-training steps and CPU time, and test accuracy against shots."""
 
 from __future__ import annotations
 
@@ -35,10 +35,11 @@ def run_label(run: RunRecord, runs: Sequence[RunRecord]) -> str:
     return f"{run.method} (seed {run.seed})" if len(same) > 1 else run.method
 
 
-def plot_accuracy_vs_step(runs: Sequence[RunRecord], path: Path) -> Path | None:
-    """Validation accuracy (with its 95% CI band) against meta-training step, one panel per
-    setting and one line per run; None when no run has a validation history."""
-    with_history = [r for r in runs if r.val_history]
+def plot_validation_curves(runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, x_scale: float) -> Path | None:
+    """Validation accuracy (with its 95% CI band) against ``x_key`` of each validation point
+    (times ``x_scale``), one panel per setting and one line per run; None when no run has a
+    validation history with that key."""
+    with_history = [r for r in runs if r.val_history and all(p.get(x_key) is not None for p in r.val_history)]
     if not with_history:
         return None
     settings = sorted({r.setting for r in with_history})
@@ -46,23 +47,34 @@ def plot_accuracy_vs_step(runs: Sequence[RunRecord], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         for run in sorted((r for r in with_history if r.setting == setting), key=lambda r: method_sort_key(r.method)):
-            steps = [p["step"] for p in run.val_history]
+            xs = [x_scale * p[x_key] for p in run.val_history]
             acc = [100 * p["acc"] for p in run.val_history]
             ci = [100 * (p.get("ci95") or 0.0) for p in run.val_history]
             (line,) = ax.plot(
-                steps, acc, marker="o", markersize=4, color=colors[run.method], label=run_label(run, with_history)
+                xs, acc, marker="o", markersize=4, color=colors[run.method], label=run_label(run, with_history)
             )
             ax.fill_between(
-                steps,
+                xs,
                 [a - c for a, c in zip(acc, ci)],
                 [a + c for a, c in zip(acc, ci)],
                 color=line.get_color(),
                 alpha=0.15,
             )
-        ax.set(title=setting, xlabel="meta-training step", ylabel="validation accuracy (%)")
+        ax.set(title=setting, xlabel=x_label, ylabel="validation accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_accuracy_vs_step(runs: Sequence[RunRecord], path: Path) -> Path | None:
+    """Validation accuracy against meta-training step (None when no run has a history)."""
+    return plot_validation_curves(runs, path, "step", "meta-training step", 1.0)
+
+
+def plot_accuracy_vs_cpu_time(runs: Sequence[RunRecord], path: Path) -> Path | None:
+    """Time to accuracy: validation accuracy against the CPU minutes the run had used by then
+    (training and validations; runs without a CPU budget callback have no such points)."""
+    return plot_validation_curves(runs, path, "cpu_s", "CPU minutes used (training + validation)", 1 / 60)
 
 
 def shot_points(runs: Sequence[RunRecord]) -> dict[tuple[str, str], dict[int, tuple[float, float]]]:

@@ -119,7 +119,16 @@ def test_report_writes_table_paired_csv_and_step_plot(three_methods, capsys):
     assert "| toy 5-way 1-shot | ProtoNet | Baseline-NN | 4 | +60.00 ± 16.00 |" in paired
     assert (out / "accuracy_vs_step.png").stat().st_size > 5_000
     assert not (out / "accuracy_vs_shots.png").exists()  # one K per method: nothing to plot
+    assert not (out / "accuracy_vs_cpu_time.png").exists()  # no CPU time in the histories
     assert "**80.00 ± 16.00**" in capsys.readouterr().out
+
+
+def test_time_to_accuracy_plot_from_cpu_time_in_the_validation_history(tmp_path):
+    history = [{"step": 10, "epoch": 0, "acc": 0.5, "ci95": 0.1, "cpu_s": 30.0}]
+    write_run(tmp_path / "a", "ProtoNet", A, val_history=history + [{**history[0], "step": 20, "cpu_s": 60.0}])
+    write_run(tmp_path / "b", "MAML", B, val_history=[{k: v for k, v in history[0].items() if k != "cpu_s"}])
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "accuracy_vs_cpu_time.png").stat().st_size > 5_000
 
 
 def test_seeds_are_aggregated_with_their_spread(tmp_path):

@@ -87,6 +87,8 @@ def test_plateau_stops_when_validation_stops_improving(tiny_config):
     )
     assert results["train"]["stopped_by"] == "plateau" and results["train"]["plateaued"] is True
     assert [h["epoch"] for h in results["val_history"]] == [0, 1, 2]
+    cpu = [h["cpu_s"] for h in results["val_history"]]  # the time-to-accuracy figure's x axis
+    assert 0 < cpu[0] < cpu[1] < cpu[2] <= results["train"]["cpu_s"]
 
 
 def test_plateau_run_capped_by_cpu_budget_says_it_did_not_plateau(tiny_config):

@@ -38,8 +38,9 @@ class FinetuneSettings:
 class FinetuneGrid:
     """The values searched on meta-validation episodes (every combination is scored).
 
-    The defaults in ``conf/model/baseline_finetune.yaml`` are the official grid of
-    ``config/baselines/train-pre-trained-SGD.lua``.
+    The defaults in ``conf/model/baseline_finetune.yaml`` are the grid of the final official
+    config (twitter/meta-learning-lstm, ``config/baselines/``): six learning rates x seven
+    decays, each with a fixed 15 updates (``updates = [15]``).
     """
 
     lr: Sequence[float]
@@ -86,7 +87,8 @@ class BaselineFinetune(PretrainedClassifier):
       the pre-trained network, so nothing carries over between episodes or grid points.
     - ``lr``, ``decay`` and ``updates`` are chosen by a grid search on meta-validation
       episodes, maximising mean query accuracy; ties go to the first in grid order (lr, then
-      decay, then updates), as the official loop keeps the first best.
+      decay, then updates), as the official loop keeps the first best. The final official
+      config fixes ``updates`` to 15 (a one-value list); a longer list also searches it.
 
     (An earlier version of that file stepped on one support image at a time, cycling through
     the support set ``updates`` times, and scored the queries in training mode.)
@@ -98,7 +100,9 @@ class BaselineFinetune(PretrainedClassifier):
     with the settings chosen for them (as extra state, restored by ``load_state_dict`` and so by
     ``fewshot.load``), and ``val/acc`` (which picks the best checkpoint) is the fine-tuned
     accuracy. Fine-tuning longer nests the shorter runs, so each (lr, decay) pair is fine-tuned
-    once for ``max(updates)`` steps with the queries scored after each step.
+    once for ``max(updates)`` steps with the queries scored after each step listed in the grid.
+    Under ``trainer.fast_dev_run=n`` (a smoke test) only the first ``n`` grid episodes are
+    scored.
 
     Args:
         backbone: embedding network with an ``out_features`` attribute.
@@ -256,10 +260,18 @@ class BaselineFinetune(PretrainedClassifier):
         assert best is not None
         return best
 
+    def grid_episode_count(self) -> int:
+        """How many episodes the grid is scored on: ``grid_episodes``, or at most ``n`` under
+        ``trainer.fast_dev_run=n`` (``True`` counts as 1)."""
+        fast_dev_run = getattr(self._trainer, "fast_dev_run", False) if self._trainer is not None else False
+        if fast_dev_run:
+            return min(self.grid_episodes, int(fast_dev_run))
+        return self.grid_episodes
+
     def grid_episode_indices(self, datamodule: EpisodicDataModule) -> range:
         """Validation-sampler indices the grid is scored on: right after the validation episodes."""
         start = datamodule.n_episodes["val"]
-        return range(start, start + self.grid_episodes)
+        return range(start, start + self.grid_episode_count())
 
     def select_settings(self, datamodule: EpisodicDataModule) -> FinetuneSettings:
         """Grid-search the fine-tuning settings on validation episodes of ``datamodule`` (never

@@ -31,12 +31,14 @@ class PretrainedClassifier(EpisodicMethod):
 
     Ravi & Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017, Table 1
     baselines. Training reads shuffled image batches (``train_batches = "images"``), not
-    episodes; validation and test stay episodic. The official configuration
-    (twitter-research/meta-learning-lstm, ``config/baselines/train-pre-trained-SGD.lua``) trains
-    with ``optim.sgd``, ``learningRate = 0.01``, ``learningRateDecay = 1e-4``, batches of 32. In
-    Torch7's ``optim.sgd`` that decay is a learning-rate decay, ``lr_t = lr / (1 + t * decay)``
-    per step, not weight decay (that option is ``weightDecay``, unset there), so it is the
-    ``inverse_time_decay`` scheduler here, stepped per optimiser step.
+    episodes; validation and test stay episodic. The optimiser and its schedule are configured
+    (``conf/model/pretrained.yaml``): the final official config (twitter/meta-learning-lstm,
+    ``config/baselines/``) pre-trains with Adam, lr 1e-3, batches of 64, for 30,000 iterations.
+    The repository's first 2016 commit used ``optim.sgd`` with ``learningRate = 0.01``,
+    ``learningRateDecay = 1e-4`` and batches of 32; in Torch7's ``optim.sgd`` that decay is a
+    learning-rate decay, ``lr_t = lr / (1 + t * decay)`` per step, not weight decay (that option
+    is ``weightDecay``), available here as the ``inverse_time_decay`` scheduler, stepped per
+    optimiser step.
 
     Args:
         backbone: embedding network ``[B, C, H, W] -> [B, D]`` with an ``out_features`` (D)

@@ -23,7 +23,7 @@ from fewshot.methods.inner_loop import (
 from fewshot.methods.maml import check_head_matches_way
 
 INNER_OPTIMIZERS = ("sgd", "adam")
-BN_MODES = ("transductive",)
+BN_MODES = ("transductive", "non_transductive")
 
 
 def reptile_gradients(theta: Mapping[str, Tensor], adapted: Sequence[Mapping[str, Tensor]]) -> Params:
@@ -59,11 +59,23 @@ class Reptile(EpisodicMethod):
     Differences from the paper's code: the inner optimizer's state (Adam moments) is fresh for
     every task instead of carried over between tasks.
 
-    Batch norm (``bn_mode="transductive"``, the only mode): as in the paper's code, which
-    always runs batch norm in training mode, every call normalises with the statistics of its
-    current batch (each inner minibatch, then the task's whole query set at once, i.e. the
-    paper's ``--transductive`` evaluation). No running statistics are used or updated: the
-    learner's buffers keep their initial values.
+    Batch norm: as in the paper's code, which always runs batch norm in training mode, every
+    call normalises with the statistics of its current batch; no running statistics are used
+    or updated (the learner's buffers keep their initial values). The inner minibatches are
+    such batches in both modes; ``bn_mode`` says how the queries of a validation or test
+    episode are scored after adaptation:
+
+    - ``"transductive"``: the task's whole query set in one batch (the paper's
+      ``--transductive`` evaluation, its "+ Transduction" rows), so queries share statistics.
+    - ``"non_transductive"``: each query in its own batch of the whole support set plus that
+      one query, its logits read from the last row (the paper code's default evaluation,
+      ``Reptile._test_predictions`` of openai/supervised-reptile without ``--transductive``,
+      the paper's plain "Reptile" rows). A query's prediction does not depend on the other
+      queries, so the number of queries per class changes only the variance of the accuracy
+      estimate, not its expectation (the paper's code scores 1 query per class per task).
+
+    The queries of a training episode are not part of the Reptile update and are only logged
+    (``train/loss``, ``train/acc``); they are always scored transductively, which is cheap.
 
     Args:
         learner: the classifier, ending in an N-way head (``Conv4`` with ``n_classes = N``).
@@ -79,7 +91,8 @@ class Reptile(EpisodicMethod):
         inner_betas: Adam's betas for ``inner_optimizer="adam"``.
         outer_lr_final: anneal the outer learning rate linearly from its configured value to
             this one over the run (None: constant).
-        bn_mode: how batch norm normalises; only ``"transductive"`` (see above).
+        bn_mode: how evaluation queries are batched through batch norm:
+            ``"transductive"`` or ``"non_transductive"`` (see above).
     """
 
     needs_fixed_n_way = True
@@ -141,6 +154,7 @@ class Reptile(EpisodicMethod):
         steps: int,
         batch_size: int | None,
         generator: torch.Generator | None = None,
+        transductive: bool = True,
     ) -> tuple[Params, Tensor]:
         """Train a copy of the learner on one support set and score the queries.
 
@@ -149,6 +163,8 @@ class Reptile(EpisodicMethod):
             query_images: ``[N*Q, C, H, W]``.
             steps: inner optimizer steps; ``batch_size``: inner minibatch size (None: all).
             generator: random source of the minibatch order (None: the global one).
+            transductive: score all queries in one batch (True), or each in a batch of the
+                support set plus that query (False, see the class docstring).
 
         Returns:
             The adapted weights ``phi`` (detached) and the query logits ``[N*Q, N]`` (no graph).
@@ -167,15 +183,28 @@ class Reptile(EpisodicMethod):
                 generator,
             )
             with torch.no_grad():
-                logits = functional_logits(self.learner, adapted, buffers, query_images)
+                if transductive:
+                    logits = functional_logits(self.learner, adapted, buffers, query_images)
+                else:
+                    logits = self.per_query_logits(adapted, buffers, support_images, query_images)
         return adapted, logits
+
+    def per_query_logits(self, params: Params, buffers: Params, support_images: Tensor, query_images: Tensor) -> Tensor:
+        """Non-transductive query logits ``[N*Q, N]``: each query classified in a batch of the
+        whole support set plus that query, batch norm on that batch's statistics."""
+        rows = [
+            functional_logits(self.learner, params, buffers, torch.cat([support_images, query[None]]))[-1]
+            for query in query_images
+        ]
+        return torch.stack(rows)
 
     def adapt_tasks(self, episode: Episode, meta_train: bool) -> tuple[list[Params], Tensor]:
         """Adapt to every task of the meta-batch (a plain loop).
 
         Meta-training uses the training settings and the global random state; evaluation uses
         the evaluation settings and a minibatch order seeded by each episode's index, so that
-        its scores depend only on the weights and the episode.
+        its scores depend only on the weights and the episode, and scores the queries as
+        ``bn_mode`` says (training queries: always transductively).
 
         Returns:
             One adapted weight dict per task and the query logits ``[B, N*Q, N]``.
@@ -183,12 +212,15 @@ class Reptile(EpisodicMethod):
         check_head_matches_way(getattr(self.learner, "out_features", None), episode.n_way, "Reptile")
         steps = self.inner_steps if meta_train else self.eval_inner_steps
         batch_size = self.inner_batch_size if meta_train else self.eval_inner_batch_size
+        transductive = meta_train or self.bn_mode == "transductive"
         adapted, logits = [], []
         for b, (support, labels, query) in enumerate(
             zip(episode.support_images, episode.support_labels, episode.query_images)
         ):
             generator = None if meta_train else torch.Generator().manual_seed(int(episode.index[b]))
-            phi, task_logits = self.adapt_and_predict(support, labels, query, steps, batch_size, generator)
+            phi, task_logits = self.adapt_and_predict(
+                support, labels, query, steps, batch_size, generator, transductive
+            )
             adapted.append(phi)
             logits.append(task_logits)
         stacked = torch.stack(logits)

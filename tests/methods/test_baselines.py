@@ -106,7 +106,7 @@ def test_training_without_n_train_classes_raises_a_clear_error():
         method.training_step(LabelledImages(torch.rand(2, 1, 16, 16), torch.tensor([0, 1])), 0)
 
 
-def test_official_decay_is_a_per_step_learning_rate_decay():
+def test_torch7_sgd_decay_is_a_per_step_learning_rate_decay():
     assert [inverse_time_lr(0.1, 1.0, t) for t in range(3)] == pytest.approx([0.1, 0.05, 0.1 / 3])
     method = BaselineNearestNeighbour(
         Conv4(1, 8, 16),
@@ -224,6 +224,54 @@ def test_best_settings_skip_unscored_updates_and_keep_the_first_best():
     table[:, :, 0] = float("nan")  # one update is not in the grid
     table[0, 1, 2] = table[1, 0, 1] = 0.8
     assert method.best_settings(table) == FinetuneSettings(lr=0.1, decay=0.5, updates=3)
+
+
+def test_fixed_updates_grid_scores_only_after_the_fixed_number_of_updates():
+    torch.manual_seed(0)
+    backbone = Conv4(1, 8, 16)
+    grid = FinetuneGrid(lr=[0.2, 0.05], decay=[0.0, 1.0], updates=[4])
+    method = BaselineFinetune(backbone, torch.optim.SGD, grid=grid).eval()
+    e = random_episode()
+    table = method.grid_accuracy([e])
+    assert table.shape == (2, 2, 4)
+    assert table[:, :, :3].isnan().all() and not table[:, :, 3].isnan().any()
+    for i, lr in enumerate(grid.lr):
+        for j, decay in enumerate(grid.decay):
+            fixed = BaselineFinetune(
+                backbone, torch.optim.SGD, finetune_lr=lr, finetune_decay=decay, finetune_updates=4
+            )
+            logits = fixed.eval()(batched(e))
+            assert table[i, j, 3].item() == episode_accuracy(logits, e.query_labels[None], 3).item()
+    assert method.best_settings(table).updates == 4
+
+
+def test_model_configs_follow_the_final_official_baseline_config(tmp_path):
+    cfg = compose_config(["model=baseline_finetune", "data=embedded_tiny"], tmp_path)
+    grid = instantiate(cfg.model.grid)
+    assert grid.lr == (0.5, 0.1, 0.01, 0.001, 0.0001, 0.00001)
+    assert grid.decay == (1.0, 0.1, 0.01, 0.001, 0.0001, 0.00001, 0.0)
+    assert grid.updates == (15,)
+    for model in ("baseline_finetune", "baseline_nn"):
+        cfg = compose_config([f"model={model}", "data=embedded_tiny"], tmp_path / model)
+        assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 0.001
+        assert cfg.model.scheduler is None
+        assert cfg.model.backbone.hidden == 64
+        assert cfg.data.image_batch_size == 64
+
+
+class FakeTrainer:
+    """Only what ``grid_episode_count`` reads from a Lightning trainer."""
+
+    def __init__(self, fast_dev_run) -> None:
+        self.fast_dev_run = fast_dev_run
+
+
+@pytest.mark.parametrize(("fast_dev_run", "expected"), [(False, 7), (True, 1), (3, 3), (50, 7)])
+def test_fast_dev_run_scores_only_a_few_grid_episodes(fast_dev_run, expected):
+    method = BaselineFinetune(Flat(), torch.optim.SGD, grid=FinetuneGrid([0.1], [0.0], [1]), grid_episodes=7)
+    assert method.grid_episode_count() == 7  # no trainer attached
+    method._trainer = FakeTrainer(fast_dev_run)
+    assert method.grid_episode_count() == expected
 
 
 def test_finetune_needs_either_a_grid_or_fixed_settings():

@@ -1,5 +1,6 @@
 """Reptile: the inner loop, the outer update, batch norm, evaluation and training."""
 
+import copy
 import json
 import time
 from functools import partial
@@ -94,6 +95,66 @@ def test_evaluation_is_deterministic_and_leaves_the_initialisation_alone():
         assert torch.equal(value, theta[name]), name
 
 
+def adapted_copy(method: Reptile, phi: dict) -> torch.nn.Module:
+    """A plain module holding the adapted weights, in training mode (batch statistics)."""
+    learner = copy.deepcopy(method.learner).train()
+    with torch.no_grad():
+        for name, p in learner.named_parameters():
+            p.copy_(phi[name])
+    return learner
+
+
+def test_non_transductive_evaluation_classifies_each_query_with_the_support_set_alone():
+    method = small_reptile(
+        optimizer=torch.optim.SGD, eval_inner_steps=4, eval_inner_batch_size=3, bn_mode="non_transductive"
+    ).eval()
+    episode = random_episode(n_shot=2, n_query=3)
+    with torch.no_grad():
+        logits = method(episode)
+    transductive = small_reptile(
+        optimizer=torch.optim.SGD, eval_inner_steps=4, eval_inner_batch_size=3, bn_mode="transductive"
+    ).eval()
+    with torch.no_grad():
+        batched_logits = transductive(episode)
+    assert logits.shape == batched_logits.shape == (2, 15, 5)
+    for b in range(2):
+        # the same adaptation (same seeded minibatches) as the transductive mode ...
+        generator = torch.Generator().manual_seed(int(episode.index[b]))
+        phi, _ = transductive.adapt_and_predict(
+            episode.support_images[b], episode.support_labels[b], episode.query_images[b], 4, 3, generator
+        )
+        learner = adapted_copy(method, phi)
+        support = episode.support_images[b]
+        with torch.no_grad():
+            # ... then every query scored in a batch of the whole support set plus that query
+            manual = torch.stack([learner(torch.cat([support, q[None]]))[-1] for q in episode.query_images[b]])
+            together = learner(episode.query_images[b])
+        assert torch.allclose(logits[b], manual, atol=1e-5)
+        assert torch.allclose(batched_logits[b], together, atol=1e-5)
+        assert not torch.allclose(logits[b], batched_logits[b], atol=1e-3)  # the modes differ
+
+
+def test_non_transductive_query_logits_do_not_depend_on_the_other_queries():
+    method = small_reptile(optimizer=torch.optim.SGD, eval_inner_steps=2, bn_mode="non_transductive").eval()
+    episode = random_episode(n_shot=1, n_query=3, batch=1)
+    changed = episode.with_images(episode.support_images, episode.query_images.clone())
+    changed.query_images[0, 1:] = torch.rand_like(changed.query_images[0, 1:])  # all but query 0
+    with torch.no_grad():
+        first, second = method(episode), method(changed)
+    assert torch.equal(first[0, 0], second[0, 0])
+    assert not torch.allclose(first[0, 1], second[0, 1])
+
+
+def test_training_queries_are_scored_transductively_in_both_modes():
+    episode = random_episode(n_shot=2, n_query=3, batch=1)
+    logits = []
+    for mode in ("transductive", "non_transductive"):
+        method = small_reptile(optimizer=torch.optim.SGD, bn_mode=mode)
+        torch.manual_seed(1)
+        logits.append(method.adapt_tasks(episode, meta_train=True)[1])
+    assert torch.equal(logits[0], logits[1])
+
+
 def test_adam_inner_optimizer_uses_beta1_zero_by_default():
     method = small_reptile(optimizer=torch.optim.SGD, inner_optimizer="adam")
     assert method.make_inner_optimizer([torch.zeros(1, requires_grad=True)]).defaults["betas"] == (0.0, 0.999)
@@ -109,6 +170,8 @@ def test_linear_annealing_factor():
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="inner_optimizer"):
         small_reptile(optimizer=torch.optim.SGD, inner_optimizer="rmsprop")
+    with pytest.raises(ValueError, match=r"model.bn_mode must be one of \('transductive', 'non_transductive'\)"):
+        small_reptile(optimizer=torch.optim.SGD, bn_mode="inductive")
     with pytest.raises(ValueError, match="either model.scheduler or model.outer_lr_final"):
         small_reptile(optimizer=torch.optim.SGD, scheduler=torch.optim.lr_scheduler.StepLR, outer_lr_final=0.0)
 
@@ -149,6 +212,8 @@ def test_reptile_learns_on_embedded_default(tmp_path):
             "model.inner_lr=0.01",
             "model.eval_inner_steps=5",
             "model.eval_inner_batch_size=null",
+            # calibrated with transductive evaluation; non-transductive is pinned by its own tests
+            "model.bn_mode=transductive",
         ],
         tmp_path,
     )

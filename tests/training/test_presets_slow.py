@@ -31,7 +31,9 @@ def data_overrides(experiment: str, tmp_path: Path) -> list[str]:
             pytest.skip("real Omniglot data not found")
         return [f"data.source.root={omniglot_root()}"]
     if experiment.startswith("miniimagenet/"):
-        root = make_mini_imagenet(tmp_path / "mini", classes=(30, 6, 6), images=20, sizes=((84, 84),))
+        # 30 training classes (ProtoNet trains 30-way) and 30 images per class, enough for every
+        # preset's episodes (at most 15 shots + 15 queries per class)
+        root = make_mini_imagenet(tmp_path / "mini", classes=(30, 6, 6), images=30, sizes=((84, 84),))
         return [f"data.source.root={root}", "data.source.cache=false"]
     return []
 

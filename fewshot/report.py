@@ -5,8 +5,9 @@ Finds every ``results.json`` below the given folders and writes, into ``--out``:
 in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
 spread), ``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best
 method against every other, plus any ``--pair A B``), ``accuracy_vs_step.png``,
-``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the Meta-LSTM gate figure into every run folder with
-gate statistics. ``--wandb`` also logs the table and figures as one W&B run (offline).
+``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the
+Meta-LSTM gate figure into every run folder with gate statistics. ``--wandb`` also logs the
+table and figures as one W&B run (offline).
 """
 
 from __future__ import annotations

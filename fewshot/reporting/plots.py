@@ -35,7 +35,9 @@ def run_label(run: RunRecord, runs: Sequence[RunRecord]) -> str:
     return f"{run.method} (seed {run.seed})" if len(same) > 1 else run.method
 
 
-def plot_validation_curves(runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, x_scale: float) -> Path | None:
+def plot_validation_curves(
+    runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, x_scale: float
+) -> Path | None:
     """Validation accuracy (with its 95% CI band) against ``x_key`` of each validation point
     (times ``x_scale``), one panel per setting and one line per run; None when no run has a
     validation history with that key."""

@@ -22,7 +22,8 @@ def test_collected_results_hold_no_machine_path_and_report_the_same_table(tiny_c
     data = json.loads(text)
     assert data["output_dir"] == "<run>" and data["checkpoint"].startswith("<run>/checkpoints/")
     assert data["config"]["paths"]["output_dir"] == "<run>"
-    assert build_report([collected], tmp_path / "r1")["table_md"] == build_report([run / "results.json"], tmp_path / "r2")["table_md"]
+    table = build_report([collected], tmp_path / "r1")["table_md"]
+    assert table == build_report([run / "results.json"], tmp_path / "r2")["table_md"]
 
 
 def test_two_runs_of_one_setting_method_and_seed_are_refused(tmp_path, capsys):

@@ -9,7 +9,6 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fewshot.methods.base import EpisodicMethod
-
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
 CONF = PROJECT_ROOT / "conf"

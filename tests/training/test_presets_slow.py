@@ -43,7 +43,14 @@ def data_overrides(experiment: str, tmp_path: Path) -> list[str]:
 def test_preset_trains_and_tests_for_a_few_steps(experiment, tmp_path):
     overrides = [f"experiment={experiment}", *FEW_STEPS, *data_overrides(experiment, tmp_path)]
     if "finetune" in experiment:
-        overrides += ["trainer.check_val_every_n_epoch=1", "model.grid_episodes=2"]
+        # a 2 x 2 corner of the grid: the preset's 6 x 7 grid of 15-update fine-tunings takes
+        # minutes per episode on a CPU (the grid search itself is tested in tests/methods)
+        overrides += [
+            "trainer.check_val_every_n_epoch=1",
+            "model.grid_episodes=2",
+            "model.grid.lr=[0.5,0.01]",
+            "model.grid.decay=[1.0,0.0]",
+        ]
     results = train(compose_config(list(dict.fromkeys(overrides)), tmp_path / "run"))
     assert results["test"]["episodes"] >= 1
     assert 0.0 <= results["test"]["acc"] <= 1.0

@@ -97,5 +97,5 @@ def test_mean_with_wrong_number_of_channels_is_rejected():
 
 
 def test_non_positive_episode_counts_are_rejected():
-    with pytest.raises(DataError, match="data.test_episodes must be positive"):
+    with pytest.raises(DataError, match=r"data.test_episodes must be a positive integer, got 0; set it >= 1"):
         make(test_episodes=0)

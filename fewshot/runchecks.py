@@ -19,6 +19,8 @@ from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
 from fewshot.data.datamodule import is_int
 from fewshot.runfolder import RunConfigError
 
+# which weights a training run tests (the top-level ``test_checkpoint`` key)
+TEST_CHECKPOINTS = ("best", "last")
 # the stages of results.json a sweeper's ``optimized_metric`` (``<stage>/<key>``) can read
 METRIC_STAGES = ("val", "val_last", "test")
 # model arguments filled in from the data when the config leaves them null (fewshot.training)
@@ -35,6 +37,12 @@ def check_run_config(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, bool):
             raise RunConfigError(f"{flag} must be true or false, got {value!r}; set {flag}=true or {flag}=false.")
     check_run_mode(cfg)
+    choice = cfg.get("test_checkpoint", "best")
+    if choice not in TEST_CHECKPOINTS:
+        raise RunConfigError(
+            f"test_checkpoint must be one of {list(TEST_CHECKPOINTS)}, got {choice!r}: 'best' tests the "
+            "best-on-validation checkpoint, 'last' the final weights of training (saved as checkpoints/final.ckpt)."
+        )
     check_eval_shots(cfg)
     metric = str(cfg.get("optimized_metric") or "val/acc")
     stage, _, key = metric.partition("/")

@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 # what meta-training does on a NaN/inf loss (the top-level ``nonfinite_loss`` key)
 NONFINITE_POLICIES = ("stop", "skip")
-# which weights a training run tests (the top-level ``test_checkpoint`` key)
-TEST_CHECKPOINTS = ("best", "last")
 FINAL_CHECKPOINT = "final.ckpt"
 
 
@@ -160,16 +158,6 @@ def set_nonfinite_policy(method: EpisodicMethod, policy: str, world_size: int) -
             "or train on one device (trainer.devices=1)."
         )
     method.nonfinite_loss = policy
-
-
-def check_test_checkpoint(choice: str) -> str:
-    """``test_checkpoint``, refused with the allowed values when it is not one of them."""
-    if choice not in TEST_CHECKPOINTS:
-        raise ValueError(
-            f"test_checkpoint must be one of {list(TEST_CHECKPOINTS)}, got {choice!r}: 'best' tests the "
-            "best-on-validation checkpoint, 'last' the final weights of training (saved as checkpoints/final.ckpt)."
-        )
-    return choice
 
 
 def checkpoint_to_test(trainer: pl.Trainer, choice: str, output_dir: Path) -> str | None:
@@ -288,7 +276,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     check_before_work(cfg)
     flag = flag or StopFlag()
     started = time.perf_counter()
-    test_choice = check_test_checkpoint(cfg.get("test_checkpoint", "best"))
+    test_choice = cfg.get("test_checkpoint", "best")  # checked by check_before_work
     if cfg.retain_freed_memory:
         retain_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)

@@ -43,6 +43,13 @@ def check_run_config(cfg: DictConfig) -> None:
             f"test_checkpoint must be one of {list(TEST_CHECKPOINTS)}, got {choice!r}: 'best' tests the "
             "best-on-validation checkpoint, 'last' the final weights of training (saved as checkpoints/final.ckpt)."
         )
+    variant = cfg.get("variant")
+    bad_variant = not isinstance(variant, str) or not variant.strip() or "(" in variant or ")" in variant
+    if variant is not None and bad_variant:
+        raise RunConfigError(
+            f"variant must be a short name without parentheses (or null), got {variant!r}; "
+            "set e.g. variant='meta-batch 4'."
+        )
     check_eval_shots(cfg)
     metric = str(cfg.get("optimized_metric") or "val/acc")
     stage, _, key = metric.partition("/")

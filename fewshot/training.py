@@ -134,9 +134,10 @@ def evaluation_shots(cfg: DictConfig, datamodule: EpisodicDataModule) -> list[in
     return shots
 
 
-def method_name(method: EpisodicMethod) -> str:
-    """A method's display name (its ``display_name`` if it has one, else the class name)."""
-    return str(getattr(method, "display_name", type(method).__name__))
+def method_name(method: EpisodicMethod, variant: str | None = None) -> str:
+    """A method's display name (its ``display_name`` if it has one, else the class name) and variant."""
+    name = str(getattr(method, "display_name", type(method).__name__))
+    return f"{name} ({variant})" if variant else name
 
 
 def set_nonfinite_policy(method: EpisodicMethod, policy: str, world_size: int) -> None:
@@ -314,7 +315,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
         fit_or_test(lambda: trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path), flag)
 
     results: dict[str, Any] = {
-        "method": method_name(method),
+        "method": method_name(method, cfg.get("variant")),
         **datamodule.describe(),
         "seed": cfg.seed,
         "git_commit": git_commit(Path(__file__).parent),

@@ -53,9 +53,12 @@ class Cell:
         return self.best or self.overlaps_best
 
 
-def method_sort_key(method: str) -> tuple[int, str]:
-    """Position of a method in the table (paper order first)."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method.lower())
+def method_sort_key(method: str) -> tuple[int, str, str]:
+    """Position of a method in the table (paper order first; a variant ``M (v)`` right after ``M``)."""
+    base, _, variant = method.partition(" (")
+    if base in METHOD_ORDER:
+        return (METHOD_ORDER.index(base), "", variant.lower())
+    return (len(METHOD_ORDER), base.lower(), variant.lower())
 
 
 def setting_sort_key(run: RunRecord) -> tuple[str, int, int]:

@@ -81,6 +81,15 @@ def test_table_has_exact_numbers_best_bold_and_overlapping_cis_bold(three_method
     assert lines[4] == "| ProtoNet | **80.00 ± 16.00** |"
 
 
+def test_a_variant_gets_its_own_row_right_after_its_method(tmp_path):
+    write_run(tmp_path / "a", "ProtoNet", A)
+    write_run(tmp_path / "b", "MAML (meta-batch 4)", B)
+    write_run(tmp_path / "c", "MAML", C)
+    write_run(tmp_path / "d", "Baseline-NN", C)
+    rows = [line.split(" |")[0][2:] for line in markdown_table(build_cells(load_runs([tmp_path]))).splitlines()[2:]]
+    assert rows == ["Baseline-NN", "MAML", "MAML (meta-batch 4)", "ProtoNet"]
+
+
 def test_table_says_which_checkpoint_each_method_tested(tmp_path):
     write_run(tmp_path / "a", "ProtoNet", A, test_checkpoint="best")
     write_run(tmp_path / "b", "Meta-LSTM", B, test_checkpoint="last")

@@ -56,6 +56,19 @@ def test_unknown_test_checkpoint_is_refused_before_training(tiny_config, tmp_pat
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_variant_names_its_own_row_in_the_results(tiny_config):
+    results = train(tiny_config("variant=meta-batch 4"))
+    assert results["method"] == "ProtoNet (meta-batch 4)"
+    assert train(tiny_config())["method"] == "ProtoNet"
+
+
+@pytest.mark.parametrize("variant", ["''", "'a (b)'", "3"])
+def test_bad_variant_is_refused_before_training(tiny_config, tmp_path, variant):
+    with pytest.raises(ValueError, match=r"variant must be a short name without parentheses"):
+        train(tiny_config(f"variant={variant}"))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_cpu_budget_stops_training_and_reports_cpu_time(tiny_config):
     results = train(
         tiny_config(

@@ -3,11 +3,14 @@
 Finds every ``results.json`` below the given folders and writes, into ``--out``:
 ``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
 in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
-spread), ``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best
-method against every other, plus any ``--pair A B``), ``accuracy_vs_step.png``,
+spread; then each cell's CPU-minutes of training and whether a plateau or a cap ended it),
+``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best method
+against every other, plus any ``--pair A B`` and ``--against M``: M against every other method),
+``accuracy_vs_step.png``,
 ``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the
 Meta-LSTM gate figure into every run folder with gate statistics. ``--wandb`` also logs the
-table and figures as one W&B run (offline).
+table and figures as one W&B run (offline). ``--readme README.md`` rewrites the block of that
+file marked for these runs with ``table.md`` (``fewshot.reporting.readme``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
 from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
+from fewshot.reporting.readme import ReadmeBlockError, update_block
 from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
 from fewshot.reporting.table import (
     build_cells,
@@ -29,6 +33,8 @@ from fewshot.reporting.table import (
     csv_table,
     markdown_paired,
     markdown_table,
+    markdown_training,
+    method_sort_key,
     paired_against_best,
 )
 
@@ -44,7 +50,9 @@ def gate_figures(runs: Sequence[RunRecord]) -> list[Path]:
     return written
 
 
-def requested_pairs(runs: Sequence[RunRecord], pairs: Sequence[Sequence[str]]) -> list[PairedDifference]:
+def requested_pairs(
+    runs: Sequence[RunRecord], pairs: Sequence[Sequence[str]], skip_missing: bool = False
+) -> list[PairedDifference]:
     """Paired differences for ``--pair A B`` in every setting where both methods ran."""
     differences = []
     for a, b in pairs:
@@ -55,12 +63,24 @@ def requested_pairs(runs: Sequence[RunRecord], pairs: Sequence[Sequence[str]]) -
             if runs_a and runs_b:
                 differences.append(paired_difference(runs_a, runs_b))
                 found = True
-        if not found:
+        if not found and not skip_missing:
             methods = sorted({r.method for r in runs})
             raise EpisodeMismatchError(
                 f"--pair {a} {b}: no setting has runs of both methods. Methods found: {', '.join(methods)}."
             )
     return differences
+
+
+def against_all(runs: Sequence[RunRecord], methods: Sequence[str]) -> list[PairedDifference]:
+    """Paired differences of each of ``methods`` against every other method, in every setting."""
+    found = {r.method for r in runs}
+    unknown = [m for m in methods if m not in found]
+    if unknown:
+        raise EpisodeMismatchError(
+            f"--against {', '.join(unknown)}: no such method in these runs. Methods found: {', '.join(sorted(found))}."
+        )
+    pairs = [(a, b) for a in methods for b in sorted(found, key=method_sort_key) if b != a]
+    return requested_pairs(runs, pairs, skip_missing=True)
 
 
 def default_out(paths: Sequence[Path]) -> Path:
@@ -73,13 +93,16 @@ def write_text(path: Path, text: str) -> Path:
     return write_text_atomic(path, text)
 
 
-def build_report(paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]] = ()) -> dict[str, object]:
+def build_report(
+    paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]] = (), against: Sequence[str] = ()
+) -> dict[str, object]:
     """Write the table, paired tests and figures for the runs under ``paths``; return what was made."""
     runs = load_runs(list(paths))
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
-    differences += requested_pairs(runs, pairs)
-    table_md, table_csv = markdown_table(cells) + checkpoint_note(cells), csv_table(cells)
+    differences += requested_pairs(runs, pairs) + against_all(runs, against)
+    table_md = markdown_table(cells) + checkpoint_note(cells) + "\n" + markdown_training(cells)
+    table_csv = csv_table(cells)
     written = [
         write_text(out / "table.md", table_md),
         write_text(out / "table.csv", table_csv),
@@ -115,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pair", nargs=2, action="append", default=[], metavar=("A", "B"), help="also test method A against B"
     )
+    parser.add_argument(
+        "--against", action="append", default=[], metavar="M", help="also test method M against every other method"
+    )
+    parser.add_argument(
+        "--readme", type=Path, default=None, help="rewrite this Markdown file's block marked for these runs (README.md)"
+    )
     parser.add_argument("--wandb", action="store_true", help="log the table and figures as a W&B run")
     parser.add_argument("--wandb-project", default="fewshot")
     parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
@@ -123,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out(args.paths)
     try:
         check_writable_dir(out, create=False)  # before reading every run
-        report = build_report(args.paths, out, args.pair)
-    except (NoRunsError, BadResultsError, EpisodeMismatchError, OutputPathError) as err:
+        report = build_report(args.paths, out, args.pair, args.against)
+        if args.readme is not None:
+            source = " ".join(str(p) for p in args.paths)
+            changed = update_block(args.readme, source, str(report["table_md"]))
+            print(f"{'updated' if changed else 'unchanged'}: the table of {source} in {args.readme}")
+    except (NoRunsError, BadResultsError, EpisodeMismatchError, OutputPathError, ReadmeBlockError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(report['runs'])} run(s) found\n")

@@ -167,6 +167,43 @@ def markdown_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# what ended a run's training (results.json train.stopped_by), as the training table says it
+STOP_TEXT = {
+    "plateau": "plateau",
+    "cpu_budget": "CPU cap",
+    "max_time": "time cap",
+    "max_steps": "step cap",
+    "max_epochs": "epoch cap",
+}
+
+
+def training_text(cell: Cell | None) -> str:
+    """``<CPU-minutes> min, <what stopped it>`` of a cell's runs (mean minutes over seeds)."""
+    if cell is None:
+        return "-"
+    cpu = [r.train.get("cpu_s") for r in cell.runs]
+    cpu = [c for c in cpu if isinstance(c, (int, float)) and math.isfinite(c)]
+    minutes = f"{statistics.fmean(cpu) / 60:.0f} min" if cpu else "? min"
+    reasons = [STOP_TEXT.get(str(r.train.get("stopped_by")), "not recorded") for r in cell.runs]
+    if len(set(reasons)) == 1:
+        return f"{minutes}, {reasons[0]}"
+    return f"{minutes}, " + ", ".join(f"{reasons.count(x)}/{len(reasons)} {x}" for x in sorted(set(reasons)))
+
+
+def markdown_training(cells: Sequence[Cell]) -> str:
+    """CPU-minutes of training and what ended it ("plateau": early stopping on validation
+    accuracy; "CPU cap": the budget ran out first), per method and setting."""
+    settings = ordered_settings(cells)
+    index = {(c.method, c.setting): c for c in cells}
+    lines = [
+        "| training: CPU time, stopped by | " + " | ".join(settings) + " |",
+        "|---|" + "---:|" * len(settings),
+    ]
+    for method in ordered_methods(cells):
+        lines.append(f"| {method} | " + " | ".join(training_text(index.get((method, s))) for s in settings) + " |")
+    return "\n".join(lines) + "\n"
+
+
 CSV_COLUMNS = (
     "method",
     "setting",
@@ -182,6 +219,7 @@ CSV_COLUMNS = (
     "overlaps_best",
     "train_steps",
     "train_cpu_min",
+    "stopped_by",
     "test_checkpoint",
     "fingerprint",
 )
@@ -213,6 +251,7 @@ def csv_table(cells: Sequence[Cell]) -> str:
                 "overlaps_best": int(cell.overlaps_best),
                 "train_steps": first.train.get("steps", ""),
                 "train_cpu_min": f"{statistics.fmean(cpu) / 60:.2f}" if cpu else "",
+                "stopped_by": "+".join(sorted({str(r.train.get("stopped_by", "")) for r in cell.runs})),
                 "test_checkpoint": tested_checkpoints(cell),
                 "fingerprint": first.fingerprint or "",
             }

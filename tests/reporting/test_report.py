@@ -12,8 +12,9 @@ import pytest
 from fewshot.evaluation.stats import mean_ci95
 from fewshot.report import main as report_main
 from fewshot.reporting.paired import EpisodeMismatchError, paired_difference
+from fewshot.reporting.readme import read_block
 from fewshot.reporting.runs import load_runs
-from fewshot.reporting.table import build_cells, checkpoint_note, csv_table, markdown_table
+from fewshot.reporting.table import build_cells, checkpoint_note, csv_table, markdown_table, markdown_training
 from tests.training.test_train import run_train
 
 A = [1.0, 0.8, 0.6, 0.8]  # mean 0.8, CI 1.96 * 0.1633 / 2 = 0.1600
@@ -132,6 +133,50 @@ def test_report_writes_table_paired_csv_and_step_plot(three_methods, capsys):
     assert "**80.00 ± 16.00**" in capsys.readouterr().out
 
 
+def test_training_table_says_cpu_minutes_and_what_stopped_each_run(tmp_path):
+    write_run(tmp_path / "a", "ProtoNet", A, train={"steps": 9, "cpu_s": 600.0, "stopped_by": "plateau"})
+    write_run(tmp_path / "b", "MAML", B, train={"steps": 9, "cpu_s": 3600.0, "stopped_by": "cpu_budget"})
+    write_run(tmp_path / "c", "MAML", B, seed=1, train={"steps": 9, "cpu_s": 1800.0, "stopped_by": "plateau"})
+    write_run(tmp_path / "d", "Baseline-NN", C)  # written before stopped_by existed
+    table = markdown_training(build_cells(load_runs([tmp_path])))
+    assert table.splitlines()[2:] == [
+        "| Baseline-NN | 2 min, not recorded |",
+        "| MAML | 45 min, 1/2 CPU cap, 1/2 plateau |",
+        "| ProtoNet | 10 min, plateau |",
+    ]
+    assert report_main([str(tmp_path)]) == 0
+    assert "| ProtoNet | 10 min, plateau |" in (tmp_path / "report" / "table.md").read_text()
+
+
+def test_against_tests_one_method_against_every_other(three_methods, capsys):
+    assert report_main([str(three_methods), "--against", "MAML"]) == 0
+    paired = (three_methods / "report" / "paired.md").read_text()
+    assert "| toy 5-way 1-shot | MAML | ProtoNet | 4 | -30.00 ± 25.30 |" in paired
+    assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | +30.00 ± 19.60 |" in paired
+    assert report_main([str(three_methods), "--against", "Nope"]) == 2
+    assert "--against Nope: no such method" in capsys.readouterr().err
+
+
+def test_readme_block_is_rewritten_with_the_reports_table(three_methods, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    source = str(three_methods)
+    readme.write_text(f"# x\n<!-- report {source}: begin -->\nold\n<!-- report {source}: end -->\ntail\n")
+    assert report_main([source, "--readme", str(readme)]) == 0
+    table = (three_methods / "report" / "table.md").read_text()
+    assert readme.read_text() == f"# x\n<!-- report {source}: begin -->\n{table}<!-- report {source}: end -->\ntail\n"
+    assert read_block(readme.read_text(), source) == table
+    assert report_main([source, "--readme", str(readme)]) == 0
+    assert "unchanged" in capsys.readouterr().out
+
+
+def test_readme_without_the_markers_is_refused_naming_them(three_methods, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert report_main([str(three_methods), "--readme", str(readme)]) == 2
+    assert f"no block marked '<!-- report {three_methods}: begin" in capsys.readouterr().err
+    assert readme.read_text() == "# no markers\n"
+
+
 def test_time_to_accuracy_plot_from_cpu_time_in_the_validation_history(tmp_path):
     history = [{"step": 10, "epoch": 0, "acc": 0.5, "ci95": 0.1, "cpu_s": 30.0}]
     write_run(tmp_path / "a", "ProtoNet", A, val_history=history + [{**history[0], "step": 20, "cpu_s": 60.0}])
@@ -225,8 +270,10 @@ def test_multirun_of_two_methods_and_two_shots_is_reported_end_to_end(tmp_path, 
     table = (sweep / "report" / "table.md").read_text().splitlines()
     assert table[0] == "| method | embedded_tiny 5-way 1-shot | embedded_tiny 5-way 2-shot |"
     assert [line.split(" |")[0] for line in table[2:4]] == ["| MatchingNet", "| ProtoNet"]
-    assert table[4:] == ["", "Every run was tested with its best-on-validation checkpoint."]
-    assert all("±" in cell for line in table[2:] for cell in line.split("|")[2:4])
+    assert table[4:7] == ["", "Every run was tested with its best-on-validation checkpoint.", ""]
+    assert all("±" in cell for line in table[2:4] for cell in line.split("|")[2:4])
+    assert table[7].startswith("| training: CPU time, stopped by | embedded_tiny 5-way 1-shot |")
+    assert all(cell.strip().endswith("min, epoch cap") for line in table[9:11] for cell in line.split("|")[2:4])
     assert (sweep / "report" / "accuracy_vs_shots.png").stat().st_size > 5_000
     assert (sweep / "report" / "accuracy_vs_step.png").stat().st_size > 5_000
 

@@ -27,8 +27,6 @@ def real_omniglot_root() -> Path:
 def real_omniglot(real_omniglot_root: Path) -> dict[str, ClassImages]:
     """The real Omniglot with every rotation in every split, decoded once for the session."""
     start = time.perf_counter()
-    splits = Omniglot(
-        real_omniglot_root, rotations=ALL_ROTATIONS, rotate_splits=["train", "val", "test"]
-    ).load()
+    splits = Omniglot(real_omniglot_root, rotations=ALL_ROTATIONS, rotate_splits=["train", "val", "test"]).load()
     print(f"\nreal Omniglot loaded in {time.perf_counter() - start:.2f} s")
     return splits

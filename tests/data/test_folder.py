@@ -28,9 +28,7 @@ def presplit(tmp_path: Path) -> Path:
     """``train/``, ``val/`` and ``test/`` folders of grayscale class folders."""
     root = tmp_path / "presplit"
     for i, split in enumerate(SPLITS):
-        make_image_folder(
-            root / split, [f"{split}_a", f"{split}_b", f"{split}_c"][: 3 - (i > 0)], mode="L", seed=i
-        )
+        make_image_folder(root / split, [f"{split}_a", f"{split}_b", f"{split}_c"][: 3 - (i > 0)], mode="L", seed=i)
     return root
 
 
@@ -48,8 +46,7 @@ def test_flat_layout_splits_classes_by_fractions_and_seed(flat):
     assert sorted(n for s in SPLITS for n in names[s]) == CLASSES
     assert names == split_by_fractions(CLASSES, [0.6, 0.2, 0.2], 1)
     assert names == {
-        s: list(v.names)
-        for s, v in ImageFolder(flat, split_fractions=[0.6, 0.2, 0.2], split_seed=1).load().items()
+        s: list(v.names) for s, v in ImageFolder(flat, split_fractions=[0.6, 0.2, 0.2], split_seed=1).load().items()
     }
     assert names != split_by_fractions(CLASSES, [0.6, 0.2, 0.2], 2)
     assert splits["train"].image_shape == (3, 84, 84)
@@ -64,9 +61,7 @@ def test_split_layout_is_detected(presplit):
 
 
 def test_nested_class_folders_are_named_by_relative_path(tmp_path):
-    root = make_image_folder(
-        tmp_path, ["birds/owl", "birds/hawk", "cats/lynx", "cats/puma", "dogs", "fish", "frog"]
-    )
+    root = make_image_folder(tmp_path, ["birds/owl", "birds/hawk", "cats/lynx", "cats/puma", "dogs", "fish", "frog"])
     source = ImageFolder(root, image_size=8, split_fractions=[0.4, 0.3, 0.3])
     names = [n for split in source.load().values() for n in split.names]
     assert sorted(names) == ["birds/hawk", "birds/owl", "cats/lynx", "cats/puma", "dogs", "fish", "frog"]

@@ -33,12 +33,7 @@ real = [pytest.mark.omniglot, requires_omniglot]
 
 def plain(splits: dict[str, ClassImages]) -> dict[str, torch.Tensor]:
     """``{character: images}`` of the unrotated classes of every split."""
-    return {
-        n: t
-        for s in SPLITS
-        for n, t in zip(splits[s].names, splits[s].images, strict=True)
-        if "/rot" not in n
-    }
+    return {n: t for s in SPLITS for n, t in zip(splits[s].names, splits[s].images, strict=True) if "/rot" not in n}
 
 
 def all_names(splits: dict[str, ClassImages]) -> list[str]:
@@ -76,9 +71,7 @@ def test_real_rotations_in_every_split_make_968_classes(real_omniglot):
 
 @pytest.mark.omniglot
 @requires_omniglot
-def test_real_default_alphabet_split_is_disjoint_and_covers_every_character(
-    real_omniglot, real_omniglot_root
-):
+def test_real_default_alphabet_split_is_disjoint_and_covers_every_character(real_omniglot, real_omniglot_root):
     split = Omniglot(real_omniglot_root).character_split()
     alphabets = {s: sorted({n.split("/")[0] for n in split[s]}) for s in SPLITS}
     assert alphabets == {
@@ -162,9 +155,7 @@ def test_a_single_zip_an_unpacked_folder_and_torchvision_layout_agree(tmp_path):
     archive = write_zip(tmp_path / "zip" / "images_background.zip", files)
     write_files(tmp_path / "unpacked", files)
     write_files(tmp_path / "tv" / "omniglot-py", files)
-    loads = [
-        Omniglot(root, image_size=20).load() for root in (archive, tmp_path / "unpacked", tmp_path / "tv")
-    ]
+    loads = [Omniglot(root, image_size=20).load() for root in (archive, tmp_path / "unpacked", tmp_path / "tv")]
     first = plain(loads[0])
     assert len(first) == 11
     for other in loads[1:]:
@@ -186,15 +177,11 @@ def test_characters_in_two_archives_are_kept_once_from_the_first(tmp_path):
     write_zip(tmp_path / "b.zip", second)
     write_zip(tmp_path / "a.zip", first)
     with pytest.warns(UserWarning, match="Greek/character01 differs"):
-        splits = Omniglot(
-            tmp_path, image_size=105, val_alphabets=["Korean"], test_alphabets=["Tagalog"]
-        ).load()
+        splits = Omniglot(tmp_path, image_size=105, val_alphabets=["Korean"], test_alphabets=["Tagalog"]).load()
     characters = plain(splits)
     assert len(characters) == 8
     assert characters["Greek/character01"].shape[0] == 3
-    inside_a = Omniglot(
-        tmp_path / "a.zip", image_size=105, split="character", split_fractions=[0.5, 0.25, 0.25]
-    )
+    inside_a = Omniglot(tmp_path / "a.zip", image_size=105, split="character", split_fractions=[0.5, 0.25, 0.25])
     greek = plain(inside_a.load())["Greek/character02"]
     assert torch.equal(characters["Greek/character02"], greek)
 
@@ -305,9 +292,7 @@ def test_corrupt_png_names_archive_and_member(tmp_path):
 
 def test_checksum_is_checked_by_file_name_and_can_be_turned_off(tmp_path):
     write_zip(tmp_path / SMALL1, omniglot_files(FAKE, top="images_background_small1"))
-    with pytest.raises(
-        DataError, match=r"images_background_small1\.zip is corrupt or incomplete.*re-download"
-    ):
+    with pytest.raises(DataError, match=r"images_background_small1\.zip is corrupt or incomplete.*re-download"):
         Omniglot(tmp_path).load()
     assert len(plain(Omniglot(tmp_path, verify_checksums=False).load())) == 11
 

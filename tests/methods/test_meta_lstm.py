@@ -75,8 +75,9 @@ def test_loaded_checkpoint_reproduces_test_predictions(trained):
     query = torch.rand(1, 10, 1, 28, 28)
     from fewshot.data.episode import Episode
 
-    episode = Episode(support, torch.arange(5)[None], query, torch.arange(5).repeat_interleave(2)[None], 5,
-                      torch.tensor([0]))
+    episode = Episode(
+        support, torch.arange(5)[None], query, torch.arange(5).repeat_interleave(2)[None], 5, torch.tensor([0])
+    )
     with torch.no_grad():
         first, second = method(episode), method(episode)
     assert first.shape == (1, 10, 5) and torch.equal(first, second)  # per-episode BN state is reset
@@ -93,8 +94,14 @@ def test_c0_is_meta_trained_by_the_optimiser(tiny_config):
     assert any(p is c0 for group in optimizer.param_groups for p in group["params"])
     from fewshot.data.episode import Episode
 
-    episode = Episode(torch.rand(1, 5, 1, 28, 28), torch.arange(5)[None], torch.rand(1, 10, 1, 28, 28),
-                      torch.arange(5).repeat_interleave(2)[None], 5, torch.tensor([0]))
+    episode = Episode(
+        torch.rand(1, 5, 1, 28, 28),
+        torch.arange(5)[None],
+        torch.rand(1, 10, 1, 28, 28),
+        torch.arange(5).repeat_interleave(2)[None],
+        5,
+        torch.tensor([0]),
+    )
     before = c0.detach().clone()
     method.episode_loss(episode)[0].backward()
     optimizer.step()

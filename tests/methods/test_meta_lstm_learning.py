@@ -12,9 +12,17 @@ from tests.methods.test_protonet_learning import pixel_nn_on_test_episodes
 # scale (model default) starts more slowly over the first meta-steps (tests/metalstm's toy test
 # covers its learning, docs/reproduce.md its Omniglot accuracy: the same after 2,000 episodes)
 SHORT_RUN = [
-    "trainer=cpu", "logger=none", "callbacks=none", "trainer.max_epochs=1", "data.val_episodes=10",
-    "model=meta_lstm", "model.n_steps=5", "model.learner.hidden=32", "data.train_episodes=200",
-    "data.test_episodes=100", "model.grad_scale=mean",
+    "trainer=cpu",
+    "logger=none",
+    "callbacks=none",
+    "trainer.max_epochs=1",
+    "data.val_episodes=10",
+    "model=meta_lstm",
+    "model.n_steps=5",
+    "model.learner.hidden=32",
+    "data.train_episodes=200",
+    "data.test_episodes=100",
+    "model.grad_scale=mean",
 ]
 
 

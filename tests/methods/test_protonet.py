@@ -28,9 +28,7 @@ class Identity(torch.nn.Module):
 def test_forward_classifies_queries_by_nearest_prototype():
     support = torch.tensor([[0.0, 0.0], [10.0, 10.0], [0.0, 10.0]]).view(1, 3, 2, 1, 1)
     query = torch.tensor([[9.0, 9.0], [1.0, 0.0], [1.0, 9.0]]).view(1, 3, 2, 1, 1)
-    episode = Episode(
-        support, torch.tensor([[0, 1, 2]]), query, torch.tensor([[1, 0, 2]]), 3, torch.tensor([0])
-    )
+    episode = Episode(support, torch.tensor([[0, 1, 2]]), query, torch.tensor([[1, 0, 2]]), 3, torch.tensor([0]))
     method = ProtoNet(Identity(), optimizer=torch.optim.Adam)
     logits = method(episode)
     assert logits.shape == (1, 3, 3)

@@ -19,8 +19,15 @@ def pixel_nn_on_test_episodes(cfg, n_episodes: int) -> float:
 
 def test_protonet_learns_on_embedded_default(tmp_path):
     cfg = compose_config(
-        [*SHORT_RUN, "data=embedded", "data.train_episodes=300", "data.test_episodes=200",
-         "data.source.train_classes=200", "data.source.val_classes=20", "data.source.test_classes=100"],
+        [
+            *SHORT_RUN,
+            "data=embedded",
+            "data.train_episodes=300",
+            "data.test_episodes=200",
+            "data.source.train_classes=200",
+            "data.source.val_classes=20",
+            "data.source.test_classes=100",
+        ],
         tmp_path,
     )
     pixel_nn = pixel_nn_on_test_episodes(cfg, 200)
@@ -34,9 +41,7 @@ def test_protonet_learns_on_embedded_default(tmp_path):
 @requires_omniglot
 @pytest.mark.omniglot
 def test_protonet_learns_on_real_omniglot_alphabet_split(tmp_path):
-    cfg = compose_config(
-        [*SHORT_RUN, "data=omniglot", "data.train_episodes=400", "data.test_episodes=200"], tmp_path
-    )
+    cfg = compose_config([*SHORT_RUN, "data=omniglot", "data.train_episodes=400", "data.test_episodes=200"], tmp_path)
     pixel_nn = pixel_nn_on_test_episodes(cfg, 200)
     results = train(cfg)
     acc = results["test"]["acc"]

@@ -1,4 +1,4 @@
-"""Meta-train and compare learned optimizers: `python -m fewshot.learned_optimizer [overrides]` (see README)."""
+"""Meta-train and compare learned optimizers (docs/learned_optimizers.md): `python -m fewshot.learned_optimizer`."""
 
 import os
 from pathlib import Path

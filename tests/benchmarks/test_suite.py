@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end and write what the README says they write."""
+"""The benchmark scripts run end to end and write what docs/benchmarks.md says they write."""
 
 from __future__ import annotations
 

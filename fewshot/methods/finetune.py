@@ -102,7 +102,7 @@ class BaselineFinetune(PretrainedClassifier):
     accuracy. Fine-tuning longer nests the shorter runs, so each (lr, decay) pair is fine-tuned
     once for ``max(updates)`` steps with the queries scored after each step listed in the grid.
     Under ``trainer.fast_dev_run=n`` (a smoke test) only the first ``n`` grid episodes are
-    scored.
+    scored, with the first two learning rates and decays of the grid (see ``searched_grid``).
 
     Args:
         backbone: embedding network with an ``out_features`` attribute.
@@ -226,7 +226,7 @@ class BaselineFinetune(PretrainedClassifier):
             ``[len(lr), len(decay), max(updates)]``: entry ``[i, j, u - 1]`` is the accuracy
             after ``u`` updates with ``lr[i]``, ``decay[j]``; NaN where ``u`` is not in the grid.
         """
-        grid = self._require_grid()
+        grid = self.searched_grid()
         scored = {u - 1 for u in grid.updates}
         total = torch.zeros(len(grid.lr), len(grid.decay), grid.max_updates, dtype=torch.float64)
         n = 0
@@ -249,7 +249,7 @@ class BaselineFinetune(PretrainedClassifier):
     def best_settings(self, table: Tensor) -> FinetuneSettings:
         """The grid point of highest accuracy in ``table`` (see ``grid_accuracy``); ties go to
         the first in grid order."""
-        grid = self._require_grid()
+        grid = self.searched_grid()
         best, best_acc = None, -math.inf
         for i, lr in enumerate(grid.lr):
             for j, decay in enumerate(grid.decay):
@@ -260,13 +260,23 @@ class BaselineFinetune(PretrainedClassifier):
         assert best is not None
         return best
 
+    def searched_grid(self) -> FinetuneGrid:
+        """The grid a search scores: ``grid``, or under ``trainer.fast_dev_run`` its corner of the first
+        two learning rates and decays (the full grid fine-tunes 42 times per episode: minutes on a CPU)."""
+        grid = self._require_grid()
+        if not self._fast_dev_run():
+            return grid
+        return FinetuneGrid(lr=grid.lr[:2], decay=grid.decay[:2], updates=grid.updates)
+
+    def _fast_dev_run(self) -> int:
+        """``trainer.fast_dev_run`` as a number of batches (0 when off or without a trainer)."""
+        return int(getattr(self._trainer, "fast_dev_run", False) or 0) if self._trainer is not None else 0
+
     def grid_episode_count(self) -> int:
         """How many episodes the grid is scored on: ``grid_episodes``, or at most ``n`` under
         ``trainer.fast_dev_run=n`` (``True`` counts as 1)."""
-        fast_dev_run = getattr(self._trainer, "fast_dev_run", False) if self._trainer is not None else False
-        if fast_dev_run:
-            return min(self.grid_episodes, int(fast_dev_run))
-        return self.grid_episodes
+        fast_dev_run = self._fast_dev_run()
+        return min(self.grid_episodes, fast_dev_run) if fast_dev_run else self.grid_episodes
 
     def grid_episode_indices(self, datamodule: EpisodicDataModule) -> range:
         """Validation-sampler indices the grid is scored on: right after the validation episodes."""

@@ -260,7 +260,7 @@ def test_model_configs_follow_the_final_official_baseline_config(tmp_path):
 
 
 class FakeTrainer:
-    """Only what ``grid_episode_count`` reads from a Lightning trainer."""
+    """Only what ``grid_episode_count`` and ``searched_grid`` read from a Lightning trainer."""
 
     def __init__(self, fast_dev_run) -> None:
         self.fast_dev_run = fast_dev_run
@@ -272,6 +272,16 @@ def test_fast_dev_run_scores_only_a_few_grid_episodes(fast_dev_run, expected):
     assert method.grid_episode_count() == 7  # no trainer attached
     method._trainer = FakeTrainer(fast_dev_run)
     assert method.grid_episode_count() == expected
+
+
+def test_fast_dev_run_searches_a_two_by_two_corner_of_the_grid():
+    grid = FinetuneGrid([0.5, 0.1, 0.01], [1.0, 0.1, 0.0], [3, 5])
+    method = BaselineFinetune(Flat(), torch.optim.SGD, grid=grid, grid_episodes=7)
+    assert method.searched_grid() == grid  # no trainer attached
+    method._trainer = FakeTrainer(False)
+    assert method.searched_grid() == grid
+    method._trainer = FakeTrainer(True)
+    assert method.searched_grid() == FinetuneGrid([0.5, 0.1], [1.0, 0.1], [3, 5])
 
 
 def test_finetune_needs_either_a_grid_or_fixed_settings():

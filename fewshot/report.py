@@ -27,6 +27,7 @@ from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_
 from fewshot.reporting.readme import ReadmeBlockError, update_block
 from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
 from fewshot.reporting.table import (
+    Cell,
     build_cells,
     checkpoint_note,
     csv_paired,
@@ -83,6 +84,11 @@ def against_all(runs: Sequence[RunRecord], methods: Sequence[str]) -> list[Paire
     return requested_pairs(runs, pairs, skip_missing=True)
 
 
+def tables_markdown(cells: Sequence[Cell]) -> str:
+    """``table.md``: the accuracy table, which checkpoints were tested, and the training table."""
+    return markdown_table(cells) + checkpoint_note(cells) + "\n" + markdown_training(cells)
+
+
 def default_out(paths: Sequence[Path]) -> Path:
     """``<folder>/report`` for a single folder, else ``./report``."""
     return paths[0] / "report" if len(paths) == 1 and paths[0].is_dir() else Path("report")
@@ -101,7 +107,7 @@ def build_report(
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
     differences += requested_pairs(runs, pairs) + against_all(runs, against)
-    table_md = markdown_table(cells) + checkpoint_note(cells) + "\n" + markdown_training(cells)
+    table_md = tables_markdown(cells)
     table_csv = csv_table(cells)
     written = [
         write_text(out / "table.md", table_md),

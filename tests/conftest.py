@@ -56,7 +56,9 @@ def random_classes(
     g = torch.Generator().manual_seed(seed)
     return ClassImages.from_mapping(
         {
-            f"{prefix}{i:03d}": torch.randint(0, 256, (n_images, channels, size, size), generator=g, dtype=torch.uint8)
+            f"{prefix}{i:03d}": torch.randint(
+                0, 256, (n_images, channels, size, size), generator=g, dtype=torch.uint8
+            )
             for i in range(n_classes)
         }
     )

@@ -8,7 +8,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from fewshot.resolvers import register_resolvers
+
 os.environ.setdefault("FEWSHOT_PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+register_resolvers()  # task_name: ${fewshot.task_name:train}, resolved while Hydra names the run folder
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

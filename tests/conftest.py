@@ -9,9 +9,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from fewshot.data.classes import ClassImages
+from fewshot.resolvers import register_resolvers
+
+register_resolvers()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
@@ -22,11 +26,15 @@ os.environ.setdefault("FEWSHOT_PROJECT_ROOT", str(PROJECT_ROOT))
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` with overrides, writing outputs to ``output_dir``."""
+    """Compose ``conf/train.yaml`` with overrides, writing outputs to ``output_dir``; as
+    ``@hydra.main`` hands it to the task: Hydra's node in HydraConfig (where ``task_name``
+    finds the chosen experiment), not in the config."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
+        del cfg["hydra"]
         cfg.paths.output_dir = str(output_dir)
     return cfg
 

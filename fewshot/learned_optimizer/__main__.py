@@ -6,11 +6,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-# conf/ of the checkout this package lives in; also where the shared logger/paths/hydra groups are found
-os.environ.setdefault("FEWSHOT_PROJECT_ROOT", str(Path(__file__).resolve().parents[2]))
+# run from a checkout (an editable install): runs go to its logs/; installed from a wheel: to ./logs
+CHECKOUT = Path(__file__).resolve().parents[2]
+if (CHECKOUT / "pyproject.toml").is_file():
+    os.environ.setdefault("FEWSHOT_PROJECT_ROOT", str(CHECKOUT))
 
 
-@hydra.main(version_base="1.3", config_path="../../conf/learned_optimizer", config_name="learn_to_learn")
+# the config root inside this package (fewshot/learned_optimizer/conf), shipped in the wheel
+@hydra.main(version_base="1.3", config_path="conf", config_name="learn_to_learn")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the learned optimizer's mean final loss (for sweepers)."""
     from fewshot.learned_optimizer.run import run

@@ -32,7 +32,7 @@ class PretrainedClassifier(EpisodicMethod):
     Ravi & Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017, Table 1
     baselines. Training reads shuffled image batches (``train_batches = "images"``), not
     episodes; validation and test stay episodic. The optimiser and its schedule are configured
-    (``conf/model/pretrained.yaml``): the final official config (twitter/meta-learning-lstm,
+    (``conf/pretrained_baseline.yaml``): the final official config (twitter/meta-learning-lstm,
     ``config/baselines/``) pre-trains with Adam, lr 1e-3, batches of 64, for 30,000 iterations.
     The repository's first 2016 commit used ``optim.sgd`` with ``learningRate = 0.01``,
     ``learningRateDecay = 1e-4`` and batches of 32; in Torch7's ``optim.sgd`` that decay is a

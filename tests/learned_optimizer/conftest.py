@@ -10,9 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from tests.conftest import PROJECT_ROOT
-
-CONFIG_DIR = PROJECT_ROOT / "conf" / "learned_optimizer"
+from fewshot.learned_optimizer import CONFIG_DIR
 
 # Each composed run: a few steps on a few draws; MLP problems on tiny glyph images.
 TINY = ["debug=tiny", "logger=csv", "problem.steps=4"]
@@ -20,7 +18,7 @@ TINY_IMAGES = ["problem.data.images_per_class=8", "problem.data.image_size=8"]
 
 
 def compose_learned_optimizer(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/learned_optimizer/learn_to_learn.yaml`` with overrides, writing into ``output_dir``."""
+    """Compose ``fewshot/learned_optimizer/conf/learn_to_learn.yaml`` with overrides, writing into ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="learn_to_learn", overrides=overrides)

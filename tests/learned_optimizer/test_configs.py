@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+import fewshot
 from fewshot.learned_optimizer.run import NET_FILE, run
+from tests.conftest import PROJECT_ROOT
 from tests.learned_optimizer.conftest import CONFIG_DIR, TINY, TINY_IMAGES, compose_learned_optimizer
 
 
@@ -24,6 +26,23 @@ def test_the_family_has_the_documented_options():
     assert options("problem") == ["mlp", "mlp_deep", "mlp_relu", "mlp_steps200", "mlp_wide", "quadratic"]
     assert options("baselines") == ["default", "none"]
     assert options("experiment") == ["mlp", "quadratic"]
+
+
+def test_the_config_root_is_package_data_apart_from_train_yaml():
+    """The configs live in the package and every file is listed in pyproject's package-data (so
+    the wheel has them); train.py's conf/ no longer holds a learned_optimizer group."""
+    assert CONFIG_DIR.is_relative_to(Path(fewshot.__file__).parent) and (CONFIG_DIR / "learn_to_learn.yaml").is_file()
+    assert not (PROJECT_ROOT / "conf" / "learned_optimizer").exists()
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["fewshot.learned_optimizer"]
+    package = CONFIG_DIR.parent
+    unlisted = [
+        str(f.relative_to(package))
+        for f in CONFIG_DIR.rglob("*")
+        if f.is_file() and not any(f.relative_to(package).match(pattern) for pattern in patterns)
+    ]
+    assert not unlisted, f"not in [tool.setuptools.package-data] of pyproject.toml: {unlisted}"
 
 
 @pytest.mark.parametrize("problem", options("problem"))

@@ -76,6 +76,18 @@ def test_every_option_of_group_composes_with_importable_targets(group, tmp_path:
             assert OmegaConf.to_yaml(cfg) != plain, f"debug={option} changes nothing"
 
 
+def test_the_pretrained_base_is_not_a_model_option(tmp_path: Path):
+    """conf/pretrained_baseline.yaml is only the shared part of model=baseline_nn/baseline_finetune."""
+    from hydra.errors import MissingConfigException
+
+    assert "pretrained" not in group_options("model")
+    with pytest.raises(MissingConfigException, match="pretrained"):
+        compose_config(["model=pretrained"], tmp_path)
+    for option in ("baseline_nn", "baseline_finetune"):
+        cfg = compose_config([f"model={option}"], tmp_path)
+        assert cfg.model.backbone.bn_eps == 0.001 and cfg.model.n_train_classes is None
+
+
 def test_trainer_options_instantiate(tmp_path: Path):
     for option in ("default", "cpu", "auto"):
         cfg = compose_config([f"trainer={option}"], tmp_path)

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra.errors import InstantiationException
 
 from fewshot.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
@@ -27,9 +26,3 @@ def test_fast_dev_run_trains_one_step_and_tests_one_episode(model, tmp_path: Pat
 def test_fast_dev_run_covers_every_selectable_model():
     assert {"protonet", "meta_lstm", "maml", "baseline_finetune", "siamese_koch"} <= set(MODELS)
     assert "pretrained" not in MODELS
-
-
-def test_pretrained_is_not_selectable_and_names_the_two_baselines(tmp_path: Path):
-    cfg = compose_config(["debug=fast_dev_run", "trainer=cpu", "model=pretrained"], tmp_path)
-    with pytest.raises(InstantiationException, match="use model=baseline_nn or model=baseline_finetune"):
-        train(cfg)

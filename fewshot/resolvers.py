@@ -1,0 +1,46 @@
+"""The project's custom OmegaConf resolvers, registered once on import (train.py and the tests import it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+# the config group whose choice names the run (conf/experiment/<dataset>/<preset>.yaml)
+EXPERIMENT_GROUP = "experiment"
+TASK_NAME_RESOLVER = "fewshot.task_name"
+
+
+def task_name_of(experiment: str | None, default: str) -> str:
+    """The run name of an experiment choice: ``omniglot/meta_lstm_5w1s`` -> ``omniglot_meta_lstm_5w1s``;
+    ``default`` when no experiment is chosen."""
+    return experiment.replace("/", "_") if experiment else default
+
+
+def group_choices(root: DictConfig) -> Any:
+    """Hydra's group choices of the run: from the config's own ``hydra`` node while Hydra
+    launches (run and sweep folders), else from the job's HydraConfig."""
+    if "hydra" in root:
+        return root.hydra.runtime.choices
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.choices
+    raise ValueError(
+        "task_name is derived from the chosen experiment (hydra.runtime.choices), but this config was "
+        "composed without Hydra's node: compose it with return_hydra_config=True (and "
+        "HydraConfig.instance().set_config(cfg), as @hydra.main does), or set task_name explicitly."
+    )
+
+
+def experiment_task_name(default: str, *, _root_: DictConfig) -> str:
+    """``${fewshot.task_name:<default>}``: the run name derived from the chosen experiment."""
+    return task_name_of(group_choices(_root_).get(EXPERIMENT_GROUP), default)
+
+
+def register_resolvers() -> None:
+    """Register the project's resolvers with OmegaConf (once; a second call does nothing)."""
+    if not OmegaConf.has_resolver(TASK_NAME_RESOLVER):
+        OmegaConf.register_new_resolver(TASK_NAME_RESOLVER, experiment_task_name)
+
+
+register_resolvers()

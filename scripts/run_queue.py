@@ -1,0 +1,159 @@
+"""Run a queue of training runs a few at a time, one torch thread each; finished runs are
+skipped and cut ones continue (``resume=true``), so the same command picks up where it stopped.
+
+    python scripts/run_queue.py scripts/omniglot_converged.txt --out logs/converged --parallel 2
+
+A queue file has one run per line: a folder name, then its overrides (shell quoting); a line
+``@common <overrides>`` gives overrides that every run gets first; ``#`` starts a comment.
+Each run writes into ``<out>/<name>/`` (``hydra.run.dir``) with its console output in
+``run.log``; a failed run leaves ``FAILED`` (its exit code) and is not retried until that file
+is deleted. Several instances may share one ``--out``: a run is claimed by creating
+``<name>/.claimed`` exclusively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """One line of a queue file."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+def read_queue(path: Path) -> list[QueuedRun]:
+    """The runs of a queue file, each with the ``@common`` overrides first."""
+    common: list[str] = []
+    runs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        if words[0] == "@common":
+            common = words[1:]
+            continue
+        if "=" in words[0] or "/" in words[0]:
+            raise SystemExit(f"{path}:{number}: a line starts with the run's folder name, got {words[0]!r}.")
+        runs.append(QueuedRun(words[0], (*common, *words[1:])))
+    names = [r.name for r in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SystemExit(f"{path}: run names must be unique, repeated: {', '.join(duplicates)}.")
+    return runs
+
+
+def alive(pid: int) -> bool:
+    """Whether a process of that id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(folder: Path) -> bool:
+    """Claim a run that is neither finished, failed, nor claimed by a live worker."""
+    if (folder / "results.json").exists() or (folder / "FAILED").exists():
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / ".claimed"
+    try:
+        owner = marker.read_text().strip()
+        stale = not alive(int(owner)) if owner.isdigit() else time.time() - marker.stat().st_mtime > 60
+    except FileNotFoundError:
+        stale = False
+    if stale:
+        marker.unlink(missing_ok=True)  # its worker was killed: the run continues from its checkpoint
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def command(run: QueuedRun, folder: Path, python: str) -> list[str]:
+    """The train.py command of a run (continuing it when it has a last checkpoint)."""
+    resume = ["resume=true"] if (folder / "checkpoints" / "last.ckpt").exists() else []
+    return [python, "train.py", *run.overrides, f"hydra.run.dir={folder.resolve()}", *resume]
+
+
+def execute(run: QueuedRun, folder: Path, python: str, project: Path) -> int:
+    """Run one training job with one torch thread in ``project``; its exit code."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = command(run, folder, python)
+    with (folder / "run.log").open("a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        start = time.time()
+        code = subprocess.call(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.write(f"exit {code} after {time.time() - start:.0f} s wall\n")
+    return code
+
+
+def worker(runs: list[QueuedRun], out: Path, python: str, project: Path, lock: threading.Lock) -> None:
+    """Take unclaimed runs from the queue until none is left."""
+    for run in runs:
+        folder = out / run.name
+        with lock:
+            if not claim(folder):
+                continue
+        print(f"{time.strftime('%H:%M:%S')} start {run.name}", flush=True)
+        code = execute(run, folder, python, project)
+        if code != 0:
+            (folder / "FAILED").write_text(f"{code}\n")
+        (folder / ".claimed").unlink(missing_ok=True)
+        print(f"{time.strftime('%H:%M:%S')} {'done' if code == 0 else f'FAILED ({code})'} {run.name}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("queue", type=Path, help="the queue file")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the runs' folders")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--python", default=sys.executable, help="the Python that runs train.py")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="the checkout whose train.py runs (e.g. a git worktree kept at one commit while you develop)",
+    )
+    args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error("--parallel must be at least 1")
+    runs = read_queue(args.queue)
+    args.out.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    threads = [
+        threading.Thread(target=worker, args=(runs, args.out.resolve(), args.python, args.project.resolve(), lock))
+        for _ in range(args.parallel)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = sorted(r.name for r in runs if (args.out / r.name / "FAILED").exists())
+    if failed:
+        print(f"failed: {', '.join(failed)} (see <out>/<name>/run.log; delete FAILED to retry)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

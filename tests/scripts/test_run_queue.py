@@ -1,0 +1,104 @@
+"""scripts/run_queue.py: queue files, claiming, resuming and failures, with a stand-in train.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+spec = importlib.util.spec_from_file_location("run_queue", PROJECT_ROOT / "scripts" / "run_queue.py")
+run_queue = importlib.util.module_from_spec(spec)
+sys.modules["run_queue"] = run_queue  # dataclasses look their module up
+spec.loader.exec_module(run_queue)
+
+# writes results.json into hydra.run.dir, or fails when told to; records its arguments
+FAKE_TRAIN = """
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+folder = Path(next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")))
+(folder / "args.json").write_text(json.dumps(args))
+if "fail=true" in args:
+    sys.exit(3)
+(folder / "results.json").write_text("{}")
+"""
+
+
+def write_queue(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_queue_lines_get_the_common_overrides_first_and_keep_quoted_values(tmp_path):
+    queue = write_queue(
+        tmp_path / "q.txt",
+        "# comment\n@common callbacks=plateau trainer.max_epochs=-1\n\n"
+        "a experiment=x seed=0  # trailing comment\nb \"variant='meta-batch 4'\"\n",
+    )
+    runs = run_queue.read_queue(queue)
+    assert runs == [
+        run_queue.QueuedRun("a", ("callbacks=plateau", "trainer.max_epochs=-1", "experiment=x", "seed=0")),
+        run_queue.QueuedRun("b", ("callbacks=plateau", "trainer.max_epochs=-1", "variant='meta-batch 4'")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("experiment=x seed=0\n", "starts with the run's folder name"), ("a x=1\na x=2\n", "repeated: a")],
+)
+def test_bad_queue_files_are_refused_naming_the_problem(tmp_path, text, message):
+    with pytest.raises(SystemExit, match=message):
+        run_queue.read_queue(write_queue(tmp_path / "q.txt", text))
+
+
+def test_claim_skips_finished_failed_and_live_claims_and_takes_over_dead_ones(tmp_path):
+    done, failed, live, dead, fresh = (tmp_path / n for n in ("done", "failed", "live", "dead", "fresh"))
+    for folder in (done, failed, live, dead):
+        folder.mkdir()
+    (done / "results.json").write_text("{}")
+    (failed / "FAILED").write_text("1\n")
+    (live / ".claimed").write_text(str(os.getpid()))
+    (dead / ".claimed").write_text("999999999")
+    assert [run_queue.claim(f) for f in (done, failed, live, dead, fresh)] == [False, False, False, True, True]
+    assert (fresh / ".claimed").read_text() == str(os.getpid())
+
+
+def test_an_empty_claim_is_stale_only_after_a_minute(tmp_path):
+    (tmp_path / ".claimed").write_text("")
+    assert not run_queue.claim(tmp_path)
+    old = time.time() - 120
+    os.utime(tmp_path / ".claimed", (old, old))
+    assert run_queue.claim(tmp_path)
+
+
+def test_a_run_with_a_last_checkpoint_is_resumed(tmp_path):
+    run = run_queue.QueuedRun("a", ("seed=0",))
+    assert run_queue.command(run, tmp_path, "py")[-1] == f"hydra.run.dir={tmp_path.resolve()}"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert run_queue.command(run, tmp_path, "py")[-1] == "resume=true"
+
+
+def test_queue_runs_every_job_once_records_failures_and_skips_them_next_time(tmp_path, capsys):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(FAKE_TRAIN)
+    queue = write_queue(tmp_path / "q.txt", "@common logger=csv\na seed=0\nb seed=1 fail=true\nc seed=2\n")
+    out = tmp_path / "out"
+    argv = [str(queue), "--out", str(out), "--parallel", "2", "--python", sys.executable, "--project", str(project)]
+    assert run_queue.main(argv) == 1
+    assert sorted(p.parent.name for p in out.glob("*/results.json")) == ["a", "c"]
+    assert (out / "b" / "FAILED").read_text() == "3\n"
+    assert not list(out.glob("*/.claimed"))
+    assert '"logger=csv", "seed=1", "fail=true"' in (out / "b" / "args.json").read_text()
+    assert "exit 3 after" in (out / "b" / "run.log").read_text()
+    assert "failed: b" in capsys.readouterr().out
+    (out / "a" / "args.json").unlink()
+    assert run_queue.main(argv) == 1  # nothing reruns: a and c finished, b failed
+    assert not (out / "a" / "args.json").exists()

@@ -178,12 +178,24 @@ def check_writable_file(path: str | os.PathLike[str]) -> Path:
     return target
 
 
+# no creation date or tool version in figure files, so the same figure gives the same bytes
+# (the report regenerates committed figures exactly)
+REPRODUCIBLE_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
+    "svg": {"Date": None, "Creator": None},
+}
+
+
 def save_figure_atomic(fig: Any, path: str | os.PathLike[str], **savefig_kwargs: Any) -> Path:
-    """``fig.savefig`` to ``path`` atomically (the format is taken from the file's suffix)."""
+    """``fig.savefig`` to ``path`` atomically (the format is taken from the file's suffix),
+    without dates or versions in the file."""
     target = Path(path)
+    fmt = target.suffix.lstrip(".").lower() or "png"
+    savefig_kwargs.setdefault("metadata", REPRODUCIBLE_METADATA.get(fmt))
     try:
         with temporary_for(target) as tmp:
-            fig.savefig(tmp, format=target.suffix.lstrip(".") or "png", **savefig_kwargs)
+            fig.savefig(tmp, format=fmt, **savefig_kwargs)
     except OSError as err:
         raise output_error(err, target) from err
     return target

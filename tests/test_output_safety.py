@@ -208,3 +208,22 @@ def test_write_text_atomic_replaces_through_a_temporary_in_the_same_folder(tmp_p
         and src.name.startswith(".t.md.")
         and (tmp_path / "t.md").read_text() == "new"
     )
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf"])
+def test_the_same_figure_saved_twice_gives_the_same_bytes(tmp_path, suffix):
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    saved = []
+    for i in range(2):
+        fig = plt.figure()
+        plt.plot([1, 3, 2])
+        saved.append(save_figure_atomic(fig, tmp_path / f"f{i}.{suffix}").read_bytes())
+        plt.close(fig)
+        time.sleep(1.1)  # a creation date in seconds would differ
+    assert saved[0] == saved[1]

@@ -84,6 +84,18 @@ def against_all(runs: Sequence[RunRecord], methods: Sequence[str]) -> list[Paire
     return requested_pairs(runs, pairs, skip_missing=True)
 
 
+def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifference]:
+    """Each pair of methods once per setting (the first of ``a - b`` and ``b - a`` is kept)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    kept = []
+    for d in differences:
+        key = (d.setting, frozenset((d.method_a, d.method_b)))
+        if key not in seen:
+            seen.add(key)
+            kept.append(d)
+    return kept
+
+
 def tables_markdown(cells: Sequence[Cell]) -> str:
     """``table.md``: the accuracy table, which checkpoints were tested, and the training table."""
     return markdown_table(cells) + checkpoint_note(cells) + "\n" + markdown_training(cells)
@@ -106,7 +118,7 @@ def build_report(
     runs = load_runs(list(paths))
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
-    differences += requested_pairs(runs, pairs) + against_all(runs, against)
+    differences = unique_pairs(differences + requested_pairs(runs, pairs) + against_all(runs, against))
     table_md = tables_markdown(cells)
     table_csv = csv_table(cells)
     written = [

@@ -23,7 +23,7 @@ from fewshot.training import train
 from tests.conftest import PROJECT_ROOT
 
 # files the package needs at run time besides its Python modules
-RUNTIME_DATA = ("fewshot/metalstm/native/lstm_kernels.c",)
+RUNTIME_DATA = ("fewshot/methods/meta_lstm/native/lstm_kernels.c",)
 
 
 def tracked_checkout(into: Path) -> Path:
@@ -58,7 +58,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_ships_the_package_its_native_source_and_no_tests(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in (*RUNTIME_DATA, "fewshot/__init__.py", "fewshot/metalstm/native.py", "fewshot/report.py"):
+    for needed in (*RUNTIME_DATA, "fewshot/__init__.py", "fewshot/methods/meta_lstm/native.py", "fewshot/report.py"):
         assert needed in names, f"{needed} is missing from {wheel.name}"
     assert not [n for n in names if n.startswith(("tests/", "conf/", "benchmarks/"))]
     top = {n.split("/")[0] for n in names}
@@ -71,7 +71,7 @@ import sys
 from pathlib import Path
 import torch
 import fewshot
-from fewshot.metalstm import native
+from fewshot.methods.meta_lstm import native
 
 target, ckpt, support, query, predictions, run_dir, report = sys.argv[1:]
 assert Path(fewshot.__file__).resolve().is_relative_to(Path(target).resolve()), fewshot.__file__

@@ -1,6 +1,6 @@
 """Time one Meta-Learner LSTM meta-training episode against the learner alone, on synthetic data.
 
-    python -m fewshot.metalstm.bench [--repeats 5] [--device cpu] [--variants fused torch checkpoint reference]
+    python -m benchmarks.meta_lstm [--repeats 5] [--device cpu] [--variants fused torch checkpoint reference]
                                      [--eval-episodes 600] [--memory] [--out bench_results/meta_lstm.json]
 
 For each shape the *episode* is ``meta_loss`` + ``backward`` (all meta-parameters get their
@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from fewshot.allocator import retain_freed_memory
 from fewshot.io import write_text_atomic
-from fewshot.metalstm.metalearner import MetaLearner
+from fewshot.methods.meta_lstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
 
 
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     common += ["--return-freed-memory"] if args.return_freed_memory else []
 
     def child(*extra: str) -> dict:
-        command = [sys.executable, "-m", "fewshot.metalstm.bench", *common, *extra]
+        command = [sys.executable, "-m", "benchmarks.meta_lstm", *common, *extra]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 

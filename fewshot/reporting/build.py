@@ -1,4 +1,4 @@
-"""Reports over finished runs: ``python -m fewshot.report <run dirs or multirun dirs> ...``.
+"""Reports over finished runs: ``python -m fewshot.reporting <run dirs or multirun dirs> ...``.
 
 Finds every ``results.json`` below the given folders and writes, into ``--out``:
 ``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
@@ -138,7 +138,7 @@ def build_report(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m fewshot.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fewshot.reporting", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, multirun folders or results.json files")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: <folder>/report)")
     parser.add_argument(

@@ -1,4 +1,7 @@
-"""Matching Networks, with optional full-context embeddings (Vinyals et al., NeurIPS 2016)."""
+"""Matching Networks, with optional full-context embeddings (Vinyals et al., NeurIPS 2016).
+
+``model=matchingnet`` and ``model=matchingnet_fce`` (``fce: true``) both build :class:`MatchingNetwork`;
+their tests are ``tests/methods/test_matchingnet.py``."""
 
 from __future__ import annotations
 

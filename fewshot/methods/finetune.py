@@ -1,5 +1,6 @@
-"""Old path of :mod:`fewshot.methods.baseline_finetune`, kept because configs, checkpoints and results written
-before the rename name ``fewshot.methods.finetune.BaselineFinetune``: importing it gives that same module."""
+"""Old path of :mod:`fewshot.methods.baseline_finetune`, kept because configs, checkpoints and results
+written before the rename name ``fewshot.methods.finetune.BaselineFinetune``: importing it gives that
+same module."""
 
 import sys
 

@@ -1,5 +1,6 @@
 """Old path of :mod:`fewshot.methods.matchingnet`, kept because configs, checkpoints and results written
-before the rename name ``fewshot.methods.matching.MatchingNetwork``: importing it gives that same module."""
+before the rename name ``fewshot.methods.matching.MatchingNetwork``: importing it gives that same
+module."""
 
 import sys
 

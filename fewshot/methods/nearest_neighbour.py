@@ -1,5 +1,6 @@
 """Old path of :mod:`fewshot.methods.baseline_nn`, kept because configs, checkpoints and results written
-before the rename name ``fewshot.methods.nearest_neighbour.BaselineNearestNeighbour``: importing it gives that same module."""
+before the rename name ``fewshot.methods.nearest_neighbour.BaselineNearestNeighbour``: importing it
+gives that same module."""
 
 import sys
 

@@ -7,10 +7,10 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 
 from fewshot.data.episode import Episode
+from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 from fewshot.methods.meta_lstm.cell import Feedback
 from fewshot.methods.meta_lstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
 from fewshot.methods.meta_lstm.native import Backend
-from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 
 
 def summarise_gate_runs(values: Tensor, layers: tuple[str, ...]) -> dict:

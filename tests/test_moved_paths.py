@@ -93,6 +93,7 @@ def test_the_old_metalstm_package_exports_the_same_names():
 def run_help(module: str, monkeypatch, capsys) -> str:
     """What ``python -m <module> --help`` prints, run in this process."""
     monkeypatch.setattr(sys, "argv", [module, "--help"])
+    monkeypatch.delitem(sys.modules, module, raising=False)  # run it fresh, as `python -m` would
     with pytest.raises(SystemExit) as stop:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     assert stop.value.code in (0, None)

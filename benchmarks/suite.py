@@ -53,7 +53,7 @@ from benchmarks.maml import Setting, floor_step, random_episode
 from fewshot.allocator import retain_freed_memory
 from fewshot.data.classification import LabelledImages
 from fewshot.data.episode import Episode
-from fewshot.methods.finetune import FinetuneSettings
+from fewshot.methods.baseline_finetune import FinetuneSettings
 from fewshot.methods.inner_loop import batch_statistics
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = "fewshot_config"
 # ``ckpt_path`` values Lightning resolves itself instead of reading a file
 LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
+# modules renamed after checkpoints naming them were written (the old paths still import): old -> new
+MOVED_MODULES = {
+    "fewshot.methods.nearest_neighbour": "fewshot.methods.baseline_nn",
+    "fewshot.methods.finetune": "fewshot.methods.baseline_finetune",
+    "fewshot.methods.matching": "fewshot.methods.matchingnet",
+}
 
 
 class StoreConfigInCheckpoint(pl.Callback):
@@ -108,7 +114,9 @@ def check_checkpoint_fits(
         return
     checkpoint = read_checkpoint(ckpt_path)
     stored = dict(checkpoint[CONFIG_KEY].get("model") or {})
-    trained, configured = stored.get("_target_"), model_config.get("_target_")
+    trained, configured = (
+        current_target(t) if isinstance(t, str) else t for t in (stored.get("_target_"), model_config.get("_target_"))
+    )
     fix = (
         "Pass the model=/experiment= settings the checkpoint was trained with "
         "(`fewshot.checkpoints.checkpoint_config(path).model` shows them), or a checkpoint of the configured method."
@@ -124,6 +132,12 @@ def check_checkpoint_fits(
             f"Checkpoint {ckpt_path} does not fit the configured {configured}: "
             f"{'; '.join(problems[:3])}{more}.{settings} {fix}"
         )
+
+
+def current_target(target: str) -> str:
+    """``target`` (a dotted ``_target_``) with a module that has moved replaced by its new path."""
+    module, dot, name = target.rpartition(".")
+    return f"{MOVED_MODULES.get(module, module)}{dot}{name}"
 
 
 def state_dict_mismatches(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:

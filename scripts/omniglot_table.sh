@@ -43,4 +43,4 @@ mkdir -p "$out"
 jobs=()
 for method in $methods; do for shot in $shots; do jobs+=("$method $shot"); done; done
 printf '%s\n' "${jobs[@]}" | xargs -P "$parallel" -L 1 bash -c 'run_one $0 $1'
-"$python" -m fewshot.report "$out" || true
+"$python" -m fewshot.reporting "$out" || true

@@ -1,7 +1,7 @@
 """The bad-input catalogue (issue 7): every bad input gives a clear error, nothing is silently wrong.
 
 Each case goes through the path a user takes (``python train.py``, ``fewshot.training.train(cfg)``,
-``python -m fewshot.report``, ``fewshot.load`` or a dataset loader) and checks the error's type
+``python -m fewshot.reporting``, ``fewshot.load`` or a dataset loader) and checks the error's type
 and that its message names both the problem and the fix.
 
 Configuration
@@ -52,7 +52,7 @@ from fewshot.checkpoints import checkpoint_config
 from fewshot.data.errors import DataError
 from fewshot.data.folder import ImageFolder
 from fewshot.methods.base import EpisodicMethod, NonFiniteLossError
-from fewshot.report import main as report_main
+from fewshot.reporting.build import main as report_main
 from fewshot.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
 from tests.data.fakes import (

@@ -19,7 +19,7 @@ from fewshot.io import (
 )
 from fewshot.predict import Prediction, write_predictions
 from fewshot.predict import main as predict_main
-from fewshot.report import main as report_main
+from fewshot.reporting.build import main as report_main
 from fewshot.reporting.results import write_results
 from fewshot.training import train
 from tests.conftest import compose_config

@@ -23,7 +23,7 @@ from fewshot.training import train
 from tests.conftest import PROJECT_ROOT
 
 # files the package needs at run time besides its Python modules
-RUNTIME_DATA = ("fewshot/metalstm/native/lstm_kernels.c",)
+RUNTIME_DATA = ("fewshot/methods/meta_lstm/native/lstm_kernels.c",)
 
 
 def tracked_checkout(into: Path) -> Path:
@@ -58,7 +58,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_ships_the_package_its_native_source_and_no_tests(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in (*RUNTIME_DATA, "fewshot/__init__.py", "fewshot/metalstm/native.py", "fewshot/report.py"):
+    entry_points = ("fewshot/reporting/__main__.py", "fewshot/report.py")  # python -m fewshot.reporting, its alias
+    for needed in (*RUNTIME_DATA, "fewshot/__init__.py", "fewshot/methods/meta_lstm/native.py", *entry_points):
         assert needed in names, f"{needed} is missing from {wheel.name}"
     assert not [n for n in names if n.startswith(("tests/", "conf/", "benchmarks/"))]
     top = {n.split("/")[0] for n in names}
@@ -71,7 +72,7 @@ import sys
 from pathlib import Path
 import torch
 import fewshot
-from fewshot.metalstm import native
+from fewshot.methods.meta_lstm import native
 
 target, ckpt, support, query, predictions, run_dir, report = sys.argv[1:]
 assert Path(fewshot.__file__).resolve().is_relative_to(Path(target).resolve()), fewshot.__file__
@@ -91,7 +92,8 @@ def run_module(name, *args):
 
 
 run_module("fewshot.predict", f"ckpt_path={ckpt}", f"support={support}", f"query={query}", f"output={predictions}")
-run_module("fewshot.report", run_dir, "--out", report)
+run_module("fewshot.reporting", run_dir, "--out", report)
+run_module("fewshot.report", run_dir, "--out", report + "_alias")  # the old command still works
 """
 
 
@@ -151,3 +153,4 @@ def test_installed_wheel_runs_the_native_path_load_predict_and_report(wheel, tin
     assert "loaded MetaLSTM" in done.stdout
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 10
     assert "Meta-LSTM" in (tmp_path / "report" / "table.md").read_text()
+    assert "Meta-LSTM" in (tmp_path / "report_alias" / "table.md").read_text()

@@ -1,12 +1,23 @@
-"""The Meta-Learner LSTM's pieces (Ravi & Larochelle, ICLR 2017), each a small module:
-preprocessing, the coordinate-wise LSTM (layer 1), the meta-learner cell (layer 2), flat
-parameter views, and the :class:`MetaLearner` that unrolls them over an episode."""
+"""Old path of the Meta-LSTM's pieces, now :mod:`fewshot.methods.meta_lstm`; kept so that code written
+against it still imports. ``fewshot.metalstm.<piece>`` is the same module object as
+``fewshot.methods.meta_lstm.<piece>`` (one ``native`` loader, one set of classes), and
+``python -m fewshot.metalstm.bench`` forwards to ``python -m benchmarks.meta_lstm``."""
 
-from fewshot.metalstm.cell import CellOutput, MetaLearnerCell, cell_update
-from fewshot.metalstm.flat import FlatLayout
-from fewshot.metalstm.lstm import CoordinateLSTM
-from fewshot.metalstm.metalearner import Adaptation, GateStats, MetaLearner, MetaLoss
-from fewshot.metalstm.preprocess import preprocess
+import importlib
+import sys
+
+from fewshot.methods.meta_lstm import (
+    Adaptation,
+    CellOutput,
+    CoordinateLSTM,
+    FlatLayout,
+    GateStats,
+    MetaLearner,
+    MetaLearnerCell,
+    MetaLoss,
+    cell_update,
+    preprocess,
+)
 
 __all__ = [
     "Adaptation",
@@ -20,3 +31,6 @@ __all__ = [
     "cell_update",
     "preprocess",
 ]
+
+for _piece in ("cell", "flat", "lstm", "metalearner", "native", "preprocess"):
+    sys.modules[f"{__name__}.{_piece}"] = importlib.import_module(f"fewshot.methods.meta_lstm.{_piece}")

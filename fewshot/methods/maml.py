@@ -1,5 +1,9 @@
 """MAML, first-order MAML and Meta-SGD.
 
+One module and one class for the three: ``model=maml``, ``model=fomaml`` (``first_order: true``)
+and ``model=metasgd`` (``learn_inner_lr: true``) all build :class:`MAML`, and their tests are
+``tests/methods/test_maml.py``.
+
 Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
 ICML 2017; Li, Zhou, Chen & Li, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning",
 2017.

@@ -1,4 +1,7 @@
-"""Siamese networks for one-shot recognition (Koch, Zemel & Salakhutdinov, 2015)."""
+"""Siamese networks for one-shot recognition (Koch, Zemel & Salakhutdinov, 2015).
+
+``model=siamese`` (Conv-4 twin) and ``model=siamese_koch`` (Koch et al.'s twin, ``fewshot.models.koch``)
+both build :class:`SiameseNetwork`; their tests are ``tests/methods/test_siamese.py``."""
 
 from __future__ import annotations
 

@@ -2,11 +2,11 @@
 
 A block is marked in the file by two HTML comments that name the report's folder::
 
-    <!-- report results/omniglot: begin (python -m fewshot.report results/omniglot --readme README.md) -->
+    <!-- report results/omniglot: begin (python -m fewshot.reporting results/omniglot --readme README.md) -->
     ...the report's table.md...
     <!-- report results/omniglot: end -->
 
-``python -m fewshot.report results/omniglot --readme README.md`` rewrites what is between them.
+``python -m fewshot.reporting results/omniglot --readme README.md`` rewrites what is between them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import suite
-from fewshot.metalstm import bench
+from benchmarks import meta_lstm, suite
 
 
 def test_suite_writes_a_row_per_method_with_floor_ratios(tmp_path, capsys):
@@ -23,8 +22,8 @@ def test_suite_writes_a_row_per_method_with_floor_ratios(tmp_path, capsys):
 
 
 def test_metalstm_eval_and_memory_measurements_run():
-    shape = bench.SHAPES["omniglot-5w1s-T5"]
-    timing = bench.run_eval(shape, 2, bench.torch.device("cpu"), "fused")
+    shape = meta_lstm.SHAPES["omniglot-5w1s-T5"]
+    timing = meta_lstm.run_eval(shape, 2, meta_lstm.torch.device("cpu"), "fused")
     assert timing["eval_s"] > 0 and timing["floor_s"] > 0 and timing["episodes"] == 2
-    memory = bench.run_memory(2, True, bench.torch.device("cpu"))
+    memory = meta_lstm.run_memory(2, True, meta_lstm.torch.device("cpu"))
     assert memory["n_steps"] == 2 and memory["checkpoint"] is True and memory["peak_mib"] >= 0

@@ -17,7 +17,7 @@ from fewshot.data.embedded import EmbeddedGlyphs, render
 from fewshot.data.errors import DataError
 from fewshot.data.sampler import EpisodeSampler, EpisodeSpec
 from fewshot.data.source import DatasetSource
-from fewshot.evaluation.pixel_nn import pixel_nn_accuracy
+from tests.pixel_nn import pixel_nn_accuracy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(train_classes=30, val_classes=10, test_classes=10, images_per_class=10, name="embedded_tiny")

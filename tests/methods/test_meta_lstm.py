@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fewshot
-from fewshot.report import main as report_main
+from fewshot.reporting.build import main as report_main
 from fewshot.training import train
 from tests.conftest import compose_config
 

@@ -9,7 +9,7 @@ from tests.helpers import requires_omniglot
 from tests.methods.test_protonet_learning import pixel_nn_on_test_episodes
 
 # the thresholds below were measured with the gradient of the mean support loss; the official
-# scale (model default) starts more slowly over the first meta-steps (tests/metalstm's toy test
+# scale (model default) starts more slowly over the first meta-steps (tests/methods/meta_lstm's toy test
 # covers its learning, docs/reproduce.md its Omniglot accuracy: the same after 2,000 episodes)
 SHORT_RUN = [
     "trainer=cpu",

@@ -3,10 +3,10 @@
 import pytest
 from hydra.utils import instantiate
 
-from fewshot.evaluation.pixel_nn import pixel_nn_accuracy
 from fewshot.training import train
 from tests.conftest import compose_config
 from tests.helpers import requires_omniglot
+from tests.pixel_nn import pixel_nn_accuracy
 
 SHORT_RUN = ["trainer=cpu", "logger=none", "callbacks=none", "trainer.max_epochs=1", "data.val_episodes=10"]
 

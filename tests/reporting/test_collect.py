@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fewshot.report import build_report
+from fewshot.reporting.build import build_report
 from fewshot.reporting.collect import main as collect_main
 from fewshot.training import train
 from tests.reporting.test_report import A, write_run

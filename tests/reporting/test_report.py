@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fewshot.evaluation.stats import mean_ci95
-from fewshot.report import main as report_main
+from fewshot.reporting.build import main as report_main
 from fewshot.reporting.paired import EpisodeMismatchError, paired_difference
 from fewshot.reporting.readme import read_block
 from fewshot.reporting.runs import load_runs

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fewshot.metalstm.cell import MetaLearnerCell, cell_update
+from fewshot.methods.meta_lstm.cell import MetaLearnerCell, cell_update
 
 
 @pytest.mark.parametrize("feedback", ["preactivation", "gate"])

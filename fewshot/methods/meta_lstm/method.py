@@ -7,10 +7,10 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 
 from fewshot.data.episode import Episode
-from fewshot.metalstm.cell import Feedback
-from fewshot.metalstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
-from fewshot.metalstm.native import Backend
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.meta_lstm.cell import Feedback
+from fewshot.methods.meta_lstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
+from fewshot.methods.meta_lstm.native import Backend
 
 
 def summarise_gate_runs(values: Tensor, layers: tuple[str, ...]) -> dict:
@@ -29,8 +29,8 @@ class MetaLSTM(EpisodicMethod):
     gate = shrinkage), coordinate-wise, under the gradient independence assumption.
 
     Ravi & Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017. The pieces
-    (preprocessing, coordinate-wise LSTM, meta-learner cell, BN handling) live in
-    ``fewshot.metalstm``; this class wires them into the episodic interface: meta-training on
+    (preprocessing, coordinate-wise LSTM, meta-learner cell, BN handling) live beside it in
+    ``fewshot.methods.meta_lstm``; this class wires them into the episodic interface: meta-training on
     the query loss after ``n_steps`` updates on the support set (meta-batch averaged), Adam with
     global gradient-norm clipping (``grad_clip_norm``, official 0.25), and evaluation by
     adapting on each support set. Gate values (mean and spread of ``i_t`` and ``f_t`` per step

@@ -200,7 +200,7 @@ def fused_step_forward(
 
 
 def preprocess(x: Tensor, p: float) -> Tensor:
-    """:func:`fewshot.metalstm.preprocess.preprocess` of a flat float32 CPU tensor ``x [n]`` with
+    """:func:`fewshot.methods.meta_lstm.preprocess.preprocess` of a flat float32 CPU tensor ``x [n]`` with
     the feature axis first: ``[2, n]``, in one pass."""
     library = load()
     x = x.contiguous()

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.metalstm.flat import FlatLayout
+from fewshot.methods.meta_lstm.flat import FlatLayout
 from fewshot.models.conv4 import Conv4, layer_names
 
 

@@ -14,7 +14,7 @@ Equations, per coordinate, with input ``x_t`` (preprocessed loss and gradient):
 The gate rows of ``W`` are ordered ``(i, f, o, g)`` like the official Torch code (one sigmoid over
 three blocks). ``forward`` is the fused step: one custom autograd function with a hand-written
 backward that walks the coordinates in blocks (see ``_FusedLSTMStep``); its pointwise maths runs
-in the native C kernels of :mod:`fewshot.metalstm.native` (CPU, float32) or as torch operations.
+in the native C kernels of :mod:`fewshot.methods.meta_lstm.native` (CPU, float32) or as torch operations.
 ``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check that they
 all agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
 """
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from fewshot.metalstm import native
+from fewshot.methods.meta_lstm import native
 
 State = tuple[Tensor, Tensor]
 Backend = native.Backend
@@ -114,7 +114,7 @@ class _TorchPointwise:
 
 
 class _NativePointwise(_TorchPointwise):
-    """The same maths, one pass per direction, in the C kernels of :mod:`fewshot.metalstm.native`."""
+    """The same maths, one pass per direction, in the C kernels of :mod:`fewshot.methods.meta_lstm.native`."""
 
     forward = staticmethod(native.step_forward)
     backward = staticmethod(native.step_backward)
@@ -122,7 +122,7 @@ class _NativePointwise(_TorchPointwise):
 
 class _NativeInferenceStep(_NativePointwise):
     """The native kernels with the inference forward in one pass, matrix product included (where
-    it pays: see :func:`fewshot.metalstm.native.fused_step_pays`): no gate buffer, nothing kept."""
+    it pays: see :func:`fewshot.methods.meta_lstm.native.fused_step_pays`): no gate buffer, nothing kept."""
 
     @staticmethod
     def step(
@@ -144,7 +144,7 @@ class _NativeInferenceStep(_NativePointwise):
 class _NativeRecomputingStep(_NativeInferenceStep):
     """Checkpointing with the one-pass kernels (where they pay): the forward keeps nothing but the
     step's inputs, and the backward recomputes the gates per tile in registers
-    (:func:`fewshot.metalstm.native.fused_step_backward`) instead of writing them to scratch and
+    (:func:`fewshot.methods.meta_lstm.native.fused_step_backward`) instead of writing them to scratch and
     reading them back (measured: 3-4% faster per episode than that, 5-6% slower than keeping
     the gates, which stays the default)."""
 

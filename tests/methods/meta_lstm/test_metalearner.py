@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot.metalstm.metalearner import MetaLearner
+from fewshot.methods.meta_lstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
-from tests.metalstm.conftest import random_episode, tiny_conv4
+from tests.methods.meta_lstm.conftest import random_episode, tiny_conv4
 
 
 def meta_parameters(meta: MetaLearner) -> dict[str, torch.Tensor]:

@@ -9,13 +9,13 @@ import platform
 import pytest
 import torch
 
-from fewshot.metalstm import native
-from fewshot.metalstm.cell import MetaLearnerCell
-from fewshot.metalstm.lstm import CoordinateLSTM
-from fewshot.metalstm.metalearner import MetaLearner
-from fewshot.metalstm.preprocess import preprocess
-from tests.metalstm.test_lstm import unroll
-from tests.metalstm.test_metalearner import random_episode, tiny_conv4
+from fewshot.methods.meta_lstm import native
+from fewshot.methods.meta_lstm.cell import MetaLearnerCell
+from fewshot.methods.meta_lstm.lstm import CoordinateLSTM
+from fewshot.methods.meta_lstm.metalearner import MetaLearner
+from fewshot.methods.meta_lstm.preprocess import preprocess
+from tests.methods.meta_lstm.test_lstm import unroll
+from tests.methods.meta_lstm.test_metalearner import random_episode, tiny_conv4
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: native kernels cannot be built here")
 N = 5000  # coordinates; block_size 1536 leaves a ragged last block

@@ -1,4 +1,5 @@
-"""Raw-pixel nearest neighbour: the floor a learned method must clearly beat."""
+"""Raw-pixel nearest neighbour: the floor a learned method must clearly beat (the learning tests compare
+with it)."""
 
 from __future__ import annotations
 

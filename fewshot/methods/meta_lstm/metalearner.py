@@ -54,12 +54,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fewshot.metalstm import native
-from fewshot.metalstm.cell import CellOutput, Feedback, MetaLearnerCell, cell_update
-from fewshot.metalstm.flat import FlatLayout
-from fewshot.metalstm.lstm import CoordinateLSTM, State
-from fewshot.metalstm.native import Backend
-from fewshot.metalstm.preprocess import preprocess
+from fewshot.methods.meta_lstm import native
+from fewshot.methods.meta_lstm.cell import CellOutput, Feedback, MetaLearnerCell, cell_update
+from fewshot.methods.meta_lstm.flat import FlatLayout
+from fewshot.methods.meta_lstm.lstm import CoordinateLSTM, State
+from fewshot.methods.meta_lstm.native import Backend
+from fewshot.methods.meta_lstm.preprocess import preprocess
 from fewshot.models.conv4 import layer_names as conv4_layer_names
 
 BNMode = Literal["batch", "support"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fewshot.data.episode import Episode
-from fewshot.methods.matching import (
+from fewshot.methods.matchingnet import (
     AttentionLSTM,
     MatchingNetwork,
     canonical_order,

@@ -1,0 +1,210 @@
+"""Reports over finished runs: ``python -m fewshot.reporting <run dirs or multirun dirs> ...``.
+
+Finds every ``results.json`` below the given folders and writes, into ``--out``:
+``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
+in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
+spread; then each cell's CPU-minutes of training and whether a plateau or a cap ended it),
+``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best method
+against every other, plus any ``--pair A B`` and ``--against M``: M against every other method),
+``accuracy_vs_step.png``,
+``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the
+Meta-LSTM gate figure into every run folder with gate statistics. ``--wandb`` also logs the
+table and figures as one W&B run (offline). ``--readme README.md`` rewrites the block of that
+file marked for these runs with ``table.md`` (``fewshot.reporting.readme``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
+from fewshot.reporting.gates import save_gate_figure
+from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
+from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
+from fewshot.reporting.readme import ReadmeBlockError, update_block
+from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
+from fewshot.reporting.table import (
+    Cell,
+    build_cells,
+    checkpoint_note,
+    csv_paired,
+    csv_table,
+    markdown_paired,
+    markdown_table,
+    markdown_training,
+    method_sort_key,
+    paired_against_best,
+)
+
+__all__ = ["NoRunsError", "find_results", "gate_figures", "main", "requested_pairs"]
+
+
+def gate_figures(runs: Sequence[RunRecord]) -> list[Path]:
+    """Draw the gate figure of every run whose results carry Meta-LSTM gate statistics."""
+    written = []
+    for run in runs:
+        if run.gates:
+            written += save_gate_figure(run.gates, run.run_dir, f"{run.method} {run.setting}")
+    return written
+
+
+def requested_pairs(
+    runs: Sequence[RunRecord], pairs: Sequence[Sequence[str]], skip_missing: bool = False
+) -> list[PairedDifference]:
+    """Paired differences for ``--pair A B`` in every setting where both methods ran."""
+    differences = []
+    for a, b in pairs:
+        found = False
+        for setting in sorted({r.setting for r in runs}):
+            runs_a = [r for r in runs if r.method == a and r.setting == setting]
+            runs_b = [r for r in runs if r.method == b and r.setting == setting]
+            if runs_a and runs_b:
+                differences.append(paired_difference(runs_a, runs_b))
+                found = True
+        if not found and not skip_missing:
+            methods = sorted({r.method for r in runs})
+            raise EpisodeMismatchError(
+                f"--pair {a} {b}: no setting has runs of both methods. Methods found: {', '.join(methods)}."
+            )
+    return differences
+
+
+def against_all(runs: Sequence[RunRecord], methods: Sequence[str]) -> list[PairedDifference]:
+    """Paired differences of each of ``methods`` against every other method, in every setting."""
+    found = {r.method for r in runs}
+    unknown = [m for m in methods if m not in found]
+    if unknown:
+        raise EpisodeMismatchError(
+            f"--against {', '.join(unknown)}: no such method in these runs. Methods found: {', '.join(sorted(found))}."
+        )
+    pairs = [(a, b) for a in methods for b in sorted(found, key=method_sort_key) if b != a]
+    return requested_pairs(runs, pairs, skip_missing=True)
+
+
+def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifference]:
+    """Each pair of methods once per setting (the first of ``a - b`` and ``b - a`` is kept)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    kept = []
+    for d in differences:
+        key = (d.setting, frozenset((d.method_a, d.method_b)))
+        if key not in seen:
+            seen.add(key)
+            kept.append(d)
+    return kept
+
+
+def tables_markdown(cells: Sequence[Cell]) -> str:
+    """``table.md``: the accuracy table, which checkpoints were tested, and the training table."""
+    return markdown_table(cells) + checkpoint_note(cells) + "\n" + markdown_training(cells)
+
+
+def default_out(paths: Sequence[Path]) -> Path:
+    """``<folder>/report`` for a single folder, else ``./report``."""
+    return paths[0] / "report" if len(paths) == 1 and paths[0].is_dir() else Path("report")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a report file atomically and return its path."""
+    return write_text_atomic(path, text)
+
+
+def build_report(
+    paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]] = (), against: Sequence[str] = ()
+) -> dict[str, object]:
+    """Write the table, paired tests and figures for the runs under ``paths``; return what was made."""
+    runs = load_runs(list(paths))
+    cells = build_cells(runs)
+    differences, skipped = paired_against_best(cells)
+    differences = unique_pairs(differences + requested_pairs(runs, pairs) + against_all(runs, against))
+    table_md = tables_markdown(cells)
+    table_csv = csv_table(cells)
+    written = [
+        write_text(out / "table.md", table_md),
+        write_text(out / "table.csv", table_csv),
+        write_text(out / "paired.md", markdown_paired(differences)),
+        write_text(out / "paired.csv", csv_paired(differences)),
+    ]
+    figures = [
+        f
+        for f in (
+            plot_accuracy_vs_step(runs, out / "accuracy_vs_step.png"),
+            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png"),
+            plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png"),
+        )
+        if f is not None
+    ]
+    gates = gate_figures(runs)
+    return {
+        "runs": runs,
+        "table_md": table_md,
+        "table_csv": table_csv,
+        "paired_md": markdown_paired(differences),
+        "skipped_pairs": skipped,
+        "files": written + figures,
+        "figures": figures + [g for g in gates if g.suffix == ".png"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m fewshot.reporting", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run folders, multirun folders or results.json files")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: <folder>/report)")
+    parser.add_argument(
+        "--pair", nargs=2, action="append", default=[], metavar=("A", "B"), help="also test method A against B"
+    )
+    parser.add_argument(
+        "--against", action="append", default=[], metavar="M", help="also test method M against every other method"
+    )
+    parser.add_argument(
+        "--readme", type=Path, default=None, help="rewrite this Markdown file's block marked for these runs (README.md)"
+    )
+    parser.add_argument("--wandb", action="store_true", help="log the table and figures as a W&B run")
+    parser.add_argument("--wandb-project", default="fewshot")
+    parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
+    parser.add_argument("--wandb-online", action="store_true", help="log online instead of offline")
+    args = parser.parse_args(argv)
+    out = args.out or default_out(args.paths)
+    try:
+        check_writable_dir(out, create=False)  # before reading every run
+        report = build_report(args.paths, out, args.pair, args.against)
+        if args.readme is not None:
+            source = " ".join(str(p) for p in args.paths)
+            changed = update_block(args.readme, source, str(report["table_md"]))
+            print(f"{'updated' if changed else 'unchanged'}: the table of {source} in {args.readme}")
+    except (NoRunsError, BadResultsError, EpisodeMismatchError, OutputPathError, ReadmeBlockError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(report['runs'])} run(s) found\n")
+    print(report["table_md"])
+    print(report["paired_md"])
+    for note in report["skipped_pairs"]:
+        print(f"note: skipped a pair: {note}")
+    for path in report["files"]:
+        print(f"wrote {path}")
+    for path in report["figures"]:
+        if path not in report["files"]:
+            print(f"wrote {path}")
+    if not any(run.gates for run in report["runs"]):
+        print("no Meta-LSTM gate statistics in these runs: no gate figure drawn")
+    if args.wandb:
+        from fewshot.reporting.wandb_report import log_report_to_wandb
+
+        folder = log_report_to_wandb(
+            report["table_csv"],
+            report["figures"],
+            save_dir=out,
+            project=args.wandb_project,
+            group=args.wandb_group or out.resolve().parent.name,
+            offline=not args.wandb_online,
+        )
+        hint = "" if args.wandb_online else " (offline: `wandb sync` it to upload)"
+        print(f"logged to W&B run {folder}{hint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

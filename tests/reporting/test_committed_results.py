@@ -1,0 +1,56 @@
+"""The committed results: the README's tables are what the report prints from them, and they
+hold no path of the machine that produced them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fewshot.reporting.build import tables_markdown
+from fewshot.reporting.readme import read_block
+from fewshot.reporting.runs import load_runs
+from fewshot.reporting.table import build_cells
+from tests.conftest import PROJECT_ROOT
+
+README = PROJECT_ROOT / "README.md"
+BEGIN = re.compile(r"<!-- report (\S+): begin")
+SOURCES = BEGIN.findall(README.read_text())
+
+
+def test_the_readme_has_a_results_table_made_by_the_report():
+    assert "results/omniglot" in SOURCES
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_readme_table_equals_the_report_of_the_committed_results(source):
+    folder = PROJECT_ROOT / source
+    assert folder.is_dir(), f"README shows the report of {source}, which is not in the repository"
+    expected = tables_markdown(build_cells(load_runs([folder])))
+    assert read_block(README.read_text(), source) == expected, (
+        f"README's table of {source} is not what the report prints; "
+        f"regenerate it: python -m fewshot.report {source} --readme README.md"
+    )
+
+
+def strings(value: object):
+    """Every string inside a JSON value."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_committed_results_hold_no_machine_paths(source):
+    files = sorted((PROJECT_ROOT / source).rglob("results.json"))
+    assert files
+    for path in files:
+        absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith("/") or str(Path.home()) in s]
+        assert not absolute, f"{path} holds machine paths {absolute[:3]}; collect it with fewshot.reporting.collect"

@@ -107,15 +107,33 @@ def execute(run: QueuedRun, folder: Path, python: str, project: Path) -> int:
     return code
 
 
-def worker(runs: list[QueuedRun], out: Path, python: str, project: Path, lock: threading.Lock) -> None:
-    """Take unclaimed runs from the queue until none is left."""
+@dataclass
+class FailureStreak:
+    """Failures in a row across workers: a setup problem (missing data, a broken checkout) fails
+    every run in seconds, so the queue stops after ``limit`` instead of failing all of them."""
+
+    limit: int
+    count: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the queue takes no new run."""
+        return self.count >= self.limit
+
+
+def worker(
+    runs: list[QueuedRun], out: Path, python: str, project: Path, lock: threading.Lock, streak: FailureStreak
+) -> None:
+    """Take unclaimed runs from the queue until none is left (or failures in a row stop it)."""
     for run in runs:
         folder = out / run.name
         with lock:
-            if not claim(folder):
+            if streak.stopped or not claim(folder):
                 continue
         print(f"{time.strftime('%H:%M:%S')} start {run.name}", flush=True)
         code = execute(run, folder, python, project)
+        with lock:
+            streak.count = streak.count + 1 if code != 0 else 0
         if code != 0:
             (folder / "FAILED").write_text(f"{code}\n")
         (folder / ".claimed").unlink(missing_ok=True)
@@ -135,16 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         default=PROJECT_ROOT,
         help="the checkout whose train.py runs (e.g. a git worktree kept at one commit while you develop)",
     )
+    parser.add_argument(
+        "--stop-after-failures", type=int, default=3, help="take no new run after this many failures in a row"
+    )
     args = parser.parse_args(argv)
-    if args.parallel < 1:
-        parser.error("--parallel must be at least 1")
+    if args.parallel < 1 or args.stop_after_failures < 1:
+        parser.error("--parallel and --stop-after-failures must be at least 1")
     runs = read_queue(args.queue)
     args.out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
-    threads = [
-        threading.Thread(target=worker, args=(runs, args.out.resolve(), args.python, args.project.resolve(), lock))
-        for _ in range(args.parallel)
-    ]
+    streak = FailureStreak(args.stop_after_failures)
+    jobs = (runs, args.out.resolve(), args.python, args.project.resolve(), lock, streak)
+    threads = [threading.Thread(target=worker, args=jobs) for _ in range(args.parallel)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -152,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = sorted(r.name for r in runs if (args.out / r.name / "FAILED").exists())
     if failed:
         print(f"failed: {', '.join(failed)} (see <out>/<name>/run.log; delete FAILED to retry)")
+    if streak.stopped:
+        print(f"stopped after {streak.count} failures in a row: fix the cause (run.log), delete FAILED, run again")
     return 1 if failed else 0
 
 

@@ -102,3 +102,16 @@ def test_queue_runs_every_job_once_records_failures_and_skips_them_next_time(tmp
     (out / "a" / "args.json").unlink()
     assert run_queue.main(argv) == 1  # nothing reruns: a and c finished, b failed
     assert not (out / "a" / "args.json").exists()
+
+
+def test_failures_in_a_row_stop_the_queue(tmp_path, capsys):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(FAKE_TRAIN)
+    queue = write_queue(tmp_path / "q.txt", "a fail=true\nb fail=true\nc seed=0\nd seed=1\n")
+    out = tmp_path / "out"
+    argv = [str(queue), "--out", str(out), "--parallel", "1", "--python", sys.executable, "--project", str(project)]
+    assert run_queue.main([*argv, "--stop-after-failures", "2"]) == 1
+    assert sorted(p.parent.name for p in out.glob("*/FAILED")) == ["a", "b"]
+    assert not (out / "c").exists()
+    assert "stopped after 2 failures in a row" in capsys.readouterr().out

@@ -4,7 +4,7 @@ and results written before name the old ``_target_`` strings, and the old comman
 from __future__ import annotations
 
 import importlib
-import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 import fewshot
 from fewshot.checkpoints import CONFIG_KEY, MOVED_MODULES, check_checkpoint_fits, current_target
-from tests.conftest import compose_config
+from tests.conftest import PROJECT_ROOT, compose_config
 
 # model= option -> the _target_ its config named before the move (the Meta-LSTM's is unchanged)
 OLD_TARGETS = {
@@ -90,22 +90,22 @@ def test_the_old_metalstm_package_exports_the_same_names():
     assert old.__all__ and all(getattr(old, name) is getattr(new, name) for name in old.__all__)
 
 
-def run_help(module: str, monkeypatch, capsys) -> str:
-    """What ``python -m <module> --help`` prints, run in this process."""
-    monkeypatch.setattr(sys, "argv", [module, "--help"])
-    monkeypatch.delitem(sys.modules, module, raising=False)  # run it fresh, as `python -m` would
-    with pytest.raises(SystemExit) as stop:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    assert stop.value.code in (0, None)
-    return capsys.readouterr().out
+def run_help(module: str) -> str:
+    """What ``python -m <module> --help`` prints (a real interpreter: running it in this process
+    would re-import packages and leave the test session's modules inconsistent)."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 @pytest.mark.parametrize("module", ["fewshot.reporting", "fewshot.report"])
-def test_the_report_runs_as_fewshot_reporting_and_its_old_name(module, monkeypatch, capsys):
-    assert "usage: python -m fewshot.reporting" in run_help(module, monkeypatch, capsys)
+def test_the_report_runs_as_fewshot_reporting_and_its_old_name(module):
+    assert "usage: python -m fewshot.reporting" in run_help(module)
 
 
 @pytest.mark.parametrize("module", ["benchmarks.meta_lstm", "fewshot.metalstm.bench"])
-def test_the_metalstm_bench_runs_as_benchmarks_meta_lstm_and_its_old_name(module, monkeypatch, capsys):
-    printed = run_help(module, monkeypatch, capsys)
+def test_the_metalstm_bench_runs_as_benchmarks_meta_lstm_and_its_old_name(module):
+    printed = run_help(module)
     assert "python -m benchmarks.meta_lstm" in printed and "--variants" in printed

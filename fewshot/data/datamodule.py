@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -242,6 +242,21 @@ class EpisodicDataModule(pl.LightningDataModule):
         if isinstance(batch, LabelledImages):
             return batch.with_images(self.normalize(batch.images))
         return batch.with_images(self.normalize(batch.support_images), self.normalize(batch.query_images))
+
+    def tuning_episodes(self, count: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, Episode]]:
+        """``(index, episode)`` of ``count`` validation-split episodes for choosing a method's
+        settings (Baseline-finetune's grid), normalised as the loaders' episodes: the ones right
+        after the scored validation episodes, so never a test episode nor one that ``val/acc``
+        is computed on."""
+        if not self.samplers:
+            self.setup()
+        start = self.n_episodes["val"]
+        for index in range(start, start + count):
+            episode = self.samplers["val"][index].to(device)
+            yield (
+                index,
+                episode.with_images(self.normalize(episode.support_images), self.normalize(episode.query_images)),
+            )
 
     def episode_fingerprint(self, split: str) -> str:
         """Fingerprint of the evaluation episodes of ``split`` (see EpisodeSampler)."""

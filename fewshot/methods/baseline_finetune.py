@@ -278,26 +278,18 @@ class BaselineFinetune(PretrainedClassifier):
         fast_dev_run = self._fast_dev_run()
         return min(self.grid_episodes, fast_dev_run) if fast_dev_run else self.grid_episodes
 
-    def grid_episode_indices(self, datamodule: EpisodicDataModule) -> range:
-        """Validation-sampler indices the grid is scored on: right after the validation episodes."""
-        start = datamodule.n_episodes["val"]
-        return range(start, start + self.grid_episode_count())
-
     def select_settings(self, datamodule: EpisodicDataModule) -> FinetuneSettings:
         """Grid-search the fine-tuning settings on validation episodes of ``datamodule`` (never
-        its test episodes) and keep the best."""
-        if not datamodule.samplers:
-            datamodule.setup()
-        sampler = datamodule.samplers["val"]
-        indices = self.grid_episode_indices(datamodule)
+        its test episodes, nor those that give ``val/acc``) and keep the best."""
+        indices: list[int] = []
 
         def episodes() -> Iterator[Episode]:
-            for index in indices:
-                e = sampler[index].to(self.device)
-                yield e.with_images(datamodule.normalize(e.support_images), datamodule.normalize(e.query_images))
+            for index, episode in datamodule.tuning_episodes(self.grid_episode_count(), self.device):
+                indices.append(index)
+                yield episode
 
         self.grid_table = self.grid_accuracy(episodes())
-        self.grid_episode_index = list(indices)
+        self.grid_episode_index = indices
         self.settings = self.best_settings(self.grid_table)
         return self.settings
 

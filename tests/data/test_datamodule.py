@@ -72,6 +72,18 @@ def test_normalisation_scales_and_standardises_on_transfer():
     assert torch.allclose(out.support_images, expected)
 
 
+def test_tuning_episodes_are_validation_episodes_after_the_scored_ones_normalised():
+    dm = make(mean=[0.5], std=[0.25])
+    tuning = list(dm.tuning_episodes(3))
+    assert [index for index, _ in tuning] == [4, 5, 6]
+    assert [i for b in dm.val_dataloader() for i in b.index.tolist()] == [0, 1, 2, 3]  # the scored ones
+    raw = dm.samplers["val"][4]
+    episode = tuning[0][1]
+    assert episode.support_images.dtype == torch.float32
+    assert torch.allclose(episode.support_images, (raw.support_images.float() / 255 - 0.5) / 0.25)
+    assert torch.equal(episode.query_labels, raw.query_labels)
+
+
 def test_image_batches_cover_every_training_image_once_per_epoch():
     dm = make(image_batch_size=16)
     dm.train_batches = "images"

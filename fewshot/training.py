@@ -135,8 +135,8 @@ def evaluation_shots(cfg: DictConfig, datamodule: EpisodicDataModule) -> list[in
 
 
 def method_name(method: EpisodicMethod, variant: str | None = None) -> str:
-    """A method's display name (its ``display_name`` if it has one, else the class name) and variant."""
-    name = str(getattr(method, "display_name", type(method).__name__))
+    """A method's display name and its variant, if any: ``MAML (meta-batch 4)``."""
+    name = method.display_name
     return f"{name} ({variant})" if variant else name
 
 
@@ -147,7 +147,7 @@ def set_nonfinite_policy(method: EpisodicMethod, policy: str, world_size: int) -
             f"nonfinite_loss must be one of {list(NONFINITE_POLICIES)}, got {policy!r}; set nonfinite_loss=stop "
             "(end training with an error) or nonfinite_loss=skip (skip that meta-batch and go on)."
         )
-    if policy == "skip" and type(method).training_step is not EpisodicMethod.training_step:
+    if policy == "skip" and not method.uses_shared_training_step:
         raise ValueError(
             f"nonfinite_loss=skip needs the shared episodic training step, but {method_name(method)} trains "
             "with its own; set nonfinite_loss=stop."
@@ -296,7 +296,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     if ckpt_path:  # another method or architecture first: that message shows shapes and settings
         check_checkpoint_fits(ckpt_path, method, resolved["model"])
     continued = check_continuation(ckpt_path, resolved, cfg)
-    datamodule.train_batches = getattr(method, "train_batches", "episodes")
+    datamodule.train_batches = method.train_batches
     shots = evaluation_shots(cfg, datamodule)
     if shots:
         method.score_shots(shots)
@@ -328,8 +328,8 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
         "train": {
             "steps": int(trainer.global_step),
             "epochs": int(trainer.current_epoch),
-            "cpu_s": round(getattr(method, "train_cpu_s", float("nan")), 1),
-            "skipped_nonfinite": int(getattr(method, "skipped_nonfinite", 0)),
+            "cpu_s": round(method.train_cpu_s if method.train_cpu_s is not None else float("nan"), 1),
+            "skipped_nonfinite": method.skipped_nonfinite,
         },
     }
     if cfg.get("train", True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -53,11 +54,31 @@ class EpisodicMethod(pl.LightningModule):
     and optimiser construction from Hydra partials.
     """
 
+    # -- what a method may declare (class attributes) -----------------------------------------
     # methods whose learner has an N-way head cannot train on episodes of another N
-    needs_fixed_n_way = False
+    needs_fixed_n_way: ClassVar[bool] = False
+    # what training batches are: meta-batches of episodes, or shuffled labelled images
+    # (pre-trained baselines); the training loop tells the datamodule
+    train_batches: ClassVar[Literal["episodes", "images"]] = "episodes"
+    # whether the method trains with this class's training_step (set for every subclass when it
+    # is defined): only that step can skip a NaN/inf meta-batch (nonfinite_loss=skip)
+    uses_shared_training_step: ClassVar[bool] = True
+
+    # -- run state set from outside ------------------------------------------------------------
     # what a NaN/inf training loss does: "stop" or "skip" the update (set from the run config)
-    nonfinite_loss = "stop"
-    skipped_nonfinite = 0
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    skipped_nonfinite: int = 0
+    # CPU seconds of training so far, set by the CPU budget callback when there is one
+    train_cpu_s: float | None = None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.uses_shared_training_step = cls.training_step is EpisodicMethod.training_step
+
+    @property
+    def display_name(self) -> str:
+        """The method's name in results and reports (the class name unless the method sets one)."""
+        return type(self).__name__
 
     def __init__(self, optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
         super().__init__()
@@ -90,7 +111,7 @@ class EpisodicMethod(pl.LightningModule):
             return
         train_way, eval_way = datamodule.train_spec.n_way, datamodule.eval_spec.n_way
         if train_way != eval_way:
-            name = getattr(self, "display_name", type(self).__name__)
+            name = self.display_name
             raise ValueError(
                 f"{name} classifies with a head of data.n_way={eval_way} outputs, but the training episodes are "
                 f"data.train_n_way={train_way}-way. Set data.train_n_way=null (or {eval_way}) so that training "
@@ -118,7 +139,7 @@ class EpisodicMethod(pl.LightningModule):
     def check_finite(self, loss: Tensor) -> None:
         """Stop with a clear message on a NaN/inf loss instead of training on garbage."""
         if not torch.isfinite(loss).all():
-            skippable = type(self).training_step is EpisodicMethod.training_step
+            skippable = self.uses_shared_training_step
             raise NonFiniteLossError(
                 f"Non-finite training loss ({loss.item()}) at step {self.global_step}; training stopped (the "
                 "checkpoints saved so far are kept). Lower the learning rate (model.optimizer.lr), add gradient "
@@ -190,9 +211,8 @@ class EpisodicMethod(pl.LightningModule):
             return
         latest = self.eval_results["val"]
         point = {"step": int(self.global_step), "epoch": int(self.current_epoch)}
-        cpu_s = getattr(self, "train_cpu_s", None)  # set by the CPU budget callback, when there is one
-        if cpu_s is not None:
-            point["cpu_s"] = round(float(cpu_s), 2)
+        if self.train_cpu_s is not None:
+            point["cpu_s"] = round(float(self.train_cpu_s), 2)
         self.val_history.append({**point, "acc": latest["acc"], "ci95": latest["ci95"]})
         if self.best_val is None or latest["acc"] > self.best_val["acc"]:
             self.best_val = {**latest, **point}

@@ -32,6 +32,7 @@ from fewshot.interrupt import RunInterrupted, StopFlag, StopOnSignal, stop_on_si
 from fewshot.io import check_writable_dir
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.methods.base import EpisodicMethod
+from fewshot.methods.nonfinite import NONFINITE_POLICIES
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
     RESULTS_FILE,
@@ -48,8 +49,6 @@ from fewshot.runfolder import check_test_only_folder
 
 log = logging.getLogger(__name__)
 
-# what meta-training does on a NaN/inf loss (the top-level ``nonfinite_loss`` key)
-NONFINITE_POLICIES = ("stop", "skip")
 FINAL_CHECKPOINT = "final.ckpt"
 
 
@@ -158,7 +157,7 @@ def set_nonfinite_policy(method: EpisodicMethod, policy: str, world_size: int) -
             f"nonfinite_loss=skip works in a single process only, got {world_size}; set nonfinite_loss=stop "
             "or train on one device (trainer.devices=1)."
         )
-    method.nonfinite_loss = policy
+    method.nonfinite.mode = policy
 
 
 def checkpoint_to_test(trainer: pl.Trainer, choice: str, output_dir: Path) -> str | None:
@@ -322,14 +321,14 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
         "hardware": hardware(),
         "output_dir": str(output_dir),
         # the validation the tested checkpoint was chosen on (the best), and the last one
-        "val": method.best_val or method.eval_results.get("val"),
-        "val_last": method.eval_results.get("val"),
-        "val_history": method.val_history,
+        "val": method.scores.best or method.scores.results.get("val"),
+        "val_last": method.scores.results.get("val"),
+        "val_history": method.scores.history,
         "train": {
             "steps": int(trainer.global_step),
             "epochs": int(trainer.current_epoch),
             "cpu_s": round(method.train_cpu_s if method.train_cpu_s is not None else float("nan"), 1),
-            "skipped_nonfinite": method.skipped_nonfinite,
+            "skipped_nonfinite": method.nonfinite.skipped,
         },
     }
     if cfg.get("train", True):
@@ -341,7 +340,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
             lambda: trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False),
             flag,
         )
-        test = dict(method.eval_results["test"])
+        test = dict(method.scores.results["test"])
         test["fingerprint"] = datamodule.episode_fingerprint("test")
         test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])
         results["test"] = test

@@ -392,7 +392,7 @@ def test_15_nan_loss_with_skip_warns_counts_and_completes(tiny_config, tmp_path,
     )
     with pytest.warns(UserWarning, match=r"Non-finite training loss \(nan\) at step \d+: skipping the update"):
         results = train(cfg)
-    assert seen[0].skipped_nonfinite == 2 and results["train"]["skipped_nonfinite"] == 2
+    assert seen[0].nonfinite.skipped == 2 and results["train"]["skipped_nonfinite"] == 2
     assert results["test"]["episodes"] == 2
     method = fewshot.load(results["checkpoint"])
     assert all(torch.isfinite(p).all() for p in method.parameters())  # no update from a NaN loss

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -11,20 +11,15 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
-from torchmetrics import CatMetric
 
 from fewshot.data.episode import Episode
-from fewshot.evaluation.stats import episode_accuracy, mean_ci95
+from fewshot.evaluation.stats import episode_accuracy
+from fewshot.methods.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
+from fewshot.methods.scoring import EVAL_STAGES, EpisodeScores, shot_stage
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-EVAL_STAGES = ("val", "test")
 HISTORY_KEY = "fewshot_validation_history"
-
-
-def shot_stage(n_shot: int) -> str:
-    """The evaluation stage that scores test episodes with their first ``n_shot`` shots."""
-    return f"test_{n_shot}shot"
 
 
 def embed_episode(backbone: torch.nn.Module, episode: Episode) -> tuple[Tensor, Tensor]:
@@ -40,18 +35,20 @@ def embed_episode(backbone: torch.nn.Module, episode: Episode) -> tuple[Tensor, 
     return features[: b * nk].view(b, nk, -1), features[b * nk :].view(b, -1, features.shape[-1])
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Meta-training produced a NaN or infinite loss."""
-
-
 class EpisodicMethod(pl.LightningModule):
     """Base class of every few-shot method.
 
     Subclasses implement ``forward(episode) -> logits [B, N*Q, N]``: adapt to each episode's
     support set and score its queries. This class supplies episodic training with
-    cross-entropy on the queries, evaluation over the fixed validation/test episodes
-    (per-episode accuracy with torchmetrics, mean and 95% CI, gathered across processes),
-    and optimiser construction from Hydra partials.
+    cross-entropy on the queries (and the run's non-finite loss policy, ``nonfinite``),
+    evaluation over the fixed validation/test episodes (``scores``: per-episode accuracy with
+    torchmetrics, mean and 95% CI, gathered across processes, validation history), and
+    optimiser construction from Hydra partials.
+
+    What a method must define: ``forward``. What it may (see CONTRIBUTING.md, "Adding a
+    method"): ``display_name``, ``needs_fixed_n_way``, ``train_batches``, ``episode_loss``,
+    its own ``training_step``, ``eval_logits`` (to collect per-episode extras while scoring)
+    and ``stage_metrics`` (extra results of a stage, e.g. Meta-LSTM gates).
     """
 
     # -- what a method may declare (class attributes) -----------------------------------------
@@ -65,9 +62,6 @@ class EpisodicMethod(pl.LightningModule):
     uses_shared_training_step: ClassVar[bool] = True
 
     # -- run state set from outside ------------------------------------------------------------
-    # what a NaN/inf training loss does: "stop" or "skip" the update (set from the run config)
-    nonfinite_loss: Literal["stop", "skip"] = "stop"
-    skipped_nonfinite: int = 0
     # CPU seconds of training so far, set by the CPU budget callback when there is one
     train_cpu_s: float | None = None
 
@@ -84,13 +78,8 @@ class EpisodicMethod(pl.LightningModule):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.episode_acc = torch.nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
-        self.episode_index = torch.nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
-        self.eval_results: dict[str, dict] = {}
-        self.best_val: dict | None = None  # the best validation summary so far (highest accuracy)
-        self.val_history: list[dict[str, float]] = []  # (step, epoch, acc, ci95) of every validation
-        self.eval_shots: tuple[int, ...] = ()
-        self.test_n_shot: int | None = None
+        self.scores = EpisodeScores()
+        self.nonfinite = NonFiniteLossPolicy(skippable=self.uses_shared_training_step)
 
     # -- what a method provides -------------------------------------------------------------
     def forward(self, episode: Episode) -> Tensor:
@@ -102,6 +91,15 @@ class EpisodicMethod(pl.LightningModule):
         logits = self(episode)
         loss = F.cross_entropy(logits.flatten(0, 1), episode.query_labels.flatten())
         return loss, logits
+
+    def eval_logits(self, episode: Episode, stage: str) -> Tensor:
+        """Query logits ``[B, N*Q, N]`` of an evaluation meta-batch of ``stage`` (a method that
+        collects per-episode extras while adapting, as the Meta-LSTM's gates, overrides this)."""
+        return self(episode)
+
+    def stage_metrics(self, stage: str) -> dict[str, Any]:
+        """Extra results of an evaluation stage, kept beside its accuracy (none by default)."""
+        return {}
 
     # -- training -----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -120,15 +118,15 @@ class EpisodicMethod(pl.LightningModule):
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor | None:
         """One meta-training step on a meta-batch of episodes; None (no update) for a NaN/inf
-        loss when ``nonfinite_loss`` is ``"skip"`` (set by ``fewshot.training``; else it stops)."""
+        loss when the run's ``nonfinite_loss`` is ``skip`` (else it stops)."""
         loss, logits = self.episode_loss(episode)
-        if self.nonfinite_loss == "skip" and not torch.isfinite(loss).all():
-            self.skipped_nonfinite += episode.batch_size
+        if self.nonfinite.should_skip(loss, episode.batch_size):
+            skipped = self.nonfinite.skipped
             rank_zero_warn(
                 f"Non-finite training loss ({loss.item()}) at step {self.global_step}: skipping the update of "
-                f"these {episode.batch_size} episode(s) (nonfinite_loss=skip; {self.skipped_nonfinite} skipped so far)."
+                f"these {episode.batch_size} episode(s) (nonfinite_loss=skip; {skipped} skipped so far)."
             )
-            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), batch_size=episode.batch_size)
+            self.log("train/skipped_nonfinite", float(skipped), batch_size=episode.batch_size)
             return None  # Lightning makes no optimizer step for this batch
         self.check_finite(loss)
         acc = episode_accuracy(logits, episode.query_labels, episode.n_way).mean()
@@ -138,108 +136,52 @@ class EpisodicMethod(pl.LightningModule):
 
     def check_finite(self, loss: Tensor) -> None:
         """Stop with a clear message on a NaN/inf loss instead of training on garbage."""
-        if not torch.isfinite(loss).all():
-            skippable = self.uses_shared_training_step
-            raise NonFiniteLossError(
-                f"Non-finite training loss ({loss.item()}) at step {self.global_step}; training stopped (the "
-                "checkpoints saved so far are kept). Lower the learning rate (model.optimizer.lr), add gradient "
-                "clipping (trainer.gradient_clip_val), or check the data normalisation"
-                + (", or set nonfinite_loss=skip to skip such meta-batches." if skippable else ".")
-            )
+        self.nonfinite.check(loss, self.global_step)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate_episodes(self, episode: Episode, stage: str) -> Tensor:
-        """Score a meta-batch of evaluation episodes and record per-episode accuracies."""
-        return self.record_episode_accuracy(self(episode), episode, stage)
-
-    def record_episode_accuracy(self, logits: Tensor, episode: Episode, stage: str) -> Tensor:
-        """Per-episode accuracies ``[B]`` of query logits ``[B, N*Q, N]``, recorded for the stage."""
-        acc = episode_accuracy(logits, episode.query_labels, episode.n_way)
-        self.episode_acc[stage].update(acc)
-        self.episode_index[stage].update(episode.index.to(acc.dtype))
-        return acc
-
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
         """Score validation episodes."""
-        self.evaluate_episodes(episode, "val")
+        self.scores.record("val", self.eval_logits(episode, "val"), episode)
 
     def test_step(self, episode: Episode, batch_idx: int) -> None:
-        """Score test episodes (and again with their first k shots for each k of ``eval_shots``)."""
-        self.test_n_shot = episode.n_shot
-        self.evaluate_episodes(episode, "test")
-        for n_shot in self.eval_shots:
-            if n_shot != episode.n_shot:
-                self.evaluate_episodes(episode.with_shots(n_shot), shot_stage(n_shot))
+        """Score test episodes (and again with their first k shots for each k of ``scores.shots``)."""
+        for stage, scored in self.scores.test_stages(episode):
+            self.scores.record(stage, self.eval_logits(scored, stage), scored)
 
     def score_shots(self, shots: Sequence[int]) -> None:
         """Also score every test episode with only its first k support images per class, for
         each k in ``shots`` (the official protocol's 1- and 5-shot scores on one episode)."""
-        bad = [k for k in shots if int(k) < 1]
-        if bad:
-            raise ValueError(f"eval.shots must be positive shot counts, got {list(shots)}.")
-        self.eval_shots = tuple(sorted({int(k) for k in shots}))
-        for n_shot in self.eval_shots:
-            stage = shot_stage(n_shot)
-            if stage not in self.episode_acc:
-                self.episode_acc[stage] = CatMetric().to(self.device)
-                self.episode_index[stage] = CatMetric().to(self.device)
+        self.scores.rescore_with_shots(shots)
 
-    def summarise_stage(self, stage: str) -> None:
-        """Log mean accuracy and 95% CI over all episodes of the stage, gathered from every
-        process, and keep the per-episode accuracies (sorted by episode index)."""
-        acc = self.episode_acc[stage].compute().flatten().cpu()
-        index = self.episode_index[stage].compute().flatten().cpu().long()
-        self.episode_acc[stage].reset()
-        self.episode_index[stage].reset()
-        order = torch.argsort(index)
-        acc, index = acc[order], index[order]
-        mean, ci95 = mean_ci95(acc)
-        self.eval_results[stage] = {
-            "acc": mean,
-            "ci95": ci95,
-            "episodes": int(acc.numel()),
-            "episode_index": index.tolist(),
-            "episode_acc": acc.tolist(),
-        }
-        self.log(f"{stage}/acc", mean, prog_bar=stage == "val", sync_dist=False, rank_zero_only=False)
-        self.log(f"{stage}/acc_ci95", ci95, sync_dist=False)
+    def summarise_stage(self, stage: str) -> dict[str, Any]:
+        """Summarise the stage's episodes (``scores.summarise``) with the method's
+        ``stage_metrics``, and log mean accuracy and 95% CI."""
+        summary = self.scores.summarise(stage)
+        summary.update(self.stage_metrics(stage))
+        self.log(f"{stage}/acc", summary["acc"], prog_bar=stage == "val", sync_dist=False, rank_zero_only=False)
+        self.log(f"{stage}/acc_ci95", summary["ci95"], sync_dist=False)
+        return summary
 
     def on_validation_epoch_end(self) -> None:
         """Summarise the validation episodes; keep the history and the best validation so far."""
         self.summarise_stage("val")
-        if self.trainer.sanity_checking:
-            return
-        latest = self.eval_results["val"]
-        point = {"step": int(self.global_step), "epoch": int(self.current_epoch)}
-        if self.train_cpu_s is not None:
-            point["cpu_s"] = round(float(self.train_cpu_s), 2)
-        self.val_history.append({**point, "acc": latest["acc"], "ci95": latest["ci95"]})
-        if self.best_val is None or latest["acc"] > self.best_val["acc"]:
-            self.best_val = {**latest, **point}
+        if not self.trainer.sanity_checking:
+            self.scores.note_validation(self.global_step, self.current_epoch, self.train_cpu_s)
 
     def on_test_epoch_end(self) -> None:
-        """Summarise the test episodes, per number of shots when ``eval_shots`` asks for it."""
+        """Summarise the test episodes, per number of shots when ``scores.shots`` asks for it."""
         self.summarise_stage("test")
-        if not self.eval_shots:
-            return
-        shots = {}
-        for n_shot in self.eval_shots:
-            if n_shot == self.test_n_shot:
-                shots[str(n_shot)] = {k: v for k, v in self.eval_results["test"].items() if k != "shots"}
-            else:
-                self.summarise_stage(shot_stage(n_shot))
-                shots[str(n_shot)] = self.eval_results.pop(shot_stage(n_shot))
-        self.eval_results["test"]["shots"] = shots
+        for stage in self.scores.rescored_stages():
+            self.summarise_stage(stage)
+        self.scores.attach_shots()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the validation history and best validation with the weights (resumed runs go on)."""
-        checkpoint[HISTORY_KEY] = {"val_history": self.val_history, "best_val": self.best_val}
+        checkpoint[HISTORY_KEY] = self.scores.history_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the validation history and best validation of a checkpoint."""
-        history = checkpoint.get(HISTORY_KEY) or {}
-        self.val_history = list(history.get("val_history", []))
-        self.best_val = history.get("best_val")
+        self.scores.load_history_state(checkpoint.get(HISTORY_KEY))
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -248,3 +190,6 @@ class EpisodicMethod(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+
+
+__all__ = ["EVAL_STAGES", "EpisodicMethod", "NonFiniteLossError", "embed_episode", "shot_stage"]

@@ -313,11 +313,9 @@ class BaselineFinetune(PretrainedClassifier):
             self.select_settings(self._datamodule())
         self.log_settings(searched)
 
-    def summarise_stage(self, stage: str) -> None:
-        """As the base class, and record the settings used with the stage's results."""
-        super().summarise_stage(stage)
-        if self.settings is not None:
-            self.eval_results[stage]["finetune"] = asdict(self.settings)
+    def stage_metrics(self, stage: str) -> dict[str, Any]:
+        """The fine-tuning settings the stage was scored with (``{"finetune": ...}``)."""
+        return {} if self.settings is None else {"finetune": asdict(self.settings)}
 
     def log_settings(self, searched: bool) -> None:
         """Log the fine-tuning settings in use (``finetune/lr``, ``finetune/decay``,

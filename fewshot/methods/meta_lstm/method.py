@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchmetrics import CatMetric
@@ -111,29 +113,28 @@ class MetaLSTM(EpisodicMethod):
         loss, logits, _ = self.adapt_and_predict(episode)
         return loss, logits
 
-    def evaluate_episodes(self, episode: Episode, stage: str) -> Tensor:
-        """Score evaluation episodes and collect their gate statistics."""
+    def eval_logits(self, episode: Episode, stage: str) -> Tensor:
+        """Query logits of evaluation episodes; their gate statistics are collected for val/test."""
         _, logits, gates = self.adapt_and_predict(episode)
         if stage in self.gate_runs:  # gates are summarised for val/test, not per-shot rescoring
             for g in gates:
                 self.gate_runs[stage].update(g.values.unsqueeze(0))
-        return self.record_episode_accuracy(logits, episode, stage)
+        return logits
 
-    def summarise_stage(self, stage: str) -> None:
-        """Accuracy summary plus gate means per step and layer, logged and kept for reports."""
-        super().summarise_stage(stage)
+    def stage_metrics(self, stage: str) -> dict[str, Any]:
+        """Gate means per step and layer over the stage's episodes (``{"gates": ...}``), also logged."""
         if stage not in self.gate_runs:
-            return
+            return {}
         values = self.gate_runs[stage].compute().cpu()
         self.gate_runs[stage].reset()
         layers = self.metalearner.gate_layers
         values = values.view(-1, *values.shape[-4:]) if values.dim() > 4 else values.unsqueeze(0)
         summary = summarise_gate_runs(values, layers)
         self.gate_results[stage] = summary
-        self.eval_results[stage]["gates"] = summary
         mean_stats = GateStats(layers, values.mean(0))
         # validation gates are logged as gates/input/conv1/step3 (a curve over training), test as test/gates/...
         self.log_dict(mean_stats.to_metrics(prefix="gates" if stage == "val" else f"{stage}/gates"))
+        return {"gates": summary}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Global gradient-norm clipping at ``grad_clip_norm`` (official 0.25), unless the

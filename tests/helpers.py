@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,14 @@ def assert_batched_equals_per_episode(method, batch, atol: float = 1e-5) -> None
     assert together.shape[:2] == batch.query_labels.shape
     for b, single in enumerate(batch.unbatch()):
         assert torch.allclose(method(collate_episodes([single]))[0], together[b], atol=atol)
+
+
+def wandb_run_bytes(run_dir: Path, keys: tuple[bytes, ...], timeout_s: float = 60.0) -> bytes:
+    """The bytes of an offline W&B run's ``*.wandb`` files once all ``keys`` are in them (W&B's
+    service process may write the file after ``finish()`` returns), or what is there at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logged = b"".join(f.read_bytes() for f in sorted(run_dir.glob("*.wandb")))
+        if all(key in logged for key in keys) or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.5)

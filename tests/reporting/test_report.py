@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from fewshot.reporting.paired import EpisodeMismatchError, paired_difference
 from fewshot.reporting.readme import read_block
 from fewshot.reporting.runs import load_runs
 from fewshot.reporting.table import build_cells, checkpoint_note, csv_table, markdown_table, markdown_training
+from tests.helpers import wandb_run_bytes
 from tests.training.test_train import run_train
 
 A = [1.0, 0.8, 0.6, 0.8]  # mean 0.8, CI 1.96 * 0.1633 / 2 = 0.1600
@@ -242,13 +242,7 @@ def test_report_logs_table_and_figures_to_an_offline_wandb_run(three_methods, mo
     runs = list((three_methods / "report" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     keys = (b"comparison", b"figures/accuracy_vs_step", b"toy 5-way 1-shot/ProtoNet/acc")
-    # W&B's service process writes the run file after finish() returns: wait (bounded) for it
-    deadline = time.monotonic() + 60
-    while True:
-        logged = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))
-        if all(key in logged for key in keys) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    logged = wandb_run_bytes(runs[0], keys)
     for key in keys:
         assert key in logged
 

@@ -14,6 +14,7 @@ import fewshot
 from fewshot.data.errors import DataError
 from fewshot.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
+from tests.helpers import wandb_run_bytes
 
 
 def test_train_via_compose_writes_results_and_best_checkpoint(tiny_config, tmp_path):
@@ -179,7 +180,8 @@ def test_wandb_offline_runs_of_one_sweep_share_a_group_and_log_results(tmp_path)
     runs = sorted(sweep.glob("*/wandb/offline-run-*"))
     assert len(runs) == 2
     for run in runs:
-        logged = next(run.glob("*.wandb")).read_bytes()
+        keys = (b"sweep-sweep", b"test/acc", b"val/acc", b"results", b"train/loss")
+        logged = wandb_run_bytes(run, keys)
         assert b"sweep-sweep" in logged  # the group: sweep-<sweep folder name>
-        for key in (b"test/acc", b"val/acc", b"results", b"train/loss"):
+        for key in keys[1:]:
             assert key in logged, key

@@ -17,23 +17,28 @@ def pixel_nn_on_test_episodes(cfg, n_episodes: int) -> float:
     return pixel_nn_accuracy(datamodule.samplers["test"], n_episodes).mean().item()
 
 
-def test_protonet_learns_on_embedded_default(tmp_path):
-    cfg = compose_config(
-        [
-            *SHORT_RUN,
-            "data=embedded",
-            "data.train_episodes=300",
-            "data.test_episodes=200",
-            "data.source.train_classes=200",
-            "data.source.val_classes=20",
-            "data.source.test_classes=100",
-        ],
-        tmp_path,
-    )
+EMBEDDED_LEARNING = [
+    "data=embedded",
+    "data.train_episodes=300",
+    "data.test_episodes=200",
+    "data.source.train_classes=200",
+    "data.source.val_classes=20",
+    "data.source.test_classes=100",
+]
+
+
+def learned_and_pixel_nn_accuracy(model: str, tmp_path) -> tuple[float, float]:
+    """Test accuracy of ``model`` after a short training on the embedded default (5-way 1-shot, 300
+    episodes), and raw-pixel nearest neighbour's on the same 200 test episodes; both printed."""
+    cfg = compose_config([*SHORT_RUN, f"model={model}", *EMBEDDED_LEARNING], tmp_path)
     pixel_nn = pixel_nn_on_test_episodes(cfg, 200)
-    results = train(cfg)
-    acc = results["test"]["acc"]
-    print(f"embedded 5-way 1-shot: ProtoNet {acc:.3f}, raw-pixel NN {pixel_nn:.3f}")
+    acc = train(cfg)["test"]["acc"]
+    print(f"embedded 5-way 1-shot: {model} {acc:.3f}, raw-pixel NN {pixel_nn:.3f}")
+    return acc, pixel_nn
+
+
+def test_protonet_learns_on_embedded_default(tmp_path):
+    acc, pixel_nn = learned_and_pixel_nn_accuracy("protonet", tmp_path)
     assert acc > 0.70
     assert acc > pixel_nn + 0.15
 

@@ -15,7 +15,7 @@ from fewshot.models.koch import KochNet
 from fewshot.training import train
 from tests.conftest import compose_config
 from tests.helpers import assert_batched_equals_per_episode
-from tests.methods.test_protonet_learning import SHORT_RUN, pixel_nn_on_test_episodes
+from tests.methods.test_protonet_learning import learned_and_pixel_nn_accuracy
 
 
 class Identity(nn.Module):
@@ -173,23 +173,7 @@ def test_fit_and_test_through_train(tiny_config, tmp_path):
 
 
 def test_siamese_learns_on_embedded_default(tmp_path):
-    cfg = compose_config(
-        [
-            *SHORT_RUN,
-            "model=siamese",
-            "data=embedded",
-            "data.train_episodes=300",
-            "data.test_episodes=200",
-            "data.source.train_classes=200",
-            "data.source.val_classes=20",
-            "data.source.test_classes=100",
-        ],
-        tmp_path,
-    )
-    pixel_nn = pixel_nn_on_test_episodes(cfg, 200)
-    results = train(cfg)
-    acc = results["test"]["acc"]
-    print(f"embedded 5-way 1-shot: Siamese {acc:.3f}, raw-pixel NN {pixel_nn:.3f}")
+    acc, pixel_nn = learned_and_pixel_nn_accuracy("siamese", tmp_path)
     # measured: 0.714 vs raw-pixel NN 0.443 (chance 0.2)
     assert acc > 0.60
     assert acc > pixel_nn + 0.15

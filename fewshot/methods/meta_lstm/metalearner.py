@@ -342,15 +342,16 @@ class MetaLearner(nn.Module):
 
 def segment_moments(x: Tensor, sizes: list[int]) -> Tensor:
     """Mean and population std of each segment of ``sizes`` coordinates of every row of ``x
-    [rows, n]``: ``[rows, 2 (mean, std), n_segments]``. Two passes (the mean, then the squared
-    deviations from it), summed in float64: gates near 1 with a tiny spread lose nothing to
-    cancellation, and constant gates have a std of exactly 0."""
-    parts = x.split(sizes, dim=1)
-    mean = torch.stack([p.mean(1, dtype=torch.float64) for p in parts], 1).to(x.dtype)
-    squares = [
-        (p - m[:, None]).square().mean(1, dtype=torch.float64) for p, m in zip(parts, mean.unbind(1), strict=True)
-    ]
-    return torch.stack([mean, torch.stack(squares, 1).sqrt().to(x.dtype)], 1)
+    [rows, n]``: ``[rows, 2 (mean, std), n_segments]``. Each segment is shifted by its first
+    value before two passes (the mean, then the squared deviations from it): gates near 1 with a
+    tiny spread lose nothing to cancellation, and constant gates have a std of exactly 0."""
+    out = x.new_empty(x.shape[0], 2, len(sizes))
+    for s, part in enumerate(x.split(sizes, dim=1)):
+        shifted = part - part[:, :1]
+        mean = shifted.mean(1)
+        out[:, 1, s] = shifted.sub_(mean[:, None]).square_().mean(1).sqrt_()
+        out[:, 0, s] = mean + part[:, 0]
+    return out
 
 
 __all__ = ["Adaptation", "BNMode", "GateStats", "LearnerGrad", "MetaLearner", "MetaLoss", "segment_moments"]

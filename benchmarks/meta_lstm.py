@@ -5,9 +5,11 @@
 
 For each shape the *episode* is ``meta_loss`` + ``backward`` (all meta-parameters get their
 gradient); the *floor* is the learner's own work in the same process: ``T`` times forward +
-backward on the support set, then forward + backward on the query set. Both are the median of
-``--repeats`` runs after two warm-up runs (``time.perf_counter``), called in turn so that both
-see the same machine. The episode is split into:
+backward on the support set, then forward + backward on the query set. The *nn floor* is the same
+work done by a plain ``nn.Module`` Conv-4 called normally (not from a flat parameter vector):
+``ratio`` is episode / floor, ``vs nn`` episode / nn floor, the distance to the real limit. All
+are the median of ``--repeats`` runs after two warm-up runs (``time.perf_counter``), called in
+turn so that all see the same machine. The episode is split into:
 
 * learner: the ``T`` support gradients + the query forward (timed inside the episode),
 * meta forward: the rest of the forward (preprocessing, LSTM, cell, gate statistics),
@@ -21,8 +23,8 @@ every episode and faults it in again on the next.
 instead of the wall clock: on a shared machine, with ``--threads 1``, it is what the wall time
 would be on an idle one.
 
-Variants: ``fused`` (the default code path: native kernels where they build), ``torch`` (the
-fused path with torch operations instead of the native kernels), ``checkpoint`` (fused, gates
+Variants: ``fused`` (the default code path: the C++ operators where they build), ``torch`` (the
+fused path with torch operations instead of the C++ operators), ``checkpoint`` (fused, gates
 recomputed in the backward) and ``reference`` (the plain, unfused code). The first episode
 (warm-up) is reported separately.
 
@@ -167,6 +169,19 @@ def run_shape(
         _sync(device)
         return {"floor": 1e3 * (clock() - start)}
 
+    module = Conv4(shape.in_channels, shape.hidden, shape.image_size, shape.n_way, shape.bn_momentum, 1e-3)
+    module = module.to(device).train()
+
+    def module_floor() -> dict[str, float]:
+        module.zero_grad(set_to_none=True)
+        _sync(device)
+        start = clock()
+        for _ in range(shape.n_steps):
+            F.cross_entropy(module(support_x), support_y).backward()
+        F.cross_entropy(module(query_x), query_y).backward()
+        _sync(device)
+        return {"module_floor": 1e3 * (clock() - start)}
+
     def episode() -> dict[str, float]:
         meta.zero_grad(set_to_none=True)
         learner_time = 0.0
@@ -212,7 +227,7 @@ def run_shape(
         "n_coords": float(meta.layout.n_coords),
         "first_episode": first,
     }
-    result |= _interleaved_medians([floor, episode], repeats)
+    result |= _interleaved_medians([floor, module_floor, episode], repeats)
     result |= {"floor_peak_mib": floor_peak, "episode_peak_mib": episode_peak}
     return result
 
@@ -269,14 +284,15 @@ def run_memory(n_steps: int, checkpoint: bool, device: torch.device) -> dict[str
 def _format(results: list[dict[str, float | str]]) -> str:
     header = (
         f"{'shape':<22}{'variant':<10}{'coords':>7}{'floor ms':>10}{'episode ms':>12}{'ratio':>7}"
-        f"{'learner':>9}{'meta fwd':>10}{'meta bwd':>10}{'1st ep ms':>11}{'peak MiB floor/episode':>24}"
+        f"{'nn ms':>8}{'vs nn':>7}{'learner':>9}{'meta fwd':>10}{'meta bwd':>10}{'1st ep ms':>11}"
+        f"{'peak MiB floor/episode':>24}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
             f"{r['shape']:<22}{r['variant']:<10}{int(r['n_coords']):>7}{r['floor']:>10.1f}{r['episode']:>12.1f}"
-            f"{r['episode'] / r['floor']:>7.2f}{r['learner']:>9.1f}{r['meta_forward']:>10.1f}"
-            f"{r['meta_backward']:>10.1f}{r['first_episode']:>11.0f}"
+            f"{r['episode'] / r['floor']:>7.2f}{r['module_floor']:>8.1f}{r['episode'] / r['module_floor']:>7.2f}"
+            f"{r['learner']:>9.1f}{r['meta_forward']:>10.1f}{r['meta_backward']:>10.1f}{r['first_episode']:>11.0f}"
             f"{r['floor_peak_mib']:>13.0f} / {r['episode_peak_mib']:<8.0f}"
         )
     return "\n".join(lines)

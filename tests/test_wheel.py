@@ -23,7 +23,7 @@ from fewshot.training import train
 from tests.conftest import PROJECT_ROOT
 
 # files the package needs at run time besides its Python modules
-RUNTIME_DATA = ("fewshot/methods/meta_lstm/native/lstm_kernels.c",)
+RUNTIME_DATA = ("fewshot/methods/meta_lstm/native/lstm_ops.cpp",)
 
 
 def tracked_checkout(into: Path) -> Path:

@@ -27,3 +27,12 @@ def test_metalstm_eval_and_memory_measurements_run():
     assert timing["eval_s"] > 0 and timing["floor_s"] > 0 and timing["episodes"] == 2
     memory = meta_lstm.run_memory(2, True, meta_lstm.torch.device("cpu"))
     assert memory["n_steps"] == 2 and memory["checkpoint"] is True and memory["peak_mib"] >= 0
+
+
+def test_metalstm_training_measurement_reports_the_plain_module_floor():
+    shape = meta_lstm.replace(meta_lstm.SHAPES["omniglot-5w1s-T5"], name="tiny", hidden=4, n_steps=1, n_query=2)
+    result = meta_lstm.run_shape(shape, 1, meta_lstm.torch.device("cpu"), "fused")
+    assert result["module_floor"] > 0 and result["floor"] > 0 and result["episode"] > 0
+    table = meta_lstm._format([result])
+    assert "vs nn" in table.splitlines()[0]
+    assert f"{result['episode'] / result['module_floor']:.2f}" in table.splitlines()[2]

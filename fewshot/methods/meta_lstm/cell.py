@@ -26,7 +26,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from fewshot.methods.meta_lstm import native
 
@@ -56,88 +56,122 @@ def cell_update(theta_prev: Tensor, grad: Tensor, input_gate: Tensor, forget_gat
     return forget_gate * theta_prev - input_gate * grad
 
 
-class _FusedCellStep(torch.autograd.Function):
-    """The cell's step as one autograd node with a hand-written backward.
+@torch.library.custom_op("fewshot::meta_cell_step", mutates_args=())
+def meta_cell_step(
+    h: Tensor,
+    theta_prev: Tensor,
+    grad: Tensor,
+    i_prev: Tensor,
+    f_prev: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    feed_preactivation: bool,
+    use_native: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The cell's step as one operator: ``(theta_t, i_t, f_t, i_state, f_state)``, each ``[n]``.
 
-    Plain autograd records about ten nodes per step and keeps their inputs; this keeps ``h``,
-    ``theta_{t-1}``, the previous gate states and the two gates, and its backward writes each
-    gradient once (the learner gradient ``grad`` is a constant).
+    ``h [H, n]``, ``theta_prev``, ``grad``, ``i_prev``, ``f_prev`` ``[n]``, ``weight [2, H + 2]``
+    (rows ``W_I``, ``W_F``), ``bias [2]``. Plain autograd records about ten nodes per step and
+    keeps their inputs; this keeps ``h``, ``theta_{t-1}``, the previous gate states and the two
+    gates, and its backward (:func:`meta_cell_step_backward`) writes each gradient once (the
+    learner gradient ``grad`` is a constant). ``use_native``: the C++ operators, else torch ones.
     """
+    if use_native:
+        return native.ops().meta_cell_forward(
+            h, theta_prev.contiguous(), grad.contiguous(), i_prev.contiguous(), f_prev.contiguous(),
+            weight.contiguous(), bias.contiguous(), feed_preactivation,
+        )  # fmt: skip
+    hidden = h.shape[0]
+    pre = torch.addmm(bias.unsqueeze(1), weight[:, :hidden], h)  # [2, n]
+    pre.addcmul_(weight[:, hidden : hidden + 1], theta_prev).addcmul_(
+        weight[:, hidden + 1 :], torch.stack([i_prev, f_prev])
+    )
+    i, f = torch.sigmoid(pre[0]), torch.sigmoid(pre[1])
+    state_i, state_f = (pre[0], pre[1]) if feed_preactivation else (i, f)
+    return cell_update(theta_prev, grad, i, f), i, f, state_i.clone(), state_f.clone()
 
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        h: Tensor,
-        theta_prev: Tensor,
-        grad: Tensor,
-        i_prev: Tensor,
-        f_prev: Tensor,
-        weight: Tensor,
-        bias: Tensor,
-        feed_preactivation: bool,
-        use_native: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        ctx.feed_preactivation, ctx.use_native = feed_preactivation, use_native
-        if use_native:
-            theta, i, f, state_i, state_f = native.cell_forward(
-                h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation
-            )
-            ctx.save_for_backward(h, theta_prev, grad, i_prev, f_prev, i, f, weight)
-            return theta, i, f, state_i, state_f
-        hidden = h.shape[0]
-        states = torch.stack([i_prev, f_prev])
-        pre = torch.addmm(bias.unsqueeze(1), weight[:, :hidden], h)  # [2, n]
-        pre.addcmul_(weight[:, hidden : hidden + 1], theta_prev).addcmul_(weight[:, hidden + 1 :], states)
-        gates = torch.sigmoid(pre)
-        i, f = gates
-        theta = cell_update(theta_prev, grad, i, f)
-        state = pre if feed_preactivation else gates
-        ctx.save_for_backward(h, theta_prev, grad, states, gates, weight)
-        return theta, i, f, state[0], state[1]
 
-    @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: FunctionCtx, d_theta: Tensor, d_i: Tensor, d_f: Tensor, d_state_i: Tensor, d_state_f: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        if ctx.use_native:
-            h, theta_prev, grad, i_prev, f_prev, i, f, weight = ctx.saved_tensors
-            d_outputs = (d_theta, d_i, d_f, d_state_i, d_state_f)
-            grads = native.cell_backward(
-                h, theta_prev, grad, i_prev, f_prev, (i, f), weight, ctx.feed_preactivation, d_outputs
-            )
-            return (*grads[:2], None, *grads[2:], None, None)
-        h, theta_prev, grad, states, gates, weight = ctx.saved_tensors
-        hidden, n = h.shape
-        i, f = gates
-        d_gates = torch.zeros_like(gates)
-        if d_theta is not None:
-            torch.mul(d_theta, grad, out=d_gates[0]).neg_()
-            torch.mul(d_theta, theta_prev, out=d_gates[1])
-        for k, d in enumerate((d_i, d_f)):
+@meta_cell_step.register_fake
+def _(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation, use_native):
+    return tuple(torch.empty_like(theta_prev) for _ in range(5))
+
+
+@torch.library.custom_op("fewshot::meta_cell_step_backward", mutates_args=())
+def meta_cell_step_backward(
+    h: Tensor,
+    theta_prev: Tensor,
+    grad: Tensor,
+    i_prev: Tensor,
+    f_prev: Tensor,
+    i: Tensor,
+    f: Tensor,
+    weight: Tensor,
+    feed_preactivation: bool,
+    use_native: bool,
+    d_outputs: list[Tensor | None],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`meta_cell_step` from those of its five outputs (``None``: zero):
+    ``(d_h, d_theta_prev, d_i_prev, d_f_prev, d_weight, d_bias)``."""
+    if use_native:
+        d_outputs = [theta_prev.new_zeros(theta_prev.shape) if d is None else d.contiguous() for d in d_outputs]
+        inputs = (t.contiguous() for t in (theta_prev, grad, i_prev, f_prev, i, f, weight))
+        return native.ops().meta_cell_backward(h, *inputs, feed_preactivation, *d_outputs)
+    d_theta, d_i, d_f, d_state_i, d_state_f = d_outputs
+    hidden = h.shape[0]
+    gates, states = torch.stack([i, f]), torch.stack([i_prev, f_prev])
+    d_gates = torch.zeros_like(gates)
+    if d_theta is not None:
+        torch.mul(d_theta, grad, out=d_gates[0]).neg_()
+        torch.mul(d_theta, theta_prev, out=d_gates[1])
+    for k, d in enumerate((d_i, d_f)):
+        if d is not None:
+            d_gates[k] += d
+    d_states = (d_state_i, d_state_f)
+    if not feed_preactivation:
+        for k, d in enumerate(d_states):
             if d is not None:
                 d_gates[k] += d
-        d_states = (d_state_i, d_state_f)
-        if not ctx.feed_preactivation:
-            for k, d in enumerate(d_states):
-                if d is not None:
-                    d_gates[k] += d
-        d_pre = d_gates.mul_(gates).mul_(1.0 - gates)  # sigmoid'
-        if ctx.feed_preactivation:
-            for k, d in enumerate(d_states):
-                if d is not None:
-                    d_pre[k] += d
-        d_h = torch.mm(weight[:, :hidden].t(), d_pre)
-        w_theta, w_state = weight[:, hidden], weight[:, hidden + 1]
-        d_theta_prev = torch.mv(d_pre.t(), w_theta)  # [n]
-        if d_theta is not None:
-            d_theta_prev.addcmul_(d_theta, f)
-        d_prev = d_pre * w_state.unsqueeze(1)
-        d_weight = torch.cat(
-            [torch.mm(d_pre, h.t()), torch.mv(d_pre, theta_prev).unsqueeze(1), (d_pre * states).sum(1, keepdim=True)],
-            dim=1,
-        )
-        return d_h, d_theta_prev, None, d_prev[0], d_prev[1], d_weight, d_pre.sum(1), None, None
+    d_pre = d_gates.mul_(gates).mul_(1.0 - gates)  # sigmoid'
+    if feed_preactivation:
+        for k, d in enumerate(d_states):
+            if d is not None:
+                d_pre[k] += d
+    d_h = torch.mm(weight[:, :hidden].t(), d_pre)
+    w_theta, w_state = weight[:, hidden], weight[:, hidden + 1]
+    d_theta_prev = torch.mv(d_pre.t(), w_theta)  # [n]
+    if d_theta is not None:
+        d_theta_prev.addcmul_(d_theta, f)
+    d_weight = torch.cat(
+        [torch.mm(d_pre, h.t()), torch.mv(d_pre, theta_prev).unsqueeze(1), (d_pre * states).sum(1, keepdim=True)],
+        dim=1,
+    )
+    return d_h, d_theta_prev, d_pre[0] * w_state[0], d_pre[1] * w_state[1], d_weight, d_pre.sum(1)
+
+
+@meta_cell_step_backward.register_fake
+def _(h, theta_prev, grad, i_prev, f_prev, i, f, weight, feed_preactivation, use_native, d_outputs):
+    vectors = tuple(torch.empty_like(theta_prev) for _ in range(3))
+    return (torch.empty_like(h), *vectors, torch.empty_like(weight), weight.new_empty(2))
+
+
+def _setup_cell_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+    h, theta_prev, grad, i_prev, f_prev, weight, _bias, feed_preactivation, use_native = inputs
+    ctx.set_materialize_grads(False)
+    ctx.feed_preactivation, ctx.use_native = feed_preactivation, use_native
+    ctx.save_for_backward(h, theta_prev, grad, i_prev, f_prev, output[1], output[2], weight)
+
+
+def _cell_backward(ctx: FunctionCtx, *d_outputs: Tensor | None) -> tuple[Tensor | None, ...]:
+    if all(d is None for d in d_outputs):
+        return (None,) * 9
+    h, theta_prev, grad, i_prev, f_prev, i, f, weight = ctx.saved_tensors
+    grads = meta_cell_step_backward(
+        h, theta_prev, grad, i_prev, f_prev, i, f, weight, ctx.feed_preactivation, ctx.use_native, list(d_outputs)
+    )
+    return (*grads[:2], None, *grads[2:], None, None)
+
+
+meta_cell_step.register_autograd(_cell_backward, setup_context=_setup_cell_context)
 
 
 class MetaLearnerCell(nn.Module):
@@ -204,7 +238,9 @@ class MetaLearnerCell(nn.Module):
         use_native = native.applies(self.backend, h, weight)
         feed_preactivation = self.feedback == "preactivation"
         return CellOutput(
-            *_FusedCellStep.apply(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation, use_native)
+            *torch.ops.fewshot.meta_cell_step(
+                h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation, use_native
+            )
         )
 
     def reference(self, h: Tensor, theta_prev: Tensor, grad: Tensor, i_prev: Tensor, f_prev: Tensor) -> CellOutput:

@@ -12,9 +12,10 @@ Equations, per coordinate, with input ``x_t`` (preprocessed loss and gradient):
     c_t = f * c_{t-1} + i * g,                 h_t = o * tanh(c_t)
 
 The gate rows of ``W`` are ordered ``(i, f, o, g)`` like the official Torch code (one sigmoid over
-three blocks). ``forward`` is the fused step: one custom autograd function with a hand-written
-backward that walks the coordinates in blocks (see ``_FusedLSTMStep``); its pointwise maths runs
-in the native C kernels of :mod:`fewshot.methods.meta_lstm.native` (CPU, float32) or as torch operations.
+three blocks). ``forward`` is the fused step: one registered operator, ``fewshot::lstm_step``
+(:func:`lstm_step`, with its backward ``fewshot::lstm_step_backward`` registered for autograd),
+that walks the coordinates in blocks; its pointwise maths runs in the C++ operators of
+:mod:`fewshot.methods.meta_lstm.native` (CPU, float32) or as torch operations.
 ``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check that they
 all agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
 """
@@ -114,39 +115,33 @@ class _TorchPointwise:
 
 
 class _NativePointwise(_TorchPointwise):
-    """The same maths, one pass per direction, in the C kernels of :mod:`fewshot.methods.meta_lstm.native`."""
-
-    forward = staticmethod(native.step_forward)
-    backward = staticmethod(native.step_backward)
-
-
-class _NativeInferenceStep(_NativePointwise):
-    """The native kernels with the inference forward in one pass, matrix product included (where
-    it pays: see :func:`fewshot.methods.meta_lstm.native.fused_step_pays`): no gate buffer, nothing kept."""
+    """The same maths, one pass per direction, in the C++ operators of :mod:`fewshot.methods.meta_lstm.native`."""
 
     @staticmethod
-    def step(
-        weight: Tensor,
-        x: Tensor,
-        h: Tensor | None,
+    def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
+        """As :meth:`_TorchPointwise.forward`."""
+        native.ops().lstm_gates_forward(gates, _rows_contiguous(c_prev), c, h, tanh_c)
+
+    @staticmethod
+    def backward(
+        gates: Tensor,
+        tanh_c: Tensor,
         c_prev: Tensor | None,
-        c: Tensor,
-        h_out: Tensor,
-        kept: tuple[Tensor, Tensor, Tensor] | None,
-        workspace: _Workspace,
+        dh: Tensor,
+        dc_next: Tensor | None,
+        d_pre: Tensor,
+        dc_prev: Tensor | None,
     ) -> None:
-        """As :meth:`_TorchPointwise.step`, without ``kept``."""
-        if kept is not None:
-            raise RuntimeError("the one-pass inference step keeps nothing for a backward")
-        native.fused_step_forward(weight, x, h, c_prev, c, h_out)
+        """As :meth:`_TorchPointwise.backward`."""
+        c_prev, dh, dc_next = (_rows_contiguous(t) for t in (c_prev, dh, dc_next))
+        native.ops().lstm_gates_backward(gates, tanh_c, c_prev, dh, dc_next, d_pre, dc_prev)
 
 
-class _NativeRecomputingStep(_NativeInferenceStep):
-    """Checkpointing with the one-pass kernels (where they pay): the forward keeps nothing but the
-    step's inputs, and the backward recomputes the gates per tile in registers
-    (:func:`fewshot.methods.meta_lstm.native.fused_step_backward`) instead of writing them to scratch and
-    reading them back (measured: 3-4% faster per episode than that, 5-6% slower than keeping
-    the gates, which stays the default)."""
+def _rows_contiguous(t: Tensor | None) -> Tensor | None:
+    """``t`` itself if its rows are contiguous, else a contiguous copy (e.g. broadcast gradients)."""
+    if t is None or t.shape[1] <= 1 or t.stride(1) == 1:
+        return t
+    return t.contiguous()
 
 
 def _matrix(buffer: Tensor, rows: int, m: int) -> Tensor:
@@ -160,127 +155,165 @@ def _blocks(n: int, block_size: int) -> Iterator[tuple[slice, int]]:
         yield slice(start, stop), stop - start
 
 
-class _FusedLSTMStep(torch.autograd.Function):
-    """One coordinate-wise LSTM step on coordinate-last tensors; ``x`` is a constant input unless
-    ``differentiable_input`` (a stacked layer, whose input is the layer below's hidden state).
+def _pointwise(use_native: bool) -> type[_TorchPointwise]:
+    return _NativePointwise if use_native else _TorchPointwise
 
-    Both passes walk the coordinates in blocks (on CPU with torch operations, blocks whose gates
-    ``[4H, block]`` stay in cache; the native kernels and GPUs take all coordinates at once).
-    Per block, ``[x; h; 1]`` is gathered into one buffer, so that a single matrix product gives
-    the gate pre-activations (bias included) and a single one accumulates ``[dW_x, dW_h, db]``.
 
-    What the backward needs: with ``save_gates`` (the fast default) the activated gates and
-    ``tanh(c)`` of every coordinate, ``5H`` floats per coordinate and step; without it
-    (checkpointing) only the step's inputs are kept and the backward recomputes the gates, at the
-    cost of one more matrix product and activation pass per step.
+@torch.library.custom_op("fewshot::lstm_step", mutates_args=())
+def lstm_step(
+    x: Tensor,
+    h: Tensor | None,
+    c: Tensor | None,
+    w_x: Tensor,
+    w_h: Tensor,
+    bias: Tensor,
+    block_size: int,
+    use_native: bool,
+    keep: bool,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """One coordinate-wise LSTM step on coordinate-last tensors: ``(h, c, kept)``.
+
+    ``x [F_x, n]``, ``h``, ``c`` ``[H, n]`` (``None``: zeros), ``w_x [4H, F_x]``, ``w_h [4H, H]``,
+    ``bias [4H]``. The coordinates are walked in blocks of ``block_size``; per block,
+    ``[x; h; 1]`` is gathered into one buffer, so that a single matrix product gives the gate
+    pre-activations (bias included). The pointwise maths runs in the C++ operators
+    (``use_native``) or as torch operations. With ``keep``, ``kept`` holds what the backward
+    needs, per block: the activated gates ``[4H, m]``, ``tanh(c) [H, m]`` and ``[x; h; 1]``
+    (one allocation per block: glibc serves requests above 32 MB with fresh pages every time);
+    without it (inference, or checkpointing: the backward recomputes them) it is empty.
     """
+    hidden, n = w_h.shape[1], x.shape[1]
+    block = min(block_size, n)
+    pointwise = _pointwise(use_native)
+    weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
+    rows = _input_rows(x, h)
+    workspace = _Workspace(x, 4 * hidden, rows, block)
+    h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
+    kept: list[Tensor] = []
+    for b, m in _blocks(n, block):
+        block_kept = None
+        if keep:
+            block_kept = (x.new_empty(4 * hidden, m), x.new_empty(hidden, m), x.new_empty(rows, m))
+            kept.extend(block_kept)
+        h_b = None if h is None else h[:, b]
+        c_b = None if c is None else c[:, b]
+        pointwise.step(weight, x[:, b], h_b, c_b, c_new[:, b], h_new[:, b], block_kept, workspace)
+    return h_new, c_new, kept
 
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        x: Tensor,
-        h: Tensor | None,
-        c: Tensor | None,
-        w_x: Tensor,
-        w_h: Tensor,
-        bias: Tensor,
-        block_size: int,
-        differentiable_input: bool,
-        pointwise: type[_TorchPointwise],
-        save_gates: bool,
-    ) -> tuple[Tensor, Tensor]:
-        hidden, n = w_h.shape[1], x.shape[1]
-        one_pass = issubclass(pointwise, _NativeInferenceStep)
-        save_gates = save_gates and not one_pass  # the one-pass backward recomputes them
-        # The one-pass forward needs no scratch: all coordinates in one call.
-        block = n if one_pass else min(block_size, n)
-        weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-        rows = _input_rows(x, h)
-        workspace = _Workspace(x, 4 * hidden, rows, block)
-        h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
-        kept: list[tuple[Tensor, Tensor, Tensor]] = []
-        for b, m in _blocks(n, block):
-            # One allocation per block: glibc serves requests above 32 MB with fresh pages from
-            # the kernel every time, and first touches of fresh pages cost more than the maths.
-            block_kept = None
-            if save_gates:
-                block_kept = (x.new_empty(4 * hidden, m), x.new_empty(hidden, m), x.new_empty(rows, m))
-                kept.append(block_kept)
-            h_b = None if h is None else h[:, b]
-            c_b = None if c is None else c[:, b]
-            pointwise.step(weight, x[:, b], h_b, c_b, c_new[:, b], h_new[:, b], block_kept, workspace)
-        ctx.set_materialize_grads(False)
-        ctx.block_size = block_size
-        ctx.differentiable_input = differentiable_input
-        ctx.pointwise = pointwise
-        ctx.kept = kept if save_gates else None
-        ctx.save_for_backward(x, h, c, w_x, w_h, bias)
-        return h_new, c_new
 
-    @staticmethod
-    def backward(ctx: FunctionCtx, dh: Tensor | None, dc_next: Tensor | None) -> tuple[Tensor | None, ...]:
-        n_inputs = 10
-        need_x = ctx.needs_input_grad[0]
-        if need_x and not ctx.differentiable_input:
-            raise RuntimeError(
-                "The coordinate-wise LSTM treats its per-coordinate input as a constant; "
-                "build it with differentiable_input=True to backpropagate into the input."
-            )
-        x, h, c, w_x, w_h, bias = ctx.saved_tensors
-        if dh is None and dc_next is None:
-            return (None,) * n_inputs
-        hidden, n, n_x = w_h.shape[1], x.shape[1], x.shape[0]
-        if dh is None:
-            dh = x.new_zeros(hidden, n)
-        block = min(ctx.block_size, n)
-        need_h = ctx.needs_input_grad[1] and h is not None
-        need_c = ctx.needs_input_grad[2] and c is not None
-        weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-        recompute_in_registers = issubclass(ctx.pointwise, _NativeRecomputingStep)
-        if recompute_in_registers:
-            inputs_buffer = x.new_empty(_input_rows(x, h) * block)
-        elif ctx.kept is None:  # checkpointing: recompute the gates block by block
-            rows = (4 * hidden, hidden, _input_rows(x, h), hidden, hidden)
-            scratch = [x.new_empty(r * block) for r in rows]
-            workspace = _Workspace(x, 4 * hidden, rows[2], block)
-        d_pre_buffer = x.new_empty(4 * hidden * block)
-        dh_prev = x.new_empty(hidden, n) if need_h else None
-        dc_prev = x.new_empty(hidden, n) if need_c else None
-        dx = x.new_empty(n_x, n) if need_x else None
-        dweight_t = torch.zeros_like(weight.t())  # [F_x + H + 1, 4H]: inputs @ d_pre^T is the fast product
-        for k, (b, m) in enumerate(_blocks(n, block)):
-            c_prev = None if c is None else c[:, b]
-            d_pre = _matrix(d_pre_buffer, 4 * hidden, m)
-            dc_next_b = None if dc_next is None else dc_next[:, b]
+@lstm_step.register_fake
+def _(x, h, c, w_x, w_h, bias, block_size, use_native, keep):
+    hidden, n = w_h.shape[1], x.shape[1]
+    block = min(block_size, n)
+    rows = _input_rows(x, h)
+    kept = []
+    if keep:
+        for _b, m in _blocks(n, block):
+            kept += [x.new_empty(4 * hidden, m), x.new_empty(hidden, m), x.new_empty(rows, m)]
+    return x.new_empty(hidden, n), x.new_empty(hidden, n), kept
+
+
+@torch.library.custom_op("fewshot::lstm_step_backward", mutates_args=())
+def lstm_step_backward(
+    x: Tensor,
+    h: Tensor | None,
+    c: Tensor | None,
+    w_x: Tensor,
+    w_h: Tensor,
+    bias: Tensor,
+    kept: list[Tensor],
+    dh: Tensor | None,
+    dc_next: Tensor | None,
+    block_size: int,
+    use_native: bool,
+    need_x: bool,
+    need_h: bool,
+    need_c: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`lstm_step`: ``(dx, dh_prev, dc_prev, dweight)`` with ``dweight =
+    [dW_x, dW_h, db]`` (``[4H, F_x (+ H) + 1]``); a gradient not asked for (``need_*``) is an
+    empty tensor. Empty ``kept`` (checkpointing): the gates are recomputed block by block."""
+    hidden, n, n_x = w_h.shape[1], x.shape[1], x.shape[0]
+    need_h, need_c = need_h and h is not None, need_c and c is not None
+    if dh is None:
+        dh = x.new_zeros(hidden, n)
+    block = min(block_size, n)
+    pointwise = _pointwise(use_native)
+    weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
+    if not kept:  # checkpointing: recompute the gates block by block
+        rows = (4 * hidden, hidden, _input_rows(x, h), hidden, hidden)
+        scratch = [x.new_empty(r * block) for r in rows]
+        workspace = _Workspace(x, 4 * hidden, rows[2], block)
+    d_pre_buffer = x.new_empty(4 * hidden * block)
+    dh_prev = x.new_empty(hidden, n) if need_h else x.new_empty(0)
+    dc_prev = x.new_empty(hidden, n) if need_c else x.new_empty(0)
+    dx = x.new_empty(n_x, n) if need_x else x.new_empty(0)
+    dweight_t = torch.zeros_like(weight.t())  # [F_x + H + 1, 4H]: inputs @ d_pre^T is the fast product
+    for k, (b, m) in enumerate(_blocks(n, block)):
+        c_prev = None if c is None else c[:, b]
+        d_pre = _matrix(d_pre_buffer, 4 * hidden, m)
+        dc_next_b = None if dc_next is None else dc_next[:, b]
+        if not kept:
+            views = (_matrix(buffer, r, m) for buffer, r in zip(scratch, rows, strict=True))
+            gates, tanh_c, inp, c_scratch, h_scratch = views
             h_b = None if h is None else h[:, b]
-            if recompute_in_registers:
-                inp = _matrix(inputs_buffer, _input_rows(x, h), m)
-                dc_prev_b = dc_prev[:, b] if need_c else None
-                native.fused_step_backward(weight, x[:, b], h_b, c_prev, dh[:, b], dc_next_b, d_pre, dc_prev_b, inp)
-            elif ctx.kept is None:
-                views = (_matrix(buffer, r, m) for buffer, r in zip(scratch, rows, strict=True))
-                gates, tanh_c, inp, c_scratch, h_scratch = views
-                ctx.pointwise.step(weight, x[:, b], h_b, c_prev, c_scratch, h_scratch, (gates, tanh_c, inp), workspace)
-            else:
-                gates, tanh_c, inp = ctx.kept[k]
-            if not recompute_in_registers:
-                dc_prev_b = dc_prev[:, b] if need_c else None
-                ctx.pointwise.backward(gates, tanh_c, c_prev, dh[:, b], dc_next_b, d_pre, dc_prev_b)
-            if need_h:
-                torch.mm(w_h.t(), d_pre, out=dh_prev[:, b])
-            if need_x:
-                torch.mm(w_x.t(), d_pre, out=dx[:, b])
-            dweight_t.addmm_(inp, d_pre.t())
-        dweight = dweight_t.t()
-        dw_x, dw_h, dbias = dweight[:, :n_x], dweight[:, n_x:-1], dweight[:, -1]
-        return (
-            dx,
-            dh_prev,
-            dc_prev,
-            dw_x if ctx.needs_input_grad[3] else None,
-            dw_h if ctx.needs_input_grad[4] and h is not None else None,
-            dbias if ctx.needs_input_grad[5] else None,
-        ) + (None,) * (n_inputs - 6)
+            pointwise.step(weight, x[:, b], h_b, c_prev, c_scratch, h_scratch, (gates, tanh_c, inp), workspace)
+        else:
+            gates, tanh_c, inp = kept[3 * k : 3 * k + 3]
+        dc_prev_b = dc_prev[:, b] if need_c else None
+        pointwise.backward(gates, tanh_c, c_prev, dh[:, b], dc_next_b, d_pre, dc_prev_b)
+        if need_h:
+            torch.mm(w_h.t(), d_pre, out=dh_prev[:, b])
+        if need_x:
+            torch.mm(w_x.t(), d_pre, out=dx[:, b])
+        dweight_t.addmm_(inp, d_pre.t())
+    return dx, dh_prev, dc_prev, dweight_t.t().contiguous()
+
+
+@lstm_step_backward.register_fake
+def _(x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, use_native, need_x, need_h, need_c):
+    hidden, n = w_h.shape[1], x.shape[1]
+    need_h, need_c = need_h and h is not None, need_c and c is not None
+    dx = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    dh_prev = x.new_empty(hidden, n) if need_h else x.new_empty(0)
+    dc_prev = x.new_empty(hidden, n) if need_c else x.new_empty(0)
+    return dx, dh_prev, dc_prev, x.new_empty(4 * hidden, _input_rows(x, h))
+
+
+def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+    x, h, c, w_x, w_h, bias, block_size, use_native, _keep = inputs
+    kept = output[2]
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(*kept)
+    ctx.block_size, ctx.use_native, ctx.n_kept = block_size, use_native, len(kept)
+    ctx.has_h, ctx.has_c = h is not None, c is not None
+    ctx.save_for_backward(x, h, c, w_x, w_h, bias, *kept)
+
+
+def _backward(ctx: FunctionCtx, dh: Tensor | None, dc_next: Tensor | None, _kept: list | None) -> tuple:
+    x, h, c, w_x, w_h, bias, *kept = ctx.saved_tensors
+    if dh is None and dc_next is None:
+        return (None,) * 9
+    need = ctx.needs_input_grad
+    dx, dh_prev, dc_prev, dweight = lstm_step_backward(
+        x, h, c, w_x, w_h, bias, kept, dh, dc_next, ctx.block_size, ctx.use_native, need[0], need[1], need[2]
+    )
+    n_x = x.shape[0]
+    dw_x, dw_h, dbias = dweight[:, :n_x], dweight[:, n_x:-1], dweight[:, -1]
+    return (
+        dx if need[0] else None,
+        dh_prev if need[1] and h is not None else None,
+        dc_prev if need[2] and c is not None else None,
+        dw_x if need[3] else None,
+        dw_h if need[4] and h is not None else None,
+        dbias if need[5] else None,
+        None,
+        None,
+        None,
+    )
+
+
+lstm_step.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _augmented_weight(w_x: Tensor, w_h: Tensor | None, bias: Tensor) -> Tensor:
@@ -334,8 +367,8 @@ class CoordinateLSTM(nn.Module):
         hidden_size: ``H`` (20 in the paper).
         init_range: weights and biases start ``U(-init_range, init_range)`` (official code).
         block_size: coordinates per block of the fused step, a speed knob (any value gives the
-            same result up to float rounding); ``None``: 16384 for torch operations on CPU, where
-            blocks keep the gates in cache, and all coordinates at once otherwise.
+            same result up to float rounding); ``None``: ``CPU_BLOCK_SIZE`` on CPU, where blocks
+            keep the gates in cache, and all coordinates at once on other devices.
         differentiable_input: backpropagate into the per-coordinate input ``x`` (a stacked
             layer fed by the hidden state below); by default ``x`` is a constant (preprocessed
             gradients), and a gradient reaching it is an error.
@@ -397,22 +430,16 @@ class CoordinateLSTM(nn.Module):
         w_shared, w_x, w_h = self.weight.split([n_shared, x.shape[0], self.hidden_size], dim=1)
         bias = self.bias if shared is None else torch.addmv(self.bias, w_shared, shared)
         h, c = (None, None) if state is None else state
-        pointwise = self._pointwise(x)
+        if x.requires_grad and torch.is_grad_enabled() and not self.differentiable_input:
+            raise RuntimeError(
+                "The coordinate-wise LSTM treats its per-coordinate input as a constant; "
+                "build it with differentiable_input=True to backpropagate into the input."
+            )
+        use_native = native.applies(self.backend, x, self.weight)
         block_size = self.block_size or (CPU_BLOCK_SIZE if x.device.type == "cpu" else x.shape[1])
-        save_gates = torch.is_grad_enabled() and not self.checkpoint
-        return _FusedLSTMStep.apply(
-            x, h, c, w_x, w_h, bias, block_size, self.differentiable_input, pointwise, save_gates
-        )
-
-    def _pointwise(self, x: Tensor) -> type[_TorchPointwise]:
-        """The backend for this input (see ``backend``)."""
-        if not native.applies(self.backend, x, self.weight):
-            return _TorchPointwise
-        if native.fused_step_pays() and not torch.is_grad_enabled():
-            return _NativeInferenceStep
-        if native.fused_step_pays() and self.checkpoint:
-            return _NativeRecomputingStep
-        return _NativePointwise
+        keep = torch.is_grad_enabled() and not self.checkpoint
+        h_new, c_new, _ = torch.ops.fewshot.lstm_step(x, h, c, w_x, w_h, bias, block_size, use_native, keep)
+        return h_new, c_new
 
     def reference(self, x: Tensor, state: State | None = None) -> State:
         """Plain autograd step in the usual layout, to check ``forward`` against.

@@ -54,7 +54,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fewshot.methods.meta_lstm import native
 from fewshot.methods.meta_lstm.cell import CellOutput, Feedback, MetaLearnerCell, cell_update
 from fewshot.methods.meta_lstm.flat import FlatLayout
 from fewshot.methods.meta_lstm.lstm import CoordinateLSTM, State
@@ -143,7 +142,7 @@ class MetaLearner(nn.Module):
             (same function, slower; for tests).
         layers: parameter name -> layer name for the gate statistics; by default
             ``conv4.layer_names(learner)``.
-        backend: pointwise maths of the fused path: ``"native"`` (C kernels built on first
+        backend: pointwise maths of the fused path: ``"native"`` (C++ operators built on first
             use; CPU, float32), ``"torch"``, or ``"auto"`` (native where it applies and builds).
         checkpoint: recompute the LSTM gates in the backward instead of keeping them: about a
             third of the meta-graph's memory per step, for some more time (long unrolls).
@@ -187,7 +186,6 @@ class MetaLearner(nn.Module):
         self.fused = fused
         self.layout = FlatLayout.of(learner)
         self.gate_layers, self.segment_sizes = self.layout.segments(layers or conv4_layer_names(learner))
-        self._segment_offsets = torch.tensor([0, *self.segment_sizes], dtype=torch.int64).cumsum(0)
 
         self.c0 = nn.Parameter(self.layout.flatten(dict(learner.named_parameters())).detach().clone())
         self.lstm = CoordinateLSTM(input_size=4, hidden_size=hidden_size, backend=backend, checkpoint=checkpoint)
@@ -291,7 +289,7 @@ class MetaLearner(nn.Module):
             return CellOutput(cell_update(theta, grad, i, f), i, f, i, f), lstm_state
         p = self.preprocess_p
         if self.fused:  # coordinate-last [features, n]; the loss features are shared by all coordinates
-            x = native.preprocess(grad, p) if native.applies(self.lstm.backend, grad) else preprocess(grad, p, dim=0)
+            x = preprocess(grad, p, dim=0)
             lstm_state = self.lstm(x, lstm_state, shared=preprocess(loss, p))
             return self.cell(lstm_state[0], theta, grad, i_state, f_state), lstm_state
         x = torch.cat([preprocess(loss, p).expand(grad.shape[0], 2), preprocess(grad, p)], dim=1)  # [n, 4]
@@ -332,13 +330,7 @@ class MetaLearner(nn.Module):
     @torch.no_grad()
     def _summarise_gates(self, input_gate: Tensor, forget_gate: Tensor) -> Tensor:
         """``[2 (gate), 2 (mean, std), L]`` over each layer's contiguous coordinate segment."""
-        gates = torch.stack([input_gate, forget_gate])
-        if self.fused and native.applies(self.lstm.backend, gates):
-            return native.segment_moments(gates, self._segment_offsets)
-        stats = [torch.std_mean(s, dim=1, correction=0) for s in gates.split(self.segment_sizes, dim=1)]
-        std = torch.stack([s for s, _ in stats], dim=1)
-        mean = torch.stack([m for _, m in stats], dim=1)
-        return torch.stack([mean, std], dim=1)
+        return segment_moments(torch.stack([input_gate, forget_gate]), self.segment_sizes)
 
     def extra_repr(self) -> str:
         return (
@@ -348,4 +340,18 @@ class MetaLearner(nn.Module):
         )
 
 
-__all__ = ["Adaptation", "BNMode", "GateStats", "LearnerGrad", "MetaLearner", "MetaLoss"]
+def segment_moments(x: Tensor, sizes: list[int]) -> Tensor:
+    """Mean and population std of each segment of ``sizes`` coordinates of every row of ``x
+    [rows, n]``: ``[rows, 2 (mean, std), n_segments]``. Each segment is shifted by its first
+    value before two passes (the mean, then the squared deviations from it): gates near 1 with a
+    tiny spread lose nothing to cancellation, and constant gates have a std of exactly 0."""
+    out = x.new_empty(x.shape[0], 2, len(sizes))
+    for s, part in enumerate(x.split(sizes, dim=1)):
+        shifted = part - part[:, :1]
+        mean = shifted.mean(1)
+        out[:, 1, s] = shifted.sub_(mean[:, None]).square_().mean(1).sqrt_()
+        out[:, 0, s] = mean + part[:, 0]
+    return out
+
+
+__all__ = ["Adaptation", "BNMode", "GateStats", "LearnerGrad", "MetaLearner", "MetaLoss", "segment_moments"]

@@ -1,10 +1,12 @@
-"""The native CPU kernels compute the same function as the torch operations they replace."""
+"""The native C++ operators compute the same function as the torch operations they replace,
+refuse bad inputs with clear errors, and pass torch's operator checks."""
 
 from __future__ import annotations
 
-import ctypes
-import math
-import platform
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,21 +14,35 @@ import torch
 from fewshot.methods.meta_lstm import native
 from fewshot.methods.meta_lstm.cell import MetaLearnerCell
 from fewshot.methods.meta_lstm.lstm import CoordinateLSTM
-from fewshot.methods.meta_lstm.metalearner import MetaLearner
-from fewshot.methods.meta_lstm.preprocess import preprocess
+from fewshot.methods.meta_lstm.metalearner import MetaLearner, segment_moments
 from tests.methods.meta_lstm.test_lstm import unroll
 from tests.methods.meta_lstm.test_metalearner import random_episode, tiny_conv4
 
-needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: native kernels cannot be built here")
+needs_native = pytest.mark.skipif(not native.available(), reason="no C++ compiler: native operators cannot be built")
 N = 5000  # coordinates; block_size 1536 leaves a ragged last block
+REPO = Path(__file__).resolve().parents[3]
+
+
+def activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The operators' float32 sigmoid and tanh of ``x`` (a step with one unit whose four gate
+    pre-activations are ``x``: the kept gates are sigmoid, sigmoid, sigmoid, tanh)."""
+    gates = x.to(torch.float32).reshape(1, -1).repeat(4, 1)
+    c, h, tanh_c = (torch.empty(1, gates.shape[1]) for _ in range(3))
+    native.ops().lstm_gates_forward(gates, None, c, h, tanh_c)
+    return gates[0], gates[3]
 
 
 @needs_native
-@pytest.mark.parametrize(("name", "reference"), [("sigmoid", torch.sigmoid), ("tanh", torch.tanh)])
-def test_activations_are_accurate_to_a_float32_rounding(name, reference):
+def test_the_build_uses_the_chosen_instruction_set():
+    assert torch.ops.fewshot.vector_isa() == native.capability().lower()
+
+
+@needs_native
+@pytest.mark.parametrize(("index", "reference"), [(0, torch.sigmoid), (1, torch.tanh)])
+def test_activations_are_accurate_to_a_float32_rounding(index, reference):
     special = torch.tensor([0.0, -0.0, 1e-30, 0.625])
     x = torch.cat([torch.linspace(-100, 100, 400_001), torch.randn(100_000) * 3, special])
-    ours = getattr(native, name)(x).double()
+    ours = activations(x)[index].double()
     exact = reference(x.double())
     assert (ours - exact).abs().max() < 2e-7
     big = exact.abs() > 1e-6
@@ -34,12 +50,43 @@ def test_activations_are_accurate_to_a_float32_rounding(name, reference):
 
 
 @needs_native
-@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
-def test_activations_propagate_nan_and_saturate_at_infinity(name):
-    out = getattr(native, name)(torch.tensor([float("nan"), float("inf"), -float("inf")]))
-    assert out[0].isnan()
-    assert out[1] == 1.0
-    assert out[2] == (0.0 if name == "sigmoid" else -1.0) or (name == "sigmoid" and 0 <= out[2] < 1e-37)
+def test_activations_propagate_nan_and_saturate_at_infinity():
+    sigmoid, tanh = activations(torch.tensor([float("nan"), float("inf"), -float("inf")]))
+    assert sigmoid[0].isnan() and tanh[0].isnan()
+    assert sigmoid[1] == 1.0 and tanh[1] == 1.0
+    assert 0 <= sigmoid[2] < 1e-37 and tanh[2] == -1.0
+
+
+@needs_native
+def test_native_lstm_step_propagates_nan_with_and_without_autograd():
+    lstm = CoordinateLSTM(4, 20, backend="native")
+    x = torch.randn(2, 300)
+    x[1, 123] = float("nan")
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            h, c = lstm(x, lstm(torch.randn(2, 300), shared=torch.randn(2)), shared=torch.randn(2))
+        assert h[:, 123].isnan().all() and c[:, 123].isnan().all()
+        assert h.isnan().sum() == 20 and c.isnan().sum() == 20
+
+
+@needs_native
+def test_inference_step_matches_the_training_forward():
+    """No autograd (nothing kept) and autograd (gates kept) give the same values."""
+    torch.manual_seed(5)
+    lstm = CoordinateLSTM(4, 20, block_size=1536, backend="native")
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.uniform_(-0.5, 0.5)
+    xs, shared = [torch.randn(2, N) for _ in range(3)], [torch.randn(2) for _ in range(3)]
+    runs = []
+    for grad in (False, True):
+        state = None
+        with torch.set_grad_enabled(grad):
+            for x, s in zip(xs, shared, strict=True):
+                state = lstm(x, state, shared=s)
+        runs.append(tuple(t.detach() for t in state))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][0].abs().max() > 0.1
 
 
 def lstm_run(backend: str, checkpoint: bool, seed: int = 0):
@@ -69,23 +116,12 @@ def test_native_lstm_step_matches_torch_operations(checkpoint):
 
 
 @pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_native), "torch"])
-def test_checkpointing_gives_bitwise_the_same_result(monkeypatch, backend):
-    """Recomputing the gates in the backward reruns the same operations on the same inputs (the
-    two-pass kernels; the one-pass ones are checked against them below)."""
-    monkeypatch.setattr(native, "fused_step_pays", lambda: False)
+def test_checkpointing_gives_bitwise_the_same_result(backend):
+    """Recomputing the gates in the backward reruns the same operations on the same inputs."""
     (h1, c1, g1), (h2, c2, g2) = lstm_run(backend, False), lstm_run(backend, True)
     assert torch.equal(h1, h2) and torch.equal(c1, c2)
     for a, b in zip(g1, g2, strict=True):
         assert torch.equal(a, b)
-
-
-def one_pass_calls(monkeypatch) -> list[str]:
-    """Spy on the one-pass kernels: the names of those called, in order."""
-    calls = []
-    for name in ("fused_step_forward", "fused_step_backward"):
-        kernel = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
-    return calls
 
 
 def assert_same_lstm_run(ours, reference):
@@ -95,16 +131,6 @@ def assert_same_lstm_run(ours, reference):
     for a, b in zip(g1, g2, strict=True):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
-
-
-@needs_native
-@pytest.mark.skipif(not native.fused_step_pays(), reason="the one-pass kernels are used only where built with AVX-512")
-def test_checkpointing_with_the_one_pass_kernels_matches_kept_gates(monkeypatch):
-    """checkpoint=True: one-pass forward, gates recomputed in the one-pass backward."""
-    kept = lstm_run("native", False)
-    calls = one_pass_calls(monkeypatch)
-    assert_same_lstm_run(lstm_run("native", True), kept)
-    assert calls == ["fused_step_forward"] * 3 + ["fused_step_backward"] * 12  # 3 steps x 4 blocks of 1536
 
 
 @needs_native
@@ -209,9 +235,9 @@ def test_native_backend_refuses_float64_and_auto_falls_back():
 
 @pytest.fixture
 def no_compiler(monkeypatch, tmp_path):
-    """A process where the kernels are not cached and no compiler exists."""
+    """A process where the operators are not cached and no compiler exists."""
     monkeypatch.setenv("FEWSHOT_KERNEL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
     monkeypatch.setattr(native.shutil, "which", lambda name: None)
     native.load.cache_clear()
     yield
@@ -219,7 +245,7 @@ def no_compiler(monkeypatch, tmp_path):
 
 
 def test_without_a_compiler_auto_warns_once_and_uses_torch(no_compiler):
-    with pytest.warns(UserWarning, match="Native Meta-LSTM kernels unavailable.*no C compiler"):
+    with pytest.warns(UserWarning, match=r"Native Meta-LSTM operators unavailable.*no C\+\+ compiler.*backend=torch"):
         assert native.load() is None
     lstm = CoordinateLSTM(4, 3, backend="auto")
     h, c = lstm(torch.randn(2, 10), shared=torch.randn(2))
@@ -231,108 +257,28 @@ def test_without_a_compiler_auto_warns_once_and_uses_torch(no_compiler):
 
 @needs_native
 def test_a_failing_build_reports_the_compiler_message(monkeypatch, tmp_path):
-    broken = tmp_path / "broken.c"
-    broken.write_text("this is not C;\n")
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++;\n")
     monkeypatch.setattr(native, "SOURCE", broken)
-    with pytest.raises(RuntimeError, match="failed"):
+    with pytest.raises(RuntimeError, match="(?s)broken.cpp failed.*error"):
         native.build(tmp_path / "cache")
-    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written is left to load
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-written is left to load
 
 
 @needs_native
-def test_build_is_cached_by_content(tmp_path):
-    first = native.build(tmp_path)
+def test_build_is_cached_by_content():
+    first = native.load()
     mtime = first.stat().st_mtime_ns
-    assert native.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
-    assert first.name.startswith("lstm_kernels-") and first.suffix == ".so"
+    assert native.build() == first and first.stat().st_mtime_ns == mtime
+    assert first.name.startswith(f"fewshot_lstm_ops_{native.capability().lower()}_") and first.suffix == ".so"
 
 
-def inference_and_training_forward(monkeypatch, n: int = 5000):
-    """Three chained steps without autograd (the one-pass inference kernel) and with it (matrix
-    product + pointwise kernel), on the same inputs; large weights so every path matters."""
-    calls = []
-    one_pass = native.fused_step_forward
-    monkeypatch.setattr(native, "fused_step_forward", lambda *a: calls.append(1) or one_pass(*a))
-    torch.manual_seed(5)
-    lstm = CoordinateLSTM(4, 20, backend="native")
-    with torch.no_grad():
-        for p in lstm.parameters():
-            p.uniform_(-0.5, 0.5)
-    xs, shared = [torch.randn(2, n) for _ in range(3)], [torch.randn(2) for _ in range(3)]
-    runs = []
-    for grad in (False, True):
-        state = None
-        with torch.set_grad_enabled(grad):
-            for x, s in zip(xs, shared, strict=True):
-                state = lstm(x, state, shared=s)
-        runs.append(tuple(t.detach() for t in state))
-    return runs, len(calls)
-
-
-@needs_native
-@pytest.mark.skipif(not native.fused_step_pays(), reason="the one-pass kernel is used only where built with AVX-512")
-@pytest.mark.parametrize("n", [5000, 256, 17])
-def test_one_pass_inference_step_matches_the_training_forward(monkeypatch, n):
-    ((h1, c1), (h2, c2)), calls = inference_and_training_forward(monkeypatch, n)
-    assert calls == 3  # the no-grad steps took the one-pass kernel, the others did not
-    torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
-    assert h1.abs().max() > 0.1
-
-
-@needs_native
-def test_one_pass_inference_step_propagates_nan():
-    lstm = CoordinateLSTM(4, 20, backend="native")
-    x = torch.randn(2, 300)
-    x[1, 123] = float("nan")
-    with torch.no_grad():
-        h, c = lstm(x, lstm(torch.randn(2, 300), shared=torch.randn(2)), shared=torch.randn(2))
-    assert h[:, 123].isnan().all() and c[:, 123].isnan().all()
-    assert h.isnan().sum() == 20 and c.isnan().sum() == 20
-
-
-@needs_native
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set levels")
-@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3"])
-def test_kernels_built_without_avx512_compute_the_same(monkeypatch, tmp_path, march):
-    """The portable code paths (no AVX-512): activations and the one-pass step, called directly."""
-    flags = ("-O3", f"-march={march}", "-fopenmp", "-fPIC", "-shared")
-    library = native.declare(ctypes.CDLL(str(native.build(tmp_path, flags))))
-    assert library.lstm_fused_forward_vectorised() == 0
-    x = torch.linspace(-30, 30, 20_001)
-    for name, reference in (("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
-        out = torch.empty_like(x)
-        getattr(library, f"fs_{name}_array")(x.numel(), x.data_ptr(), out.data_ptr())
-        assert (out.double() - reference(x.double())).abs().max() < 2e-7
-    monkeypatch.setattr(native, "load", lambda: library)
-    monkeypatch.setattr(native, "fused_step_pays", lambda: True)  # force the one-pass kernels
-    ((h1, c1), (h2, c2)), calls = inference_and_training_forward(monkeypatch, 1000)
-    assert calls == 3
-    torch.testing.assert_close(h1, h2, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
-    assert_same_lstm_run(lstm_run("native", True), lstm_run("torch", False))  # the one-pass backward
-
-
-@needs_native
-def test_native_preprocessing_matches_the_torch_code():
-    threshold = math.exp(-10.0)
-    special = [0.0, -0.0, 1e-45, -1e-40, threshold, -threshold, threshold * 1.0001, threshold * 0.9999]
-    special += [1e38, -3.4e38, float("inf"), -float("inf"), float("nan"), 1.0, -1.0, 2.0**-126]
-    x = torch.cat([torch.tensor(special), torch.randn(20_000) * torch.logspace(-12, 3, 20_000)])
-    ours, theirs = native.preprocess(x, 10.0), preprocess(x, 10.0, dim=0)
-    assert ours.shape == theirs.shape == (2, x.numel())
-    torch.testing.assert_close(ours, theirs, rtol=2e-7, atol=3e-7, equal_nan=True)
-    assert ours[0, 12] == -1.0 and ours[1, 12].isnan()  # NaN: the linear branch, as the torch code
-    assert ours[0, 11] == float("inf") and ours[1, 11] == -1.0  # -inf
-
-
-@needs_native
 def test_segment_moments_match_std_mean_even_for_gates_near_one():
     torch.manual_seed(1)
     x = torch.stack([torch.rand(10_000), 1.0 - 1e-4 * torch.rand(10_000)])  # a forget gate near 1
     sizes = [1, 999, 5000, 4000]
-    offsets = torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0)
-    ours = native.segment_moments(x, offsets)
+    ours = segment_moments(x, sizes)
+    assert ours.shape == (2, 2, 4)
     for s, segment in enumerate(x.double().split(sizes, dim=1)):
         std, mean = torch.std_mean(segment, dim=1, correction=0)
         torch.testing.assert_close(ours[:, 0, s], mean.float(), rtol=1e-6, atol=0)
@@ -340,8 +286,151 @@ def test_segment_moments_match_std_mean_even_for_gates_near_one():
     assert ours[1, 1, 2] < 1e-4 and ours[:, 1, 0].eq(0).all()  # one coordinate: std 0
 
 
+# ---- Bad inputs: a clear RuntimeError naming the tensor, never a crash.
+
+
+def gate_inputs(hidden: int = 3, m: int = 40) -> dict[str, torch.Tensor]:
+    return {
+        "gates": torch.randn(4 * hidden, m),
+        "c_prev": torch.randn(hidden, m),
+        "c": torch.empty(hidden, m),
+        "h": torch.empty(hidden, m),
+        "tanh_c": torch.empty(hidden, m),
+    }
+
+
 @needs_native
-@pytest.mark.parametrize("offsets", [[0, 5, 5, 10], [0, 11], [-1, 10], [0, 4, 2]])
-def test_segment_moments_refuse_bad_offsets(offsets):
-    with pytest.raises(ValueError, match="offsets"):
-        native.segment_moments(torch.rand(2, 10), torch.tensor(offsets))
+@pytest.mark.parametrize(
+    ("name", "bad", "message"),
+    [
+        ("gates", lambda t: t.double(), "gates must be float32"),
+        ("c_prev", lambda t: t.to(torch.float16), "c_prev must be float32"),
+        ("gates", lambda t: t[:-1], r"gates must be \[12, 40\]"),
+        ("c_prev", lambda t: t[:, :-1], r"c_prev must be \[3, 40\]"),
+        ("h", lambda t: t.reshape(-1), r"h must be \[3, 40\]"),
+        ("c", lambda t: torch.empty(t.shape[1], t.shape[0]).t(), "c must have contiguous rows"),
+        ("tanh_c", lambda t: t[:, ::2].repeat_interleave(2, 1)[:, :40].t().contiguous().t(), "contiguous rows"),
+    ],
+)
+def test_the_gate_operators_refuse_bad_inputs(name, bad, message):
+    inputs = gate_inputs()
+    inputs[name] = bad(inputs[name])
+    with pytest.raises(RuntimeError, match=message):
+        native.ops().lstm_gates_forward(**inputs)
+
+
+@needs_native
+def test_the_gate_backward_refuses_mismatched_gradients():
+    hidden, m = 3, 40
+    args = dict(gates=torch.rand(4 * hidden, m), tanh_c=torch.rand(hidden, m), c_prev=None, dc_next=None)
+    with pytest.raises(RuntimeError, match=r"dh must be \[3, 40\]"):
+        native.ops().lstm_gates_backward(
+            **args, dh=torch.rand(hidden, m + 1), d_pre=torch.empty(4 * hidden, m), dc_prev=None
+        )
+    with pytest.raises(RuntimeError, match="d_pre must be float32"):
+        native.ops().lstm_gates_backward(
+            **args, dh=torch.rand(hidden, m), d_pre=torch.empty(4 * hidden, m, dtype=torch.float64), dc_prev=None
+        )
+
+
+@needs_native
+def test_the_cell_operators_refuse_bad_inputs():
+    hidden, n = 4, 30
+    h, weight, bias = torch.randn(hidden, n), torch.randn(2, hidden + 2), torch.randn(2)
+    vectors = [torch.randn(n) for _ in range(4)]
+    cell = native.ops().meta_cell_forward
+    with pytest.raises(RuntimeError, match=r"weight must be \[2, 6\]"):
+        cell(h, *vectors, torch.randn(2, hidden + 1), bias, True)
+    with pytest.raises(RuntimeError, match=r"theta must be \[30\]"):
+        cell(h, vectors[0][:-1], *vectors[1:], weight, bias, True)
+    with pytest.raises(RuntimeError, match="grad must be contiguous"):
+        cell(h, vectors[0], torch.randn(2 * n)[::2], *vectors[2:], weight, bias, True)
+    with pytest.raises(RuntimeError, match="h must be float32"):
+        cell(h.double(), *vectors, weight, bias, True)
+    with pytest.raises(RuntimeError, match=r"bias must be \[2\]"):
+        cell(h, *vectors, weight, torch.randn(3), True)
+
+
+def test_native_refuses_tensors_on_another_device():
+    with pytest.raises(ValueError, match="float32 tensors on the CPU, got torch.float32 on meta"):
+        native.applies("native", torch.empty(3, device="meta"))
+    assert not native.applies("auto", torch.empty(3, device="meta"))
+
+
+# ---- torch.library.opcheck: schema, fake (meta) kernels, autograd registration.
+
+
+def lstm_step_args(use_native: bool, keep: bool, with_state: bool = True):
+    torch.manual_seed(0)
+    hidden, n = 3, 70
+    x = torch.randn(2, n)
+    h, c = (torch.randn(hidden, n, requires_grad=True) for _ in range(2)) if with_state else (None, None)
+    w_x, w_h = torch.randn(4 * hidden, 2, requires_grad=True), torch.randn(4 * hidden, hidden, requires_grad=True)
+    return (x, h, c, w_x, w_h, torch.randn(4 * hidden, requires_grad=True), 32, use_native, keep)
+
+
+def cell_step_args(use_native: bool, feed_preactivation: bool):
+    torch.manual_seed(0)
+    hidden, n = 4, 50
+    h = torch.randn(hidden, n, requires_grad=True)
+    theta, i_prev, f_prev = (torch.randn(n, requires_grad=True) for _ in range(3))
+    weight, bias = torch.randn(2, hidden + 2, requires_grad=True), torch.randn(2, requires_grad=True)
+    return (h, theta, torch.randn(n), i_prev, f_prev, weight, bias, feed_preactivation, use_native)
+
+
+BACKENDS = [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="torch")]
+
+
+@pytest.mark.parametrize("use_native", BACKENDS)
+@pytest.mark.parametrize(("keep", "with_state"), [(True, True), (False, True), (True, False)])
+def test_opcheck_lstm_step(use_native, keep, with_state):
+    torch.library.opcheck(torch.ops.fewshot.lstm_step.default, lstm_step_args(use_native, keep, with_state))
+
+
+@pytest.mark.parametrize("use_native", BACKENDS)
+@pytest.mark.parametrize("feed_preactivation", [True, False])
+def test_opcheck_meta_cell_step(use_native, feed_preactivation):
+    torch.library.opcheck(torch.ops.fewshot.meta_cell_step.default, cell_step_args(use_native, feed_preactivation))
+
+
+@needs_native
+def test_opcheck_the_cpp_operators():
+    ops = native.ops()
+    inputs = gate_inputs()
+    torch.library.opcheck(ops.lstm_gates_forward.default, tuple(inputs.values()))
+    hidden, m = 3, 40
+    gates, tanh_c = torch.rand(4 * hidden, m), torch.rand(hidden, m) * 2 - 1
+    backward = (gates, tanh_c, torch.randn(hidden, m), torch.randn(hidden, m), torch.randn(hidden, m))
+    torch.library.opcheck(
+        ops.lstm_gates_backward.default, (*backward, torch.empty(4 * hidden, m), torch.empty(hidden, m))
+    )
+    h, theta, grad, i_prev, f_prev, weight, bias, feed, _ = (
+        t.detach() if isinstance(t, torch.Tensor) else t for t in cell_step_args(True, True)
+    )
+    torch.library.opcheck(ops.meta_cell_forward.default, (h, theta, grad, i_prev, f_prev, weight, bias, feed))
+    n = theta.shape[0]
+    gradients = [torch.randn(n) for _ in range(5)]
+    gates2 = [torch.rand(n) for _ in range(2)]
+    torch.library.opcheck(
+        ops.meta_cell_backward.default, (h, theta, grad, i_prev, f_prev, *gates2, weight, feed, *gradients)
+    )
+
+
+# ---- The portable build: the whole file again on at::vec's scalar path.
+
+
+@needs_native
+@pytest.mark.skipif(native.capability() == "DEFAULT", reason="this build already is the scalar one")
+@pytest.mark.skipif(os.environ.get("FEWSHOT_CPU_CAPABILITY") == "DEFAULT", reason="inside the portable run")
+def test_the_portable_build_passes_these_tests(tmp_path):
+    """Built with ``CPU_CAPABILITY`` default (no vector instruction set), in a fresh process (one
+    process holds one build of the operators)."""
+    env = os.environ | {"FEWSHOT_CPU_CAPABILITY": "DEFAULT", "FEWSHOT_KERNEL_CACHE": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
+    command += ["-k", "not portable and not failing_build"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, summary
+    assert list(tmp_path.glob("fewshot_lstm_ops_default_*.so"))

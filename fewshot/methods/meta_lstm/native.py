@@ -124,7 +124,9 @@ def build(target_dir: Path | None = None, level: str | None = None) -> Path:
             "is_python_module=False)"
         )
         command = [sys.executable, "-c", script, name, str(SOURCE), tmp, *flags]
-        result = subprocess.run(command, capture_output=True, text=True)
+        # ninja from pip (a dependency) lives beside the interpreter, on PATH only in an activated env
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"building {SOURCE.name} failed:\n{(result.stdout + result.stderr).strip()[-4000:]}")
         os.replace(Path(tmp) / f"{name}.so", library)

@@ -7,7 +7,7 @@
 * ``lstm``: the coordinate-wise LSTM (layer 1);
 * ``cell``: the meta-learner cell whose state is the learner's parameters (layer 2);
 * ``flat``: flat parameter views of the learner;
-* ``native`` (and ``native/lstm_kernels.c``): the optional C kernels of the LSTM and cell steps.
+* ``native`` (and ``native/lstm_ops.cpp``): the optional C++ operators of the LSTM and cell steps.
 """
 
 from fewshot.methods.meta_lstm.cell import CellOutput, MetaLearnerCell, cell_update

@@ -372,7 +372,7 @@ class CoordinateLSTM(nn.Module):
         differentiable_input: backpropagate into the per-coordinate input ``x`` (a stacked
             layer fed by the hidden state below); by default ``x`` is a constant (preprocessed
             gradients), and a gradient reaching it is an error.
-        backend: the pointwise maths: ``"native"`` (C kernels built on first use, CPU float32),
+        backend: the pointwise maths: ``"native"`` (C++ operators built on first use, CPU float32),
             ``"torch"`` (torch operations, any device and dtype), or ``"auto"``: native where
             it applies and builds, torch otherwise.
         checkpoint: keep only each step's inputs for the backward and recompute the gates there

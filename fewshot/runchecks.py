@@ -32,7 +32,7 @@ def check_run_config(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if not is_int(seed) or seed < 0:
         raise RunConfigError(f"seed must be a non-negative integer, got {seed!r}; set e.g. seed=0.")
-    for flag in ("train", "test", "resume", "retain_freed_memory"):
+    for flag in ("train", "test", "validate", "resume", "retain_freed_memory"):
         value = cfg.get(flag)
         if value is not None and not isinstance(value, bool):
             raise RunConfigError(f"{flag} must be true or false, got {value!r}; set {flag}=true or {flag}=false.")
@@ -67,15 +67,24 @@ def check_run_config(cfg: DictConfig) -> None:
 
 
 def check_run_mode(cfg: DictConfig) -> None:
-    """``train``/``test``/``resume``/``ckpt_path`` fit together and the checkpoint exists (item 5)."""
-    train, test, resume, ckpt = (
+    """``train``/``test``/``validate``/``resume``/``ckpt_path`` fit together and the checkpoint
+    exists (item 5)."""
+    train, test, validate, resume, ckpt = (
         cfg.get("train", True),
         cfg.get("test", True),
+        cfg.get("validate", False),
         cfg.get("resume", False),
         cfg.get("ckpt_path"),
     )
-    if not train and not test:
-        raise RunConfigError("train=false and test=false leave nothing to do; set train=true or test=true.")
+    if not train and not test and not validate:
+        raise RunConfigError(
+            "train=false and test=false leave nothing to do; set train=true, test=true or validate=true."
+        )
+    if train and validate:
+        raise RunConfigError(
+            "validate=true scores a trained checkpoint on the validation episodes, but train=true (training "
+            "validates by itself); pass train=false ckpt_path=<checkpoint> with validate=true."
+        )
     if not train and resume:
         raise RunConfigError(
             "resume=true continues training, but train=false; to test a run's last state pass "

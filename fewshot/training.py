@@ -312,6 +312,14 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
 
     if cfg.get("train", True):
         fit_or_test(lambda: trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path), flag)
+    validate_only = not cfg.get("train", True) and cfg.get("validate", False)
+    if validate_only:
+        fit_or_test(
+            lambda: trainer.validate(
+                method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
+            ),
+            flag,
+        )
 
     results: dict[str, Any] = {
         "method": method_name(method, cfg.get("variant")),
@@ -331,6 +339,9 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
             "skipped_nonfinite": method.nonfinite.skipped,
         },
     }
+    if validate_only:  # this checkpoint's score under this config, not its training's best
+        val = {**method.scores.results["val"], "fingerprint": datamodule.episode_fingerprint("val")}
+        results.update(val=val, val_last=val, checkpoint=ckpt_path)
     if cfg.get("train", True):
         stopped_by = stop_reason(trainer)
         results["train"].update(stopped_by=stopped_by, plateaued=stopped_by == "plateau")
@@ -357,6 +368,9 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
         log.info("Results written to %s", path)
         log_gate_figure(results, output_dir, loggers)
         log_results_table(results, loggers)
+    elif validate_only:
+        print_results([results], stage="val")
+        log.info("Results written to %s", path)
     return results
 
 

@@ -74,24 +74,30 @@ def format_accuracy(acc: float, ci95: float) -> str:
     return f"{100 * acc:.2f} ± {100 * ci95:.2f}"
 
 
-def results_table(rows: list[dict[str, Any]], title: str = "Test accuracy (95% CI over fixed test episodes)") -> Table:
-    """A rich table with one row per results dict."""
-    table = Table(title=title)
-    for column in ("method", "dataset", "N-way", "K-shot", "episodes", "test acc %"):
+STAGE_TITLES = {
+    "test": "Test accuracy (95% CI over fixed test episodes)",
+    "val": "Validation accuracy (95% CI over fixed validation episodes)",
+}
+
+
+def results_table(rows: list[dict[str, Any]], stage: str = "test") -> Table:
+    """A rich table with one row per results dict, of its ``stage`` (``test`` or ``val``) scores."""
+    table = Table(title=STAGE_TITLES[stage])
+    for column in ("method", "dataset", "N-way", "K-shot", "episodes", f"{stage} acc %"):
         table.add_column(column, justify="right" if column != "method" else "left")
     for r in rows:
-        test = r["test"]
+        scores = r[stage]
         table.add_row(
             r["method"],
             r["dataset"],
             str(r["n_way"]),
             str(r["n_shot"]),
-            str(test["episodes"]),
-            format_accuracy(test["acc"], test["ci95"]),
+            str(scores["episodes"]),
+            format_accuracy(scores["acc"], scores["ci95"]),
         )
     return table
 
 
-def print_results(rows: list[dict[str, Any]]) -> None:
-    """Print the results table to the terminal."""
-    Console().print(results_table(rows))
+def print_results(rows: list[dict[str, Any]], stage: str = "test") -> None:
+    """Print the results table of ``stage`` to the terminal."""
+    Console().print(results_table(rows, stage))

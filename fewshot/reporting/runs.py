@@ -116,7 +116,7 @@ def load_runs(paths: list[Path]) -> list[RunRecord]:
     runs = [run for run in (read_run(p) for p in find_results(paths)) if run is not None]
     if not runs:
         raise NoRunsError(
-            f"The results under {', '.join(map(str, paths))} have no test scores (train-only runs); "
-            "run with test=true to compare methods."
+            f"The results under {', '.join(map(str, paths))} have no test scores (runs with test=false: "
+            "training or validation only); run with test=true to compare methods."
         )
     return runs

@@ -36,8 +36,8 @@ from fewshot.interrupt import resume_command
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.runchecks import check_resume_config
 from fewshot.runfolder import RunConfigError
-from fewshot.training import train
-from tests.conftest import CONFIG_DIR, PROJECT_ROOT
+from fewshot.training import objective, train
+from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
 TINY = ["debug=tiny", "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false"]
 
@@ -112,6 +112,35 @@ def test_5_test_only_run_in_a_trained_runs_folder_replaces_nothing(tmp_path):
     assert (run / "results.json").read_text() == '{"kept": true}'
     assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=3\n"
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "model.ckpt", "results.json"]
+
+
+def test_5_validate_only_is_refused_with_training_or_with_nothing_to_do(tiny_config, no_data_reads):
+    with pytest.raises(RunConfigError, match="validate=true scores a trained checkpoint.*pass train=false ckpt_path="):
+        train(tiny_config("validate=true"))
+    with pytest.raises(RunConfigError, match="leave nothing to do; set train=true, test=true or validate=true"):
+        train(tiny_config("train=false", "test=false"))
+    with pytest.raises(RunConfigError, match="validate must be true or false, got 'yes'"):
+        train(tiny_config("validate=yes"))
+
+
+def test_5_validate_only_scores_the_checkpoint_on_validation_episodes_and_never_the_test_ones(
+    tiny_config, tmp_path, monkeypatch
+):
+    trained = train(tiny_config("trainer.max_epochs=1", "data.train_episodes=2", "test=false"))
+    last = tmp_path / "checkpoints" / "last.ckpt"  # written after the run's only validation
+
+    def refuse(self):
+        raise AssertionError("a validate-only run read the test episodes")
+
+    monkeypatch.setattr(EpisodicDataModule, "test_dataloader", refuse)
+    overrides = ["debug=tiny", "trainer=cpu", "logger=none", "train=false", "test=false", "validate=true"]
+    scored = train(compose_config([*overrides, f"ckpt_path={last}"], tmp_path / "validate_only"))
+    assert "test" not in scored and scored["checkpoint"] == str(last)
+    assert scored["val"]["episode_acc"] == trained["val_last"]["episode_acc"]
+    assert re.fullmatch("[0-9a-f]{64}", scored["val"]["fingerprint"])
+    assert objective(scored, "val/acc") == pytest.approx(trained["val_last"]["acc"])
+    written = json.loads((tmp_path / "validate_only" / "results.json").read_text())
+    assert written["val"]["acc"] == pytest.approx(trained["val_last"]["acc"]) and "test" not in written
 
 
 # --- 6. resume under a changed config; CSV rows ----------------------------------------------

@@ -312,8 +312,8 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
 
     if cfg.get("train", True):
         fit_or_test(lambda: trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path), flag)
-    validate_only = not cfg.get("train", True) and cfg.get("validate", False)
-    if validate_only:
+    validate_checkpoint = not cfg.get("train", True) and cfg.get("validate", False)
+    if validate_checkpoint:
         fit_or_test(
             lambda: trainer.validate(
                 method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
@@ -339,7 +339,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
             "skipped_nonfinite": method.nonfinite.skipped,
         },
     }
-    if validate_only:  # this checkpoint's score under this config, not its training's best
+    if validate_checkpoint:  # this checkpoint's score under this config, not its training's best
         val = {**method.scores.results["val"], "fingerprint": datamodule.episode_fingerprint("val")}
         results.update(val=val, val_last=val, checkpoint=ckpt_path)
     if cfg.get("train", True):
@@ -368,7 +368,7 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
         log.info("Results written to %s", path)
         log_gate_figure(results, output_dir, loggers)
         log_results_table(results, loggers)
-    elif validate_only:
+    elif validate_checkpoint:
         print_results([results], stage="val")
         log.info("Results written to %s", path)
     return results

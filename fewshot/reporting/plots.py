@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.lines import Line2D  # noqa: E402
 
 from fewshot.io import save_figure_atomic  # noqa: E402
 from fewshot.reporting.runs import RunRecord  # noqa: E402
-from fewshot.reporting.table import method_sort_key  # noqa: E402
+from fewshot.reporting.table import method_sort_key, setting_sort_key, split_variant  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -22,69 +24,125 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def method_colors(methods: Sequence[str]) -> dict[str, str]:
-    """One colour per method, the same in every panel and figure of a report."""
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+# a variant ``M (v)`` is drawn in M's colour with the next of these styles (M itself: solid)
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+@dataclass(frozen=True)
+class LineStyle:
+    """How one method's lines look in every panel and figure of a report."""
+
+    color: tuple[float, float, float]
+    linestyle: str
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, LineStyle]:
+    """One look per method: a colour per base method (tab10, tab20 beyond ten), and each variant
+    ``M (v)`` in M's colour with its own line style, so variants read as their method's."""
     ordered = sorted(set(methods), key=method_sort_key)
-    return {m: palette[i % len(palette)] for i, m in enumerate(ordered)}
+    bases = list(dict.fromkeys(split_variant(m)[0] for m in ordered))
+    palette = matplotlib.colormaps["tab10" if len(bases) <= 10 else "tab20"].colors
+    styles = {}
+    for method in ordered:
+        base, variant = split_variant(method)
+        variants = [m for m in ordered if split_variant(m)[0] == base and split_variant(m)[1]]
+        rank = 1 + variants.index(method) if variant else 0
+        styles[method] = LineStyle(palette[bases.index(base) % len(palette)], LINE_STYLES[rank % len(LINE_STYLES)])
+    return styles
 
 
-def run_label(run: RunRecord, runs: Sequence[RunRecord]) -> str:
-    """The legend entry of a run: its method, plus the seed when the method has several runs."""
-    same = [r for r in runs if r.method == run.method and r.setting == run.setting]
-    return f"{run.method} (seed {run.seed})" if len(same) > 1 else run.method
+def legend_labels(runs_per_method: dict[str, int]) -> dict[str, str]:
+    """A legend entry per method, saying how many seeds its lines are when more than one."""
+    return {m: f"{m}, {n} seeds" if n > 1 else m for m, n in runs_per_method.items()}
 
 
-def plot_validation_curves(
-    runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, x_scale: float
-) -> Path | None:
+def add_figure_legend(fig: plt.Figure, handles: dict[str, Line2D], runs_per_method: dict[str, int]) -> None:
+    """One legend for all panels, below them, one entry per method in table order."""
+    ordered = sorted(handles, key=method_sort_key)
+    labels = legend_labels(runs_per_method)
+    fig.legend(
+        [handles[m] for m in ordered],
+        [labels[m] for m in ordered],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(len(ordered), 2 + 2 * len(fig.axes)),
+        fontsize=8,
+        frameon=False,
+    )
+
+
+def panel_order(runs: Sequence[RunRecord]) -> list[str]:
+    """The settings of ``runs`` as the table's columns are ordered (dataset, N, then K)."""
+    return [r.setting for r in sorted({r.setting: r for r in runs}.values(), key=setting_sort_key)]
+
+
+def validation_curves_figure(runs: Sequence[RunRecord], x_key: str, x_label: str, x_scale: float) -> plt.Figure | None:
     """Validation accuracy (with its 95% CI band) against ``x_key`` of each validation point
-    (times ``x_scale``), one panel per setting and one line per run; None when no run has a
-    validation history with that key."""
+    (times ``x_scale``), one panel per setting and one line per run (a method's seeds share its
+    look and its legend entry); None when no run has a validation history with that key."""
     with_history = [r for r in runs if r.val_history and all(p.get(x_key) is not None for p in r.val_history)]
     if not with_history:
         return None
-    settings = sorted({r.setting for r in with_history})
-    colors = method_colors([r.method for r in runs])
+    settings = panel_order(with_history)
+    styles = method_styles([r.method for r in runs])
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
+    handles: dict[str, Line2D] = {}
+    runs_per_method: dict[str, int] = {}
     for ax, setting in zip(axes[0], settings):
-        for run in sorted((r for r in with_history if r.setting == setting), key=lambda r: method_sort_key(r.method)):
+        panel = sorted(
+            (r for r in with_history if r.setting == setting), key=lambda r: (method_sort_key(r.method), r.seed)
+        )
+        for run in panel:
+            seeds = sum(r.method == run.method for r in panel)
+            runs_per_method[run.method] = max(runs_per_method.get(run.method, 0), seeds)
+            style = styles[run.method]
             xs = [x_scale * p[x_key] for p in run.val_history]
             acc = [100 * p["acc"] for p in run.val_history]
             ci = [100 * (p.get("ci95") or 0.0) for p in run.val_history]
             (line,) = ax.plot(
-                xs, acc, marker="o", markersize=4, color=colors[run.method], label=run_label(run, with_history)
+                xs, acc, marker="o", markersize=3, linewidth=1.2, color=style.color, linestyle=style.linestyle
             )
+            handles.setdefault(run.method, line)
             ax.fill_between(
                 xs,
                 [a - c for a, c in zip(acc, ci)],
                 [a + c for a, c in zip(acc, ci)],
-                color=line.get_color(),
-                alpha=0.15,
+                color=style.color,
+                alpha=0.15 / seeds,
+                linewidth=0,
             )
         ax.set(title=setting, xlabel=x_label, ylabel="validation accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    add_figure_legend(fig, handles, runs_per_method)
+    return fig
+
+
+def save_if_drawn(fig: plt.Figure | None, path: Path) -> Path | None:
+    """Write ``fig`` to ``path`` (None when there was nothing to draw)."""
+    return None if fig is None else save_figure(fig, path)
 
 
 def plot_accuracy_vs_step(runs: Sequence[RunRecord], path: Path) -> Path | None:
     """Validation accuracy against meta-training step (None when no run has a history)."""
-    return plot_validation_curves(runs, path, "step", "meta-training step", 1.0)
+    return save_if_drawn(validation_curves_figure(runs, "step", "meta-training step", 1.0), path)
 
 
 def plot_accuracy_vs_cpu_time(runs: Sequence[RunRecord], path: Path) -> Path | None:
     """Time to accuracy: validation accuracy against the CPU minutes the run had used by then
     (training and validations; runs without a CPU budget callback have no such points)."""
-    return plot_validation_curves(runs, path, "cpu_s", "CPU minutes used (training + validation)", 1 / 60)
+    figure = validation_curves_figure(runs, "cpu_s", "CPU minutes used (training + validation)", 1 / 60)
+    return save_if_drawn(figure, path)
 
 
-def shot_points(runs: Sequence[RunRecord]) -> dict[tuple[str, str], dict[int, tuple[float, float]]]:
-    """Test accuracy and CI per (method, dataset N-way) and number of shots, from each run's own
-    shots and from ``eval.shots`` rescoring; averaged over runs that give the same point."""
-    collected: dict[tuple[str, str], dict[int, list[tuple[float, float]]]] = {}
+Panel = tuple[str, int]  # (dataset, N-way) of the accuracy-against-shots figure
+
+
+def shot_points(runs: Sequence[RunRecord]) -> dict[tuple[str, Panel], dict[int, tuple[float, float]]]:
+    """Test accuracy and CI per (method, (dataset, N-way)) and number of shots, from each run's
+    own shots and from ``eval.shots`` rescoring; averaged over runs that give the same point."""
+    collected: dict[tuple[str, Panel], dict[int, list[tuple[float, float]]]] = {}
     for run in runs:
-        key = (run.method, f"{run.dataset} {run.n_way}-way")
+        key = (run.method, (run.dataset, run.n_way))
         points = collected.setdefault(key, {})
         scores = {run.n_shot: (run.acc, run.ci95)}
         scores.update({k: (float(v["acc"]), float(v["ci95"])) for k, v in run.shots.items()})
@@ -96,23 +154,31 @@ def shot_points(runs: Sequence[RunRecord]) -> dict[tuple[str, str], dict[int, tu
     }
 
 
-def plot_accuracy_vs_shots(runs: Sequence[RunRecord], path: Path) -> Path | None:
+def accuracy_vs_shots_figure(runs: Sequence[RunRecord]) -> plt.Figure | None:
     """Test accuracy (95% CI error bars) against K, one panel per dataset and N, one line per
     method; None when no method was scored at more than one K."""
     points = {key: p for key, p in shot_points(runs).items() if len(p) > 1}
     if not points:
         return None
     panels = sorted({panel for _, panel in points})
-    colors = method_colors([method for method, _ in points])
+    styles = method_styles([method for method, _ in points])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    handles: dict[str, Line2D] = {}
     for ax, panel in zip(axes[0], panels):
         for method, _ in sorted((k for k in points if k[1] == panel), key=lambda k: method_sort_key(k[0])):
             shots = sorted(points[(method, panel)])
             acc = [100 * points[(method, panel)][k][0] for k in shots]
             ci = [100 * points[(method, panel)][k][1] for k in shots]
-            ax.errorbar(shots, acc, yerr=ci, marker="o", capsize=3, color=colors[method], label=method)
-        ax.set(title=panel, xlabel="shots per class (K)", ylabel="test accuracy (%)")
+            style = styles[method]
+            bars = ax.errorbar(shots, acc, yerr=ci, marker="o", capsize=3, color=style.color, linestyle=style.linestyle)
+            handles.setdefault(method, bars.lines[0])
+        ax.set(title=f"{panel[0]} {panel[1]}-way", xlabel="shots per class (K)", ylabel="test accuracy (%)")
         ax.set_xticks(sorted({k for (m, p), v in points.items() if p == panel for k in v}))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    add_figure_legend(fig, handles, {m: 1 for m in handles})
+    return fig
+
+
+def plot_accuracy_vs_shots(runs: Sequence[RunRecord], path: Path) -> Path | None:
+    """The accuracy-against-shots figure written to ``path`` (None when there is nothing to draw)."""
+    return save_if_drawn(accuracy_vs_shots_figure(runs), path)

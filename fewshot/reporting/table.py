@@ -53,9 +53,15 @@ class Cell:
         return self.best or self.overlaps_best
 
 
+def split_variant(method: str) -> tuple[str, str]:
+    """``"MAML (meta-batch 4)"`` -> ``("MAML", "meta-batch 4")``; a plain method has variant ``""``."""
+    base, _, variant = method.partition(" (")
+    return base, variant.removesuffix(")")
+
+
 def method_sort_key(method: str) -> tuple[int, str, str]:
     """Position of a method in the table (paper order first; a variant ``M (v)`` right after ``M``)."""
-    base, _, variant = method.partition(" (")
+    base, variant = split_variant(method)
     if base in METHOD_ORDER:
         return (METHOD_ORDER.index(base), "", variant.lower())
     return (len(METHOD_ORDER), base.lower(), variant.lower())

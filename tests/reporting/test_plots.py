@@ -1,0 +1,84 @@
+"""The report's figures: one look per method across panels, variants in their method's colour,
+one legend entry per method however many seeds, panels in the table's column order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+
+from fewshot.reporting.plots import (
+    accuracy_vs_shots_figure,
+    method_styles,
+    plot_accuracy_vs_cpu_time,
+    validation_curves_figure,
+)
+from fewshot.reporting.runs import load_runs
+from tests.reporting.test_report import A, B, write_run
+
+HISTORY = [
+    {"step": 10, "epoch": 0, "acc": 0.5, "ci95": 0.1, "cpu_s": 60.0},
+    {"step": 20, "epoch": 1, "acc": 0.7, "ci95": 0.1, "cpu_s": 120.0},
+]
+
+
+def legend_texts(fig: plt.Figure) -> list[str]:
+    """The entries of the figure's one legend."""
+    (legend,) = fig.legends
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_a_variant_is_drawn_in_its_methods_colour_with_its_own_line_style():
+    styles = method_styles(["ProtoNet", "MAML (meta-batch 4)", "MAML", "MatchingNet (learned cosine scale)"])
+    assert styles["MAML"].linestyle == "-" and styles["ProtoNet"].linestyle == "-"
+    assert styles["MAML (meta-batch 4)"].color == styles["MAML"].color
+    assert styles["MAML (meta-batch 4)"].linestyle == "--"
+    # a variant whose method is absent still reads as a variant (dashed), in a colour of its own
+    assert styles["MatchingNet (learned cosine scale)"].linestyle == "--"
+    colors = {styles[m].color for m in ("ProtoNet", "MAML", "MatchingNet (learned cosine scale)")}
+    assert len(colors) == 3
+
+
+def test_two_variants_of_one_method_get_different_line_styles():
+    styles = method_styles(["MAML", "MAML (a)", "MAML (b)"])
+    assert [styles[m].linestyle for m in ("MAML", "MAML (a)", "MAML (b)")] == ["-", "--", ":"]
+
+
+@pytest.mark.parametrize("n", [3, 10, 11, 20])
+def test_every_method_gets_a_colour_of_its_own(n):
+    styles = method_styles([f"method{i}" for i in range(n)])
+    assert len({s.color for s in styles.values()}) == n
+
+
+def test_seeds_share_one_look_and_one_legend_entry_and_panels_follow_the_table(tmp_path: Path):
+    for seed in range(3):
+        write_run(tmp_path / f"p{seed}", "ProtoNet", A, seed=seed, val_history=HISTORY)
+    write_run(tmp_path / "m", "MAML (meta-batch 4)", B, val_history=HISTORY)
+    write_run(tmp_path / "p20", "ProtoNet", A, n_way=20, val_history=HISTORY)
+    fig = validation_curves_figure(load_runs([tmp_path]), "cpu_s", "CPU minutes", 1 / 60)
+    assert [ax.get_title() for ax in fig.axes] == ["toy 5-way 1-shot", "toy 20-way 1-shot"]
+    assert legend_texts(fig) == ["MAML (meta-batch 4)", "ProtoNet, 3 seeds"]
+    five_way = fig.axes[0].get_lines()
+    assert len(five_way) == 4 and len({(line.get_color(), line.get_linestyle()) for line in five_way}) == 2
+    assert five_way[0].get_xdata().tolist() == [1.0, 2.0]  # CPU seconds shown in minutes
+    plt.close(fig)
+
+
+def test_time_to_accuracy_figure_is_not_written_without_cpu_times(tmp_path: Path):
+    write_run(tmp_path / "a", "ProtoNet", A, val_history=[{k: v for k, v in HISTORY[0].items() if k != "cpu_s"}])
+    assert plot_accuracy_vs_cpu_time(load_runs([tmp_path]), tmp_path / "t.png") is None
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_accuracy_vs_shots_panels_sort_n_way_as_numbers(tmp_path: Path):
+    for n_way in (20, 5):
+        folder = write_run(tmp_path / f"w{n_way}", "ProtoNet", A, n_way=n_way)
+        data = json.loads((folder / "results.json").read_text())
+        data["test"]["shots"] = {"5": {"acc": 0.9, "ci95": 0.01}}  # rescored at K=5 (eval.shots)
+        (folder / "results.json").write_text(json.dumps(data))
+    fig = accuracy_vs_shots_figure(load_runs([tmp_path]))
+    assert [ax.get_title() for ax in fig.axes] == ["toy 5-way", "toy 20-way"]
+    assert legend_texts(fig) == ["ProtoNet"]
+    plt.close(fig)

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from fewshot.io import save_figure_atomic  # noqa: E402
 from fewshot.reporting.runs import RunRecord  # noqa: E402
@@ -76,10 +77,13 @@ def panel_order(runs: Sequence[RunRecord]) -> list[str]:
     return [r.setting for r in sorted({r.setting: r for r in runs}.values(), key=setting_sort_key)]
 
 
-def validation_curves_figure(runs: Sequence[RunRecord], x_key: str, x_label: str, x_scale: float) -> plt.Figure | None:
+def validation_curves_figure(
+    runs: Sequence[RunRecord], x_key: str, x_label: str, x_scale: float, x_log: bool = False
+) -> plt.Figure | None:
     """Validation accuracy (with its 95% CI band) against ``x_key`` of each validation point
-    (times ``x_scale``), one panel per setting and one line per run (a method's seeds share its
-    look and its legend entry); None when no run has a validation history with that key."""
+    (times ``x_scale``, on a log axis with ``x_log``), one panel per setting and one line per run
+    (a method's seeds share its look and its legend entry); None when no run has a validation
+    history with that key."""
     with_history = [r for r in runs if r.val_history and all(p.get(x_key) is not None for p in r.val_history)]
     if not with_history:
         return None
@@ -112,6 +116,9 @@ def validation_curves_figure(runs: Sequence[RunRecord], x_key: str, x_label: str
                 linewidth=0,
             )
         ax.set(title=setting, xlabel=x_label, ylabel="validation accuracy (%)")
+        if x_log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.grid(alpha=0.3)
     add_figure_legend(fig, handles, runs_per_method)
     return fig
@@ -127,11 +134,17 @@ def plot_accuracy_vs_step(runs: Sequence[RunRecord], path: Path) -> Path | None:
     return save_if_drawn(validation_curves_figure(runs, "step", "meta-training step", 1.0), path)
 
 
+def time_to_accuracy_figure(runs: Sequence[RunRecord]) -> plt.Figure | None:
+    """Validation accuracy against the CPU minutes the run had used by then (training and
+    validations), on a log axis: cheap methods plateau in minutes, others run to a cap of hours."""
+    label = "CPU minutes used (training + validation, log scale)"
+    return validation_curves_figure(runs, "cpu_s", label, 1 / 60, x_log=True)
+
+
 def plot_accuracy_vs_cpu_time(runs: Sequence[RunRecord], path: Path) -> Path | None:
-    """Time to accuracy: validation accuracy against the CPU minutes the run had used by then
-    (training and validations; runs without a CPU budget callback have no such points)."""
-    figure = validation_curves_figure(runs, "cpu_s", "CPU minutes used (training + validation)", 1 / 60)
-    return save_if_drawn(figure, path)
+    """The time-to-accuracy figure written to ``path`` (None when no run has CPU times in its
+    validation history: runs without a CPU budget callback)."""
+    return save_if_drawn(time_to_accuracy_figure(runs), path)
 
 
 Panel = tuple[str, int]  # (dataset, N-way) of the accuracy-against-shots figure

@@ -13,6 +13,7 @@ from fewshot.reporting.plots import (
     accuracy_vs_shots_figure,
     method_styles,
     plot_accuracy_vs_cpu_time,
+    time_to_accuracy_figure,
     validation_curves_figure,
 )
 from fewshot.reporting.runs import load_runs
@@ -63,6 +64,16 @@ def test_seeds_share_one_look_and_one_legend_entry_and_panels_follow_the_table(t
     five_way = fig.axes[0].get_lines()
     assert len(five_way) == 4 and len({(line.get_color(), line.get_linestyle()) for line in five_way}) == 2
     assert five_way[0].get_xdata().tolist() == [1.0, 2.0]  # CPU seconds shown in minutes
+    assert fig.axes[0].get_xscale() == "linear"
+    plt.close(fig)
+
+
+def test_time_to_accuracy_figure_has_a_log_time_axis_in_minutes(tmp_path: Path):
+    write_run(tmp_path / "a", "ProtoNet", A, val_history=HISTORY)
+    fig = time_to_accuracy_figure(load_runs([tmp_path]))
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_lines()[0].get_xdata().tolist() == [1.0, 2.0]
+    assert "CPU minutes" in ax.get_xlabel()
     plt.close(fig)
 
 

@@ -6,6 +6,7 @@ import inspect
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -271,12 +272,38 @@ def fit_or_test(run: Any, flag: StopFlag) -> None:
     flag.raise_if_set()
 
 
-def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, Any]:
-    """The body of :func:`train`: build everything, fit, test the best checkpoint, write results."""
-    check_before_work(cfg)
-    flag = flag or StopFlag()
-    started = time.perf_counter()
-    test_choice = cfg.get("test_checkpoint", "best")  # checked by check_before_work
+@dataclass
+class Run:
+    """A run once built from its config: data, method, trainer and loggers, and where it starts."""
+
+    cfg: DictConfig
+    output_dir: Path
+    resolved: dict[str, Any]  # the composed config as written into checkpoints and results
+    ckpt_path: str | None  # the checkpoint training continues or the one tested/validated
+    datamodule: EpisodicDataModule
+    method: EpisodicMethod
+    trainer: pl.Trainer
+    loggers: list[Any]
+
+    @property
+    def trains(self) -> bool:
+        """``train=true``: fit before anything else."""
+        return bool(self.cfg.get("train", True))
+
+    @property
+    def validates_checkpoint(self) -> bool:
+        """``train=false validate=true``: score ``ckpt_path`` on the validation episodes."""
+        return not self.trains and bool(self.cfg.get("validate", False))
+
+    @property
+    def tests(self) -> bool:
+        """``test=true``: score the trained (or given) checkpoint on the test episodes."""
+        return bool(self.cfg.get("test", True))
+
+
+def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
+    """Seed, then build the data, the method (checked against the checkpoint it starts from),
+    the callbacks, loggers and trainer of a checked config."""
     if cfg.retain_freed_memory:
         retain_freed_memory()
     pl.seed_everything(cfg.seed, workers=True)
@@ -309,25 +336,33 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     continue_csv_logs(loggers, continued)
     for lg in loggers:
         lg.log_hyperparams(resolved)
+    return Run(cfg, output_dir, resolved, ckpt_path, datamodule, method, trainer, loggers)
 
-    if cfg.get("train", True):
-        fit_or_test(lambda: trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path), flag)
-    validate_checkpoint = not cfg.get("train", True) and cfg.get("validate", False)
-    if validate_checkpoint:
+
+def fit_and_validate(run: Run, flag: StopFlag) -> None:
+    """Train (``train=true``), or score the given checkpoint on the validation episodes
+    (``train=false validate=true``)."""
+    if run.trains:
+        fit_or_test(lambda: run.trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=run.ckpt_path), flag)
+    if run.validates_checkpoint:
         fit_or_test(
-            lambda: trainer.validate(
-                method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=False
+            lambda: run.trainer.validate(
+                run.method, datamodule=run.datamodule, ckpt_path=run.ckpt_path, weights_only=True, verbose=False
             ),
             flag,
         )
 
+
+def training_results(run: Run) -> dict[str, Any]:
+    """What a run reports before testing: method, data, seed, provenance, validation and training."""
+    method, trainer = run.method, run.trainer
     results: dict[str, Any] = {
-        "method": method_name(method, cfg.get("variant")),
-        **datamodule.describe(),
-        "seed": cfg.seed,
+        "method": method_name(method, run.cfg.get("variant")),
+        **run.datamodule.describe(),
+        "seed": run.cfg.seed,
         "git_commit": git_commit(Path(__file__).parent),
         "hardware": hardware(),
-        "output_dir": str(output_dir),
+        "output_dir": str(run.output_dir),
         # the validation the tested checkpoint was chosen on (the best), and the last one
         "val": method.scores.best or method.scores.results.get("val"),
         "val_last": method.scores.results.get("val"),
@@ -339,38 +374,59 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
             "skipped_nonfinite": method.nonfinite.skipped,
         },
     }
-    if validate_checkpoint:  # this checkpoint's score under this config, not its training's best
-        val = {**method.scores.results["val"], "fingerprint": datamodule.episode_fingerprint("val")}
-        results.update(val=val, val_last=val, checkpoint=ckpt_path)
-    if cfg.get("train", True):
+    if run.validates_checkpoint:  # this checkpoint's score under this config, not its training's best
+        val = {**method.scores.results["val"], "fingerprint": run.datamodule.episode_fingerprint("val")}
+        results.update(val=val, val_last=val, checkpoint=run.ckpt_path)
+    if run.trains:
         stopped_by = stop_reason(trainer)
         results["train"].update(stopped_by=stopped_by, plateaued=stopped_by == "plateau")
-    if cfg.get("test", True):
-        ckpt = checkpoint_to_test(trainer, test_choice, output_dir) if cfg.get("train", True) else ckpt_path
-        fit_or_test(
-            lambda: trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False),
-            flag,
-        )
-        test = dict(method.scores.results["test"])
-        test["fingerprint"] = datamodule.episode_fingerprint("test")
-        test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])
-        results["test"] = test
-        results["checkpoint"] = ckpt
-        results["test_checkpoint"] = test_choice if cfg.get("train", True) else "given"
-    results["wall_time_s"] = round(time.perf_counter() - started, 2)
-    results["config"] = resolved
+    return results
 
-    if not trainer.is_global_zero:  # every rank holds the gathered results; one writes them
-        return results
-    path = write_results(output_dir / RESULTS_FILE, results)
+
+def score_test_episodes(run: Run, flag: StopFlag) -> dict[str, Any]:
+    """Test once, on the fixed test episodes: the checkpoint ``test_checkpoint`` picks after
+    training, or the given one; the results' ``test``, ``checkpoint`` and ``test_checkpoint``."""
+    choice = run.cfg.get("test_checkpoint", "best")  # checked by check_before_work
+    ckpt = checkpoint_to_test(run.trainer, choice, run.output_dir) if run.trains else run.ckpt_path
+    fit_or_test(
+        lambda: run.trainer.test(
+            run.method, datamodule=run.datamodule, ckpt_path=ckpt, weights_only=True, verbose=False
+        ),
+        flag,
+    )
+    test = dict(run.method.scores.results["test"])
+    test["fingerprint"] = run.datamodule.episode_fingerprint("test")
+    test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])
+    return {"test": test, "checkpoint": ckpt, "test_checkpoint": choice if run.trains else "given"}
+
+
+def publish_results(run: Run, results: dict[str, Any]) -> None:
+    """Write ``results.json`` into the run folder, print the scores, and draw and log the figures."""
+    path = write_results(run.output_dir / RESULTS_FILE, results)
     if "test" in results:
         print_results([results])
         log.info("Results written to %s", path)
-        log_gate_figure(results, output_dir, loggers)
-        log_results_table(results, loggers)
-    elif validate_checkpoint:
+        log_gate_figure(results, run.output_dir, run.loggers)
+        log_results_table(results, run.loggers)
+    elif run.validates_checkpoint:
         print_results([results], stage="val")
         log.info("Results written to %s", path)
+
+
+def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, Any]:
+    """The body of :func:`train`: build everything, fit, test the best checkpoint, write results."""
+    check_before_work(cfg)
+    flag = flag or StopFlag()
+    started = time.perf_counter()
+    run = build_run(cfg, flag)
+    fit_and_validate(run, flag)
+    results = training_results(run)
+    if run.tests:
+        results.update(score_test_episodes(run, flag))
+    results["wall_time_s"] = round(time.perf_counter() - started, 2)
+    results["config"] = run.resolved
+    if run.trainer.is_global_zero:  # every rank holds the gathered results; one writes them
+        publish_results(run, results)
     return results
 
 

@@ -8,12 +8,14 @@ A queue file has one run per line: a folder name, then its overrides (shell quot
 Each run writes into ``<out>/<name>/`` (``hydra.run.dir``) with its console output in
 ``run.log``; a failed run leaves ``FAILED`` (its exit code) and is not retried until that file
 is deleted. Several instances may share one ``--out``: a run is claimed by creating
-``<name>/.claimed`` exclusively.
+``<name>/.claimed`` exclusively. ``--status`` prints where each run stands and starts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import shlex
 import subprocess
@@ -140,6 +142,69 @@ def worker(
         print(f"{time.strftime('%H:%M:%S')} {'done' if code == 0 else f'FAILED ({code})'} {run.name}", flush=True)
 
 
+def claimed_by_live_worker(folder: Path) -> bool:
+    """Whether a worker that is still alive holds the run's claim."""
+    try:
+        owner = (folder / ".claimed").read_text().strip()
+    except FileNotFoundError:
+        return False
+    return owner.isdigit() and alive(int(owner))
+
+
+def last_validation(folder: Path) -> str:
+    """``val 83.6 at step 4499 (9 validations)`` from the run's CSV log, or ``""`` without one."""
+    scores = []
+    for metrics in sorted(folder.glob("**/metrics.csv")):
+        with metrics.open(newline="") as f:
+            scores += [(int(r["step"]), float(r["val/acc"])) for r in csv.DictReader(f) if r.get("val/acc")]
+    if not scores:
+        return ""
+    step, acc = max(scores)
+    count = f"{len(scores)} validation{'s' if len(scores) > 1 else ''}"
+    return f"val {100 * acc:.1f} at step {step} ({count})"
+
+
+def finished_summary(results_file: Path) -> str:
+    """``test 96.67 +- 0.35, 60.2 CPU-min, stopped by cpu_budget`` from a finished run's results."""
+    try:
+        results = json.loads(results_file.read_text())
+        test, train = results["test"], results.get("train", {})
+        summary = f"test {100 * test['acc']:.2f} +- {100 * test['ci95']:.2f}"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"results.json unreadable ({err.__class__.__name__}: {err})"
+    if isinstance(train.get("cpu_s"), (int, float)):
+        summary += f", {train['cpu_s'] / 60:.1f} CPU-min"
+    if train.get("stopped_by"):
+        summary += f", stopped by {train['stopped_by']}"
+    return summary
+
+
+def run_status(folder: Path) -> tuple[str, str]:
+    """A run's state (``done``, ``failed``, ``running``, ``cut``, ``waiting``) and what it shows."""
+    if (folder / "results.json").exists():
+        return "done", finished_summary(folder / "results.json")
+    if (folder / "FAILED").exists():
+        code = (folder / "FAILED").read_text().strip()
+        return "failed", f"exit {code}; see {folder / 'run.log'}, delete FAILED to retry"
+    progress = last_validation(folder)
+    if claimed_by_live_worker(folder):
+        return "running", progress
+    if (folder / "checkpoints" / "last.ckpt").exists():
+        return "cut", ", ".join(filter(None, [progress, "continues from checkpoints/last.ckpt"]))
+    return "waiting", progress
+
+
+def print_status(runs: list[QueuedRun], out: Path) -> None:
+    """One line per queued run: its state and progress, then how many runs are in each state."""
+    width = max(len(r.name) for r in runs)
+    counts: dict[str, int] = {}
+    for run in runs:
+        state, detail = run_status(out / run.name)
+        counts[state] = counts.get(state, 0) + 1
+        print(f"{run.name:{width}s}  {state:7s}  {detail}".rstrip())
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" (of {len(runs)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -156,10 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stop-after-failures", type=int, default=3, help="take no new run after this many failures in a row"
     )
+    parser.add_argument("--status", action="store_true", help="print where each run stands; start nothing")
     args = parser.parse_args(argv)
     if args.parallel < 1 or args.stop_after_failures < 1:
         parser.error("--parallel and --stop-after-failures must be at least 1")
     runs = read_queue(args.queue)
+    if args.status:
+        print_status(runs, args.out)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     streak = FailureStreak(args.stop_after_failures)

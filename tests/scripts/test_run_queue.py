@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -115,3 +116,39 @@ def test_failures_in_a_row_stop_the_queue(tmp_path, capsys):
     assert sorted(p.parent.name for p in out.glob("*/FAILED")) == ["a", "b"]
     assert not (out / "c").exists()
     assert "stopped after 2 failures in a row" in capsys.readouterr().out
+
+
+def test_status_says_where_each_run_stands_and_starts_nothing(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.txt", "done x=1\nfailed x=2\ncut x=3\nrunning x=4\nwaiting x=5\n")
+    out = tmp_path / "out"
+    for name in ("done", "failed", "cut", "running"):
+        (out / name / "checkpoints").mkdir(parents=True)
+    results = {"test": {"acc": 0.9667, "ci95": 0.0035}, "train": {"cpu_s": 3612.0, "stopped_by": "cpu_budget"}}
+    (out / "done" / "results.json").write_text(json.dumps(results))
+    (out / "failed" / "FAILED").write_text("3\n")
+    (out / "cut" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (out / "cut" / "csv").mkdir()
+    (out / "cut" / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/acc,val/acc\n0,10,0.5,\n0,499,,0.5\n1,999,,0.836\n1,1009,0.9,\n"
+    )
+    (out / "running" / ".claimed").write_text(str(os.getpid()))
+    assert run_queue.main([str(queue), "--out", str(out), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split(None, 2) == ["done", "done", "test 96.67 +- 0.35, 60.2 CPU-min, stopped by cpu_budget"]
+    assert lines[1].startswith("failed   failed   exit 3; see ") and "delete FAILED to retry" in lines[1]
+    assert lines[2].split(None, 2)[1:] == [
+        "cut",
+        "val 83.6 at step 999 (2 validations), continues from checkpoints/last.ckpt",
+    ]
+    assert lines[3].split() == ["running", "running"]
+    assert lines[4].split() == ["waiting", "waiting"]
+    assert lines[5] == "1 done, 1 failed, 1 cut, 1 running, 1 waiting (of 5)"
+    assert not (out / "waiting").exists() and not (out / "running" / "args.json").exists()
+
+
+def test_status_names_an_unreadable_results_file(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.txt", "a x=1\n")
+    (tmp_path / "out" / "a").mkdir(parents=True)
+    (tmp_path / "out" / "a" / "results.json").write_text("{ cut short")
+    assert run_queue.main([str(queue), "--out", str(tmp_path / "out"), "--status"]) == 0
+    assert "done     results.json unreadable (JSONDecodeError" in capsys.readouterr().out

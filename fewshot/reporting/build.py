@@ -10,7 +10,8 @@ against every other, plus any ``--pair A B`` and ``--against M``: M against ever
 ``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the
 Meta-LSTM gate figure into every run folder with gate statistics. ``--wandb`` also logs the
 table and figures as one W&B run (offline). ``--readme README.md`` rewrites the block of that
-file marked for these runs with ``table.md`` (``fewshot.reporting.readme``).
+file marked for these runs with ``table.md`` (``fewshot.reporting.readme``). A single folder's
+``report.yaml`` gives its default options (``fewshot.reporting.options``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
 from fewshot.reporting.gates import save_gate_figure
+from fewshot.reporting.options import ReportOptionsError, read_folder_options
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
 from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
 from fewshot.reporting.readme import ReadmeBlockError, update_block
@@ -169,13 +171,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or default_out(args.paths)
     try:
+        options = read_folder_options(args.paths)
+        if options.source is not None:
+            print(f"options from {options.source}: {options.as_arguments()}")
+        args.against = list(dict.fromkeys(options.against + args.against))
+        args.pair = options.pair + args.pair
+        args.readme = args.readme or options.readme
         check_writable_dir(out, create=False)  # before reading every run
         report = build_report(args.paths, out, args.pair, args.against)
         if args.readme is not None:
             source = " ".join(str(p) for p in args.paths)
             changed = update_block(args.readme, source, str(report["table_md"]))
             print(f"{'updated' if changed else 'unchanged'}: the table of {source} in {args.readme}")
-    except (NoRunsError, BadResultsError, EpisodeMismatchError, OutputPathError, ReadmeBlockError, OSError) as err:
+    except (
+        NoRunsError,
+        BadResultsError,
+        EpisodeMismatchError,
+        OutputPathError,
+        ReadmeBlockError,
+        ReportOptionsError,
+        OSError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{len(report['runs'])} run(s) found\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fewshot.reporting.build import main as report_main
 from fewshot.reporting.build import tables_markdown
 from fewshot.reporting.readme import read_block
 from fewshot.reporting.runs import load_runs
@@ -54,3 +55,21 @@ def test_committed_results_hold_no_machine_paths(source):
     for path in files:
         absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith("/") or str(Path.home()) in s]
         assert not absolute, f"{path} holds machine paths {absolute[:3]}; collect it with fewshot.reporting.collect"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_report_command_alone_regenerates_the_committed_tables_and_paired_tests(
+    source, tmp_path, monkeypatch, capsys
+):
+    """``python -m fewshot.reporting <source>`` (its options from ``<source>/report.yaml``) writes
+    the committed table and paired tests again, byte for byte, and leaves the README's table as it is."""
+    monkeypatch.chdir(PROJECT_ROOT)
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text())
+    assert report_main([source, "--out", str(tmp_path / "report"), "--readme", str(readme)]) == 0
+    assert f"unchanged: the table of {source}" in capsys.readouterr().out
+    committed = PROJECT_ROOT / source / "report"
+    for name in ("table.md", "table.csv", "paired.md", "paired.csv"):
+        assert (tmp_path / "report" / name).read_text() == (committed / name).read_text(), (
+            f"{source}/report/{name} is not what the report writes; regenerate: python -m fewshot.reporting {source}"
+        )

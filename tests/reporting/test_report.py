@@ -308,3 +308,42 @@ def test_report_refuses_an_inconsistent_results_file_naming_it(tmp_path, capsys,
 def test_report_accepts_a_consistent_results_file(tmp_path):
     crafted(tmp_path, lambda d: None)
     assert report_main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
+
+
+def test_a_folders_report_yaml_gives_its_default_options(three_methods, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    source = str(three_methods)
+    readme.write_text(f"<!-- report {source}: begin -->\nold\n<!-- report {source}: end -->\n")
+    (three_methods / "report.yaml").write_text(f"against: [MAML]\nreadme: {readme}\n")
+    assert report_main([source]) == 0
+    out = capsys.readouterr().out
+    assert f"options from {three_methods / 'report.yaml'}: --against MAML --readme {readme}" in out
+    paired = (three_methods / "report" / "paired.md").read_text()
+    assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | +30.00 ± 19.60 |" in paired
+    assert read_block(readme.read_text(), source) == (three_methods / "report" / "table.md").read_text()
+    # the command line adds to them; a report over several folders reads no folder's options
+    assert report_main([source, "--against", "Nope", "--out", str(tmp_path / "r2")]) == 2
+    captured = capsys.readouterr()
+    assert "--against MAML" in captured.out and "--against Nope: no such method" in captured.err
+    each_run = [str(three_methods / run) for run in ("a", "b", "c")]
+    assert report_main([*each_run, "--out", str(tmp_path / "r3")]) == 0
+    assert "| MAML | Baseline-NN |" not in (tmp_path / "r3" / "paired.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("against: [MAML\n", "is not valid YAML"),
+        ("- MAML\n", "must be a mapping of against, readme, pair; got list"),
+        ("agains: [MAML]\n", "unknown keys ['agains']; the keys are against, readme, pair"),
+        ("against: MAML\n", "against must be a list of method names, e.g. [Meta-LSTM]; got 'MAML'"),
+        ("readme: [a, b]\n", "readme must be a file name"),
+        ("pair: [[ProtoNet]]\n", "pair must be a list of [A, B] method pairs"),
+    ],
+)
+def test_a_bad_report_yaml_is_refused_naming_the_file_and_the_problem(three_methods, capsys, text, problem):
+    (three_methods / "report.yaml").write_text(text)
+    assert report_main([str(three_methods)]) == 2
+    err = capsys.readouterr().err
+    assert str(three_methods / "report.yaml") in err and problem in err
+    assert not (three_methods / "report").exists()

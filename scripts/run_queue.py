@@ -164,6 +164,20 @@ def last_validation(folder: Path) -> str:
     return f"val {100 * acc:.1f} at step {step} ({count})"
 
 
+def checkpoint_cpu_minutes(folder: Path) -> str:
+    """``5.2 of 60 CPU-min at the last checkpoint`` from ``checkpoints/last.ckpt``, or ``""``
+    without a readable one or a CPU budget in it."""
+    from fewshot.checkpoints import CONFIG_KEY, read_checkpoint  # torch: only for --status
+
+    try:
+        checkpoint = read_checkpoint(folder / "checkpoints" / "last.ckpt")
+        used_s = float(checkpoint["callbacks"]["CpuTimeBudget"]["used_s"])
+    except Exception:  # noqa: BLE001 - a checkpoint being written, or none: nothing to show
+        return ""
+    cap = ((checkpoint[CONFIG_KEY].get("callbacks") or {}).get("cpu_budget") or {}).get("minutes")
+    return f"{used_s / 60:.1f}{f' of {cap:g}' if cap else ''} CPU-min at the last checkpoint"
+
+
 def finished_summary(results_file: Path) -> str:
     """``test 96.67 +- 0.35, 60.2 CPU-min, stopped by cpu_budget`` from a finished run's results."""
     try:
@@ -186,7 +200,7 @@ def run_status(folder: Path) -> tuple[str, str]:
     if (folder / "FAILED").exists():
         code = (folder / "FAILED").read_text().strip()
         return "failed", f"exit {code}; see {folder / 'run.log'}, delete FAILED to retry"
-    progress = last_validation(folder)
+    progress = ", ".join(filter(None, [last_validation(folder), checkpoint_cpu_minutes(folder)]))
     if claimed_by_live_worker(folder):
         return "running", progress
     if (folder / "checkpoints" / "last.ckpt").exists():

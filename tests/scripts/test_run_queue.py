@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import PROJECT_ROOT
 
@@ -152,3 +153,22 @@ def test_status_names_an_unreadable_results_file(tmp_path, capsys):
     (tmp_path / "out" / "a" / "results.json").write_text("{ cut short")
     assert run_queue.main([str(queue), "--out", str(tmp_path / "out"), "--status"]) == 0
     assert "done     results.json unreadable (JSONDecodeError" in capsys.readouterr().out
+
+
+def test_status_shows_the_cpu_minutes_of_a_cut_runs_last_checkpoint(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.txt", "cut x=1\nbroken x=2\n")
+    for name in ("cut", "broken"):
+        (tmp_path / "out" / name / "checkpoints").mkdir(parents=True)
+    checkpoint = {
+        "state_dict": {},
+        "callbacks": {"CpuTimeBudget": {"used_s": 1410.0}},
+        "fewshot_config": {"callbacks": {"cpu_budget": {"minutes": 60}}},
+    }
+    torch.save(checkpoint, tmp_path / "out" / "cut" / "checkpoints" / "last.ckpt")
+    (tmp_path / "out" / "broken" / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
+    assert run_queue.main([str(queue), "--out", str(tmp_path / "out"), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[0].split(None, 2)[2] == "23.5 of 60 CPU-min at the last checkpoint, continues from checkpoints/last.ckpt"
+    )
+    assert lines[1].split(None, 2)[2] == resumes

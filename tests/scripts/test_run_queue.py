@@ -168,7 +168,6 @@ def test_status_shows_the_cpu_minutes_of_a_cut_runs_last_checkpoint(tmp_path, ca
     (tmp_path / "out" / "broken" / "checkpoints" / "last.ckpt").write_bytes(b"cut short")
     assert run_queue.main([str(queue), "--out", str(tmp_path / "out"), "--status"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert (
-        lines[0].split(None, 2)[2] == "23.5 of 60 CPU-min at the last checkpoint, continues from checkpoints/last.ckpt"
-    )
+    resumes = "continues from checkpoints/last.ckpt"
+    assert lines[0].split(None, 2)[2] == f"23.5 of 60 CPU-min at the last checkpoint, {resumes}"
     assert lines[1].split(None, 2)[2] == resumes

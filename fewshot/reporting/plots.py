@@ -44,10 +44,12 @@ def method_styles(methods: Sequence[str]) -> dict[str, LineStyle]:
     bases = list(dict.fromkeys(split_variant(m)[0] for m in ordered))
     palette = matplotlib.colormaps["tab10" if len(bases) <= 10 else "tab20"].colors
     styles = {}
+    variants_drawn: dict[str, int] = {}  # per base method; the sort puts a method's variants after it
     for method in ordered:
         base, variant = split_variant(method)
-        variants = [m for m in ordered if split_variant(m)[0] == base and split_variant(m)[1]]
-        rank = 1 + variants.index(method) if variant else 0
+        rank = 0
+        if variant:
+            rank = variants_drawn[base] = variants_drawn.get(base, 0) + 1
         styles[method] = LineStyle(palette[bases.index(base) % len(palette)], LINE_STYLES[rank % len(LINE_STYLES)])
     return styles
 

@@ -68,18 +68,24 @@ def alive(pid: int) -> bool:
     return True
 
 
+def claimed_by_live_worker(folder: Path) -> bool:
+    """Whether the run's ``.claimed`` marker belongs to a live worker (a marker without a process
+    id yet, being written, counts as live for a minute)."""
+    marker = folder / ".claimed"
+    try:
+        owner = marker.read_text().strip()
+        return alive(int(owner)) if owner.isdigit() else time.time() - marker.stat().st_mtime <= 60
+    except FileNotFoundError:
+        return False
+
+
 def claim(folder: Path) -> bool:
     """Claim a run that is neither finished, failed, nor claimed by a live worker."""
     if (folder / "results.json").exists() or (folder / "FAILED").exists():
         return False
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / ".claimed"
-    try:
-        owner = marker.read_text().strip()
-        stale = not alive(int(owner)) if owner.isdigit() else time.time() - marker.stat().st_mtime > 60
-    except FileNotFoundError:
-        stale = False
-    if stale:
+    if not claimed_by_live_worker(folder):
         marker.unlink(missing_ok=True)  # its worker was killed: the run continues from its checkpoint
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -140,15 +146,6 @@ def worker(
             (folder / "FAILED").write_text(f"{code}\n")
         (folder / ".claimed").unlink(missing_ok=True)
         print(f"{time.strftime('%H:%M:%S')} {'done' if code == 0 else f'FAILED ({code})'} {run.name}", flush=True)
-
-
-def claimed_by_live_worker(folder: Path) -> bool:
-    """Whether a worker that is still alive holds the run's claim."""
-    try:
-        owner = (folder / ".claimed").read_text().strip()
-    except FileNotFoundError:
-        return False
-    return owner.isdigit() and alive(int(owner))
 
 
 def last_validation(folder: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from fewshot.io import save_figure_atomic  # noqa: E402
 from fewshot.reporting.runs import RunRecord  # noqa: E402
@@ -79,6 +80,24 @@ def panel_order(runs: Sequence[RunRecord]) -> list[str]:
     return [r.setting for r in sorted({r.setting: r for r in runs}.values(), key=setting_sort_key)]
 
 
+def plain_number(x: float, _position: int) -> str:
+    """A tick label as a plain number (``0.5``, ``20``), not a power of ten."""
+    return f"{x:g}"
+
+
+def use_log_axis(ax: plt.Axes) -> None:
+    """A log x-axis labelled with plain numbers; when fewer than two powers of ten fall inside the
+    data (too few labels to read the axis by), the 2x and 5x ticks are labelled too."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
+    low, high = ax.dataLim.intervalx
+    if 0 < low and math.floor(math.log10(high)) - math.ceil(math.log10(low)) < 1:
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(plain_number))
+    else:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def validation_curves_figure(
     runs: Sequence[RunRecord], x_key: str, x_label: str, x_scale: float, x_log: bool = False
 ) -> plt.Figure | None:
@@ -119,8 +138,7 @@ def validation_curves_figure(
             )
         ax.set(title=setting, xlabel=x_label, ylabel="validation accuracy (%)")
         if x_log:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            use_log_axis(ax)
         ax.grid(alpha=0.3)
     add_figure_legend(fig, handles, runs_per_method)
     return fig

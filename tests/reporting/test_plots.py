@@ -93,3 +93,25 @@ def test_accuracy_vs_shots_panels_sort_n_way_as_numbers(tmp_path: Path):
     assert [ax.get_title() for ax in fig.axes] == ["toy 5-way", "toy 20-way"]
     assert legend_texts(fig) == ["ProtoNet"]
     plt.close(fig)
+
+
+def minor_labels(ax: plt.Axes) -> list[str]:
+    """The minor tick labels of the x-axis as drawn, inside its limits."""
+    ax.figure.canvas.draw()
+    low, high = ax.get_xlim()
+    return [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text() and low <= t.get_position()[0] <= high]
+
+
+@pytest.mark.parametrize(
+    "cpu_s, labels",
+    [
+        ((300.0, 3660.0), ["5", "20", "50"]),  # 5 to 61 minutes: one power of ten, so 2x and 5x are labelled
+        ((18.0, 3660.0), []),  # 0.3 to 61 minutes: 1 and 10 label the axis
+    ],
+)
+def test_a_log_time_axis_under_a_decade_labels_its_2x_and_5x_ticks(tmp_path: Path, cpu_s, labels):
+    history = [{**HISTORY[i], "cpu_s": s} for i, s in enumerate(cpu_s)]
+    write_run(tmp_path / "a", "ProtoNet", A, val_history=history)
+    fig = time_to_accuracy_figure(load_runs([tmp_path]))
+    assert minor_labels(fig.axes[0]) == labels
+    plt.close(fig)

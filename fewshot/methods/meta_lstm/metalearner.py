@@ -34,7 +34,9 @@ Known differences from the official (Torch7) code:
 * ``grad_scale``: the official learner divides the gradient of its (already size-averaged)
   criterion by the batch size once more (``grad_scale="official"``), so its ``grad_t`` and
   ``c~_t`` are smaller by a factor ``N*K`` than the gradient of the mean cross-entropy
-  (``grad_scale="mean"``); the learned input gate can absorb a constant factor, the
+  (``grad_scale="mean"``). The learned input gate absorbs a constant factor only within its
+  range (0, 1): with the official scale a step is at most ``1/(N*K)`` of the mean loss's
+  gradient, and on Omniglot the gate sits at that ceiling (docs/reproduce.md). The
   preprocessing's ``log|grad|`` shifts by ``log(N*K) / p``.
 * Preprocessing takes the log branch for ``|x| >= e^-p`` (the official code: ``>``); both
   branches give ``(-1, sign x)`` at the boundary, so the map is the same.

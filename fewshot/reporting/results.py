@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -70,8 +71,9 @@ def run_title(results: dict[str, Any]) -> str:
 
 
 def format_accuracy(acc: float, ci95: float) -> str:
-    """``acc ± ci`` in percent."""
-    return f"{100 * acc:.2f} ± {100 * ci95:.2f}"
+    """``acc ± ci`` in percent; ``± n/a`` where one episode gives no interval."""
+    interval = "n/a" if math.isnan(ci95) else f"{100 * ci95:.2f}"
+    return f"{100 * acc:.2f} ± {interval}"
 
 
 STAGE_TITLES = {

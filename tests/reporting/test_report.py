@@ -12,6 +12,7 @@ from fewshot.evaluation.stats import mean_ci95
 from fewshot.reporting.build import main as report_main
 from fewshot.reporting.paired import EpisodeMismatchError, paired_difference
 from fewshot.reporting.readme import read_block
+from fewshot.reporting.results import format_accuracy
 from fewshot.reporting.runs import load_runs
 from fewshot.reporting.table import build_cells, checkpoint_note, csv_table, markdown_table, markdown_training
 from tests.helpers import wandb_run_bytes
@@ -347,3 +348,8 @@ def test_a_bad_report_yaml_is_refused_naming_the_file_and_the_problem(three_meth
     err = capsys.readouterr().err
     assert str(three_methods / "report.yaml") in err and problem in err
     assert not (three_methods / "report").exists()
+
+
+def test_a_single_episode_has_no_interval_and_says_so():
+    assert format_accuracy(0.0667, float("nan")) == "6.67 ± n/a"
+    assert format_accuracy(0.9285, 0.0046) == "92.85 ± 0.46"

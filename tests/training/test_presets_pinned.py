@@ -8,6 +8,7 @@ deviation listed in docs/reproduce.md ("Deviations").
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,12 @@ OURS_CPU = "ours: a CPU budget (docs/reproduce.md, Deviations)"
 Pins = dict[str, tuple[Any, str]]
 
 
-def shape(n_way: int, n_shot: int, source: str, n_query: int = 15) -> Pins:
-    """The evaluation episode shape and test set size."""
+def shape(n_way: int, n_shot: int, source: str) -> Pins:
+    """The evaluation episode shape (15 queries per class in every preset) and test set size."""
     return {
         "data.n_way": (n_way, source),
         "data.n_shot": (n_shot, source),
-        "data.n_query": (n_query, source),
+        "data.n_query": (15, source),
         "data.test_episodes": (600, source),
     }
 
@@ -274,7 +275,9 @@ PINNED: dict[str, dict[str, tuple[Any, str]]] = {
     **family("omniglot/siamese", (1, 5), (5, 20), {"model.optimizer.lr": (0.001, OURS)}),
     **{
         f"omniglot/meta_lstm_{n_way}w{n_shot}s": {
-            **shape(n_way, n_shot, OURS, n_query=15 if n_way == 5 else 5),
+            **shape(n_way, n_shot, OURS),
+            # 20-way: 5 queries per class in training only, so the test episodes are the column's
+            **({"data.train_n_query": (5, OURS)} if n_way == 20 else {}),
             **OMNIGLOT_META_LSTM,
             "model.n_steps": (12 if n_shot == 1 else 8, RAVI_1SHOT if n_shot == 1 else RAVI_5SHOT),
             "model.learner.bn_momentum": (0.9 if n_shot == 1 else 0.95, RAVI_1SHOT if n_shot == 1 else RAVI_5SHOT),
@@ -304,3 +307,22 @@ def test_preset_runs_its_sources_values(preset: str, tmp_path: Path):
 def test_every_paper_preset_is_pinned():
     unpinned = [p for p in PAPER_PRESETS if p not in PINNED]
     assert not unpinned, f"presets without pinned values (add them to PINNED with their sources): {unpinned}"
+
+
+# what decides a preset's test episodes and the images in them (training-only keys left out)
+TEST_EPISODE_KEYS = ("n_way", "n_shot", "n_query", "test_episodes", "eval_seed")
+IMAGE_KEYS = ("mean", "std", "image_size", "channels")
+
+
+@pytest.mark.parametrize("dataset", ["omniglot", "miniimagenet"])
+def test_every_preset_of_one_setting_is_tested_on_the_same_episodes(dataset: str, tmp_path: Path):
+    """A table column pairs its methods episode by episode, so every preset of one dataset, N and
+    K must draw the same test episodes from the same data (issue 18: the same 600 per column)."""
+    columns: dict[tuple[int, int], dict[str, list[str]]] = {}
+    for preset in (p for p in PAPER_PRESETS if p.startswith(f"{dataset}/")):
+        data = OmegaConf.to_container(compose_config([f"experiment={preset}"], tmp_path).data, resolve=True)
+        test_keys = (*TEST_EPISODE_KEYS, *IMAGE_KEYS, "source")
+        test_data = json.dumps({k: data[k] for k in test_keys}, sort_keys=True)
+        columns.setdefault((data["n_way"], data["n_shot"]), {}).setdefault(test_data, []).append(preset)
+    split = {f"{n}-way {k}-shot": list(groups.values()) for (n, k), groups in columns.items() if len(groups) > 1}
+    assert not split, f"presets of one column test on different episodes or data: {split}"

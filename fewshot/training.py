@@ -34,6 +34,7 @@ from fewshot.io import check_writable_dir
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.methods.base import EpisodicMethod
 from fewshot.methods.nonfinite import NONFINITE_POLICIES
+from fewshot.quiet import silence_library_noise
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
     RESULTS_FILE,
@@ -228,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Raises RunInterrupted when SIGTERM/SIGINT stopped the run (see fewshot.interrupt).
     """
+    silence_library_noise()
     try:
         with stop_on_signals() as flag:
             return train_and_test(cfg, flag)

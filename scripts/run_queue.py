@@ -8,7 +8,10 @@ A queue file has one run per line: a folder name, then its overrides (shell quot
 Each run writes into ``<out>/<name>/`` (``hydra.run.dir``) with its console output in
 ``run.log``; a failed run leaves ``FAILED`` (its exit code) and is not retried until that file
 is deleted. Several instances may share one ``--out``: a run is claimed by creating
-``<name>/.claimed`` exclusively. ``--status`` prints where each run stands and starts nothing.
+``<name>/.claimed`` exclusively; while it trains the marker holds the training process's id, so a
+killed queue leaves its running jobs claimed until they end. The queue file is read again before
+each run starts: lines added, removed or reordered while the queue works take effect at its next
+pick. ``--status`` prints where each run stands and starts nothing.
 """
 
 from __future__ import annotations
@@ -96,6 +99,14 @@ def claim(folder: Path) -> bool:
     return True
 
 
+def hand_claim_to(folder: Path, pid: int) -> None:
+    """Make the training process the owner of the run's claim (replaced atomically), so the
+    claim lives exactly as long as the run whoever started it."""
+    temporary = folder / ".claimed.new"
+    temporary.write_text(str(pid))
+    os.replace(temporary, folder / ".claimed")
+
+
 def command(run: QueuedRun, folder: Path, python: str) -> list[str]:
     """The train.py command of a run (continuing it when it has a last checkpoint)."""
     resume = ["resume=true"] if (folder / "checkpoints" / "last.ckpt").exists() else []
@@ -110,7 +121,9 @@ def execute(run: QueuedRun, folder: Path, python: str, project: Path) -> int:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         start = time.time()
-        code = subprocess.call(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        hand_claim_to(folder, process.pid)
+        code = process.wait()
         log.write(f"exit {code} after {time.time() - start:.0f} s wall\n")
     return code
 
@@ -129,15 +142,37 @@ class FailureStreak:
         return self.count >= self.limit
 
 
+class QueueFile:
+    """The queue file, read again at every pick; a file broken mid-edit keeps the last good runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runs = read_queue(path)
+
+    def current(self) -> list[QueuedRun]:
+        """The runs the file lists now (the last readable version while it cannot be read)."""
+        try:
+            self.runs = read_queue(self.path)
+        except (SystemExit, OSError) as problem:
+            print(f"{time.strftime('%H:%M:%S')} queue file unreadable, using its last version: {problem}", flush=True)
+        return self.runs
+
+
+def next_run(queue: QueueFile, out: Path) -> QueuedRun | None:
+    """Claim the first run of the queue file that nobody has finished, failed or claimed."""
+    return next((run for run in queue.current() if claim(out / run.name)), None)
+
+
 def worker(
-    runs: list[QueuedRun], out: Path, python: str, project: Path, lock: threading.Lock, streak: FailureStreak
+    queue: QueueFile, out: Path, python: str, project: Path, lock: threading.Lock, streak: FailureStreak
 ) -> None:
     """Take unclaimed runs from the queue until none is left (or failures in a row stop it)."""
-    for run in runs:
-        folder = out / run.name
+    while True:
         with lock:
-            if streak.stopped or not claim(folder):
-                continue
+            run = None if streak.stopped else next_run(queue, out)
+        if run is None:
+            return
+        folder = out / run.name
         print(f"{time.strftime('%H:%M:%S')} start {run.name}", flush=True)
         code = execute(run, folder, python, project)
         with lock:
@@ -243,13 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     streak = FailureStreak(args.stop_after_failures)
-    jobs = (runs, args.out.resolve(), args.python, args.project.resolve(), lock, streak)
+    queue = QueueFile(args.queue)
+    jobs = (queue, args.out.resolve(), args.python, args.project.resolve(), lock, streak)
     threads = [threading.Thread(target=worker, args=jobs) for _ in range(args.parallel)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    failed = sorted(r.name for r in runs if (args.out / r.name / "FAILED").exists())
+    failed = sorted(r.name for r in queue.runs if (args.out / r.name / "FAILED").exists())
     if failed:
         print(f"failed: {', '.join(failed)} (see <out>/<name>/run.log; delete FAILED to retry)")
     if streak.stopped:

@@ -106,6 +106,47 @@ def test_queue_runs_every_job_once_records_failures_and_skips_them_next_time(tmp
     assert not (out / "a" / "args.json").exists()
 
 
+# records the claim marker's content and its own process id; run "a" appends a line to the queue
+CLAIM_RECORDING_TRAIN = """
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+folder = Path(next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")))
+claim = (folder / ".claimed").read_text()
+(folder / "seen.json").write_text(json.dumps({"claim": claim, "pid": os.getpid()}))
+if folder.name == "a":
+    with open(os.environ["QUEUE_FILE"], "a") as queue:
+        queue.write("late seed=9\\n")
+(folder / "results.json").write_text("{}")
+"""
+
+
+def test_a_running_jobs_claim_holds_its_own_process_id_and_lines_added_meanwhile_run(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(CLAIM_RECORDING_TRAIN)
+    queue = write_queue(tmp_path / "q.txt", "a seed=0\nb seed=1\n")
+    monkeypatch.setenv("QUEUE_FILE", str(queue))
+    out = tmp_path / "out"
+    argv = [str(queue), "--out", str(out), "--parallel", "1", "--python", sys.executable, "--project", str(project)]
+    assert run_queue.main(argv) == 0
+    for name in ("a", "b", "late"):
+        seen = json.loads((out / name / "seen.json").read_text())
+        assert seen["claim"] == str(seen["pid"]) != str(os.getpid())
+    assert "seed=9" in (out / "late" / "run.log").read_text()
+    assert not list(out.glob("*/.claimed*"))
+
+
+def test_a_queue_file_broken_mid_edit_keeps_its_last_readable_runs(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.txt", "a seed=0\n")
+    reader = run_queue.QueueFile(queue)
+    queue.write_text("a seed=0\na seed=1\n")
+    assert reader.current() == [run_queue.QueuedRun("a", ("seed=0",))]
+    assert "queue file unreadable, using its last version" in capsys.readouterr().out
+    queue.write_text("b seed=2\n")
+    assert reader.current() == [run_queue.QueuedRun("b", ("seed=2",))]
+
+
 def test_failures_in_a_row_stop_the_queue(tmp_path, capsys):
     project = tmp_path / "project"
     project.mkdir()

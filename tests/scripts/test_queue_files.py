@@ -1,0 +1,37 @@
+"""Every run of the committed queue files composes and sets only known keys, so a queue fails
+in seconds here rather than after hours of CPU when its line comes up."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from fewshot.config_keys import check_known_keys
+from tests.conftest import CONFIG_DIR, PROJECT_ROOT
+
+spec = importlib.util.spec_from_file_location("run_queue", PROJECT_ROOT / "scripts" / "run_queue.py")
+run_queue = importlib.util.module_from_spec(spec)
+sys.modules.setdefault("run_queue", run_queue)
+spec.loader.exec_module(run_queue)
+
+QUEUE_FILES = sorted((PROJECT_ROOT / "scripts").glob("*converged*.txt"))
+RUNS = [(path.name, run) for path in QUEUE_FILES for run in run_queue.read_queue(path)]
+
+
+def test_the_converged_table_has_a_queue_file():
+    assert [p.name for p in QUEUE_FILES] == ["omniglot_converged.txt"]
+    assert len(RUNS) >= 30
+
+
+@pytest.mark.parametrize(("queue", "run"), RUNS, ids=[run.name for _, run in RUNS])
+def test_queued_run_composes_with_only_known_keys(queue, run):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(run.overrides), return_hydra_config=True)
+        check_known_keys(cfg, cfg.hydra.runtime.choices, cfg.hydra.overrides.task)
+    assert cfg.seed == int(run.name.rsplit("_s", 1)[1]), "the folder name's seed suffix matches seed="
+    assert cfg.callbacks.cpu_budget.minutes > 0 and cfg.callbacks.early_stopping.monitor == "val/acc"

@@ -11,7 +11,9 @@ is deleted. Several instances may share one ``--out``: a run is claimed by creat
 ``<name>/.claimed`` exclusively; while it trains the marker holds the training process's id, so a
 killed queue leaves its running jobs claimed until they end. The queue file is read again before
 each run starts: lines added, removed or reordered while the queue works take effect at its next
-pick. ``--status`` prints where each run stands and starts nothing.
+pick. ``--skip-collected results/omniglot`` leaves out the runs already collected there (their
+``run_name``), so a fresh machine runs only what the committed results lack. ``--status`` prints
+where each run stands and starts nothing.
 """
 
 from __future__ import annotations
@@ -142,17 +144,40 @@ class FailureStreak:
         return self.count >= self.limit
 
 
-class QueueFile:
-    """The queue file, read again at every pick; a file broken mid-edit keeps the last good runs."""
+def collected_runs(folders: list[Path]) -> dict[str, Path]:
+    """Run name -> results file of every run collected into ``folders`` (``run_name`` in the
+    results.json that ``python -m fewshot.reporting.collect`` writes)."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"--skip-collected {folder}: no such folder (a results folder, e.g. results/omniglot).")
+        for results in sorted(folder.rglob("results.json")):
+            try:
+                name = json.loads(results.read_text()).get("run_name")
+            except (OSError, ValueError) as err:
+                raise SystemExit(f"--skip-collected: {results} is unreadable ({err}).") from err
+            if isinstance(name, str):
+                found.setdefault(name, results)
+    return found
 
-    def __init__(self, path: Path) -> None:
+
+class QueueFile:
+    """The queue file, read again at every pick; a file broken mid-edit keeps the last good runs.
+    Runs already collected into a results folder are left out."""
+
+    def __init__(self, path: Path, collected: dict[str, Path] | None = None) -> None:
         self.path = path
-        self.runs = read_queue(path)
+        self.collected = collected or {}
+        self.runs = self.pending(read_queue(path))
+
+    def pending(self, runs: list[QueuedRun]) -> list[QueuedRun]:
+        """The runs that are not collected yet."""
+        return [run for run in runs if run.name not in self.collected]
 
     def current(self) -> list[QueuedRun]:
         """The runs the file lists now (the last readable version while it cannot be read)."""
         try:
-            self.runs = read_queue(self.path)
+            self.runs = self.pending(read_queue(self.path))
         except (SystemExit, OSError) as problem:
             print(f"{time.strftime('%H:%M:%S')} queue file unreadable, using its last version: {problem}", flush=True)
         return self.runs
@@ -240,14 +265,21 @@ def run_status(folder: Path) -> tuple[str, str]:
     return "waiting", progress
 
 
-def print_status(runs: list[QueuedRun], out: Path) -> None:
+def print_status(runs: list[QueuedRun], out: Path, collected: dict[str, Path] | None = None) -> None:
     """One line per queued run: its state and progress, then how many runs are in each state."""
-    width = max(len(r.name) for r in runs)
+    collected = collected or {}
+    rows = [
+        (run.name, "collected", finished_summary(collected[run.name]))
+        if run.name in collected
+        else (run.name, *run_status(out / run.name))
+        for run in runs
+    ]
+    name_width = max(len(name) for name, _, _ in rows)
+    state_width = max(len("waiting"), *(len(state) for _, state, _ in rows))
     counts: dict[str, int] = {}
-    for run in runs:
-        state, detail = run_status(out / run.name)
+    for name, state, detail in rows:
         counts[state] = counts.get(state, 0) + 1
-        print(f"{run.name:{width}s}  {state:7s}  {detail}".rstrip())
+        print(f"{name:{name_width}s}  {state:{state_width}s}  {detail}".rstrip())
     print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" (of {len(runs)})")
 
 
@@ -267,18 +299,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stop-after-failures", type=int, default=3, help="take no new run after this many failures in a row"
     )
+    parser.add_argument(
+        "--skip-collected",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RESULTS_DIR",
+        help="leave out runs already collected into this results folder (e.g. results/omniglot); repeatable",
+    )
     parser.add_argument("--status", action="store_true", help="print where each run stands; start nothing")
     args = parser.parse_args(argv)
     if args.parallel < 1 or args.stop_after_failures < 1:
         parser.error("--parallel and --stop-after-failures must be at least 1")
     runs = read_queue(args.queue)
+    collected = collected_runs(args.skip_collected)
     if args.status:
-        print_status(runs, args.out)
+        print_status(runs, args.out, collected)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     streak = FailureStreak(args.stop_after_failures)
-    queue = QueueFile(args.queue)
+    queue = QueueFile(args.queue, collected)
     jobs = (queue, args.out.resolve(), args.python, args.project.resolve(), lock, streak)
     threads = [threading.Thread(target=worker, args=jobs) for _ in range(args.parallel)]
     for thread in threads:

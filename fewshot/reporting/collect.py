@@ -24,6 +24,9 @@ from fewshot.reporting.runs import BadResultsError, NoRunsError, find_results
 PLACEHOLDERS = (("paths.output_dir", "<run>"), ("paths.data_dir", "<data>"), ("paths.root_dir", "<project>"))
 
 
+RUN_NAME_KEY = "run_name"
+
+
 def machine_roots(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(absolute prefix, placeholder)`` pairs of a run, longest prefix first."""
     config = results.get("config") or {}
@@ -80,6 +83,8 @@ def collect(paths: Sequence[Path], into: Path) -> list[Path]:
                 f"{source} and {written[target]} are the same setting, method and seed; collect one of them."
             )
         portable = strip_paths(results, machine_roots(results))
+        # the run's folder name (a queue's run name): what `run_queue.py --skip-collected` matches
+        portable.setdefault(RUN_NAME_KEY, source.parent.name)
         write_text_atomic(target, json.dumps(portable, indent=2, sort_keys=True) + "\n")
         written[target] = source
     if not written:

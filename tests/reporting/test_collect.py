@@ -22,6 +22,7 @@ def test_collected_results_hold_no_machine_path_and_report_the_same_table(tiny_c
     data = json.loads(text)
     assert data["output_dir"] == "<run>" and data["checkpoint"].startswith("<run>/checkpoints/")
     assert data["config"]["paths"]["output_dir"] == "<run>"
+    assert data["run_name"] == tmp_path.name  # the run's folder: a queue's run name
     table = build_report([collected], tmp_path / "r1")["table_md"]
     assert table == build_report([run / "results.json"], tmp_path / "r2")["table_md"]
 

@@ -73,3 +73,13 @@ def test_the_report_command_alone_regenerates_the_committed_tables_and_paired_te
         assert (tmp_path / "report" / name).read_text() == (committed / name).read_text(), (
             f"{source}/report/{name} is not what the report writes; regenerate: python -m fewshot.reporting {source}"
         )
+
+
+def test_every_committed_omniglot_run_names_its_line_of_the_queue():
+    """`run_queue.py --skip-collected results/omniglot` skips exactly the committed runs."""
+    queue = PROJECT_ROOT / "scripts" / "omniglot_converged.txt"
+    queued = {line.split()[0] for line in queue.read_text().splitlines() if line and line[0] not in "#@"}
+    files = (PROJECT_ROOT / "results" / "omniglot").rglob("results.json")
+    names = [json.loads(p.read_text()).get("run_name") for p in files]
+    assert names and set(names) <= queued, sorted(set(names) - queued)
+    assert len(set(names)) == len(names)

@@ -147,6 +147,27 @@ def test_a_queue_file_broken_mid_edit_keeps_its_last_readable_runs(tmp_path, cap
     assert reader.current() == [run_queue.QueuedRun("b", ("seed=2",))]
 
 
+def test_runs_collected_into_a_results_folder_are_skipped_and_shown_as_collected(tmp_path, capsys):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(FAKE_TRAIN)
+    results = tmp_path / "results" / "omniglot_5w1s" / "protonet" / "seed0" / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"run_name": "a", "test": {"acc": 0.9, "ci95": 0.01}}))
+    queue = write_queue(tmp_path / "q.txt", "a seed=0\nb seed=1\n")
+    out = tmp_path / "out"
+    argv = [str(queue), "--out", str(out), "--python", sys.executable, "--project", str(project)]
+    argv += ["--skip-collected", str(tmp_path / "results")]
+    assert run_queue.main(argv) == 0
+    assert not (out / "a").exists() and (out / "b" / "results.json").exists()
+    assert run_queue.main([*argv, "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].split() == ["a", "collected", "test", "90.00", "+-", "1.00"]
+    assert lines[-1] == "1 collected, 1 done (of 2)"
+    with pytest.raises(SystemExit, match="no such folder"):
+        run_queue.main([*argv[:-1], str(tmp_path / "nowhere")])
+
+
 def test_failures_in_a_row_stop_the_queue(tmp_path, capsys):
     project = tmp_path / "project"
     project.mkdir()

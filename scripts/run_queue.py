@@ -103,7 +103,7 @@ def claim(folder: Path) -> bool:
 
 def hand_claim_to(folder: Path, pid: int) -> None:
     """Make the training process the owner of the run's claim (replaced atomically), so the
-    claim lives exactly as long as the run whoever started it."""
+    claim lives as long as the run does, whatever happens to the queue that started it."""
     temporary = folder / ".claimed.new"
     temporary.write_text(str(pid))
     os.replace(temporary, folder / ".claimed")

@@ -38,12 +38,38 @@ class LineStyle:
     linestyle: str
 
 
+# Every known method keeps its colour whatever else a report holds (tab20 indices: even = dark,
+# odd = the light tone of the same hue), and related methods share a hue.
+METHOD_COLOURS = {
+    "Baseline-NN": 0,
+    "Baseline-finetune": 1,
+    "ProtoNet": 2,
+    "MatchingNet": 4,
+    "MatchingNet-FCE": 5,
+    "Meta-LSTM": 6,
+    "MAML": 8,
+    "FOMAML": 9,
+    "Reptile": 10,
+    "Siamese": 12,
+    "Meta-SGD": 16,
+    "FO-Meta-SGD": 17,
+}
+# other methods take the colours no known method has, then those of the known methods absent
+SPARE_COLOURS = (18, 14, 3, 7, 11, 13, 15, 19)
+
+
 def method_styles(methods: Sequence[str]) -> dict[str, LineStyle]:
-    """One look per method: a colour per base method (tab10, tab20 beyond ten), and each variant
-    ``M (v)`` in M's colour with its own line style, so variants read as their method's."""
+    """One look per method: a fixed colour per known method (other methods the free ones), and
+    each variant ``M (v)`` in M's colour with its own line style, so variants read as their method's."""
     ordered = sorted(set(methods), key=method_sort_key)
     bases = list(dict.fromkeys(split_variant(m)[0] for m in ordered))
-    palette = matplotlib.colormaps["tab10" if len(bases) <= 10 else "tab20"].colors
+    palette = matplotlib.colormaps["tab20"].colors
+    absent = [index for base, index in METHOD_COLOURS.items() if base not in bases]
+    free = iter(SPARE_COLOURS + tuple(absent))
+    colour_of = {}
+    for number, base in enumerate(bases):
+        index = METHOD_COLOURS.get(base)
+        colour_of[base] = palette[index if index is not None else next(free, number % len(palette))]
     styles = {}
     variants_drawn: dict[str, int] = {}  # per base method; the sort puts a method's variants after it
     for method in ordered:
@@ -51,8 +77,16 @@ def method_styles(methods: Sequence[str]) -> dict[str, LineStyle]:
         rank = 0
         if variant:
             rank = variants_drawn[base] = variants_drawn.get(base, 0) + 1
-        styles[method] = LineStyle(palette[bases.index(base) % len(palette)], LINE_STYLES[rank % len(LINE_STYLES)])
+        styles[method] = LineStyle(colour_of[base], LINE_STYLES[rank % len(LINE_STYLES)])
     return styles
+
+
+def row_major(items: Sequence[str], columns: int) -> list[str]:
+    """``items`` reordered so that a legend, which fills its columns top to bottom, reads them
+    left to right, row by row."""
+    rows = math.ceil(len(items) / columns)
+    grid = [list(items[r * columns : (r + 1) * columns]) for r in range(rows)]
+    return [row[c] for c in range(columns) for row in grid if c < len(row)]
 
 
 def legend_labels(runs_per_method: dict[str, int]) -> dict[str, str]:
@@ -64,12 +98,15 @@ def add_figure_legend(fig: plt.Figure, handles: dict[str, Line2D], runs_per_meth
     """One legend for all panels, below them, one entry per method in table order."""
     ordered = sorted(handles, key=method_sort_key)
     labels = legend_labels(runs_per_method)
+    rows = math.ceil(len(ordered) / (2 + 2 * len(fig.axes)))
+    columns = math.ceil(len(ordered) / rows)  # rows as even as they can be
+    ordered = row_major(ordered, columns)
     fig.legend(
         [handles[m] for m in ordered],
         [labels[m] for m in ordered],
         loc="upper center",
         bbox_to_anchor=(0.5, 0.0),
-        ncol=min(len(ordered), 2 + 2 * len(fig.axes)),
+        ncol=columns,
         fontsize=8,
         frameon=False,
     )

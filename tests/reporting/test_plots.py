@@ -13,6 +13,7 @@ from fewshot.reporting.plots import (
     accuracy_vs_shots_figure,
     method_styles,
     plot_accuracy_vs_cpu_time,
+    row_major,
     time_to_accuracy_figure,
     validation_curves_figure,
 )
@@ -51,6 +52,25 @@ def test_two_variants_of_one_method_get_different_line_styles():
 def test_every_method_gets_a_colour_of_its_own(n):
     styles = method_styles([f"method{i}" for i in range(n)])
     assert len({s.color for s in styles.values()}) == n
+
+
+def test_a_known_method_keeps_its_colour_whatever_else_the_report_holds():
+    alone = method_styles(["ProtoNet", "Meta-LSTM"])
+    crowded = method_styles(["Baseline-NN", "Siamese", "ProtoNet", "Meta-LSTM", "MAML", "NewMethod", "Other"])
+    assert alone["ProtoNet"] == crowded["ProtoNet"] and alone["Meta-LSTM"] == crowded["Meta-LSTM"]
+    assert len({style.color for style in crowded.values()}) == len(crowded)
+
+
+@pytest.mark.parametrize(("n", "columns"), [(11, 6), (8, 3), (6, 6), (7, 4)])
+def test_a_legend_reads_its_entries_row_by_row(n, columns):
+    """Matplotlib fills a legend's columns top to bottom, the first ones one entry longer."""
+    items = [str(i) for i in range(n)]
+    reordered = row_major(items, columns)
+    rows, extra = divmod(n, columns)
+    heights = [rows + (c < extra) for c in range(columns)]
+    starts = [sum(heights[:c]) for c in range(columns)]
+    layout = [[reordered[starts[c] + r] for c in range(columns) if r < heights[c]] for r in range(max(heights))]
+    assert [i for row in layout for i in row] == items
 
 
 def test_seeds_share_one_look_and_one_legend_entry_and_panels_follow_the_table(tmp_path: Path):

@@ -3,20 +3,13 @@ in seconds here rather than after hours of CPU when its line comes up."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from fewshot.config_keys import check_known_keys
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT
-
-spec = importlib.util.spec_from_file_location("run_queue", PROJECT_ROOT / "scripts" / "run_queue.py")
-run_queue = importlib.util.module_from_spec(spec)
-sys.modules.setdefault("run_queue", run_queue)
-spec.loader.exec_module(run_queue)
+from tests.scripts.test_run_queue import run_queue  # the script, loaded once
 
 QUEUE_FILES = sorted((PROJECT_ROOT / "scripts").glob("*converged*.txt"))
 RUNS = [(path.name, run) for path in QUEUE_FILES for run in run_queue.read_queue(path)]

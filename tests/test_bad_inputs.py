@@ -9,7 +9,8 @@ Configuration
     2. unknown config key (``data.n_wya=5``): Hydra names the key and the ``+key`` form.
     3. zero or negative N / K / Q, N = 1, ``data.train_n_way=0`` (was silently N): DataError.
     E1. ``data=folder`` without ``data.source.root``: OmegaConf names the missing key.
-    E2. ``data.meta_batch_size=0``, ``callbacks.cpu_budget.minutes=-1``, ``nonfinite_loss=explode``.
+    E2. ``data.meta_batch_size=0``, ``callbacks.cpu_budget.minutes=-1``, ``nonfinite_loss=explode``,
+        ``model.inner_steps=0`` or ``model.eval_inner_steps=-1`` (MAML, Reptile).
     E3. declared ``data.channels`` unlike the images'; unknown Omniglot split mode or alphabet.
 Data
     4. N larger than the classes of a split.
@@ -156,6 +157,19 @@ def test_e1_folder_dataset_without_a_root_names_the_missing_key(tiny_config):
 )
 def test_e2_bad_run_settings_are_refused(tiny_config, override, error_type, problem, fix):
     raises_with(error_type, lambda: train(tiny_config(override)), problem, fix)
+
+
+@pytest.mark.parametrize("model", ["maml", "reptile"])
+@pytest.mark.parametrize(
+    ("override", "got"), [("model.inner_steps=0", "got 0 and"), ("model.eval_inner_steps=-1", "and -1")]
+)
+def test_e2_inner_step_counts_out_of_range_are_refused(tiny_config, model, override, got):
+    raises_with(
+        ValueError,
+        lambda: train(tiny_config(f"model={model}", override)),
+        "model.inner_steps must be >= 1 and model.eval_inner_steps >= 0",
+        got,
+    )
 
 
 def test_e3_unknown_omniglot_split_mode_or_alphabet_is_refused(tiny_config, tmp_path):

@@ -73,6 +73,16 @@ def learning_rate(lr: float | Mapping[str, Tensor], name: str) -> float | Tensor
     return lr[name] if isinstance(lr, Mapping) else lr
 
 
+def resolve_inner_steps(inner_steps: int, eval_inner_steps: int | None) -> int:
+    """The evaluation step count (``None``: the training one), after checking both counts."""
+    eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+    if inner_steps < 1 or eval_inner_steps < 0:
+        raise ValueError(
+            f"model.inner_steps must be >= 1 and model.eval_inner_steps >= 0, got {inner_steps} and {eval_inner_steps}."
+        )
+    return eval_inner_steps
+
+
 def sgd_adapt(
     model: nn.Module,
     params: Mapping[str, Tensor],

@@ -39,6 +39,7 @@ from fewshot.methods.inner_loop import (
     functional_loss,
     learning_rate,
     module_state,
+    resolve_inner_steps,
     sgd_adapt,
 )
 
@@ -131,12 +132,7 @@ class MAML(EpisodicMethod):
         super().__init__(optimizer, scheduler)
         if task_batching not in TASK_BATCHING:
             raise ValueError(f"model.task_batching must be one of {TASK_BATCHING}, got {task_batching!r}.")
-        eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-        if inner_steps < 1 or eval_inner_steps < 0:
-            raise ValueError(
-                f"model.inner_steps must be >= 1 and model.eval_inner_steps >= 0, got {inner_steps} and "
-                f"{eval_inner_steps}."
-            )
+        eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
         if bn_mode not in BN_MODES:
             raise ValueError(f"model.bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
         self.learner = learner

@@ -19,6 +19,7 @@ from fewshot.methods.inner_loop import (
     functional_logits,
     module_state,
     optimizer_adapt,
+    resolve_inner_steps,
 )
 from fewshot.methods.maml import check_head_matches_way
 
@@ -118,12 +119,7 @@ class Reptile(EpisodicMethod):
             raise ValueError(f"model.inner_optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optimizer!r}.")
         if bn_mode not in BN_MODES:
             raise ValueError(f"model.bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
-        eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-        if inner_steps < 1 or eval_inner_steps < 0:
-            raise ValueError(
-                f"model.inner_steps must be >= 1 and model.eval_inner_steps >= 0, got {inner_steps} and "
-                f"{eval_inner_steps}."
-            )
+        eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
         for key, size in (("inner_batch_size", inner_batch_size), ("eval_inner_batch_size", eval_inner_batch_size)):
             if size is not None and size < 1:
                 raise ValueError(f"model.{key} must be positive or null (the whole support set), got {size}.")

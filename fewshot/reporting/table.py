@@ -6,7 +6,7 @@ import csv
 import io
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, episode_accuracies, paired_difference
@@ -160,17 +160,23 @@ def checkpoint_note(cells: Sequence[Cell]) -> str:
     )
 
 
-def markdown_table(cells: Sequence[Cell]) -> str:
-    """The method x setting table in Markdown (best and CI-overlapping results in bold)."""
+def method_by_setting(cells: Sequence[Cell], corner: str, text: Callable[[Cell | None], str]) -> str:
+    """A Markdown grid, one row per method and one column per setting, each entry ``text(cell)``
+    (``None`` where a method has no run in a setting); ``corner`` heads the method column."""
     settings = ordered_settings(cells)
     index = {(c.method, c.setting): c for c in cells}
     lines = [
-        "| method | " + " | ".join(settings) + " |",
+        f"| {corner} | " + " | ".join(settings) + " |",
         "|---|" + "---:|" * len(settings),
     ]
     for method in ordered_methods(cells):
-        lines.append(f"| {method} | " + " | ".join(cell_text(index.get((method, s))) for s in settings) + " |")
+        lines.append(f"| {method} | " + " | ".join(text(index.get((method, s))) for s in settings) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(cells: Sequence[Cell]) -> str:
+    """The method x setting table in Markdown (best and CI-overlapping results in bold)."""
+    return method_by_setting(cells, "method", cell_text)
 
 
 # what ended a run's training (results.json train.stopped_by), as the training table says it
@@ -199,15 +205,7 @@ def training_text(cell: Cell | None) -> str:
 def markdown_training(cells: Sequence[Cell]) -> str:
     """CPU-minutes of training and what ended it ("plateau": early stopping on validation
     accuracy; "CPU cap": the budget ran out first), per method and setting."""
-    settings = ordered_settings(cells)
-    index = {(c.method, c.setting): c for c in cells}
-    lines = [
-        "| training: CPU time, stopped by | " + " | ".join(settings) + " |",
-        "|---|" + "---:|" * len(settings),
-    ]
-    for method in ordered_methods(cells):
-        lines.append(f"| {method} | " + " | ".join(training_text(index.get((method, s))) for s in settings) + " |")
-    return "\n".join(lines) + "\n"
+    return method_by_setting(cells, "training: CPU time, stopped by", training_text)
 
 
 CSV_COLUMNS = (

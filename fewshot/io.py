@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -199,3 +199,17 @@ def save_figure_atomic(fig: Any, path: str | os.PathLike[str], **savefig_kwargs:
     except OSError as err:
         raise output_error(err, target) from err
     return target
+
+
+def save_figure_formats(
+    fig: Any,
+    out_dir: str | os.PathLike[str],
+    stem: str,
+    suffixes: Sequence[str] = ("png", "pdf"),
+    **savefig_kwargs: Any,
+) -> list[Path]:
+    """:func:`save_figure_atomic` to ``out_dir/stem.<suffix>`` for each suffix (creating
+    ``out_dir``); return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [save_figure_atomic(fig, out / f"{stem}.{suffix}", **savefig_kwargs) for suffix in suffixes]

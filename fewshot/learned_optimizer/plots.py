@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fewshot.io import save_figure_atomic  # noqa: E402
+from fewshot.io import save_figure_formats  # noqa: E402
 from fewshot.learned_optimizer.comparison import OptimizerResult  # noqa: E402
 from fewshot.learned_optimizer.report import curve_stats  # noqa: E402
 
@@ -42,11 +42,7 @@ def save_curves_figure(
 ) -> list[Path]:
     """Draw :func:`plot_curves` and save it as PNG and PDF into ``out_dir``; return the paths."""
     fig = plot_curves(results, title)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    for path in paths:
-        save_figure_atomic(fig, path, dpi=110)
+    paths = save_figure_formats(fig, out_dir, stem, dpi=110)
     plt.close(fig)
     return paths
 

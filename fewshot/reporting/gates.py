@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fewshot.io import save_figure_atomic  # noqa: E402
+from fewshot.io import save_figure_formats  # noqa: E402
 
 GATE_TITLES = {"input": "input gate $i_t$", "forget": "forget gate $f_t$"}
 
@@ -53,10 +53,6 @@ def plot_gates(gates: dict, title: str = "") -> Figure:
 def save_gate_figure(gates: dict, out_dir: str | Path, title: str = "", stem: str = "gates") -> list[Path]:
     """Draw the gate figure and save it as PNG and PDF into ``out_dir``; return the paths."""
     fig = plot_gates(gates, title)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
-    for path in paths:
-        save_figure_atomic(fig, path, dpi=130)
+    paths = save_figure_formats(fig, out_dir, stem, dpi=130)
     plt.close(fig)
     return paths

@@ -177,6 +177,7 @@ def load(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu")
             f"Checkpoint {ckpt_path} does not match the method {type(method).__name__} it names: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
+    method.on_load_checkpoint(checkpoint)  # what a method keeps beside its weights
     return method.to(map_location).eval()
 
 

@@ -13,8 +13,10 @@ with the statistics of the current batch even while the module is in eval mode.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +135,37 @@ def minibatches(n: int, batch_size: int | None, steps: int, generator: torch.Gen
     return list(order[: steps * batch_size].view(steps, batch_size))
 
 
+class CarriedOptimizerState:
+    """An inner optimizer's per-parameter state (Adam's moments and step count) handed from one
+    adaptation to the next, instead of a fresh state for every task.
+
+    The state is matched to parameters by position, so every adaptation must optimise the same
+    parameters in the same order. What is kept is a copy: an optimizer started from it never
+    changes it, only :meth:`save_from` does.
+    """
+
+    def __init__(self) -> None:
+        self.state: dict[int, dict[str, Any]] = {}
+
+    def load_into(self, optimizer: torch.optim.Optimizer) -> None:
+        """Start ``optimizer`` from the kept state (its hyperparameters stay its own)."""
+        if self.state:
+            current = optimizer.state_dict()
+            optimizer.load_state_dict({**current, "state": copy.deepcopy(self.state)})
+
+    def save_from(self, optimizer: torch.optim.Optimizer) -> None:
+        """Keep a copy of ``optimizer``'s state for the adaptations that follow."""
+        self.state = copy.deepcopy(optimizer.state_dict()["state"])
+
+    def state_dict(self) -> dict[int, dict[str, Any]]:
+        """The kept state (tensors and plain numbers: it loads with ``weights_only=True``)."""
+        return self.state
+
+    def load_state_dict(self, state: Mapping[int, Mapping[str, Any]] | None) -> None:
+        """Replace the kept state (``None`` or empty: the next adaptation starts fresh)."""
+        self.state = {int(index): dict(values) for index, values in (state or {}).items()}
+
+
 def optimizer_adapt(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -144,11 +177,14 @@ def optimizer_adapt(
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     loss_fn: LossFn = F.cross_entropy,
+    carried: CarriedOptimizerState | None = None,
+    keep_state: bool = True,
 ) -> Params:
     """``steps`` steps of a ``torch.optim`` optimizer on detached copies of ``params``.
 
     No graph reaches the starting weights (Reptile, fine-tuning). The optimizer's state is
-    fresh for every call.
+    fresh for every call unless ``carried`` is given: then it starts from ``carried`` and,
+    with ``keep_state``, leaves its final state there for the next call.
 
     Args:
         model: the network, called functionally (never mutated).
@@ -161,6 +197,9 @@ def optimizer_adapt(
         batch_size: minibatch size (None: the whole set every step), see :func:`minibatches`.
         generator: random source of the minibatch order.
         loss_fn: ``loss_fn(logits, y) -> scalar``.
+        carried: the optimizer state to start from (None: a fresh one).
+        keep_state: whether the final state replaces ``carried``'s (False: ``carried`` is
+            only read, e.g. evaluation tasks that must not change what training carries).
 
     Returns:
         The adapted weights (detached leaf tensors).
@@ -168,6 +207,8 @@ def optimizer_adapt(
     adapted = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
     leaves = list(adapted.values())
     optimizer = make_optimizer(leaves)
+    if carried is not None:
+        carried.load_into(optimizer)
     with torch.enable_grad():
         for index in minibatches(len(y), batch_size, steps, generator):
             index = index.to(y.device)
@@ -175,6 +216,8 @@ def optimizer_adapt(
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=leaves)
             optimizer.step()
+    if carried is not None and keep_state:
+        carried.save_from(optimizer)
     return {name: p.detach() for name, p in adapted.items()}
 
 
@@ -227,6 +270,7 @@ def elementary_batch_norm(module: nn.Module) -> Iterator[nn.Module]:
 
 
 __all__ = [
+    "CarriedOptimizerState",
     "elementary_batch_norm",
     "Params",
     "batch_statistics",

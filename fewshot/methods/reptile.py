@@ -14,6 +14,7 @@ from fewshot.data.episode import Episode
 from fewshot.evaluation.stats import episode_accuracy
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
 from fewshot.methods.inner_loop import (
+    CarriedOptimizerState,
     Params,
     batch_statistics,
     functional_logits,
@@ -25,6 +26,9 @@ from fewshot.methods.maml import check_head_matches_way
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 BN_MODES = ("transductive", "non_transductive")
+INNER_OPTIMIZER_STATES = ("carried", "fresh")
+# where a checkpoint keeps the carried inner optimizer state
+INNER_STATE_KEY = "reptile_inner_optimizer_state"
 
 
 def reptile_gradients(theta: Mapping[str, Tensor], adapted: Sequence[Mapping[str, Tensor]]) -> Params:
@@ -57,8 +61,12 @@ class Reptile(EpisodicMethod):
     with ``eval_inner_steps`` steps of the same inner optimizer and learning rate, with a
     minibatch order seeded by the episode index, and predicts the queries.
 
-    Differences from the paper's code: the inner optimizer's state (Adam moments) is fresh for
-    every task instead of carried over between tasks.
+    The inner optimizer's state (Adam's moments and step count): ``"carried"``, as in the
+    paper's code, which restores only the model's weights between tasks, so the Adam state one
+    task ends with is where the next task's starts, across meta-batches and meta-iterations;
+    validation and test tasks start from the state training has reached and leave it as it was
+    (it is saved in checkpoints). ``"fresh"``: a new optimizer state for every task, whose first
+    Adam step moves every weight by the learning rate whatever the size of its gradient.
 
     Batch norm: as in the paper's code, which always runs batch norm in training mode, every
     call normalises with the statistics of its current batch; no running statistics are used
@@ -94,6 +102,7 @@ class Reptile(EpisodicMethod):
             this one over the run (None: constant).
         bn_mode: how evaluation queries are batched through batch norm:
             ``"transductive"`` or ``"non_transductive"`` (see above).
+        inner_optimizer_state: ``"carried"`` from task to task or ``"fresh"`` per task (see above).
     """
 
     needs_fixed_n_way = True
@@ -112,6 +121,7 @@ class Reptile(EpisodicMethod):
         inner_betas: Sequence[float] = (0.0, 0.999),
         outer_lr_final: float | None = None,
         bn_mode: str = "transductive",
+        inner_optimizer_state: str = "carried",
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.automatic_optimization = False
@@ -119,6 +129,10 @@ class Reptile(EpisodicMethod):
             raise ValueError(f"model.inner_optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optimizer!r}.")
         if bn_mode not in BN_MODES:
             raise ValueError(f"model.bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+        if inner_optimizer_state not in INNER_OPTIMIZER_STATES:
+            raise ValueError(
+                f"model.inner_optimizer_state must be one of {INNER_OPTIMIZER_STATES}, got {inner_optimizer_state!r}."
+            )
         eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
         for key, size in (("inner_batch_size", inner_batch_size), ("eval_inner_batch_size", eval_inner_batch_size)):
             if size is not None and size < 1:
@@ -135,6 +149,7 @@ class Reptile(EpisodicMethod):
         self.inner_betas = (float(inner_betas[0]), float(inner_betas[1]))
         self.outer_lr_final = outer_lr_final
         self.bn_mode = bn_mode
+        self.carried_inner_state = CarriedOptimizerState() if inner_optimizer_state == "carried" else None
 
     def make_inner_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
         """A fresh inner optimizer over a task's weights."""
@@ -151,6 +166,7 @@ class Reptile(EpisodicMethod):
         batch_size: int | None,
         generator: torch.Generator | None = None,
         transductive: bool = True,
+        keep_state: bool = True,
     ) -> tuple[Params, Tensor]:
         """Train a copy of the learner on one support set and score the queries.
 
@@ -161,6 +177,8 @@ class Reptile(EpisodicMethod):
             generator: random source of the minibatch order (None: the global one).
             transductive: score all queries in one batch (True), or each in a batch of the
                 support set plus that query (False, see the class docstring).
+            keep_state: whether the inner optimizer state this task ends with is carried to
+                the next task (training) or dropped (evaluation); only with a carried state.
 
         Returns:
             The adapted weights ``phi`` (detached) and the query logits ``[N*Q, N]`` (no graph).
@@ -177,6 +195,8 @@ class Reptile(EpisodicMethod):
                 self.make_inner_optimizer,
                 batch_size,
                 generator,
+                carried=self.carried_inner_state,
+                keep_state=keep_state,
             )
             with torch.no_grad():
                 if transductive:
@@ -215,7 +235,7 @@ class Reptile(EpisodicMethod):
         ):
             generator = None if meta_train else torch.Generator().manual_seed(int(episode.index[b]))
             phi, task_logits = self.adapt_and_predict(
-                support, labels, query, steps, batch_size, generator, transductive
+                support, labels, query, steps, batch_size, generator, transductive, keep_state=meta_train
             )
             adapted.append(phi)
             logits.append(task_logits)
@@ -245,6 +265,18 @@ class Reptile(EpisodicMethod):
         self.log("train/loss", loss, prog_bar=True, batch_size=episode.batch_size)
         self.log("train/acc", acc, prog_bar=True, batch_size=episode.batch_size)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Also keep the carried inner optimizer state, so a resumed or tested run starts from it."""
+        super().on_save_checkpoint(checkpoint)
+        if self.carried_inner_state is not None:
+            checkpoint[INNER_STATE_KEY] = self.carried_inner_state.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the carried inner optimizer state (fresh when the checkpoint has none)."""
+        super().on_load_checkpoint(checkpoint)
+        if self.carried_inner_state is not None:
+            self.carried_inner_state.load_state_dict(checkpoint.get(INNER_STATE_KEY))
 
     def configure_optimizers(self):
         """The outer optimizer, with the linear annealing of ``outer_lr_final`` if set."""

@@ -11,8 +11,15 @@ import torch
 from torch.utils.data import DataLoader
 
 import fewshot
-from fewshot.methods.inner_loop import minibatches, module_state, optimizer_adapt, sgd_adapt
-from fewshot.methods.reptile import Reptile, linear_factor, reptile_gradients
+from fewshot.methods.inner_loop import (
+    CarriedOptimizerState,
+    functional_loss,
+    minibatches,
+    module_state,
+    optimizer_adapt,
+    sgd_adapt,
+)
+from fewshot.methods.reptile import INNER_STATE_KEY, Reptile, linear_factor, reptile_gradients
 from fewshot.models.conv4 import Conv4
 from fewshot.training import train
 from tests.conftest import compose_config
@@ -74,6 +81,71 @@ def test_optimizer_adapt_with_sgd_equals_sgd_adapt():
     for name in params:
         assert torch.allclose(by_optimizer[name], by_formula[name], atol=1e-6), name
         assert not by_optimizer[name].requires_grad
+
+
+def test_carried_adam_state_continues_one_optimizer_across_tasks():
+    """Two tasks adapted with a carried state are one Adam optimizer that keeps its moments
+    and step count while the weights are reset to the initialisation between the tasks (the
+    paper's code restores only the weights)."""
+    torch.manual_seed(0)
+    model = Conv4(1, 8, 28, n_classes=5)
+    params, buffers = module_state(model, detach=True)
+    tasks = [(torch.rand(10, 1, 28, 28), torch.arange(5).repeat_interleave(2)) for _ in range(2)]
+    adam = partial(torch.optim.Adam, lr=0.01, betas=(0.0, 0.999))
+
+    carried = CarriedOptimizerState()
+    ours = [optimizer_adapt(model, params, buffers, x, y, 3, adam, carried=carried) for x, y in tasks]
+
+    weights = {name: p.detach().clone().requires_grad_(True) for name, p in params.items()}
+    reference = adam(list(weights.values()))
+    expected = []
+    for x, y in tasks:
+        with torch.no_grad():
+            for name, w in weights.items():
+                w.copy_(params[name])
+        for _ in range(3):
+            reference.zero_grad()
+            functional_loss(model, weights, buffers, x, y).backward()
+            reference.step()
+        expected.append({name: w.detach().clone() for name, w in weights.items()})
+
+    for got, want in zip(ours, expected):
+        for name in params:
+            assert torch.allclose(got[name], want[name], atol=1e-6), name
+    assert all(float(state["step"]) == 6 for state in carried.state_dict().values())
+    fresh = optimizer_adapt(model, params, buffers, *tasks[1], 3, adam)
+    assert not all(torch.allclose(fresh[name], ours[1][name], atol=1e-6) for name in params)
+
+
+def test_a_carried_state_only_read_is_left_as_it_was():
+    torch.manual_seed(0)
+    model = Conv4(1, 8, 28, n_classes=5)
+    params, buffers = module_state(model, detach=True)
+    x, y = torch.rand(10, 1, 28, 28), torch.arange(5).repeat_interleave(2)
+    adam = partial(torch.optim.Adam, lr=0.01, betas=(0.0, 0.999))
+    carried = CarriedOptimizerState()
+    optimizer_adapt(model, params, buffers, x, y, 2, adam, carried=carried)
+    before = copy.deepcopy(carried.state_dict())
+    optimizer_adapt(model, params, buffers, x, y, 4, adam, carried=carried, keep_state=False)
+    assert carried.state_dict().keys() == before.keys()
+    for index, state in before.items():
+        for key, value in state.items():
+            assert torch.equal(carried.state_dict()[index][key], value), (index, key)
+
+
+def test_reptile_carries_its_inner_adam_state_through_training_but_not_evaluation():
+    method = small_reptile(optimizer=torch.optim.SGD, inner_optimizer="adam", inner_lr=0.001)
+    assert method.carried_inner_state is not None and not method.carried_inner_state.state_dict()
+    episode = random_episode(batch=3)
+    method.adapt_tasks(episode, meta_train=True)
+    trained = copy.deepcopy(method.carried_inner_state.state_dict())
+    assert {float(state["step"]) for state in trained.values()} == {3 * 3.0}  # 3 tasks x 3 steps
+    with torch.no_grad():
+        method.adapt_tasks(episode, meta_train=False)
+    for index, state in trained.items():
+        assert float(method.carried_inner_state.state_dict()[index]["step"]) == float(state["step"])
+        assert torch.equal(method.carried_inner_state.state_dict()[index]["exp_avg_sq"], state["exp_avg_sq"])
+    assert small_reptile(optimizer=torch.optim.SGD, inner_optimizer_state="fresh").carried_inner_state is None
 
 
 def test_minibatches_cycle_through_permutations():
@@ -174,6 +246,9 @@ def test_bad_settings_are_rejected():
         small_reptile(optimizer=torch.optim.SGD, bn_mode="inductive")
     with pytest.raises(ValueError, match="either model.scheduler or model.outer_lr_final"):
         small_reptile(optimizer=torch.optim.SGD, scheduler=torch.optim.lr_scheduler.StepLR, outer_lr_final=0.0)
+    states = r"model.inner_optimizer_state must be one of \('carried', 'fresh'\), got 'kept'"
+    with pytest.raises(ValueError, match=states):
+        small_reptile(optimizer=torch.optim.SGD, inner_optimizer_state="kept")
 
 
 def test_fit_and_test_through_train(tiny_config, tmp_path):
@@ -187,6 +262,13 @@ def test_fit_and_test_through_train(tiny_config, tmp_path):
     assert checkpoint["global_step"] == 4 and checkpoint["optimizer_states"]
     # annealed from 1.0 toward 0 over the 4 meta-updates
     assert checkpoint["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0)
+    # the carried inner Adam state is saved with the weights and restored with them
+    steps = {float(state["step"]) for state in checkpoint[INNER_STATE_KEY].values()}
+    assert len(checkpoint[INNER_STATE_KEY]) == len(list(method.learner.parameters())) and len(steps) == 1
+    assert steps.pop() > 0
+    tested = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)[INNER_STATE_KEY]
+    for index, state in tested.items():
+        assert torch.equal(method.carried_inner_state.state_dict()[index]["exp_avg_sq"], state["exp_avg_sq"])
 
 
 def test_train_n_way_different_from_n_way_is_a_clear_error(tiny_config):

@@ -119,6 +119,7 @@ MINI_REPTILE = {
     "model.optimizer.lr": (1.0, NICHOL + " --meta-step 1"),
     "model.outer_lr_final": (0.0, NICHOL + " --meta-step-final 0"),
     "model.bn_mode": ("non_transductive", NICHOL + " (no --transductive)"),
+    "model.inner_optimizer_state": ("carried", NICHOL + " (only the weights are restored between tasks)"),
     "trainer.max_epochs": (100, NICHOL + " --meta-iters 100000 (5,000 episodes / 5 per epoch)"),
     "test_checkpoint": ("last", NICHOL),
 }
@@ -154,6 +155,7 @@ OMNIGLOT_REPTILE_5WAY = {
     "model.eval_inner_batch_size": (5, NICHOL),
     "data.meta_batch_size": (5, NICHOL),
     "model.bn_mode": ("non_transductive", NICHOL),
+    "model.inner_optimizer_state": ("carried", NICHOL),
 }
 OMNIGLOT_REPTILE_20WAY = {
     **OMNIGLOT_REPTILE_5WAY,

@@ -148,13 +148,25 @@ def moved_with_run_folder(stored: Any, current: Any, stored_dir: Any, current_di
     return stored.startswith(stored_dir) and current == current_dir + stored[len(stored_dir) :]
 
 
+def same_existing_path(stored: Any, current: Any) -> bool:
+    """Whether two values name one existing file or folder by different spellings, e.g. a data
+    root reached from another checkout of the project or through a link."""
+    if not (isinstance(stored, str) and isinstance(current, str) and stored and current):
+        return False
+    try:
+        return os.path.samefile(stored, current)
+    except (OSError, ValueError):
+        return False
+
+
 def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], ckpt_path: str | Path) -> None:
     """Refuse to continue a checkpoint's training under a config that differs from its own (item 6).
 
     ``stored`` is the resolved config kept in the checkpoint, ``current`` the run's. Keys in the
     run's ``resume_may_change`` (budgets, where things are written, test-time options) and in
     ``resume_allow_changes`` (the user's deliberate exceptions) may differ; model arguments the
-    data fill in (null in the config) are compared after filling.
+    data fill in (null in the config) are compared after filling; two spellings of one existing
+    path are the same value.
     """
     own = ["resume_may_change", "resume_allow_changes"]  # the mechanism's own keys
     allowed = [*own, *current.get("resume_may_change", []), *current.get("resume_allow_changes", [])]
@@ -164,6 +176,8 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
         if is_allowed(key, allowed):
             continue
         if moved_with_run_folder(value_at(stored, key), value_at(current, key), stored_dir, current_dir):
+            continue
+        if same_existing_path(value_at(stored, key), value_at(current, key)):
             continue
         section, _, name = key.partition(".")
         if section == "model" and name in DATA_DEPENDENT_MODEL_KEYS and value_at(current, key) is None:

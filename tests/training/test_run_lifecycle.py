@@ -189,6 +189,22 @@ def test_6_a_moved_run_folder_resumes_but_a_path_outside_it_is_a_change():
         check_resume_config(stored, current, "last.ckpt")
 
 
+def test_6_one_existing_folder_by_another_path_is_no_change_but_another_folder_is(tmp_path):
+    data = tmp_path / "shared" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "checkout_a").mkdir()
+    (tmp_path / "checkout_b").mkdir()
+    (tmp_path / "link").symlink_to(data)
+    stored = {"data": {"source": {"root": str(tmp_path / "checkout_a" / ".." / "shared" / "data")}}}
+    for same in (tmp_path / "checkout_b" / ".." / "shared" / "data", tmp_path / "link"):
+        check_resume_config(stored, {"data": {"source": {"root": str(same)}}}, "last.ckpt")  # no error
+    other = tmp_path / "other_data"
+    other.mkdir()
+    for changed in (other, tmp_path / "missing"):
+        with pytest.raises(RunConfigError, match=r"data.source.root: .* \(run\) vs .* \(now\)"):
+            check_resume_config(stored, {"data": {"source": {"root": str(changed)}}}, "last.ckpt")
+
+
 def test_6_resumed_csv_logger_keeps_the_rows_before_the_checkpoint(tmp_path):
     folder = tmp_path / "csv"
     folder.mkdir()

@@ -140,8 +140,8 @@ class CarriedOptimizerState:
     adaptation to the next, instead of a fresh state for every task.
 
     The state is matched to parameters by position, so every adaptation must optimise the same
-    parameters in the same order. What is kept is a copy: an optimizer started from it never
-    changes it, only :meth:`save_from` does.
+    parameters in the same order. An optimizer started from it gets a copy and never changes
+    it; :meth:`save_from` takes over the state of an optimizer that is done.
     """
 
     def __init__(self) -> None:
@@ -154,8 +154,9 @@ class CarriedOptimizerState:
             optimizer.load_state_dict({**current, "state": copy.deepcopy(self.state)})
 
     def save_from(self, optimizer: torch.optim.Optimizer) -> None:
-        """Keep a copy of ``optimizer``'s state for the adaptations that follow."""
-        self.state = copy.deepcopy(optimizer.state_dict()["state"])
+        """Keep ``optimizer``'s final state for the adaptations that follow (taken over, not
+        copied: the optimizer must not step again)."""
+        self.state = optimizer.state_dict()["state"]
 
     def state_dict(self) -> dict[int, dict[str, Any]]:
         """The kept state (tensors and plain numbers: it loads with ``weights_only=True``)."""

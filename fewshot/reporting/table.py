@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, episode_accuracies, paired_difference
 from fewshot.reporting.runs import RunRecord
+from fewshot.reporting.trend import Trend, mean_trend, trend_text, validation_trend
 
 # The order of Ravi & Larochelle's Table 1, then the later methods; others follow alphabetically.
 METHOD_ORDER = (
@@ -189,8 +190,14 @@ STOP_TEXT = {
 }
 
 
+def cell_trend(cell: Cell) -> Trend | None:
+    """The late validation trend of a cell's runs (mean over seeds), or None."""
+    return mean_trend([validation_trend(r.val_history) for r in cell.runs])
+
+
 def training_text(cell: Cell | None) -> str:
-    """``<CPU-minutes> min, <what stopped it>`` of a cell's runs (mean minutes over seeds)."""
+    """``<CPU-minutes> min, <what stopped it>, <validation trend>`` of a cell's runs (means over
+    seeds; the trend is left out where no run has enough validations for one)."""
     if cell is None:
         return "-"
     cpu = [r.train.get("cpu_s") for r in cell.runs]
@@ -198,14 +205,18 @@ def training_text(cell: Cell | None) -> str:
     minutes = f"{statistics.fmean(cpu) / 60:.0f} min" if cpu else "? min"
     reasons = [STOP_TEXT.get(str(r.train.get("stopped_by")), "not recorded") for r in cell.runs]
     if len(set(reasons)) == 1:
-        return f"{minutes}, {reasons[0]}"
-    return f"{minutes}, " + ", ".join(f"{reasons.count(x)}/{len(reasons)} {x}" for x in sorted(set(reasons)))
+        text = f"{minutes}, {reasons[0]}"
+    else:
+        text = f"{minutes}, " + ", ".join(f"{reasons.count(x)}/{len(reasons)} {x}" for x in sorted(set(reasons)))
+    trend = trend_text(cell_trend(cell))
+    return f"{text}, {trend}" if trend else text
 
 
 def markdown_training(cells: Sequence[Cell]) -> str:
-    """CPU-minutes of training and what ended it ("plateau": early stopping on validation
-    accuracy; "CPU cap": the budget ran out first), per method and setting."""
-    return method_by_setting(cells, "training: CPU time, stopped by", training_text)
+    """CPU-minutes of training, what ended it ("plateau": early stopping on validation
+    accuracy; "CPU cap": the budget ran out first) and the validation trend (accuracy points
+    per 10 CPU-minutes over the second half of the run's validations), per method and setting."""
+    return method_by_setting(cells, "training: CPU time, stopped by, validation trend", training_text)
 
 
 CSV_COLUMNS = (
@@ -224,6 +235,8 @@ CSV_COLUMNS = (
     "train_steps",
     "train_cpu_min",
     "stopped_by",
+    "val_trend_per_10_cpu_min",
+    "val_trend_ci95",
     "test_checkpoint",
     "fingerprint",
 )
@@ -239,6 +252,7 @@ def csv_table(cells: Sequence[Cell]) -> str:
         first = cell.runs[0]
         cpu = [r.train["cpu_s"] for r in cell.runs if isinstance(r.train.get("cpu_s"), (int, float))]
         cpu = [c for c in cpu if math.isfinite(c)]
+        trend = cell_trend(cell)
         writer.writerow(
             {
                 "method": cell.method,
@@ -256,6 +270,8 @@ def csv_table(cells: Sequence[Cell]) -> str:
                 "train_steps": first.train.get("steps", ""),
                 "train_cpu_min": f"{statistics.fmean(cpu) / 60:.2f}" if cpu else "",
                 "stopped_by": "+".join(sorted({str(r.train.get("stopped_by", "")) for r in cell.runs})),
+                "val_trend_per_10_cpu_min": "" if trend is None else f"{trend.slope:.3f}",
+                "val_trend_ci95": "" if trend is None else f"{trend.ci95:.3f}",
                 "test_checkpoint": tested_checkpoints(cell),
                 "fingerprint": first.fingerprint or "",
             }

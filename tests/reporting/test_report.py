@@ -149,6 +149,32 @@ def test_training_table_says_cpu_minutes_and_what_stopped_each_run(tmp_path):
     assert "| ProtoNet | 10 min, plateau |" in (tmp_path / "report" / "table.md").read_text()
 
 
+def rising(points_per_validation: float, count: int = 6) -> list[dict[str, float]]:
+    """A validation history rising by a fixed amount every 5 CPU-minutes."""
+    return [{"acc": 0.5 + points_per_validation * i / 100, "cpu_s": 300.0 * (i + 1)} for i in range(count)]
+
+
+def test_training_table_gives_the_late_validation_trend_averaged_over_seeds(tmp_path):
+    cap = {"steps": 9, "cpu_s": 3600.0, "stopped_by": "cpu_budget"}
+    write_run(tmp_path / "a", "MAML", B, train=cap, val_history=rising(1.0))
+    write_run(tmp_path / "b", "MAML", B, seed=1, train=cap, val_history=rising(2.0))
+    write_run(tmp_path / "c", "ProtoNet", A, train=cap, val_history=rising(0.0))
+    write_run(tmp_path / "d", "Baseline-NN", C, train=cap, val_history=rising(1.0, count=4))  # too short
+    cells = build_cells(load_runs([tmp_path]))
+    assert markdown_training(cells).splitlines()[2:] == [
+        "| Baseline-NN | 60 min, CPU cap |",
+        "| MAML | 60 min, CPU cap, +3.0 ± 0.0/10 min |",
+        "| ProtoNet | 60 min, CPU cap, +0.0 ± 0.0/10 min |",
+    ]
+    rows = {line.split(",")[0]: line.split(",") for line in csv_table(cells).splitlines()}
+    slope, ci = rows["method"].index("val_trend_per_10_cpu_min"), rows["method"].index("val_trend_ci95")
+    assert [(rows[m][slope], rows[m][ci]) for m in ("MAML", "ProtoNet", "Baseline-NN")] == [
+        ("3.000", "0.000"),
+        ("0.000", "0.000"),
+        ("", ""),
+    ]
+
+
 def test_against_tests_one_method_against_every_other(three_methods, capsys):
     assert report_main([str(three_methods), "--against", "MAML"]) == 0
     paired = (three_methods / "report" / "paired.md").read_text()
@@ -268,8 +294,8 @@ def test_multirun_of_two_methods_and_two_shots_is_reported_end_to_end(tmp_path, 
     assert [line.split(" |")[0] for line in table[2:4]] == ["| MatchingNet", "| ProtoNet"]
     assert table[4:7] == ["", "Every run was tested with its best-on-validation checkpoint.", ""]
     assert all("±" in cell for line in table[2:4] for cell in line.split("|")[2:4])
-    assert table[7].startswith("| training: CPU time, stopped by | embedded_tiny 5-way 1-shot |")
-    assert all(cell.strip().endswith("min, epoch cap") for line in table[9:11] for cell in line.split("|")[2:4])
+    assert table[7].startswith("| training: CPU time, stopped by, validation trend | embedded_tiny 5-way 1-shot |")
+    assert all(", epoch cap" in cell for line in table[9:11] for cell in line.split("|")[2:4])
     assert (sweep / "report" / "accuracy_vs_shots.png").stat().st_size > 5_000
     assert (sweep / "report" / "accuracy_vs_step.png").stat().st_size > 5_000
 

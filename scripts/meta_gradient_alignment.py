@@ -21,6 +21,7 @@ from itertools import islice
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import Tensor
 
 import fewshot
@@ -35,7 +36,7 @@ def head_names(method: MAML) -> set[str]:
     learner = method.learner
     head = getattr(learner, "head", None)
     if head is None:
-        head = [m for m in learner.modules() if any(True for _ in m.parameters(recurse=False))][-1]
+        head = [m for m in learner.modules() if next(m.parameters(recurse=False), None) is not None][-1]
     ids = {id(p) for p in head.parameters()}
     return {f"learner.{n}" for n, p in learner.named_parameters() if id(p) in ids}
 
@@ -66,8 +67,6 @@ def cosine(a: Tensor, b: Tensor) -> float:
 
 def training_batches(ckpt: str, count: int) -> Iterator[Episode]:
     """``count`` meta-batches of the checkpoint's training episodes, normalised as in training."""
-    from hydra.utils import instantiate
-
     cfg = checkpoint_config(ckpt)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
@@ -76,8 +75,11 @@ def training_batches(ckpt: str, count: int) -> Iterator[Episode]:
 
 
 def alignment(method: MAML, batches: list[Episode]) -> dict[str, dict[str, float]]:
-    """Per group: mean cosine(first, second order), mean norm ratio, mean cosine of consecutive
-    first-order gradients."""
+    """Per group (body, head, all): the mean cosine of the first- and second-order gradients of
+    each batch, the mean ratio of their norms, and the mean cosine of consecutive batches'
+    gradients of each order (at least two batches)."""
+    if len(batches) < 2:
+        raise ValueError(f"alignment needs at least 2 meta-batches, got {len(batches)}.")
     pairs = [(meta_gradient(method, b, True), meta_gradient(method, b, False)) for b in batches]
     every = set(pairs[0][0])
     head = head_names(method)
@@ -114,21 +116,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", action="store_true", help="also a fresh initialisation of the first one")
     parser.add_argument("--inner-lr", type=float, default=None, help="inner step size (default: each checkpoint's)")
     args = parser.parse_args(argv)
+    if args.batches < 2:
+        parser.error(f"--batches must be at least 2 (consecutive batches are compared), got {args.batches}.")
     batches = list(training_batches(args.checkpoints[0], args.batches))
     print(f"{len(batches)} meta-batches of {batches[0].support_images.shape[0]} training tasks")
+    states = []
     if args.init:
         torch.manual_seed(0)
-        from hydra.utils import instantiate
-
-        fresh = instantiate(checkpoint_config(args.checkpoints[0]).model)
-        fresh.inner_lr = fresh.inner_lr if args.inner_lr is None else args.inner_lr
-        print_rows(f"fresh initialisation (seed 0), inner step {fresh.inner_lr}", alignment(fresh, batches))
-    for ckpt in args.checkpoints:
-        method = fewshot.load(ckpt)
+        states.append(("fresh initialisation (seed 0)", instantiate(checkpoint_config(args.checkpoints[0]).model)))
+    states += [(ckpt, fewshot.load(ckpt)) for ckpt in args.checkpoints]
+    for title, method in states:
         if not isinstance(method, MAML):
-            raise SystemExit(f"{ckpt} holds a {type(method).__name__}, not a MAML/FOMAML method.")
-        method.inner_lr = method.inner_lr if args.inner_lr is None else args.inner_lr
-        print_rows(f"{ckpt}, inner step {method.inner_lr}", alignment(method, batches))
+            raise SystemExit(f"{title} holds a {type(method).__name__}, not a MAML/FOMAML method.")
+        if args.inner_lr is not None:
+            method.inner_lr = args.inner_lr
+        print_rows(f"{title}, inner step {method.inner_lr}", alignment(method, batches))
 
 
 if __name__ == "__main__":

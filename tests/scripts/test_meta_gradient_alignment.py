@@ -45,3 +45,11 @@ def test_groups_split_the_learner_into_its_head_and_the_rest():
     assert alignment_script.head_names(mlp) == {"learner.4.weight", "learner.4.bias"}
     rows = alignment_script.alignment(conv, [random_episode(), random_episode(seed=1)])
     assert set(rows) == {"body", "head", "all"}
+
+
+def test_one_batch_is_refused_with_the_reason():
+    method = MAML(tiny_learner(), torch.optim.SGD)
+    with pytest.raises(ValueError, match="at least 2 meta-batches"):
+        alignment_script.alignment(method, [tiny_episode()])
+    with pytest.raises(SystemExit):
+        alignment_script.main(["some.ckpt", "--batches", "1"])

@@ -3,6 +3,8 @@ in seconds here rather than after hours of CPU when its line comes up."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -28,3 +30,15 @@ def test_queued_run_composes_with_only_known_keys(queue, run):
         check_known_keys(cfg, cfg.hydra.runtime.choices, cfg.hydra.overrides.task)
     assert cfg.seed == int(run.name.rsplit("_s", 1)[1]), "the folder name's seed suffix matches seed="
     assert cfg.callbacks.cpu_budget.minutes > 0 and cfg.callbacks.early_stopping.monitor == "val/acc"
+
+
+def test_meta_lstm_seeds_repeat_seed_zeros_training_length_in_episodes():
+    runs = {run.name: run for _, run in RUNS}
+    for shot in ("5w1s", "5w5s"):
+        committed = PROJECT_ROOT / "results" / "omniglot" / f"omniglot_{shot}" / "meta-lstm" / "seed0" / "results.json"
+        steps = json.loads(committed.read_text())["train"]["steps"]
+        seed_zero = set(runs[f"omniglot_meta_lstm_{shot}_s0"].overrides) - {"seed=0"}
+        for seed in (1, 2):
+            extra = set(runs[f"omniglot_meta_lstm_{shot}_s{seed}"].overrides) - seed_zero - {f"seed={seed}"}
+            assert f"trainer.max_steps={steps}" in extra, f"{shot} seed {seed} must train seed 0's {steps} episodes"
+            assert {e.split("=")[0] for e in extra} == {"trainer.max_steps", "callbacks.cpu_budget.minutes"}

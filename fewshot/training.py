@@ -48,6 +48,7 @@ from fewshot.reporting.results import (
 from fewshot.reproducibility import RngStateInCheckpoint
 from fewshot.runchecks import check_resume_config, check_run_config
 from fewshot.runfolder import check_test_only_folder
+from fewshot.speed_probe import CpuSpeedProbe
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,14 @@ def stop_reason(trainer: pl.Trainer) -> str:
     return "other"
 
 
+def speed_probe_summary(trainer: pl.Trainer) -> dict[str, Any]:
+    """``{"speed_probe": ...}`` from the trainer's CPU speed probe, or ``{}`` where none ran."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, CpuSpeedProbe) and callback.history:
+            return {"speed_probe": callback.summary()}
+    return {}
+
+
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
     """Path of the best-on-validation checkpoint, if one was saved."""
     monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
@@ -286,6 +295,8 @@ class Run:
     method: EpisodicMethod
     trainer: pl.Trainer
     loggers: list[Any]
+    # the code's commit when the run was built: a checkout changed while it trains does not relabel it
+    commit: str | None
 
     @property
     def trains(self) -> bool:
@@ -338,7 +349,8 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     continue_csv_logs(loggers, continued)
     for lg in loggers:
         lg.log_hyperparams(resolved)
-    return Run(cfg, output_dir, resolved, ckpt_path, datamodule, method, trainer, loggers)
+    commit = git_commit(Path(__file__).parent)
+    return Run(cfg, output_dir, resolved, ckpt_path, datamodule, method, trainer, loggers, commit)
 
 
 def fit_and_validate(run: Run, flag: StopFlag) -> None:
@@ -362,8 +374,8 @@ def training_results(run: Run) -> dict[str, Any]:
         "method": method_name(method, run.cfg.get("variant")),
         **run.datamodule.describe(),
         "seed": run.cfg.seed,
-        "git_commit": git_commit(Path(__file__).parent),
-        "hardware": hardware(),
+        "git_commit": run.commit,
+        "hardware": {**hardware(), **speed_probe_summary(trainer)},
         "output_dir": str(run.output_dir),
         # the validation the tested checkpoint was chosen on (the best), and the last one
         "val": method.scores.best or method.scores.results.get("val"),

@@ -28,6 +28,7 @@ from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, pai
 from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
 from fewshot.reporting.readme import ReadmeBlockError, update_block
 from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
+from fewshot.reporting.speed import speed_note
 from fewshot.reporting.table import (
     Cell,
     build_cells,
@@ -38,6 +39,7 @@ from fewshot.reporting.table import (
     markdown_table,
     markdown_training,
     method_sort_key,
+    ordered_settings,
     paired_against_best,
 )
 
@@ -99,8 +101,16 @@ def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifferen
 
 
 def tables_markdown(cells: Sequence[Cell]) -> str:
-    """``table.md``: the accuracy table, which checkpoints were tested, and the training table."""
-    return markdown_table(cells) + checkpoint_note(cells) + "\n" + markdown_training(cells)
+    """``table.md``: the accuracy table, which checkpoints were tested, the training table, and
+    whether the runs' CPU speeds differed."""
+    runs = [run for cell in cells for run in cell.runs]
+    return (
+        markdown_table(cells)
+        + checkpoint_note(cells)
+        + "\n"
+        + markdown_training(cells)
+        + speed_note(runs, ordered_settings(cells))
+    )
 
 
 def default_out(paths: Sequence[Path]) -> Path:

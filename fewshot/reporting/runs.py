@@ -43,11 +43,19 @@ class RunRecord:
     # which weights were tested: "best" (on validation) or "last" (the final weights); results
     # files written before the run key existed tested the best
     test_checkpoint: str = "best"
+    # the CPU speed probe's measurements (fewshot.speed_probe); None for runs made before it existed
+    speed_probe: dict[str, Any] | None = None
 
     @property
     def setting(self) -> str:
         """``dataset N-way K-shot``: the column a run belongs to in the comparison table."""
         return f"{self.dataset} {self.n_way}-way {self.n_shot}-shot"
+
+    @property
+    def speed_ms(self) -> float | None:
+        """The median of the run's CPU speed probes in milliseconds (higher: slower), or None."""
+        median = (self.speed_probe or {}).get("median_ms")
+        return float(median) if isinstance(median, (int, float)) else None
 
     @property
     def run_dir(self) -> Path:
@@ -104,6 +112,7 @@ def read_run(path: Path) -> RunRecord | None:
             wall_time_s=results.get("wall_time_s"),
             gates=test.get("gates") or (results.get("val") or {}).get("gates"),
             test_checkpoint=str(results.get("test_checkpoint", "best")),
+            speed_probe=(results.get("hardware") or {}).get("speed_probe"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise BadResultsError(

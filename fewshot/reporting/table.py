@@ -238,6 +238,7 @@ CSV_COLUMNS = (
     "val_trend_per_10_cpu_min",
     "val_trend_ci95",
     "test_checkpoint",
+    "speed_probe_ms",
     "fingerprint",
 )
 
@@ -253,6 +254,7 @@ def csv_table(cells: Sequence[Cell]) -> str:
         cpu = [r.train["cpu_s"] for r in cell.runs if isinstance(r.train.get("cpu_s"), (int, float))]
         cpu = [c for c in cpu if math.isfinite(c)]
         trend = cell_trend(cell)
+        speeds = [r.speed_ms for r in cell.runs if r.speed_ms is not None]
         writer.writerow(
             {
                 "method": cell.method,
@@ -273,6 +275,7 @@ def csv_table(cells: Sequence[Cell]) -> str:
                 "val_trend_per_10_cpu_min": "" if trend is None else f"{trend.slope:.3f}",
                 "val_trend_ci95": "" if trend is None else f"{trend.ci95:.3f}",
                 "test_checkpoint": tested_checkpoints(cell),
+                "speed_probe_ms": f"{statistics.median(speeds):.2f}" if speeds else "",
                 "fingerprint": first.fingerprint or "",
             }
         )

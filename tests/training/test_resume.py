@@ -49,6 +49,9 @@ def test_run_killed_mid_training_resumes_to_identical_weights_and_accuracy(metho
     assert resumed["test"]["episode_acc"] == whole["test"]["episode_acc"]
     assert [h["acc"] for h in resumed["val_history"]] == [h["acc"] for h in whole["val_history"]]
     assert resumed["train"]["steps"] == whole["train"]["steps"] == 9
+    # the speed probes of the killed part come back from last.ckpt; the resume probes again at step 3
+    steps = [m["step"] for m in resumed["hardware"]["speed_probe"]["history"]]
+    assert steps == [0, 3, 3, 6, 9], steps
 
 
 def test_resume_without_a_finished_epoch_says_what_to_do(tmp_path):

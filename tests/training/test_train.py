@@ -185,3 +185,10 @@ def test_wandb_offline_runs_of_one_sweep_share_a_group_and_log_results(tmp_path)
         assert b"sweep-sweep" in logged  # the group: sweep-<sweep folder name>
         for key in keys[1:]:
             assert key in logged, key
+
+
+def test_results_name_the_commit_the_run_was_built_from(tiny_config, monkeypatch):
+    # a checkout changed while a long run trains must not relabel the run with the new commit
+    commits = iter(["built-from", "changed-later"])
+    monkeypatch.setattr("fewshot.training.git_commit", lambda *args, **kwargs: next(commits))
+    assert train(tiny_config())["git_commit"] == "built-from"

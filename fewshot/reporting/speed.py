@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from fewshot.reporting.runs import RunRecord
+from fewshot.reporting.table import method_sort_key
 
 # runs whose probe medians differ by more than this factor did not get the same work per CPU-second
 SPEED_SPREAD = 1.25
@@ -45,17 +47,46 @@ def setting_speed_line(setting: str, runs: Sequence[RunRecord], spread: float = 
     return line
 
 
+def seconds_per_step(run: RunRecord) -> float | None:
+    """CPU-seconds of training (validations included) per training step, or None where not recorded."""
+    cpu, steps = run.train.get("cpu_s"), run.train.get("steps")
+    if isinstance(cpu, (int, float)) and isinstance(steps, int) and steps > 0 and math.isfinite(cpu) and cpu > 0:
+        return float(cpu) / steps
+    return None
+
+
+def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord], spread: float = SPEED_SPREAD) -> str | None:
+    """A line where the seeds of one method, which do the same work per step, took CPU-seconds per
+    step differing by more than ``spread`` (the machine's speed, also for runs without a probe)."""
+    paces = {run.seed: pace for run in runs if (pace := seconds_per_step(run)) is not None}
+    if len(paces) < 2 or max(paces.values()) / min(paces.values()) <= spread:
+        return None
+    fast, slow = min(paces, key=paces.get), max(paces, key=paces.get)
+    return (
+        f"- {setting}, {method}: the seeds took {paces[fast]:.2f} (seed {fast}) to {paces[slow]:.2f} (seed {slow}) "
+        f"CPU-seconds per training step, {paces[slow] / paces[fast]:.2f}x, for the same work per step"
+    )
+
+
 def speed_note(runs: Sequence[RunRecord], settings: Sequence[str], spread: float = SPEED_SPREAD) -> str:
-    """The report's note on CPU speed per setting; empty where no run carries a speed probe."""
-    lines = [
-        line
-        for setting in settings
-        if (line := setting_speed_line(setting, [r for r in runs if r.setting == setting], spread)) is not None
-    ]
+    """The report's note on CPU speed per setting: the probes' figures, and the seeds of one method
+    whose CPU-seconds per step differ; empty where there is nothing to say."""
+    lines = []
+    for setting in settings:
+        in_setting = [r for r in runs if r.setting == setting]
+        probe_line = setting_speed_line(setting, in_setting, spread)
+        if probe_line is not None:
+            lines.append(probe_line)
+        for method in sorted({r.method for r in in_setting}, key=method_sort_key):
+            pace_line = seed_pace_line(setting, method, [r for r in in_setting if r.method == method], spread)
+            if pace_line is not None:
+                lines.append(pace_line)
     if not lines:
         return ""
     return (
-        "\nCPU speed while training (`hardware.speed_probe`: CPU-milliseconds of a fixed one-thread workload, "
-        "median over the run; higher is slower). Where runs differ by more than "
-        f"{spread:g}x, their CPU-minutes bought different amounts of work:\n" + "\n".join(lines) + "\n"
+        "\nCPU speed while training: `hardware.speed_probe` is the CPU-milliseconds of a fixed one-thread "
+        "workload, median over the run (higher is slower); seeds of one method do the same work per training "
+        f"step. Where runs differ by more than {spread:g}x, their CPU-minutes bought different amounts of work:\n"
+        + "\n".join(lines)
+        + "\n"
     )

@@ -66,3 +66,25 @@ def test_table_csv_has_the_median_probe_of_each_cell(tmp_path):
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO(csv_table(build_cells(load_runs([tmp_path])))))}
     assert rows["ProtoNet"]["speed_probe_ms"] == "50.00"
     assert rows["MAML"]["speed_probe_ms"] == ""
+
+
+def test_seeds_whose_cpu_seconds_per_step_differ_are_named_without_a_probe(tmp_path):
+    # the committed Meta-LSTM seeds: the same code took 0.74 and 1.86 CPU-seconds per episode
+    write_run(tmp_path / "a", "Meta-LSTM", A, seed=0, train={"steps": 4000, "cpu_s": 2960.0})
+    write_run(tmp_path / "b", "Meta-LSTM", A, seed=1, train={"steps": 4000, "cpu_s": 7440.0})
+    write_run(tmp_path / "c", "ProtoNet", B, seed=0, train={"steps": 1000, "cpu_s": 600.0})
+    write_run(tmp_path / "d", "ProtoNet", B, seed=1, train={"steps": 1100, "cpu_s": 700.0})  # 1.06x: same speed
+    note = speed_note(load_runs([tmp_path]), ["toy 5-way 1-shot"])
+    assert note.splitlines()[2:] == [
+        "- toy 5-way 1-shot, Meta-LSTM: the seeds took 0.74 (seed 0) to 1.86 (seed 1) CPU-seconds per training "
+        "step, 2.51x, for the same work per step"
+    ]
+    assert report_main([str(tmp_path)]) == 0
+    assert note in (tmp_path / "report" / "table.md").read_text()
+
+
+def test_a_single_seed_or_unrecorded_cpu_time_gives_no_pace_line(tmp_path):
+    write_run(tmp_path / "a", "Meta-LSTM", A, seed=0, train={"steps": 4000, "cpu_s": 2960.0})
+    write_run(tmp_path / "b", "Meta-LSTM", A, seed=1, train={"steps": 0, "cpu_s": 10.0})
+    write_run(tmp_path / "c", "ProtoNet", B, seed=0, train={"steps": 10})
+    assert speed_note(load_runs([tmp_path]), ["toy 5-way 1-shot"]) == ""

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from fewshot.reporting.runs import RunRecord
 from fewshot.reporting.table import method_sort_key
 
-# runs whose probe medians differ by more than this factor did not get the same work per CPU-second
-SPEED_SPREAD = 1.25
+# Probe medians (of runs, or of a run's first and second half) further apart than this factor mean
+# a CPU-second bought different work. One probe varies by up to 1.7x on the busy 2-core reference
+# machine; a median over a run's probes by much less; the change between days that prompted the
+# probe was 2.5x.
+PROBE_SPREAD = 1.5
+# CPU-seconds per training step of one method's seeds further apart than this (a whole-run average:
+# less noisy than a probe)
+PACE_SPREAD = 1.25
 
 
 def run_label(run: RunRecord) -> str:
@@ -17,18 +24,29 @@ def run_label(run: RunRecord) -> str:
     return f"{run.method} seed {run.seed}"
 
 
-def unsteady_runs(runs: Sequence[RunRecord], spread: float = SPEED_SPREAD) -> list[RunRecord]:
-    """Runs whose own probes (start, each validation, each resume) differ by more than ``spread``."""
+def half_medians(run: RunRecord) -> tuple[float, float] | None:
+    """Medians of the first and the second half of a run's probes, or None with fewer than 4."""
+    values = [
+        m["cpu_ms"] for m in (run.speed_probe or {}).get("history", []) if isinstance(m.get("cpu_ms"), (int, float))
+    ]
+    if len(values) < 4:
+        return None
+    middle = len(values) // 2
+    return statistics.median(values[:middle]), statistics.median(values[middle:])
+
+
+def unsteady_runs(runs: Sequence[RunRecord], spread: float = PROBE_SPREAD) -> list[RunRecord]:
+    """Runs whose probes in the first and second half of training differ by more than ``spread``
+    (a resume on a slower day, or the machine's speed changing under it)."""
     unsteady = []
     for run in runs:
-        probe = run.speed_probe or {}
-        low, high = probe.get("min_ms"), probe.get("max_ms")
-        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > 0 and high / low > spread:
+        halves = half_medians(run)
+        if halves is not None and min(halves) > 0 and max(halves) / min(halves) > spread:
             unsteady.append(run)
     return unsteady
 
 
-def setting_speed_line(setting: str, runs: Sequence[RunRecord], spread: float = SPEED_SPREAD) -> str | None:
+def setting_speed_line(setting: str, runs: Sequence[RunRecord], spread: float = PROBE_SPREAD) -> str | None:
     """One line on the CPU speeds of a setting's runs, or None where none of them was probed."""
     probed = [r for r in runs if r.speed_ms is not None]
     if not probed:
@@ -55,7 +73,7 @@ def seconds_per_step(run: RunRecord) -> float | None:
     return None
 
 
-def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord], spread: float = SPEED_SPREAD) -> str | None:
+def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord], spread: float = PACE_SPREAD) -> str | None:
     """A line where the seeds of one method, which do the same work per step, took CPU-seconds per
     step differing by more than ``spread`` (the machine's speed, also for runs without a probe)."""
     paces = {run.seed: pace for run in runs if (pace := seconds_per_step(run)) is not None}
@@ -68,17 +86,17 @@ def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord], spread:
     )
 
 
-def speed_note(runs: Sequence[RunRecord], settings: Sequence[str], spread: float = SPEED_SPREAD) -> str:
+def speed_note(runs: Sequence[RunRecord], settings: Sequence[str]) -> str:
     """The report's note on CPU speed per setting: the probes' figures, and the seeds of one method
     whose CPU-seconds per step differ; empty where there is nothing to say."""
     lines = []
     for setting in settings:
         in_setting = [r for r in runs if r.setting == setting]
-        probe_line = setting_speed_line(setting, in_setting, spread)
+        probe_line = setting_speed_line(setting, in_setting)
         if probe_line is not None:
             lines.append(probe_line)
         for method in sorted({r.method for r in in_setting}, key=method_sort_key):
-            pace_line = seed_pace_line(setting, method, [r for r in in_setting if r.method == method], spread)
+            pace_line = seed_pace_line(setting, method, [r for r in in_setting if r.method == method])
             if pace_line is not None:
                 lines.append(pace_line)
     if not lines:
@@ -86,7 +104,8 @@ def speed_note(runs: Sequence[RunRecord], settings: Sequence[str], spread: float
     return (
         "\nCPU speed while training: `hardware.speed_probe` is the CPU-milliseconds of a fixed one-thread "
         "workload, median over the run (higher is slower); seeds of one method do the same work per training "
-        f"step. Where runs differ by more than {spread:g}x, their CPU-minutes bought different amounts of work:\n"
+        f"step. Runs named here (probe medians more than {PROBE_SPREAD:g}x apart, or seeds' CPU-seconds per step "
+        f"more than {PACE_SPREAD:g}x apart) got different amounts of work from a CPU-minute:\n"
         + "\n".join(lines)
         + "\n"
     )

@@ -12,11 +12,12 @@ from fewshot.reporting.table import build_cells, csv_table
 from tests.reporting.test_report import A, B, C, write_run
 
 
-def probe(median: float, low: float | None = None, high: float | None = None) -> dict[str, object]:
-    """A results file's ``hardware`` block with a speed probe of these figures."""
-    low, high = low or median, high or median
-    history = [{"step": 0, "cpu_ms": low}, {"step": 5, "cpu_ms": median}, {"step": 9, "cpu_ms": high}]
-    return {"speed_probe": {"median_ms": median, "min_ms": low, "max_ms": high, "history": history}}
+def probe(median: float, values: list[float] | None = None) -> dict[str, object]:
+    """A results file's ``hardware`` block with a speed probe: ``values`` in training order (default:
+    three probes of ``median``) and their stated median."""
+    values = values or [median] * 3
+    history = [{"step": 100 * i, "cpu_ms": v} for i, v in enumerate(values)]
+    return {"speed_probe": {"median_ms": median, "min_ms": min(values), "max_ms": max(values), "history": history}}
 
 
 def test_no_note_where_no_run_was_probed(tmp_path):
@@ -31,23 +32,27 @@ def test_no_note_where_no_run_was_probed(tmp_path):
 def test_runs_slower_than_the_fastest_by_more_than_the_spread_are_named(tmp_path):
     write_run(tmp_path / "a", "ProtoNet", A, hardware=probe(40.0))
     write_run(tmp_path / "b", "MAML", B, hardware=probe(100.0))  # 2.5x: named
-    write_run(tmp_path / "c", "Baseline-NN", C, hardware=probe(48.0))  # 1.2x: within the spread
+    write_run(tmp_path / "c", "Baseline-NN", C, hardware=probe(58.0))  # 1.45x: within one probe's noise
     write_run(tmp_path / "d", "Siamese", C)  # made before the probe existed
     note = speed_note(load_runs([tmp_path]), ["toy 5-way 1-shot"])
     assert note.splitlines()[-1] == (
         "- toy 5-way 1-shot: 3 of 4 runs probed, medians 40.0 to 100.0 ms; slower than the fastest by more "
-        "than 1.25x: MAML seed 0 (2.50x)"
+        "than 1.5x: MAML seed 0 (2.50x)"
     )
     assert report_main([str(tmp_path)]) == 0
     assert note in (tmp_path / "report" / "table.md").read_text()
 
 
 def test_a_run_whose_speed_changed_while_it_trained_is_named(tmp_path):
-    write_run(tmp_path / "a", "ProtoNet", A, hardware=probe(40.0, low=38.0, high=95.0))
-    write_run(tmp_path / "b", "MAML", B, hardware=probe(42.0))
+    # a resume on a slower day: the second half's probes are 2.4x the first half's
+    write_run(tmp_path / "a", "ProtoNet", A, hardware=probe(40.0, [38.0, 40.0, 36.0, 95.0, 92.0, 97.0]))
+    # single probes up to 1.7x apart (a busy machine's noise), halves alike: not named
+    write_run(tmp_path / "b", "MAML", B, hardware=probe(42.0, [30.0, 51.0, 42.0, 29.0, 50.0, 42.0]))
+    # too few probes to split into halves: not judged
+    write_run(tmp_path / "c", "Siamese", C, seed=0, hardware=probe(41.0, [20.0, 41.0, 90.0]))
     line = speed_note(load_runs([tmp_path]), ["toy 5-way 1-shot"]).splitlines()[-1]
     assert line == (
-        "- toy 5-way 1-shot: 2 of 2 runs probed, medians 40.0 to 42.0 ms; speed changed within ProtoNet seed 0"
+        "- toy 5-way 1-shot: 3 of 3 runs probed, medians 40.0 to 42.0 ms; speed changed within ProtoNet seed 0"
     )
 
 

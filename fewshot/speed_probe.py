@@ -58,7 +58,7 @@ class CpuSpeedProbe(pl.Callback):
 
     The measurements (training step and CPU-milliseconds) are kept in checkpoints, so a resumed
     run, possibly on another day or machine, keeps its earlier ones; the results file stores
-    them under ``hardware.speed_probe``. Each probe costs about a tenth of a CPU-second.
+    them under ``hardware.speed_probe``. Each probe costs about 0.3 CPU-seconds here.
     """
 
     def __init__(self, repeats: int = 7, passes: int = 3) -> None:

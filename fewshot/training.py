@@ -34,6 +34,7 @@ from fewshot.io import check_writable_dir
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.methods.base import EpisodicMethod
 from fewshot.methods.nonfinite import NONFINITE_POLICIES
+from fewshot.provenance import CommitPerSegment
 from fewshot.quiet import silence_library_noise
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
@@ -193,6 +194,14 @@ def stop_reason(trainer: pl.Trainer) -> str:
     return "other"
 
 
+def commit_segments(trainer: pl.Trainer) -> list[dict[str, Any]]:
+    """The commit of each stretch of training (first start, then each resume) with its first step."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, CommitPerSegment):
+            return list(callback.segments)
+    return []
+
+
 def speed_probe_summary(trainer: pl.Trainer) -> dict[str, Any]:
     """``{"speed_probe": ...}`` from the trainer's CPU speed probe, or ``{}`` where none ran."""
     for callback in trainer.callbacks:
@@ -339,7 +348,12 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     shots = evaluation_shots(cfg, datamodule)
     if shots:
         method.score_shots(shots)
-    callbacks = instantiate_group(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved), RngStateInCheckpoint()]
+    commit = git_commit(Path(__file__).parent)
+    callbacks = instantiate_group(cfg.get("callbacks")) + [
+        StoreConfigInCheckpoint(resolved),
+        RngStateInCheckpoint(),
+        CommitPerSegment(commit),
+    ]
     callbacks.append(StopOnSignal(flag, last_checkpoint_path(output_dir)))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = without_progress_bars(callbacks)
@@ -349,7 +363,6 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     continue_csv_logs(loggers, continued)
     for lg in loggers:
         lg.log_hyperparams(resolved)
-    commit = git_commit(Path(__file__).parent)
     return Run(cfg, output_dir, resolved, ckpt_path, datamodule, method, trainer, loggers, commit)
 
 
@@ -392,6 +405,7 @@ def training_results(run: Run) -> dict[str, Any]:
         val = {**method.scores.results["val"], "fingerprint": run.datamodule.episode_fingerprint("val")}
         results.update(val=val, val_last=val, checkpoint=run.ckpt_path)
     if run.trains:
+        results["git_commits"] = commit_segments(trainer)
         stopped_by = stop_reason(trainer)
         results["train"].update(stopped_by=stopped_by, plateaued=stopped_by == "plateau")
     return results

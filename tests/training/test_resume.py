@@ -105,3 +105,17 @@ def test_ddp_with_two_cpu_processes_scores_the_test_episodes_like_one_process(me
     )
     assert single["test"]["episode_acc"] == pytest.approx(ddp["test"]["episode_acc"], abs=1e-6)
     assert single["test"]["acc"] == pytest.approx(ddp["test"]["acc"], abs=1e-7)
+
+
+def test_a_resumed_run_records_the_commit_of_each_stretch_of_training(tmp_path, monkeypatch):
+    overrides = RUN + METHODS["protonet"]
+    crash = ["+callbacks.crash._target_=tests.training.crash.CrashAfterStep", "+callbacks.crash.step=5"]
+    monkeypatch.setattr("fewshot.training.git_commit", lambda *args, **kwargs: "aaa")
+    with pytest.raises(TrainingKilled):
+        train(compose_config(overrides + crash, tmp_path))  # last.ckpt after the first epoch, step 3
+    monkeypatch.setattr("fewshot.training.git_commit", lambda *args, **kwargs: "bbb-dirty")
+    resumed = train(compose_config(overrides + ["resume=true", "resume_allow_changes=[callbacks.crash]"], tmp_path))
+    assert resumed["git_commit"] == "bbb-dirty"
+    assert resumed["git_commits"] == [{"commit": "aaa", "from_step": 0}, {"commit": "bbb-dirty", "from_step": 3}]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["git_commits"] == resumed["git_commits"]

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
@@ -52,6 +52,8 @@ from fewshot.runfolder import check_test_only_folder
 from fewshot.speed_probe import CpuSpeedProbe
 
 log = logging.getLogger(__name__)
+
+CallbackT = TypeVar("CallbackT", bound=pl.Callback)
 
 FINAL_CHECKPOINT = "final.ckpt"
 
@@ -194,20 +196,21 @@ def stop_reason(trainer: pl.Trainer) -> str:
     return "other"
 
 
+def callback_of(trainer: pl.Trainer, kind: type[CallbackT]) -> CallbackT | None:
+    """The trainer's first callback of type ``kind``, or None."""
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
 def commit_segments(trainer: pl.Trainer) -> list[dict[str, Any]]:
     """The commit of each stretch of training (first start, then each resume) with its first step."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, CommitPerSegment):
-            return list(callback.segments)
-    return []
+    segments = callback_of(trainer, CommitPerSegment)
+    return list(segments.segments) if segments else []
 
 
 def speed_probe_summary(trainer: pl.Trainer) -> dict[str, Any]:
     """``{"speed_probe": ...}`` from the trainer's CPU speed probe, or ``{}`` where none ran."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, CpuSpeedProbe) and callback.history:
-            return {"speed_probe": callback.summary()}
-    return {}
+    probe = callback_of(trainer, CpuSpeedProbe)
+    return {"speed_probe": probe.summary()} if probe and probe.history else {}
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -176,6 +176,12 @@ def checkpoint_to_test(trainer: pl.Trainer, choice: str, output_dir: Path) -> st
     ckpt = best_checkpoint(trainer)
     if ckpt is None:
         log.warning("No best checkpoint was saved; testing the final weights.")
+    elif not Path(ckpt).is_file():
+        raise FileNotFoundError(
+            f"The best-on-validation checkpoint {ckpt} is missing (a run folder moved or copied without it?), "
+            "so the run cannot be tested with it. Put it back and test it with train=false ckpt_path=<it>; "
+            "checkpoints/last.ckpt holds the final weights."
+        )
     return ckpt
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,26 @@ def test_a_resumed_run_records_the_commit_of_each_stretch_of_training(tmp_path, 
     assert resumed["git_commits"] == [{"commit": "aaa", "from_step": 0}, {"commit": "bbb-dirty", "from_step": 3}]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["git_commits"] == resumed["git_commits"]
+
+
+def test_a_moved_run_folder_resumes_and_tests_its_best_checkpoint_in_the_new_place(tmp_path):
+    overrides = RUN + METHODS["protonet"]
+    train(compose_config([*overrides, "trainer.max_epochs=2"], tmp_path / "old"))
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    # nothing left to train: the test takes the best checkpoint the callbacks' restored state names
+    finished = train(compose_config([*overrides, "trainer.max_epochs=2", "resume=true"], tmp_path / "new"))
+    assert Path(finished["checkpoint"]).parent == (tmp_path / "new" / "checkpoints").resolve()
+    # one more epoch: the best of all three validations is tested, not the first after the move
+    longer = train(compose_config([*overrides, "trainer.max_epochs=3", "resume=true"], tmp_path / "new"))
+    best = max(h["acc"] for h in longer["val_history"])
+    assert Path(longer["checkpoint"]).name.endswith(f"valacc{best:.4f}.ckpt"), (longer["checkpoint"], best)
+
+
+def test_a_moved_run_folder_without_its_best_checkpoint_says_so_instead_of_testing_other_weights(tmp_path):
+    overrides = [*RUN, *METHODS["protonet"], "trainer.max_epochs=1"]
+    train(compose_config(overrides, tmp_path / "old"))
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    for best in (tmp_path / "new" / "checkpoints").glob("epoch*.ckpt"):
+        best.unlink()
+    with pytest.raises(FileNotFoundError, match=r"best-on-validation checkpoint .*epoch000.* is missing"):
+        train(compose_config([*overrides, "resume=true"], tmp_path / "new"))

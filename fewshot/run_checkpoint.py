@@ -1,0 +1,66 @@
+"""Lightning's ModelCheckpoint for a run folder that may move between saving and resuming.
+
+Lightning keeps a checkpoint callback's best-so-far state (best score, best and k-th best
+paths) only when the checkpoint folder is the one it was saved from; in a moved run folder it
+forgets the best score, so the first validation after the resume becomes the "best" however
+low it is, and the old best path still names the former folder. ``RunFolderCheckpoint``
+re-bases the paths inside the former folder onto the current one and keeps the whole state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+# the state entries that hold one checkpoint path
+PATH_ENTRIES = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def rebased(path: str, old_dir: str, new_dir: str) -> str:
+    """``path`` moved from ``old_dir`` to ``new_dir`` if it lies inside ``old_dir``, else unchanged."""
+    if not path or os.path.dirname(path) != old_dir:
+        return path
+    return os.path.join(new_dir, os.path.basename(path))
+
+
+def moved_state(state: Mapping[str, Any], new_dir: str) -> dict[str, Any]:
+    """A ModelCheckpoint state saved in ``state["dirpath"]`` with its paths re-based onto ``new_dir``."""
+    old_dir = str(state.get("dirpath") or "")
+    moved = dict(state, dirpath=new_dir)
+    for entry in PATH_ENTRIES:
+        if isinstance(state.get(entry), str):
+            moved[entry] = rebased(state[entry], old_dir, new_dir)
+    if isinstance(state.get("best_k_models"), Mapping):
+        moved["best_k_models"] = {rebased(p, old_dir, new_dir): v for p, v in state["best_k_models"].items()}
+    return moved
+
+
+class RunFolderCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that keeps its best-so-far state when the run folder moved."""
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for a ModelCheckpoint, so checkpoints written with either class load into both."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state; paths inside a former checkpoint folder are re-based onto this one."""
+        saved_dir = state_dict.get("dirpath")
+        if saved_dir and self.dirpath and saved_dir != self.dirpath:
+            state_dict = moved_state(state_dict, str(self.dirpath))
+            best = state_dict.get("best_model_path")
+            if best and not Path(best).is_file():
+                log.warning(
+                    "The run folder moved from %s and its best-on-validation checkpoint %s is not in the new "
+                    "place: copy it there, or a later validation must beat it before the test can run.",
+                    saved_dir,
+                    best,
+                )
+        super().load_state_dict(state_dict)

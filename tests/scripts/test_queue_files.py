@@ -42,3 +42,25 @@ def test_meta_lstm_seeds_repeat_seed_zeros_training_length_in_episodes():
             extra = set(runs[f"omniglot_meta_lstm_{shot}_s{seed}"].overrides) - seed_zero - {f"seed={seed}"}
             assert f"trainer.max_steps={steps}" in extra, f"{shot} seed {seed} must train seed 0's {steps} episodes"
             assert {e.split("=")[0] for e in extra} == {"trainer.max_steps", "callbacks.cpu_budget.minutes"}
+
+
+def committed_steps(setting: str, method: str = "meta-lstm") -> int:
+    """Training steps of the committed seed-0 run of ``method`` in ``setting``."""
+    path = PROJECT_ROOT / "results" / "omniglot" / f"omniglot_{setting}" / method / "seed0" / "results.json"
+    return json.loads(path.read_text())["train"]["steps"]
+
+
+def test_meta_lstm_one_shot_variants_are_counted_in_the_official_runs_episodes():
+    runs = {run.name: run for _, run in RUNS}
+    for setting in ("5w1s", "20w1s"):
+        variant = set(runs[f"omniglot_meta_lstm_gmean_{setting}_s0"].overrides)
+        official = set(runs[f"omniglot_meta_lstm_{setting}_s0"].overrides)
+        assert variant - official == {
+            "model.grad_scale=mean",
+            "variant='gradient as mean'",
+            f"trainer.max_steps={committed_steps(setting)}",
+            "callbacks.cpu_budget.minutes=240",
+        }
+    longer = set(runs["omniglot_meta_lstm_long_5w1s_s1"].overrides) - set(runs["omniglot_meta_lstm_5w1s_s1"].overrides)
+    assert f"trainer.max_steps={2 * committed_steps('5w1s')}" in longer, "twice seed 0's (and seed 1's) episodes"
+    assert {e.split("=")[0] for e in longer} == {"trainer.max_steps", "callbacks.cpu_budget.minutes", "variant"}

@@ -4,7 +4,9 @@ Lightning keeps a checkpoint callback's best-so-far state (best score, best and 
 paths) only when the checkpoint folder is the one it was saved from; in a moved run folder it
 forgets the best score, so the first validation after the resume becomes the "best" however
 low it is, and the old best path still names the former folder. ``RunFolderCheckpoint``
-re-bases the paths inside the former folder onto the current one and keeps the whole state.
+keeps the whole state and names each checkpoint file in the current folder where it is there
+too (a moved or copied run folder); a file that is only in the former folder (training from
+another run's checkpoint with ``ckpt_path``) keeps its path.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ PATH_ENTRIES = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 def rebased(path: str, old_dir: str, new_dir: str) -> str:
-    """``path`` moved from ``old_dir`` to ``new_dir`` if it lies inside ``old_dir``, else unchanged."""
+    """``path``'s file in ``new_dir`` if ``path`` lies in ``old_dir`` and ``new_dir`` holds that file, else ``path``."""
     if not path or os.path.dirname(path) != old_dir:
         return path
-    return os.path.join(new_dir, os.path.basename(path))
+    moved = os.path.join(new_dir, os.path.basename(path))
+    return moved if os.path.isfile(moved) else path
 
 
 def moved_state(state: Mapping[str, Any], new_dir: str) -> dict[str, Any]:
@@ -56,11 +59,11 @@ class RunFolderCheckpoint(ModelCheckpoint):
         if saved_dir and self.dirpath and saved_dir != self.dirpath:
             state_dict = moved_state(state_dict, str(self.dirpath))
             best = state_dict.get("best_model_path")
-            if best and not Path(best).is_file():
+            if self.monitor and best and not Path(best).is_file():
                 log.warning(
-                    "The run folder moved from %s and its best-on-validation checkpoint %s is not in the new "
-                    "place: copy it there, or a later validation must beat it before the test can run.",
-                    saved_dir,
-                    best,
+                    "The best-on-validation checkpoint so far, %s, is neither in %s nor where it was saved: "
+                    "copy it there, or a later validation must beat it before the run can be tested.",
+                    os.path.basename(best),
+                    self.dirpath,
                 )
         super().load_state_dict(state_dict)

@@ -143,3 +143,14 @@ def test_a_moved_run_folder_without_its_best_checkpoint_says_so_instead_of_testi
         best.unlink()
     with pytest.raises(FileNotFoundError, match=r"best-on-validation checkpoint .*epoch000.* is missing"):
         train(compose_config([*overrides, "resume=true"], tmp_path / "new"))
+
+
+def test_training_on_from_another_runs_checkpoint_into_a_new_folder_tests_the_best_of_both(tmp_path):
+    overrides = RUN + METHODS["protonet"]
+    first = train(compose_config([*overrides, "trainer.max_epochs=1"], tmp_path / "first"))
+    ckpt = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
+    second = train(compose_config([*overrides, "trainer.max_epochs=2", ckpt], tmp_path / "second"))
+    assert [h["step"] for h in second["val_history"]] == [3, 6]
+    best = max(h["acc"] for h in second["val_history"])
+    assert Path(second["checkpoint"]).is_file() and Path(second["checkpoint"]).name.endswith(f"valacc{best:.4f}.ckpt")
+    assert (tmp_path / "first" / "checkpoints" / Path(first["checkpoint"]).name).is_file(), "the first run's files stay"

@@ -21,7 +21,7 @@ from fewshot.io import output_error, temporary_for
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "fewshot_config"
-# ``ckpt_path`` values Lightning resolves itself instead of reading a file
+# ``ckpt_path`` values Lightning resolves itself instead of reading a file (refused: fewshot.runchecks)
 LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
 # modules renamed after checkpoints naming them were written (the old paths still import): old -> new
 MOVED_MODULES = {
@@ -106,12 +106,10 @@ def check_checkpoint_fits(
     was trained with, or another checkpoint) instead of a raw state-dict mismatch dump.
 
     Args:
-        ckpt_path: the ``ckpt_path`` of the run (Lightning's ``"last"``/``"best"`` are skipped).
+        ckpt_path: the ``ckpt_path`` of the run (a file: ``fewshot.runchecks`` refuses Lightning's names).
         method: the method built from the run's config.
         model_config: the run's resolved ``model`` config.
     """
-    if str(ckpt_path) in LIGHTNING_CKPT_NAMES:
-        return
     checkpoint = read_checkpoint(ckpt_path)
     stored = dict(checkpoint[CONFIG_KEY].get("model") or {})
     trained, configured = (

@@ -95,7 +95,14 @@ def check_run_mode(cfg: DictConfig) -> None:
             "train=false tests a trained model, but no ckpt_path is given (it would score an untrained one); "
             "pass ckpt_path=<run folder>/checkpoints/<checkpoint>.ckpt."
         )
-    if ckpt and str(ckpt) not in LIGHTNING_CKPT_NAMES and not os.path.isfile(ckpt):
+    if ckpt and str(ckpt) in LIGHTNING_CKPT_NAMES:
+        raise RunConfigError(
+            f"ckpt_path={ckpt} is a Lightning shorthand this project does not take: it would skip the checks "
+            "of a resume (same config, same method) and, with train=false, test untrained weights. Continue "
+            "a run with resume=true hydra.run.dir=<run folder>; test or train from a checkpoint by its file, "
+            "e.g. ckpt_path=<run folder>/checkpoints/last.ckpt."
+        )
+    if ckpt and not os.path.isfile(ckpt):
         raise FileNotFoundError(f"Checkpoint {ckpt} not found; pass the path of a .ckpt written by train.py.")
 
 

@@ -347,6 +347,8 @@ def test_8_train_py_refuses_a_preset_typo_before_work(tmp_path):
         ("optimized_metric=valacc", RunConfigError, "optimized_metric must be '<stage>/<key>'"),
         ("train=maybe", RunConfigError, "train must be true or false, got 'maybe'"),
         ("ckpt_path=/no/such.ckpt", FileNotFoundError, "Checkpoint /no/such.ckpt not found"),
+        ("ckpt_path=last", RunConfigError, "ckpt_path=last is a Lightning shorthand this project does not take"),
+        ("ckpt_path=best", RunConfigError, "Continue a run with resume=true hydra.run.dir=<run folder>"),
         ("resume_allow_changes=seed", RunConfigError, "resume_allow_changes must be a list of config keys"),
     ],
 )
@@ -355,3 +357,8 @@ def test_9_bad_run_keys_fail_before_the_data_are_read(tiny_config, no_data_reads
         train(tiny_config(override))
     error = caught.value.__cause__ if isinstance(caught.value, InstantiationException) else caught.value
     assert isinstance(error, error_type) and message in str(error), repr(error)
+
+
+def test_5_a_test_only_run_with_lightnings_last_shorthand_is_refused_not_scored_untrained(tiny_config, no_data_reads):
+    with pytest.raises(RunConfigError, match="with train=false, test untrained weights"):
+        train(tiny_config("train=false", "ckpt_path=last"))

@@ -34,9 +34,17 @@ class CpuTimeBudget(pl.Callback):
         """The budget in seconds (None when unlimited)."""
         return None if self.minutes is None else 60.0 * self.minutes
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Show the CPU time restored from a checkpoint (a resume with nothing left to train reports it)."""
+        pl_module.train_cpu_s = self.used_s
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start counting."""
+        """Start counting; a resumed run whose budget is already spent stays stopped."""
         self._since = time.process_time()
+        if self.budget_s is not None and self.used_s >= self.budget_s:
+            log.info("CPU budget of %g min was spent before this resume; not training further.", self.minutes)
+            trainer.should_stop = True
+            self.spent = True
 
     def _tick(self) -> None:
         now = time.process_time()

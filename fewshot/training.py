@@ -189,7 +189,7 @@ def stop_reason(trainer: pl.Trainer) -> str:
     """What ended training: ``plateau`` (early stopping on validation), ``cpu_budget``,
     ``max_time``, ``max_steps``, ``max_epochs``, or ``other`` (e.g. interrupted)."""
     for callback in trainer.callbacks:
-        if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+        if isinstance(callback, EarlyStopping) and (callback.stopped_epoch > 0 or getattr(callback, "reached", False)):
             return "plateau"
         if isinstance(callback, CpuTimeBudget) and callback.spent:
             return "cpu_budget"
@@ -406,7 +406,7 @@ def training_results(run: Run) -> dict[str, Any]:
         "train": {
             "steps": int(trainer.global_step),
             "epochs": int(trainer.current_epoch),
-            "cpu_s": round(method.train_cpu_s if method.train_cpu_s is not None else float("nan"), 1),
+            "cpu_s": None if method.train_cpu_s is None else round(method.train_cpu_s, 1),
             "skipped_nonfinite": method.nonfinite.skipped,
         },
     }

@@ -124,14 +124,16 @@ class EpisodeScores(nn.Module):
         test["shots"] = shots
 
     def history_state(self) -> dict[str, Any]:
-        """What a checkpoint keeps so that a resumed run goes on: the history and the best validation."""
-        return {"val_history": self.history, "best_val": self.best}
+        """What a checkpoint keeps so that a resumed run goes on: the history, the best and the latest validation."""
+        return {"val_history": self.history, "best_val": self.best, "last_val": self.results.get("val")}
 
     def load_history_state(self, state: dict[str, Any] | None) -> None:
         """Restore what :meth:`history_state` saved (nothing saved: an empty history)."""
         state = state or {}
         self.history = list(state.get("val_history", []))
         self.best = state.get("best_val")
+        if state.get("last_val") is not None:
+            self.results["val"] = state["last_val"]
 
 
 __all__ = ["EVAL_STAGES", "EpisodeScores", "shot_stage"]

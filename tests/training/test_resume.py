@@ -154,3 +154,35 @@ def test_training_on_from_another_runs_checkpoint_into_a_new_folder_tests_the_be
     best = max(h["acc"] for h in second["val_history"])
     assert Path(second["checkpoint"]).is_file() and Path(second["checkpoint"]).name.endswith(f"valacc{best:.4f}.ckpt")
     assert (tmp_path / "first" / "checkpoints" / Path(first["checkpoint"]).name).is_file(), "the first run's files stay"
+
+
+STOPPERS = {
+    # min_delta 1 (a rise of 100 points): the second validation cannot improve, so patience 1 ends the run
+    "plateau": ["callbacks=plateau", "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1.0"],
+    "cpu_budget": ["callbacks.cpu_budget.minutes=0.0001"],  # spent after the first step; Lightning validates once more
+}
+
+
+@pytest.mark.parametrize("reason", list(STOPPERS))
+def test_a_run_that_stopped_stays_stopped_and_keeps_its_figures_when_resumed(reason, tmp_path):
+    stopper = STOPPERS[reason]
+    overrides = [*RUN, *METHODS["protonet"], "trainer.max_epochs=10", *stopper]
+    first = train(compose_config(overrides, tmp_path))
+    again = train(compose_config([*overrides, "resume=true"], tmp_path))
+    assert first["train"]["stopped_by"] == again["train"]["stopped_by"] == reason
+    assert again["train"]["steps"] == first["train"]["steps"] < 30
+    assert again["val_history"] == first["val_history"] and again["val_last"] == first["val_last"]
+    assert again["checkpoint"] == first["checkpoint"] and again["test"]["acc"] == first["test"]["acc"]
+    # the CPU time saved with the last validation (the first run's figure adds what followed it)
+    assert again["train"]["cpu_s"] == pytest.approx(first["train"]["cpu_s"], abs=1.0)
+
+
+def test_a_resume_may_raise_the_patience_of_a_run_the_plateau_stopped(tmp_path):
+    overrides = [*RUN, *METHODS["protonet"], "trainer.max_epochs=6", "callbacks=plateau"]
+    overrides += ["callbacks.early_stopping.min_delta=1.0"]  # no validation after the first improves
+    first = train(compose_config([*overrides, "callbacks.early_stopping.patience=1"], tmp_path))
+    assert first["train"]["stopped_by"] == "plateau" and len(first["val_history"]) == 2
+    allow = "resume_allow_changes=[callbacks.early_stopping.patience]"
+    again = train(compose_config([*overrides, "callbacks.early_stopping.patience=3", allow, "resume=true"], tmp_path))
+    # patience 3 from the first validation: two more (Lightning's own callback kept the checkpoint's 1)
+    assert again["train"]["stopped_by"] == "plateau" and len(again["val_history"]) == 4

@@ -3,9 +3,11 @@
 Hydra writes ``.hydra/`` (config, overrides) into the run folder before the task starts, so a
 test-only run pointed at a trained run's folder (``hydra.run.dir=<run>``) replaced that run's
 ``.hydra`` before any of our code ran. :class:`ProtectExistingRuns` is a Hydra callback whose
-``on_run_start`` runs earlier: it refuses such a test-only run, and gives a resumed run's config
-its own ``.hydra-resume-<n>`` folder so the interrupted run's ``.hydra`` stays as it was. This
-module imports no torch (it runs before every run).
+``on_run_start`` runs earlier: it refuses such a test-only run, and a run trained from scratch in
+a folder that holds another (their checkpoints and CSV rows would mix), and gives the config of
+a run that continues one (``resume=true``, or ``ckpt_path`` into that run's folder) its own
+``.hydra-resume-<n>`` folder so the interrupted run's ``.hydra`` stays as it was. This module
+imports no torch (it runs before every run). Multirun jobs are not checked here.
 """
 
 from __future__ import annotations
@@ -38,6 +40,19 @@ def check_test_only_folder(output_dir: str | Path, markers: Sequence[str] = RUN_
         )
 
 
+def check_fresh_training_folder(output_dir: str | Path, markers: Sequence[str] = RUN_MARKERS) -> None:
+    """Refuse to train a new run from scratch in a folder that already holds a run."""
+    folder = Path(output_dir)
+    existing = [name for name in markers if (folder / name).exists()]
+    if existing:
+        raise RunConfigError(
+            f"The run folder {folder} already holds a run ({', '.join(existing)}); training a new one from "
+            "scratch there would mix the two runs' checkpoints and logs. Continue that run with resume=true, "
+            "give this one its own folder (drop hydra.run.dir: the default is a new timestamped folder), or "
+            f"delete {folder} to start over."
+        )
+
+
 def free_subdir(folder: Path, stem: str) -> str:
     """``<stem>-1``, ``<stem>-2``, ...: the first that does not exist in ``folder``."""
     n = 1
@@ -50,16 +65,20 @@ class ProtectExistingRuns(Callback):
     """Hydra callback (conf/hydra/default.yaml): nothing of an existing run is replaced."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Before Hydra writes .hydra: refuse a test-only run in another run's folder; point a
-        resume's .hydra at a fresh folder."""
+        """Before Hydra writes .hydra: refuse a test-only run, or a run trained from scratch, in
+        another run's folder; point the .hydra of a run that continues one at a fresh folder."""
         run_dir = Path(str(config.hydra.run.dir))
-        if not config.get("train", True):
-            try:
-                check_test_only_folder(run_dir, (*RUN_MARKERS, HYDRA_SUBDIR))
-            except RunConfigError as err:
-                # Hydra turns a callback's exception into a warning and goes on: exit instead
-                raise SystemExit(f"Error: {err}") from err
-        elif config.get("resume", False) and config.hydra.output_subdir == HYDRA_SUBDIR:
-            if (run_dir / HYDRA_SUBDIR).exists():
-                with read_write(config.hydra), open_dict(config.hydra):
-                    config.hydra.output_subdir = free_subdir(run_dir, f"{HYDRA_SUBDIR}-resume")
+        trains = config.get("train", True)
+        continues = config.get("resume", False) or bool(config.get("ckpt_path"))
+        markers = (*RUN_MARKERS, HYDRA_SUBDIR)
+        try:
+            if not trains:
+                check_test_only_folder(run_dir, markers)
+            elif not continues:
+                check_fresh_training_folder(run_dir, markers)
+        except RunConfigError as err:
+            # Hydra turns a callback's exception into a warning and goes on: exit instead
+            raise SystemExit(f"Error: {err}") from err
+        if trains and continues and config.hydra.output_subdir == HYDRA_SUBDIR and (run_dir / HYDRA_SUBDIR).exists():
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = free_subdir(run_dir, f"{HYDRA_SUBDIR}-resume")

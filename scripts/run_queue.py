@@ -7,9 +7,11 @@ A queue file has one run per line: a folder name, then its overrides (shell quot
 ``@common <overrides>`` gives overrides that every run gets first; ``#`` starts a comment.
 Each run writes into ``<out>/<name>/`` (``hydra.run.dir``) with its console output in
 ``run.log``; a failed run leaves ``FAILED`` (its exit code) and is not retried until that file
-is deleted. Several instances may share one ``--out``: a run is claimed by creating
-``<name>/.claimed`` exclusively; while it trains the marker holds the training process's id, so a
-killed queue leaves its running jobs claimed until they end. The queue file is read again before
+is deleted; a run whose earlier attempt ended before its first validation (no ``last.ckpt``)
+starts afresh, with what that attempt left moved to ``<name>/attempt-<n>/``. Several instances
+may share one ``--out``: a run is claimed by creating ``<name>/.claimed`` exclusively; while it
+trains the marker holds the training process's id, so a killed queue leaves its running jobs
+claimed until they end. The queue file is read again before
 each run starts: lines added, removed or reordered while the queue works take effect at its next
 pick. ``--skip-collected results/omniglot`` leaves out the runs already collected there (their
 ``run_name``), so a fresh machine runs only what the committed results lack. ``--status`` prints
@@ -115,11 +117,35 @@ def command(run: QueuedRun, folder: Path, python: str) -> list[str]:
     return [python, "train.py", *run.overrides, f"hydra.run.dir={folder.resolve()}", *resume]
 
 
+# what an attempt that never validated leaves behind (train.py refuses to start afresh beside it)
+ATTEMPT_LEFTOVERS = (".hydra", "checkpoints", "csv")
+
+
+def set_aside_unresumable_attempt(folder: Path) -> list[str]:
+    """Move what an earlier attempt without a ``last.ckpt`` left in ``folder`` to
+    ``<folder>/attempt-<n>/`` (nothing there can be resumed); the names moved."""
+    if (folder / "checkpoints" / "last.ckpt").exists():
+        return []
+    leftovers = [name for name in ATTEMPT_LEFTOVERS if (folder / name).exists()]
+    if leftovers:
+        n = 1
+        while (folder / f"attempt-{n}").exists():
+            n += 1
+        aside = folder / f"attempt-{n}"
+        aside.mkdir()
+        for name in leftovers:
+            (folder / name).rename(aside / name)
+    return leftovers
+
+
 def execute(run: QueuedRun, folder: Path, python: str, project: Path) -> int:
     """Run one training job with one torch thread in ``project``; its exit code."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    moved = set_aside_unresumable_attempt(folder)
     cmd = command(run, folder, python)
     with (folder / "run.log").open("a") as log:
+        if moved:
+            log.write(f"an earlier attempt left no last.ckpt: {', '.join(moved)} set aside in attempt-<n>/\n")
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         start = time.time()

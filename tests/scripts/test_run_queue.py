@@ -233,3 +233,19 @@ def test_status_shows_the_cpu_minutes_of_a_cut_runs_last_checkpoint(tmp_path, ca
     resumes = "continues from checkpoints/last.ckpt"
     assert lines[0].split(None, 2)[2] == f"23.5 of 60 CPU-min at the last checkpoint, {resumes}"
     assert lines[1].split(None, 2)[2] == resumes
+
+
+def test_an_attempt_that_never_validated_is_set_aside_and_a_resumable_one_is_kept(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "run.log").write_text("first attempt\n")
+    assert run_queue.set_aside_unresumable_attempt(tmp_path) == [".hydra", "csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attempt-1", "run.log"]
+    assert sorted(p.name for p in (tmp_path / "attempt-1").iterdir()) == [".hydra", "csv"]
+    (tmp_path / ".hydra").mkdir()
+    assert run_queue.set_aside_unresumable_attempt(tmp_path) == [".hydra"] and (tmp_path / "attempt-2").is_dir()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / ".hydra").mkdir()
+    assert run_queue.set_aside_unresumable_attempt(tmp_path) == []  # resumed, not set aside
+    assert (tmp_path / ".hydra").is_dir() and not (tmp_path / "attempt-3").exists()

@@ -27,6 +27,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
 
 from fewshot.checkpoints import read_checkpoint
 from fewshot.config_keys import UnknownConfigKeyError, check_known_keys, reference_overrides
@@ -35,7 +36,7 @@ from fewshot.data.errors import DataError
 from fewshot.interrupt import resume_command
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.runchecks import check_resume_config
-from fewshot.runfolder import RunConfigError
+from fewshot.runfolder import ProtectExistingRuns, RunConfigError
 from fewshot.training import objective, train
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
@@ -362,3 +363,26 @@ def test_9_bad_run_keys_fail_before_the_data_are_read(tiny_config, no_data_reads
 def test_5_a_test_only_run_with_lightnings_last_shorthand_is_refused_not_scored_untrained(tiny_config, no_data_reads):
     with pytest.raises(RunConfigError, match="with train=false, test untrained weights"):
         train(tiny_config("train=false", "ckpt_path=last"))
+
+
+def hydra_run_config(run_dir: Path, *overrides: str) -> DictConfig:
+    """The config Hydra hands ``ProtectExistingRuns.on_run_start`` for a run in ``run_dir``."""
+    base = OmegaConf.create({"train": True, "resume": False, "ckpt_path": None})
+    base.hydra = {"run": {"dir": str(run_dir)}, "output_subdir": ".hydra"}
+    return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+
+
+def test_5_a_run_trained_from_scratch_in_another_runs_folder_is_refused_before_hydra_writes(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    with pytest.raises(SystemExit, match=r"already holds a run \(.hydra\).*Continue that run with resume=true"):
+        ProtectExistingRuns().on_run_start(hydra_run_config(tmp_path))
+    ProtectExistingRuns().on_run_start(hydra_run_config(tmp_path / "empty"))  # a new folder: no error
+
+
+@pytest.mark.parametrize("continuation", ["resume=true", "ckpt_path=/run/checkpoints/epoch003.ckpt"])
+def test_6_a_run_that_continues_one_in_its_folder_writes_its_config_beside_the_first(tmp_path, continuation):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra-resume-1").mkdir()
+    config = hydra_run_config(tmp_path, continuation)
+    ProtectExistingRuns().on_run_start(config)
+    assert config.hydra.output_subdir == ".hydra-resume-2"

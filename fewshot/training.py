@@ -315,6 +315,8 @@ class Run:
     loggers: list[Any]
     # the code's commit when the run was built: a checkout changed while it trains does not relabel it
     commit: str | None
+    # the seed the weights were trained with: the run's own, or a test-only run's checkpoint's
+    trained_seed: int
 
     @property
     def trains(self) -> bool:
@@ -372,7 +374,8 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     continue_csv_logs(loggers, continued)
     for lg in loggers:
         lg.log_hyperparams(resolved)
-    return Run(cfg, output_dir, resolved, ckpt_path, datamodule, method, trainer, loggers, commit)
+    trained_seed = cfg.seed if cfg.get("train", True) else read_checkpoint(ckpt_path)[CONFIG_KEY].get("seed", cfg.seed)
+    return Run(cfg, output_dir, resolved, ckpt_path, datamodule, method, trainer, loggers, commit, trained_seed)
 
 
 def fit_and_validate(run: Run, flag: StopFlag) -> None:
@@ -395,7 +398,7 @@ def training_results(run: Run) -> dict[str, Any]:
     results: dict[str, Any] = {
         "method": method_name(method, run.cfg.get("variant")),
         **run.datamodule.describe(),
-        "seed": run.cfg.seed,
+        "seed": run.trained_seed,
         "git_commit": run.commit,
         "hardware": {**hardware(), **speed_probe_summary(trainer)},
         "output_dir": str(run.output_dir),

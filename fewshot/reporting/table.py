@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, episode_accuracies, paired_difference
-from fewshot.reporting.runs import RunRecord
+from fewshot.reporting.runs import BadResultsError, RunRecord
 from fewshot.reporting.trend import Trend, mean_trend, trend_text, validation_trend
 
 # The order of Ravi & Larochelle's Table 1, then the later methods; others follow alphabetically.
@@ -78,10 +78,24 @@ def group_runs(runs: Iterable[RunRecord]) -> dict[tuple[str, str], list[RunRecor
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for run in runs:
         groups.setdefault((run.method, run.setting), []).append(run)
-    for group in groups.values():
+    for (method, setting), group in groups.items():
+        refuse_repeated_seeds(method, setting, group)
         episode_accuracies(group)  # refuses seeds scored on different episodes
         group.sort(key=lambda r: r.seed)
     return groups
+
+
+def refuse_repeated_seeds(method: str, setting: str, runs: Sequence[RunRecord]) -> None:
+    """A cell averages one run per training seed: refuse two runs of one seed, naming them."""
+    seeds = [r.seed for r in runs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        paths = [str(r.path) for r in runs if r.seed == repeated[0]]
+        raise BadResultsError(
+            f"{method} in {setting} has {len(paths)} runs of seed {repeated[0]} ({', '.join(paths)}): a cell "
+            "averages one run per training seed, so these would count as more seeds. Keep one of them in the "
+            "folders you report, or name runs that differ in their settings with variant=... (their own rows)."
+        )
 
 
 def make_cell(method: str, setting: str, runs: Sequence[RunRecord]) -> Cell:

@@ -240,6 +240,16 @@ def test_report_refuses_seeds_of_one_method_on_different_episodes(tmp_path, caps
     assert "fingerprints differ" in capsys.readouterr().err
 
 
+def test_report_refuses_two_runs_of_one_seed_instead_of_counting_them_as_two_seeds(tmp_path, capsys):
+    write_run(tmp_path / "trained", "ProtoNet", A, seed=0)
+    write_run(tmp_path / "retested", "ProtoNet", B, seed=0)  # e.g. a test-only run of the same checkpoint
+    write_run(tmp_path / "other", "ProtoNet", A, seed=1)
+    assert report_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "ProtoNet in toy 5-way 1-shot has 2 runs of seed 0" in err and "variant=" in err, err
+    assert str(tmp_path / "retested" / "results.json") in err
+
+
 def test_report_on_unknown_pair_names_the_methods_found(three_methods, capsys):
     assert report_main([str(three_methods), "--pair", "ProtoNet", "Reptile"]) == 2
     assert "Methods found: Baseline-NN, MAML, ProtoNet" in capsys.readouterr().err

@@ -386,3 +386,11 @@ def test_6_a_run_that_continues_one_in_its_folder_writes_its_config_beside_the_f
     config = hydra_run_config(tmp_path, continuation)
     ProtectExistingRuns().on_run_start(config)
     assert config.hydra.output_subdir == ".hydra-resume-2"
+
+
+def test_5_a_test_only_run_records_the_seed_its_checkpoint_was_trained_with(tiny_config, tmp_path):
+    trained = train(tiny_config("trainer.max_epochs=1", "data.train_episodes=2", "seed=3"))
+    overrides = ["debug=tiny", "trainer=cpu", "logger=none", "train=false", "seed=7"]
+    tested = train(compose_config([*overrides, f"ckpt_path={trained['checkpoint']}"], tmp_path / "test_only"))
+    assert trained["seed"] == tested["seed"] == 3  # the report counts seeds by it: seed=7 is not a new seed
+    assert tested["test"]["episode_acc"] == trained["test"]["episode_acc"]

@@ -12,6 +12,7 @@ imports no torch (it runs before every run). Multirun jobs are not checked here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,23 @@ def free_subdir(folder: Path, stem: str) -> str:
     return f"{stem}-{n}"
 
 
+# set by Lightning's DDP launcher, torchrun and SLURM for each process of a multi-process run
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def another_process_of_the_run() -> bool:
+    """Whether this process is not rank 0 of a multi-process run (its rank 0 started in the same folder)."""
+    return any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES)
+
+
 class ProtectExistingRuns(Callback):
     """Hydra callback (conf/hydra/default.yaml): nothing of an existing run is replaced."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before Hydra writes .hydra: refuse a test-only run, or a run trained from scratch, in
         another run's folder; point the .hydra of a run that continues one at a fresh folder."""
+        if config.hydra.output_subdir is None or another_process_of_the_run():
+            return  # Hydra writes no config here, or rank 0 made these checks for the whole run
         run_dir = Path(str(config.hydra.run.dir))
         trains = config.get("train", True)
         continues = config.get("resume", False) or bool(config.get("ckpt_path"))

@@ -394,3 +394,13 @@ def test_5_a_test_only_run_records_the_seed_its_checkpoint_was_trained_with(tiny
     tested = train(compose_config([*overrides, f"ckpt_path={trained['checkpoint']}"], tmp_path / "test_only"))
     assert trained["seed"] == tested["seed"] == 3  # the report counts seeds by it: seed=7 is not a new seed
     assert tested["test"]["episode_acc"] == trained["test"]["episode_acc"]
+
+
+def test_5_the_other_processes_of_a_ddp_run_start_in_rank_zeros_folder(tmp_path, monkeypatch):
+    (tmp_path / ".hydra").mkdir()  # rank 0 wrote it; Lightning starts rank 1 with hydra.output_subdir=null
+    ProtectExistingRuns().on_run_start(hydra_run_config(tmp_path, "hydra.output_subdir=null"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ProtectExistingRuns().on_run_start(hydra_run_config(tmp_path))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        ProtectExistingRuns().on_run_start(hydra_run_config(tmp_path))

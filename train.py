@@ -23,14 +23,18 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, hydra_cfg.job.config_name)
 
-    from fewshot.interrupt import RunInterrupted, resume_command
+    from fewshot.interrupt import RunInterrupted, rerun_command, resume_command
     from fewshot.training import objective, train
 
     try:
         return objective(train(cfg), cfg.get("optimized_metric", "val/acc"))
     except RunInterrupted as stop:
-        command = resume_command(sys.argv[0], hydra_cfg.overrides.task, hydra_cfg.runtime.output_dir)
-        print(f"{stop} Resume it with:\n  {command}", file=sys.stderr, flush=True)
+        if cfg.get("train", True):
+            command = resume_command(sys.argv[0], hydra_cfg.overrides.task, hydra_cfg.runtime.output_dir)
+            print(f"{stop} Resume it with:\n  {command}", file=sys.stderr, flush=True)
+        else:
+            command = rerun_command(sys.argv[0], hydra_cfg.overrides.task)
+            print(f"{stop} A test-only run has no training to resume; run it again:\n  {command}", file=sys.stderr)
         sys.exit(stop.exit_code)
 
 

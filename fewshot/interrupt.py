@@ -118,6 +118,20 @@ class StopOnSignal(pl.Callback):
 
 def resume_command(script: str, overrides: Iterable[str], run_dir: str | Path) -> str:
     """``python <script> <overrides> hydra.run.dir=<run_dir> resume=true``, shell-quoted."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-    words = ["python", script, *kept, f"hydra.run.dir={run_dir}", "resume=true"]
-    return " ".join(shlex.quote(word) for word in words)
+    return shell_command(script, [*without_run_keys(overrides), f"hydra.run.dir={run_dir}", "resume=true"])
+
+
+def rerun_command(script: str, overrides: Iterable[str]) -> str:
+    """``python <script> <overrides>`` in a new run folder: an interrupted test-only run, which has no
+    training to resume, starts again (its folder holds its .hydra, where a run is refused)."""
+    return shell_command(script, without_run_keys(overrides))
+
+
+def without_run_keys(overrides: Iterable[str]) -> list[str]:
+    """The overrides without ``resume`` and ``hydra.run.dir``."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+
+
+def shell_command(script: str, overrides: Iterable[str]) -> str:
+    """``python <script> <overrides>``, shell-quoted."""
+    return " ".join(shlex.quote(word) for word in ["python", script, *overrides])

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 
 
 class AnnounceAndSlowDown(pl.Callback):
-    """Touch ``path`` once ``batches`` batches of ``stage`` ("train" or "validation") have ended,
+    """Touch ``path`` once ``batches`` batches of ``stage`` ("train", "validation" or "test") have ended,
     then sleep ``delay`` seconds after every batch of any stage (time for the signal to arrive)."""
 
     def __init__(self, path: str, stage: str, batches: int, delay: float) -> None:
@@ -34,3 +34,7 @@ class AnnounceAndSlowDown(pl.Callback):
     def on_validation_batch_end(self, *args: Any) -> None:
         """Count a validation batch."""
         self._batch_end("validation")
+
+    def on_test_batch_end(self, *args: Any) -> None:
+        """Count a test batch."""
+        self._batch_end("test")

@@ -33,7 +33,7 @@ from fewshot.checkpoints import read_checkpoint
 from fewshot.config_keys import UnknownConfigKeyError, check_known_keys, reference_overrides
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.data.errors import DataError
-from fewshot.interrupt import resume_command
+from fewshot.interrupt import rerun_command, resume_command
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.runchecks import check_resume_config
 from fewshot.runfolder import ProtectExistingRuns, RunConfigError
@@ -268,6 +268,22 @@ def test_7_sigterm_during_a_long_validation_is_acted_on_within_an_episode(tmp_pa
 def test_7_resume_command_keeps_the_overrides_and_replaces_folder_and_resume():
     command = resume_command("train.py", ["model=maml", "resume=false", "hydra.run.dir=x", "data.n_shot=5"], "/r un")
     assert command == "python train.py model=maml data.n_shot=5 'hydra.run.dir=/r un' resume=true"
+
+
+def test_7_an_interrupted_test_only_run_prints_a_command_that_runs_it_again(tmp_path):
+    trained = train(compose_config([*TINY, "trainer.max_epochs=1", "data.train_episodes=2"], tmp_path))
+    run, mark = tmp_path / "test_only", tmp_path / "reached"
+    overrides = [*TINY, "train=false", f"ckpt_path={trained['checkpoint']}", *announce(mark, "test", 2, 0.5)]
+    process = start_train_py(*overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for(mark, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    command = re.search(r"A test-only run has no training to resume; run it again:\n\s+(.*)", stderr).group(1)
+    assert "resume=" not in command and "hydra.run.dir" not in command and "train=false" in command
+    assert rerun_command("train.py", ["train=false", f"hydra.run.dir={run}", "resume=false"]) == (
+        "python train.py train=false"
+    )
 
 
 # --- 8. unknown keys ------------------------------------------------------------------------

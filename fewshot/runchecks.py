@@ -155,6 +155,19 @@ def moved_with_run_folder(stored: Any, current: Any, stored_dir: Any, current_di
     return stored.startswith(stored_dir) and current == current_dir + stored[len(stored_dir) :]
 
 
+# our drop-in successors of Lightning classes (the same checkpoint state under the same key): a run
+# checkpointed by the one resumes with the other
+DROP_IN_SUCCESSORS = {
+    "pytorch_lightning.callbacks.ModelCheckpoint": "fewshot.run_checkpoint.RunFolderCheckpoint",
+    "pytorch_lightning.callbacks.EarlyStopping": "fewshot.plateau.PlateauStopping",
+}
+
+
+def succeeded_by(stored: Any, current: Any) -> bool:
+    """Whether ``current`` is our drop-in successor of the class ``stored`` names (a ``_target_``)."""
+    return isinstance(stored, str) and DROP_IN_SUCCESSORS.get(stored) == current
+
+
 def same_existing_path(stored: Any, current: Any) -> bool:
     """Whether two values name one existing file or folder by different spellings, e.g. a data
     root reached from another checkout of the project or through a link."""
@@ -185,6 +198,8 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
         if moved_with_run_folder(value_at(stored, key), value_at(current, key), stored_dir, current_dir):
             continue
         if same_existing_path(value_at(stored, key), value_at(current, key)):
+            continue
+        if key.endswith("._target_") and succeeded_by(value_at(stored, key), value_at(current, key)):
             continue
         section, _, name = key.partition(".")
         if section == "model" and name in DATA_DEPENDENT_MODEL_KEYS and value_at(current, key) is None:

@@ -85,3 +85,12 @@ def test_an_unmoved_folder_loads_as_lightning_does(tmp_path):
 def test_state_key_is_lightnings_so_older_checkpoints_load():
     for kwargs in ({"monitor": "val/acc", "mode": "max"}, {"monitor": None, "every_n_epochs": 1}):
         assert RunFolderCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
+
+
+def test_drop_in_successors_are_subclasses_of_the_lightning_classes_they_replace():
+    from hydra.utils import get_class
+
+    from fewshot.runchecks import DROP_IN_SUCCESSORS
+
+    for lightnings, ours in DROP_IN_SUCCESSORS.items():
+        assert issubclass(get_class(ours), get_class(lightnings)) and get_class(ours) is not get_class(lightnings)

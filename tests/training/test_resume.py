@@ -186,3 +186,17 @@ def test_a_resume_may_raise_the_patience_of_a_run_the_plateau_stopped(tmp_path):
     again = train(compose_config([*overrides, "callbacks.early_stopping.patience=3", allow, "resume=true"], tmp_path))
     # patience 3 from the first validation: two more (Lightning's own callback kept the checkpoint's 1)
     assert again["train"]["stopped_by"] == "plateau" and len(again["val_history"]) == 4
+
+
+def test_a_run_checkpointed_by_lightnings_own_callbacks_resumes_with_ours(tmp_path):
+    # runs started before fewshot.run_checkpoint / fewshot.plateau existed name Lightning's classes
+    overrides = [*RUN, *METHODS["protonet"], "callbacks=plateau"]
+    older = [
+        "callbacks.model_checkpoint._target_=pytorch_lightning.callbacks.ModelCheckpoint",
+        "callbacks.last_checkpoint._target_=pytorch_lightning.callbacks.ModelCheckpoint",
+        "callbacks.early_stopping._target_=pytorch_lightning.callbacks.EarlyStopping",
+    ]
+    first = train(compose_config([*overrides, *older, "trainer.max_epochs=1"], tmp_path))
+    resumed = train(compose_config([*overrides, "trainer.max_epochs=2", "resume=true"], tmp_path))
+    assert [h["step"] for h in resumed["val_history"]] == [3, 6]
+    assert resumed["val_history"][0] == first["val_history"][0]

@@ -29,11 +29,15 @@ class RunConfigError(ValueError):
     """A run key with a value the run cannot use; the message names the key, the value and the fix."""
 
 
+def run_markers_in(folder: Path, markers: Sequence[str]) -> list[str]:
+    """The ``markers`` of a run that ``folder`` holds."""
+    return [name for name in markers if (folder / name).exists()]
+
+
 def check_test_only_folder(output_dir: str | Path, markers: Sequence[str] = RUN_MARKERS) -> None:
     """Refuse a test-only run in a folder that already holds another run (issue 17, item 5)."""
     folder = Path(output_dir)
-    existing = [name for name in markers if (folder / name).exists()]
-    if existing:
+    if existing := run_markers_in(folder, markers):
         raise RunConfigError(
             f"The run folder {folder} already holds another run ({', '.join(existing)}); a test-only run "
             "(train=false) would replace its results. Give it its own folder: drop hydra.run.dir (the default "
@@ -44,8 +48,7 @@ def check_test_only_folder(output_dir: str | Path, markers: Sequence[str] = RUN_
 def check_fresh_training_folder(output_dir: str | Path, markers: Sequence[str] = RUN_MARKERS) -> None:
     """Refuse to train a new run from scratch in a folder that already holds a run."""
     folder = Path(output_dir)
-    existing = [name for name in markers if (folder / name).exists()]
-    if existing:
+    if existing := run_markers_in(folder, markers):
         raise RunConfigError(
             f"The run folder {folder} already holds a run ({', '.join(existing)}); training a new one from "
             "scratch there would mix the two runs' checkpoints and logs. Continue that run with resume=true, "

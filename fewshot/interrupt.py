@@ -9,7 +9,10 @@ at once (KeyboardInterrupt).
 What is kept: ``last.ckpt`` holds the state after the last finished validation (an exact resume
 point). If the run is stopped before its first validation, the current training state is saved
 as ``last.ckpt`` instead, so there is always one to resume from (Lightning then restarts the
-interrupted epoch's episode stream, so that resume is not bit-exact).
+interrupted epoch's episode stream, so that resume is not bit-exact). Stopped during its first
+validation, the run saves the trained state with that validation marked as not yet run, so the
+resume runs it in full (Lightning would otherwise restore it as finished and skip it: the
+validation would be missing from the history and the choice of the best checkpoint).
 
 On SLURM, requeueing is Lightning's own: its SLURMEnvironment (auto_requeue, on by default)
 saves ``hpc_ckpt_<n>.ckpt`` on the requeue signal (``#SBATCH --signal=SIGUSR1@90``), requeues
@@ -113,7 +116,23 @@ class StopOnSignal(pl.Callback):
         """On a signal during fit, keep the last validated state, or save the current one if none."""
         stopped = self.flag.signum is not None or getattr(trainer, "received_sigterm", False)
         if stopped and trainer.state.fn == "fit" and not self.last_checkpoint.is_file() and trainer.global_step > 0:
+            if trainer.validating and not trainer.sanity_checking:
+                mark_validation_not_run(trainer)
             trainer.save_checkpoint(self.last_checkpoint)
+
+
+def mark_validation_not_run(trainer: pl.Trainer) -> None:
+    """Set the fit's validation progress to "restarted at its first episode", so a checkpoint saved
+    now makes Lightning run the interrupted validation again in full when the run resumes."""
+    progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
+    earlier = progress.total.completed - progress.current.completed  # this epoch's earlier validations
+    progress.current.reset()
+    progress.is_last_batch = False
+    # Lightning's test for a restart mid-evaluation: started == ready, processed == started - 1,
+    # completed == processed (EvaluationLoop.update_restart_stage)
+    total = progress.total
+    total.ready = total.started = earlier + 1
+    total.processed = total.completed = earlier
 
 
 def resume_command(script: str, overrides: Iterable[str], run_dir: str | Path) -> str:

@@ -265,6 +265,29 @@ def test_7_sigterm_during_a_long_validation_is_acted_on_within_an_episode(tmp_pa
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
 
 
+def test_7_a_run_stopped_in_its_first_validation_runs_it_in_full_on_resume(tmp_path):
+    common = [*TINY, "trainer.max_epochs=2", "data.train_episodes=2", "data.val_episodes=6"]
+    uninterrupted = train(compose_config(common, tmp_path / "reference"))
+    run, mark = tmp_path / "run", tmp_path / "reached"
+    process = start_train_py(*common, *announce(mark, "validation", 3, 0.5), f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for(mark, process)  # half of epoch 0's validation done: no last.ckpt yet
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    resumed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *common, f"hydra.run.dir={run}", "resume=true",
+         "resume_allow_changes=[callbacks.announce]"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    # the interrupted validation ran again in full: the history, the best epoch and the test are the
+    # uninterrupted run's (Lightning alone restored it as finished and skipped it)
+    assert [h["epoch"] for h in results["val_history"]] == [0, 1]
+    assert [h["acc"] for h in results["val_history"]] == pytest.approx([h["acc"] for h in uninterrupted["val_history"]])
+    assert results["test"]["acc"] == pytest.approx(uninterrupted["test"]["acc"])
+
+
 def test_7_resume_command_keeps_the_overrides_and_replaces_folder_and_resume():
     command = resume_command("train.py", ["model=maml", "resume=false", "hydra.run.dir=x", "data.n_shot=5"], "/r un")
     assert command == "python train.py model=maml data.n_shot=5 'hydra.run.dir=/r un' resume=true"

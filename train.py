@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fewshot.resolvers import register_resolvers
@@ -23,13 +24,17 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, hydra_cfg.job.config_name)
 
-    from fewshot.interrupt import RunInterrupted, rerun_command, resume_command
+    from fewshot.interrupt import RunInterrupted, rerun_command, resume_command, resume_sweep_command, sweep_folder
     from fewshot.training import objective, train
 
     try:
         return objective(train(cfg), cfg.get("optimized_metric", "val/acc"))
     except RunInterrupted as stop:
-        if cfg.get("train", True):
+        if cfg.get("train", True) and hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep = sweep_folder(hydra_cfg.runtime.output_dir, str(hydra_cfg.sweep.subdir))
+            command = resume_sweep_command(sys.argv[0], sys.argv[1:], sweep)
+            print(f"{stop} Continue the sweep with:\n  {command}", file=sys.stderr, flush=True)
+        elif cfg.get("train", True):
             command = resume_command(sys.argv[0], hydra_cfg.overrides.task, hydra_cfg.runtime.output_dir)
             print(f"{stop} Resume it with:\n  {command}", file=sys.stderr, flush=True)
         else:

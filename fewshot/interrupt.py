@@ -140,15 +140,29 @@ def resume_command(script: str, overrides: Iterable[str], run_dir: str | Path) -
     return shell_command(script, [*without_run_keys(overrides), f"hydra.run.dir={run_dir}", "resume=true"])
 
 
+def resume_sweep_command(script: str, arguments: Iterable[str], sweep_dir: str | Path) -> str:
+    """``python <script> <the sweep's arguments> hydra.sweep.dir=<sweep_dir> resume=true``: continues
+    every job of a cut sweep (``-m``) that has not finished and starts those that never ran."""
+    kept = without_run_keys(arguments, ("resume", "hydra.sweep.dir"))
+    return shell_command(script, [*kept, f"hydra.sweep.dir={sweep_dir}", "resume=true"])
+
+
+def sweep_folder(job_dir: str | Path, job_subdir: str) -> Path:
+    """The sweep folder of a job run in ``job_dir`` = ``<sweep folder>/<job_subdir>``."""
+    depth = len(Path(job_subdir).parts)
+    return Path(job_dir).parents[depth - 1] if depth else Path(job_dir)
+
+
 def rerun_command(script: str, overrides: Iterable[str]) -> str:
     """``python <script> <overrides>`` in a new run folder: an interrupted test-only run, which has no
     training to resume, starts again (its folder holds its .hydra, where a run is refused)."""
     return shell_command(script, without_run_keys(overrides))
 
 
-def without_run_keys(overrides: Iterable[str]) -> list[str]:
-    """The overrides without ``resume`` and ``hydra.run.dir``."""
-    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
+def without_run_keys(overrides: Iterable[str], keys: Iterable[str] = ("resume", "hydra.run.dir")) -> list[str]:
+    """The overrides without ``keys`` (by default ``resume`` and ``hydra.run.dir``)."""
+    dropped = set(keys)
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in dropped]
 
 
 def shell_command(script: str, overrides: Iterable[str]) -> str:

@@ -6,8 +6,14 @@ test-only run pointed at a trained run's folder (``hydra.run.dir=<run>``) replac
 ``on_run_start`` runs earlier: it refuses such a test-only run, and a run trained from scratch in
 a folder that holds another (their checkpoints and CSV rows would mix), and gives the config of
 a run that continues one (``resume=true``, or ``ckpt_path`` into that run's folder) its own
-``.hydra-resume-<n>`` folder so the interrupted run's ``.hydra`` stays as it was. This module
-imports no torch (it runs before every run). Multirun jobs are not checked here.
+``.hydra-resume-<n>`` folder so the interrupted run's ``.hydra`` stays as it was.
+
+A sweep (``-m``) gets the same protection from ``on_multirun_start``, before Hydra writes the
+sweep's ``multirun.yaml`` or any job's ``.hydra``: a test-only sweep, or a sweep trained from
+scratch, into a sweep folder that holds runs is refused; a continued sweep (``resume=true
+hydra.sweep.dir=<sweep>``) writes every job's config into ``.hydra-resume-<n>`` (a job that never
+started gets it as its ``.hydra``) and keeps the former ``multirun.yaml``. This module imports no
+torch (it runs before every run).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 # what a run leaves in its folder; inside the task .hydra is this run's own (Hydra wrote it)
@@ -65,6 +73,44 @@ def free_subdir(folder: Path, stem: str) -> str:
     return f"{stem}-{n}"
 
 
+def holds_trained_state(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's results or any checkpoint of it."""
+    return (folder / "results.json").exists() or any((folder / "checkpoints").glob("*.ckpt"))
+
+
+def folders_holding_runs(sweep_dir: Path) -> list[Path]:
+    """The folders under a sweep folder that hold a run: its ``.hydra`` or a run marker."""
+    if not sweep_dir.is_dir():
+        return []
+    names = {*RUN_MARKERS, HYDRA_SUBDIR}
+    return sorted({path.parent for path in sweep_dir.rglob("*") if path.name in names and path.parent != sweep_dir})
+
+
+def in_sweep_job() -> bool:
+    """Whether this process runs a job of a Hydra sweep (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def free_subdir_in_all(folders: Sequence[Path], stem: str) -> str:
+    """``<stem>-<n>`` with the least n free in every one of ``folders``."""
+    n = 1
+    while any((folder / f"{stem}-{n}").exists() for folder in folders):
+        n += 1
+    return f"{stem}-{n}"
+
+
+def keep_former_file(path: Path) -> Path | None:
+    """Rename ``path`` (if it exists) to ``<stem>.before-resume-<n><suffix>`` beside it, so what is
+    written at ``path`` next does not replace it; return the new name."""
+    if not path.is_file():
+        return None
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.before-resume-{n}{path.suffix}")).exists():
+        n += 1
+    path.rename(kept)
+    return kept
+
+
 # set by Lightning's DDP launcher, torchrun and SLURM for each process of a multi-process run
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
@@ -97,3 +143,57 @@ class ProtectExistingRuns(Callback):
         if trains and continues and config.hydra.output_subdir == HYDRA_SUBDIR and (run_dir / HYDRA_SUBDIR).exists():
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = free_subdir(run_dir, f"{HYDRA_SUBDIR}-resume")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before Hydra writes the sweep's files: refuse a test-only sweep, or a sweep trained from
+        scratch, into a sweep folder that holds runs, and a continued sweep into one that holds none;
+        point a continued sweep's job configs at a fresh folder and keep its former multirun.yaml."""
+        if config.hydra.output_subdir is None:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        runs = folders_holding_runs(sweep_dir)
+        trains = config.get("train", True)
+        try:
+            check_sweep_folder(
+                sweep_dir, runs, trains, bool(config.get("resume", False)), bool(config.get("ckpt_path"))
+            )
+        except RunConfigError as err:
+            raise SystemExit(f"Error: {err}") from err
+        if not runs:
+            return
+        keep_former_file(sweep_dir / "multirun.yaml")
+        if config.hydra.output_subdir == HYDRA_SUBDIR:
+            subdir = free_subdir_in_all(runs, f"{HYDRA_SUBDIR}-resume")
+            # each job's config is composed again from these overrides (ConfigLoader.load_sweep_config)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.overrides.hydra.append(f"hydra.output_subdir='{subdir}'")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A job of a continued sweep that never started: its config is its first, its ``.hydra``."""
+        subdir = config.hydra.output_subdir
+        if subdir is None or not str(subdir).startswith(f"{HYDRA_SUBDIR}-resume-"):
+            return
+        job_dir = Path(str(config.hydra.runtime.output_dir))
+        if not (job_dir / HYDRA_SUBDIR).exists() and (job_dir / str(subdir)).is_dir():
+            (job_dir / str(subdir)).rename(job_dir / HYDRA_SUBDIR)
+
+
+def check_sweep_folder(sweep_dir: Path, runs: Sequence[Path], trains: bool, resume: bool, ckpt_path: bool) -> None:
+    """Refuse a sweep whose folder's runs it would replace or mix with, or a resume with nothing to resume."""
+    if runs and not trains:
+        raise RunConfigError(
+            f"The sweep folder {sweep_dir} already holds runs ({runs[0]}, ...); a test-only sweep (train=false) "
+            "would replace their configs. Give it its own folder: drop hydra.sweep.dir (the default is a new "
+            "timestamped folder)."
+        )
+    if runs and trains and not (resume or ckpt_path):
+        raise RunConfigError(
+            f"The sweep folder {sweep_dir} already holds runs ({runs[0]}, ...); training a new sweep from scratch "
+            "there would mix the runs' checkpoints and logs. Continue that sweep with resume=true (the same sweep "
+            "overrides), give this one its own folder (drop hydra.sweep.dir), or delete the folder to start over."
+        )
+    if resume and trains and not runs:
+        raise RunConfigError(
+            f"resume=true but the sweep folder {sweep_dir} holds no run to continue. Pass the folder of the "
+            "interrupted sweep (hydra.sweep.dir=<its folder>) or drop resume=true."
+        )

@@ -48,7 +48,7 @@ from fewshot.reporting.results import (
 )
 from fewshot.reproducibility import RngStateInCheckpoint
 from fewshot.runchecks import check_resume_config, check_run_config
-from fewshot.runfolder import check_test_only_folder
+from fewshot.runfolder import check_test_only_folder, holds_trained_state, in_sweep_job
 from fewshot.speed_probe import CpuSpeedProbe
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,10 @@ def checkpoint_to_start_from(cfg: DictConfig, output_dir: Path) -> str | None:
     if cfg.get("ckpt_path") or not cfg.get("resume", False):
         return cfg.get("ckpt_path")
     last = last_checkpoint_path(output_dir)
+    if not last.is_file() and in_sweep_job() and not holds_trained_state(output_dir):
+        log.info("resume=true: job %s of the sweep has nothing to resume (never started); training it from scratch.",
+                 output_dir)  # fmt: skip
+        return None
     if not last.is_file():
         raise FileNotFoundError(
             f"resume=true but {last} does not exist: no epoch of this run finished. Run it in the folder of "

@@ -33,7 +33,7 @@ from fewshot.checkpoints import read_checkpoint
 from fewshot.config_keys import UnknownConfigKeyError, check_known_keys, reference_overrides
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.data.errors import DataError
-from fewshot.interrupt import rerun_command, resume_command
+from fewshot.interrupt import rerun_command, resume_command, resume_sweep_command, sweep_folder
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.runchecks import check_resume_config
 from fewshot.runfolder import ProtectExistingRuns, RunConfigError
@@ -443,3 +443,109 @@ def test_5_the_other_processes_of_a_ddp_run_start_in_rank_zeros_folder(tmp_path,
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(SystemExit, match="already holds a run"):
         ProtectExistingRuns().on_run_start(hydra_run_config(tmp_path))
+
+
+# --- sweeps (-m): cut, continued, and protected like single runs ------------------------------
+
+
+def hydra_sweep_config(sweep_dir: Path, *overrides: str) -> DictConfig:
+    """The config Hydra hands ``ProtectExistingRuns.on_multirun_start`` for a sweep into ``sweep_dir``."""
+    base = OmegaConf.create({"train": True, "resume": False, "ckpt_path": None})
+    base.hydra = {"sweep": {"dir": str(sweep_dir)}, "output_subdir": ".hydra", "overrides": {"hydra": []}}
+    return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+
+
+def a_sweep_folder(sweep_dir: Path, jobs: int = 2) -> Path:
+    """A sweep folder whose jobs 0..jobs-1 hold a run (config, results) and its multirun.yaml."""
+    for job in range(jobs):
+        (sweep_dir / str(job) / ".hydra").mkdir(parents=True)
+        (sweep_dir / str(job) / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (sweep_dir / str(job) / "results.json").write_text("{}")
+    (sweep_dir / "multirun.yaml").write_text("first sweep\n")
+    return sweep_dir
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train=false"], r"already holds runs .*a test-only sweep \(train=false\) would replace their configs"),
+        ([], r"already holds runs .*Continue that sweep with resume=true"),
+    ],
+)
+def test_5_a_test_only_or_fresh_sweep_into_a_sweep_folder_holding_runs_is_refused(tmp_path, overrides, message):
+    sweep = a_sweep_folder(tmp_path / "sweep")
+    with pytest.raises(SystemExit, match=message):
+        ProtectExistingRuns().on_multirun_start(hydra_sweep_config(sweep, *overrides))
+    assert (sweep / "multirun.yaml").read_text() == "first sweep\n"  # nothing renamed or replaced
+    ProtectExistingRuns().on_multirun_start(hydra_sweep_config(tmp_path / "new", *overrides))  # a new folder
+
+
+def test_6_continuing_a_sweep_into_a_folder_without_runs_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for sweep in (tmp_path / "empty", tmp_path / "no_such_folder"):
+        with pytest.raises(SystemExit, match=r"resume=true but the sweep folder .* holds no run to continue"):
+            ProtectExistingRuns().on_multirun_start(hydra_sweep_config(sweep, "resume=true"))
+
+
+def test_6_a_continued_sweep_writes_job_configs_beside_the_first_and_keeps_multirun_yaml(tmp_path):
+    sweep = a_sweep_folder(tmp_path / "sweep")
+    (sweep / "1" / ".hydra-resume-1").mkdir()  # job 1 was continued once already
+    config = hydra_sweep_config(sweep, "resume=true")
+    ProtectExistingRuns().on_multirun_start(config)
+    assert list(config.hydra.overrides.hydra) == ["hydra.output_subdir='.hydra-resume-2'"]  # free in every job
+    assert not (sweep / "multirun.yaml").exists()  # Hydra writes the new one next
+    assert (sweep / "multirun.before-resume-1.yaml").read_text() == "first sweep\n"
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == "- seed=0\n"
+
+
+def test_6_a_job_of_a_continued_sweep_that_never_started_gets_its_config_as_its_hydra(tmp_path):
+    job = tmp_path / "sweep" / "2"
+    (job / ".hydra-resume-1").mkdir(parents=True)  # what Hydra just wrote for the job
+    job_config = OmegaConf.create({"hydra": {"output_subdir": ".hydra-resume-1", "runtime": {"output_dir": str(job)}}})
+    ProtectExistingRuns().on_job_start(job_config)
+    assert (job / ".hydra").is_dir() and not (job / ".hydra-resume-1").exists()
+    started = tmp_path / "sweep" / "0"  # a job that ran before keeps both
+    (started / ".hydra").mkdir(parents=True)
+    (started / ".hydra-resume-1").mkdir()
+    ProtectExistingRuns().on_job_start(
+        OmegaConf.merge(job_config, {"hydra": {"runtime": {"output_dir": str(started)}}})
+    )
+    assert (started / ".hydra").is_dir() and (started / ".hydra-resume-1").is_dir()
+
+
+def test_7_the_sweep_resume_command_keeps_the_sweep_arguments_and_replaces_folder_and_resume():
+    arguments = ["-m", "model=maml,protonet", "seed=0,1", "hydra.sweep.dir=old", "resume=false"]
+    assert resume_sweep_command("train.py", arguments, "/s w") == (
+        "python train.py -m model=maml,protonet seed=0,1 'hydra.sweep.dir=/s w' resume=true"
+    )
+    assert sweep_folder("/logs/sweep/3", "3") == Path("/logs/sweep")
+    assert sweep_folder("/logs/sweep/model=maml/seed=1", "model=maml/seed=1") == Path("/logs/sweep")
+
+
+def test_7_a_cut_sweep_continues_with_the_printed_command_and_starts_the_jobs_that_never_ran(tmp_path):
+    sweep, mark = tmp_path / "sweep", tmp_path / "reached"
+    common = [*TINY, "trainer.max_epochs=2", "data.train_episodes=6"]
+    process = start_train_py("-m", *common, *announce(mark, "train", 8, 1.0), "seed=0,1", f"hydra.sweep.dir={sweep}",
+                             cwd=tmp_path)  # fmt: skip
+    wait_for(mark, process)  # job 0 is in its second epoch; job 1 has not started
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert not (sweep / "1").exists()
+    command = re.search(r"Continue the sweep with:\n\s+(.*)", stderr).group(1)
+    assert f"hydra.sweep.dir={sweep}" in command and "seed=0,1" in command and command.endswith("resume=true")
+    resumed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *shlex.split(command)[2:]], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for job in ("0", "1"):
+        results = json.loads((sweep / job / "results.json").read_text())
+        assert results["seed"] == int(job) and results["train"]["steps"] == 12
+        assert [h["epoch"] for h in results["val_history"]] == [0, 1]
+    # job 0's first config stays, its continuation has its own; job 1's only config is its .hydra
+    assert "resume=true" not in (sweep / "0" / ".hydra" / "overrides.yaml").read_text().lower()
+    assert "resume=true" in (sweep / "0" / ".hydra-resume-1" / "overrides.yaml").read_text().lower()
+    assert "resume=true" in (sweep / "1" / ".hydra" / "overrides.yaml").read_text().lower()
+    assert not (sweep / "1" / ".hydra-resume-1").exists()
+    assert (sweep / "multirun.yaml").is_file() and (sweep / "multirun.before-resume-1.yaml").is_file()

@@ -396,6 +396,18 @@ def fit_and_validate(run: Run, flag: StopFlag) -> None:
         )
 
 
+def tested_validation(run: Run) -> dict[str, Any] | None:
+    """The validation summary of the weights the run tests: the best one (``test_checkpoint=best``);
+    with ``test_checkpoint=last`` the last one if training ended at it, else None (the final weights
+    trained on after their last validation were never validated)."""
+    scores = run.method.scores
+    last = scores.results.get("val")
+    if not run.trains or run.cfg.get("test_checkpoint", "best") != "last":
+        return scores.best or last
+    validated_at = scores.history[-1]["step"] if scores.history else None
+    return last if validated_at == int(run.trainer.global_step) else None
+
+
 def training_results(run: Run) -> dict[str, Any]:
     """What a run reports before testing: method, data, seed, provenance, validation and training."""
     method, trainer = run.method, run.trainer
@@ -406,8 +418,8 @@ def training_results(run: Run) -> dict[str, Any]:
         "git_commit": run.commit,
         "hardware": {**hardware(), **speed_probe_summary(trainer)},
         "output_dir": str(run.output_dir),
-        # the validation the tested checkpoint was chosen on (the best), and the last one
-        "val": method.scores.best or method.scores.results.get("val"),
+        # the validation of the weights tested (see tested_validation), and the last one
+        "val": tested_validation(run),
         "val_last": method.scores.results.get("val"),
         "val_history": method.scores.history,
         "train": {

@@ -48,6 +48,17 @@ def test_test_checkpoint_last_tests_the_final_weights(tiny_config):
     assert path.name == "final.ckpt" and path.parent.name == "checkpoints"
     final = torch.load(path, map_location="cpu", weights_only=True)
     assert final["global_step"] == results["train"]["steps"] == 6
+    # `val` is the tested weights' validation: the last one, not the best
+    history = results["val_history"]
+    assert history[-1]["acc"] < max(h["acc"] for h in history)  # else the next line tells nothing
+    assert results["val"]["acc"] == results["val_last"]["acc"] == history[-1]["acc"]
+
+
+def test_test_checkpoint_last_with_weights_trained_past_their_last_validation_has_no_val(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=3", "data.train_episodes=2", "trainer.max_steps=5",
+                                "test_checkpoint=last"))  # fmt: skip
+    assert results["train"]["steps"] == 5 and results["val_history"][-1]["step"] < 5
+    assert results["val"] is None and results["val_last"] is not None
 
 
 def test_unknown_test_checkpoint_is_refused_before_training(tiny_config, tmp_path):

@@ -45,6 +45,8 @@ class RunRecord:
     test_checkpoint: str = "best"
     # the CPU speed probe's measurements (fewshot.speed_probe); None for runs made before it existed
     speed_probe: dict[str, Any] | None = None
+    # ``platform.platform()`` where the run trained (kernel build included: it tells hosts apart)
+    platform: str | None = None
 
     @property
     def setting(self) -> str:
@@ -113,6 +115,7 @@ def read_run(path: Path) -> RunRecord | None:
             gates=test.get("gates") or (results.get("val") or {}).get("gates"),
             test_checkpoint=str(results.get("test_checkpoint", "best")),
             speed_probe=(results.get("hardware") or {}).get("speed_probe"),
+            platform=(results.get("hardware") or {}).get("platform"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise BadResultsError(

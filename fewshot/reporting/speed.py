@@ -65,6 +65,22 @@ def setting_speed_line(setting: str, runs: Sequence[RunRecord], spread: float = 
     return line
 
 
+def platform_line(setting: str, runs: Sequence[RunRecord]) -> str | None:
+    """A line naming which runs of a setting trained on which platform, where there were several
+    (two hosts of one cloud can differ twice in speed: CPU-minute caps then buy different work)."""
+    by_platform: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        if run.platform:
+            by_platform.setdefault(run.platform, []).append(run)
+    if len(by_platform) < 2:
+        return None
+    groups = []
+    for platform, group in sorted(by_platform.items(), key=lambda item: -len(item[1])):
+        ordered = sorted(group, key=lambda r: (method_sort_key(r.method), r.seed))
+        groups.append(f"{platform} ({', '.join(run_label(r) for r in ordered)})")
+    return f"- {setting}: trained on {len(by_platform)} platforms: " + "; ".join(groups)
+
+
 def seconds_per_step(run: RunRecord) -> float | None:
     """CPU-seconds of training (validations included) per training step, or None where not recorded."""
     cpu, steps = run.train.get("cpu_s"), run.train.get("steps")
@@ -80,21 +96,26 @@ def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord], spread:
     if len(paces) < 2 or max(paces.values()) / min(paces.values()) <= spread:
         return None
     fast, slow = min(paces, key=paces.get), max(paces, key=paces.get)
-    return (
+    line = (
         f"- {setting}, {method}: the seeds took {paces[fast]:.2f} (seed {fast}) to {paces[slow]:.2f} (seed {slow}) "
         f"CPU-seconds per training step, {paces[slow] / paces[fast]:.2f}x, for the same work per step"
     )
+    platforms = {run.seed: run.platform for run in runs}
+    if platforms.get(fast) and platforms.get(slow) and platforms[fast] != platforms[slow]:
+        line += f"; they trained on different platforms ({platforms[fast]}; {platforms[slow]})"
+    return line
 
 
 def speed_note(runs: Sequence[RunRecord], settings: Sequence[str]) -> str:
-    """The report's note on CPU speed per setting: the probes' figures, and the seeds of one method
-    whose CPU-seconds per step differ; empty where there is nothing to say."""
+    """The report's note on CPU speed per setting: the probes' figures, the platforms where there were
+    several, and the seeds of one method whose CPU-seconds per step differ; empty where there is
+    nothing to say."""
     lines = []
     for setting in settings:
         in_setting = [r for r in runs if r.setting == setting]
-        probe_line = setting_speed_line(setting, in_setting)
-        if probe_line is not None:
-            lines.append(probe_line)
+        for line in (setting_speed_line(setting, in_setting), platform_line(setting, in_setting)):
+            if line is not None:
+                lines.append(line)
         for method in sorted({r.method for r in in_setting}, key=method_sort_key):
             pace_line = seed_pace_line(setting, method, [r for r in in_setting if r.method == method])
             if pace_line is not None:
@@ -105,7 +126,6 @@ def speed_note(runs: Sequence[RunRecord], settings: Sequence[str]) -> str:
         "\nCPU speed while training: `hardware.speed_probe` is the CPU-milliseconds of a fixed one-thread "
         "workload, median over the run (higher is slower); seeds of one method do the same work per training "
         f"step. Runs named here (probe medians more than {PROBE_SPREAD:g}x apart, or seeds' CPU-seconds per step "
-        f"more than {PACE_SPREAD:g}x apart) got different amounts of work from a CPU-minute:\n"
-        + "\n".join(lines)
-        + "\n"
+        f"more than {PACE_SPREAD:g}x apart) got different amounts of work from a CPU-minute; runs of one setting "
+        "on different platforms (`hardware.platform`) may have too:\n" + "\n".join(lines) + "\n"
     )

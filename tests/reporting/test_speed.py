@@ -88,6 +88,27 @@ def test_seeds_whose_cpu_seconds_per_step_differ_are_named_without_a_probe(tmp_p
     assert note in (tmp_path / "report" / "table.md").read_text()
 
 
+def test_a_pace_line_names_the_platforms_when_the_seeds_trained_on_different_ones(tmp_path):
+    fast, slow = "Linux-6.18.44-fc-v657-x86_64", "Linux-6.18.44-fc-v1045-x86_64"
+    write_run(
+        tmp_path / "a", "Meta-LSTM", A, seed=0, train={"steps": 4000, "cpu_s": 3640.0}, hardware={"platform": fast}
+    )
+    write_run(
+        tmp_path / "b", "Meta-LSTM", A, seed=1, train={"steps": 4000, "cpu_s": 8640.0}, hardware={"platform": slow}
+    )
+    write_run(
+        tmp_path / "c", "Meta-LSTM", A, seed=2, train={"steps": 4000, "cpu_s": 8520.0}, hardware={"platform": slow}
+    )
+    platforms, line = speed_note(load_runs([tmp_path]), ["toy 5-way 1-shot"]).splitlines()[2:]
+    on_slow, on_fast = "Meta-LSTM seed 1, Meta-LSTM seed 2", "Meta-LSTM seed 0"
+    assert platforms == f"- toy 5-way 1-shot: trained on 2 platforms: {slow} ({on_slow}); {fast} ({on_fast})"
+    assert line.endswith(f"2.37x, for the same work per step; they trained on different platforms ({fast}; {slow})")
+    write_run(
+        tmp_path / "a", "Meta-LSTM", A, seed=0, train={"steps": 4000, "cpu_s": 3640.0}, hardware={"platform": slow}
+    )
+    assert "trained on" not in speed_note(load_runs([tmp_path]), ["toy 5-way 1-shot"])  # one platform
+
+
 def test_a_single_seed_or_unrecorded_cpu_time_gives_no_pace_line(tmp_path):
     write_run(tmp_path / "a", "Meta-LSTM", A, seed=0, train={"steps": 4000, "cpu_s": 2960.0})
     write_run(tmp_path / "b", "Meta-LSTM", A, seed=1, train={"steps": 0, "cpu_s": 10.0})

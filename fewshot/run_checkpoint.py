@@ -45,6 +45,12 @@ def moved_state(state: Mapping[str, Any], new_dir: str) -> dict[str, Any]:
     return moved
 
 
+def validation_batches(trainer: Any) -> float:
+    """How many validation episodes (batches) the trainer runs per validation, over all loaders."""
+    batches = trainer.num_val_batches
+    return sum(batches) if isinstance(batches, list) else batches
+
+
 class RunFolderCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint that keeps its best-so-far state when the run folder moved."""
 
@@ -52,6 +58,17 @@ class RunFolderCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         """Lightning's key for a ModelCheckpoint, so checkpoints written with either class load into both."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def _should_save_on_train_epoch_end(self, trainer: Any) -> bool:
+        """Save after validation whenever the run validates (``save_on_train_epoch_end`` unset).
+
+        Lightning's own rule saves at the end of the training epoch when validation runs every
+        epoch; a run resumed from a validation's checkpoint replays that epoch's end without the
+        validation, so it warned that ``val/acc`` was missing and wrote ``last.ckpt`` again.
+        """
+        if self._save_on_train_epoch_end is None and validation_batches(trainer) > 0:
+            return False
+        return super()._should_save_on_train_epoch_end(trainer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the state; paths inside a former checkpoint folder are re-based onto this one."""

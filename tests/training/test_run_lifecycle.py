@@ -291,6 +291,37 @@ def test_7_a_run_stopped_in_its_first_validation_runs_it_in_full_on_resume(tmp_p
     assert results["test"]["acc"] == pytest.approx(uninterrupted["test"]["acc"])
 
 
+def test_7_a_run_cut_twice_and_resumed_trains_and_logs_exactly_as_an_uninterrupted_one(tmp_path):
+    # the converged queue's flags: no epoch cap, a step cap, the plateau callbacks, the CSV logger
+    common = [*[o for o in TINY if o != "logger=none"], "logger=csv", "callbacks=plateau", "trainer.max_epochs=-1",
+              "trainer.max_steps=18", "data.train_episodes=6"]  # fmt: skip
+    uninterrupted = train(compose_config(common, tmp_path / "reference"))
+    run = tmp_path / "run"
+    for cut, (resume, batches) in enumerate([([], 8), (["resume=true"], 8)]):  # in epoch 1, then in epoch 2
+        mark = tmp_path / f"reached{cut}"
+        allow = ["resume_allow_changes=[callbacks.announce]"] if resume else []
+        process = start_train_py(*common, *announce(mark, "train", batches, 1.0), f"hydra.run.dir={run}", *resume,
+                                 *allow, cwd=tmp_path)  # fmt: skip
+        wait_for(mark, process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    resumed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *common, f"hydra.run.dir={run}", "resume=true",
+         "resume_allow_changes=[callbacks.announce]"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    without_cpu_time = lambda history: [{k: v for k, v in h.items() if k != "cpu_s"} for h in history]  # noqa: E731
+    assert without_cpu_time(results["val_history"]) == without_cpu_time(uninterrupted["val_history"])
+    assert results["test"]["episode_acc"] == uninterrupted["test"]["episode_acc"]
+    # every training and validation row, with its step, as the uninterrupted run logged it (Lightning
+    # replayed the restored epoch's end and trained the rest on other episodes, one step off)
+    reference_rows = (tmp_path / "reference" / "csv" / "metrics.csv").read_text()
+    assert (run / "csv" / "metrics.csv").read_text() == reference_rows
+
+
 def test_7_resume_command_keeps_the_overrides_and_replaces_folder_and_resume():
     command = resume_command("train.py", ["model=maml", "resume=false", "hydra.run.dir=x", "data.n_shot=5"], "/r un")
     assert command == "python train.py model=maml data.n_shot=5 'hydra.run.dir=/r un' resume=true"

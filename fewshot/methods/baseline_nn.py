@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import OptimizerFactory, SchedulerFactory, embed_episode
+from fewshot.methods.choices import check_choice
 from fewshot.methods.pretrained import PretrainedClassifier
 
 METRICS = ("cosine", "euclidean")
@@ -67,8 +68,7 @@ class BaselineNearestNeighbour(PretrainedClassifier):
         scheduler: SchedulerFactory | None = None,
         metric: str = "cosine",
     ) -> None:
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+        check_choice("metric", metric, METRICS)
         super().__init__(backbone, optimizer, n_train_classes, scheduler)
         self.metric = metric
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.choices import check_choice
 from fewshot.methods.inner_loop import (
     batch_statistics,
     elementary_batch_norm,
@@ -130,11 +131,9 @@ class MAML(EpisodicMethod):
         task_batching: str = "loop",
     ) -> None:
         super().__init__(optimizer, scheduler)
-        if task_batching not in TASK_BATCHING:
-            raise ValueError(f"model.task_batching must be one of {TASK_BATCHING}, got {task_batching!r}.")
+        check_choice("model.task_batching", task_batching, TASK_BATCHING)
         eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
-        if bn_mode not in BN_MODES:
-            raise ValueError(f"model.bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+        check_choice("model.bn_mode", bn_mode, BN_MODES)
         self.learner = learner
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps

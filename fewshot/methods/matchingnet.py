@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory, embed_episode
+from fewshot.methods.choices import check_choice
 
 SUPPORT_ORDERS = ("canonical", "episode")
 # joint: support and queries in one backbone batch; separate: two calls, each with its own
@@ -242,14 +243,10 @@ class MatchingNetwork(EpisodicMethod):
         fce_clip_support_lstm: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler)
-        for key, value, allowed in (
-            ("support_order", support_order, SUPPORT_ORDERS),
-            ("bn_mode", bn_mode, BN_MODES),
-            ("eval_bn_stats", eval_bn_stats, EVAL_BN_STATS),
-            ("readout", readout, READOUTS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {value!r}.")
+        check_choice("support_order", support_order, SUPPORT_ORDERS)
+        check_choice("bn_mode", bn_mode, BN_MODES)
+        check_choice("eval_bn_stats", eval_bn_stats, EVAL_BN_STATS)
+        check_choice("readout", readout, READOUTS)
         if not cosine_scale > 0:
             raise ValueError(f"cosine_scale must be positive, got {cosine_scale}.")
         if fce_clip_norm is not None and not fce_clip_norm > 0:

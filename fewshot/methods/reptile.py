@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from fewshot.data.episode import Episode
 from fewshot.evaluation.stats import episode_accuracy
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.choices import check_choice
 from fewshot.methods.inner_loop import (
     CarriedOptimizerState,
     Params,
@@ -125,14 +126,9 @@ class Reptile(EpisodicMethod):
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.automatic_optimization = False
-        if inner_optimizer not in INNER_OPTIMIZERS:
-            raise ValueError(f"model.inner_optimizer must be one of {INNER_OPTIMIZERS}, got {inner_optimizer!r}.")
-        if bn_mode not in BN_MODES:
-            raise ValueError(f"model.bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
-        if inner_optimizer_state not in INNER_OPTIMIZER_STATES:
-            raise ValueError(
-                f"model.inner_optimizer_state must be one of {INNER_OPTIMIZER_STATES}, got {inner_optimizer_state!r}."
-            )
+        check_choice("model.inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
+        check_choice("model.bn_mode", bn_mode, BN_MODES)
+        check_choice("model.inner_optimizer_state", inner_optimizer_state, INNER_OPTIMIZER_STATES)
         eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
         for key, size in (("inner_batch_size", inner_batch_size), ("eval_inner_batch_size", eval_inner_batch_size)):
             if size is not None and size < 1:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory, embed_episode
+from fewshot.methods.choices import check_choice
 
 SHOT_REDUCTIONS = ("max", "mean")
 
@@ -95,8 +96,7 @@ class SiameseNetwork(EpisodicMethod):
         shot_reduce: str = "max",
     ) -> None:
         super().__init__(optimizer, scheduler)
-        if shot_reduce not in SHOT_REDUCTIONS:
-            raise ValueError(f"shot_reduce must be one of {SHOT_REDUCTIONS}, got {shot_reduce!r}.")
+        check_choice("shot_reduce", shot_reduce, SHOT_REDUCTIONS)
         dim = getattr(backbone, "out_features", None)
         if not isinstance(dim, int):
             raise ValueError(

@@ -56,6 +56,25 @@ def start_train_py(*args: str, cwd: Path) -> subprocess.Popen:
     )
 
 
+def run_train_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python train.py args`` to its end, stdout and stderr captured; asserts it succeeded."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def stop_with(process: subprocess.Popen, signum: int = signal.SIGTERM, timeout: float = 120) -> str:
+    """Send ``signum`` to a started train.py, wait for it to exit with 128 + signum; its stderr."""
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    return stderr
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
     """Wait until ``path`` exists (the run reached the announced point)."""
     deadline = time.monotonic() + timeout
@@ -233,9 +252,7 @@ def test_7_signal_during_training_leaves_last_ckpt_exits_nonzero_and_the_printed
     process = start_train_py(*overrides, f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for(mark, process)  # two steps into the second epoch: epoch 0's last.ckpt exists
     epoch0 = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    process.send_signal(stop)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + stop, stderr[-3000:]
+    stderr = stop_with(process, stop)
     assert f"Run interrupted by {stop.name}; the last checkpoint is {run / 'checkpoints' / 'last.ckpt'}" in stderr
     assert not (run / "results.json").exists()
     kept = read_checkpoint(run / "checkpoints" / "last.ckpt")
@@ -244,11 +261,7 @@ def test_7_signal_during_training_leaves_last_ckpt_exits_nonzero_and_the_printed
     assert "resume=true" in command and f"hydra.run.dir={run}" in command
     args = shlex.split(command)[2:]  # drop "python train.py"
     mark.unlink()
-    resumed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path, capture_output=True, text=True,
-        timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_train_py(*args, cwd=tmp_path)
     assert "could not find the monitored key" not in resumed.stderr  # no checkpoint saved before validating
     results = json.loads((run / "results.json").read_text())
     assert results["train"]["steps"] == 12 and [h["epoch"] for h in results["val_history"]] == [0, 1]
@@ -260,9 +273,7 @@ def test_7_sigterm_during_a_long_validation_is_acted_on_within_an_episode(tmp_pa
     overrides = [*TINY, "data.train_episodes=2", "data.val_episodes=100000", *announce(mark, "validation", 3, 0.05)]
     process = start_train_py(*overrides, f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for(mark, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    stderr = stop_with(process, timeout=60)
     assert "resume=true" in stderr
     # no validation finished: the current training state was saved so that there is one to resume
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2
@@ -274,15 +285,9 @@ def test_7_a_run_stopped_in_its_first_validation_runs_it_in_full_on_resume(tmp_p
     run, mark = tmp_path / "run", tmp_path / "reached"
     process = start_train_py(*common, *announce(mark, "validation", 3, 0.5), f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for(mark, process)  # half of epoch 0's validation done: no last.ckpt yet
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    resumed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *common, f"hydra.run.dir={run}", "resume=true",
-         "resume_allow_changes=[callbacks.announce]"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    stop_with(process)
+    run_train_py(*common, f"hydra.run.dir={run}", "resume=true", "resume_allow_changes=[callbacks.announce]",
+                 cwd=tmp_path)  # fmt: skip
     results = json.loads((run / "results.json").read_text())
     # the interrupted validation ran again in full: the history, the best epoch and the test are the
     # uninterrupted run's (Lightning alone restored it as finished and skipped it)
@@ -303,15 +308,9 @@ def test_7_a_run_cut_twice_and_resumed_trains_and_logs_exactly_as_an_uninterrupt
         process = start_train_py(*common, *announce(mark, "train", batches, 1.0), f"hydra.run.dir={run}", *resume,
                                  *allow, cwd=tmp_path)  # fmt: skip
         wait_for(mark, process)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    resumed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *common, f"hydra.run.dir={run}", "resume=true",
-         "resume_allow_changes=[callbacks.announce]"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+        stop_with(process)
+    run_train_py(*common, f"hydra.run.dir={run}", "resume=true", "resume_allow_changes=[callbacks.announce]",
+                 cwd=tmp_path)  # fmt: skip
     results = json.loads((run / "results.json").read_text())
     without_cpu_time = lambda history: [{k: v for k, v in h.items() if k != "cpu_s"} for h in history]  # noqa: E731
     assert without_cpu_time(results["val_history"]) == without_cpu_time(uninterrupted["val_history"])
@@ -333,9 +332,7 @@ def test_7_an_interrupted_test_only_run_prints_a_command_that_runs_it_again(tmp_
     overrides = [*TINY, "train=false", f"ckpt_path={trained['checkpoint']}", *announce(mark, "test", 2, 0.5)]
     process = start_train_py(*overrides, f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for(mark, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    stderr = stop_with(process, timeout=120)
     command = re.search(r"A test-only run has no training to resume; run it again:\n\s+(.*)", stderr).group(1)
     assert "resume=" not in command and "hydra.run.dir" not in command and "train=false" in command
     assert rerun_command("train.py", ["train=false", f"hydra.run.dir={run}", "resume=false"]) == (
@@ -562,17 +559,11 @@ def test_7_a_cut_sweep_continues_with_the_printed_command_and_starts_the_jobs_th
     process = start_train_py("-m", *common, *announce(mark, "train", 8, 1.0), "seed=0,1", f"hydra.sweep.dir={sweep}",
                              cwd=tmp_path)  # fmt: skip
     wait_for(mark, process)  # job 0 is in its second epoch; job 1 has not started
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    stderr = stop_with(process)
     assert not (sweep / "1").exists()
     command = re.search(r"Continue the sweep with:\n\s+(.*)", stderr).group(1)
     assert f"hydra.sweep.dir={sweep}" in command and "seed=0,1" in command and command.endswith("resume=true")
-    resumed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *shlex.split(command)[2:]], cwd=tmp_path,
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_train_py(*shlex.split(command)[2:], cwd=tmp_path)
     for job in ("0", "1"):
         results = json.loads((sweep / job / "results.json").read_text())
         assert results["seed"] == int(job) and results["train"]["steps"] == 12

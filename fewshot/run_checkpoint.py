@@ -52,7 +52,8 @@ def validation_batches(trainer: Any) -> float:
 
 
 class RunFolderCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint that keeps its best-so-far state when the run folder moved."""
+    """Lightning's ModelCheckpoint that saves right after validation and keeps its best-so-far state
+    when the run folder moved."""
 
     @property
     def state_key(self) -> str:
@@ -63,8 +64,9 @@ class RunFolderCheckpoint(ModelCheckpoint):
         """Save after validation whenever the run validates (``save_on_train_epoch_end`` unset).
 
         Lightning's own rule saves at the end of the training epoch when validation runs every
-        epoch; a run resumed from a validation's checkpoint replays that epoch's end without the
-        validation, so it warned that ``val/acc`` was missing and wrote ``last.ckpt`` again.
+        epoch; a run resumed from such a checkpoint replays that epoch's end without the
+        validation: it warned that ``val/acc`` was missing, wrote ``last.ckpt`` again and, with no
+        epoch cap, went on inexactly (other training from the next epoch, CSV steps one ahead).
         """
         if self._save_on_train_epoch_end is None and validation_batches(trainer) > 0:
             return False

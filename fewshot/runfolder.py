@@ -65,14 +65,6 @@ def check_fresh_training_folder(output_dir: str | Path, markers: Sequence[str] =
         )
 
 
-def free_subdir(folder: Path, stem: str) -> str:
-    """``<stem>-1``, ``<stem>-2``, ...: the first that does not exist in ``folder``."""
-    n = 1
-    while (folder / f"{stem}-{n}").exists():
-        n += 1
-    return f"{stem}-{n}"
-
-
 def holds_trained_state(folder: Path) -> bool:
     """Whether ``folder`` holds a run's results or any checkpoint of it."""
     return (folder / "results.json").exists() or any((folder / "checkpoints").glob("*.ckpt"))
@@ -91,8 +83,8 @@ def in_sweep_job() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def free_subdir_in_all(folders: Sequence[Path], stem: str) -> str:
-    """``<stem>-<n>`` with the least n free in every one of ``folders``."""
+def free_subdir(folders: Sequence[Path], stem: str) -> str:
+    """``<stem>-1``, ``<stem>-2``, ...: the first that exists in none of ``folders``."""
     n = 1
     while any((folder / f"{stem}-{n}").exists() for folder in folders):
         n += 1
@@ -142,7 +134,7 @@ class ProtectExistingRuns(Callback):
             raise SystemExit(f"Error: {err}") from err
         if trains and continues and config.hydra.output_subdir == HYDRA_SUBDIR and (run_dir / HYDRA_SUBDIR).exists():
             with read_write(config.hydra), open_dict(config.hydra):
-                config.hydra.output_subdir = free_subdir(run_dir, f"{HYDRA_SUBDIR}-resume")
+                config.hydra.output_subdir = free_subdir([run_dir], f"{HYDRA_SUBDIR}-resume")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before Hydra writes the sweep's files: refuse a test-only sweep, or a sweep trained from
@@ -163,7 +155,7 @@ class ProtectExistingRuns(Callback):
             return
         keep_former_file(sweep_dir / "multirun.yaml")
         if config.hydra.output_subdir == HYDRA_SUBDIR:
-            subdir = free_subdir_in_all(runs, f"{HYDRA_SUBDIR}-resume")
+            subdir = free_subdir(runs, f"{HYDRA_SUBDIR}-resume")
             # each job's config is composed again from these overrides (ConfigLoader.load_sweep_config)
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.overrides.hydra.append(f"hydra.output_subdir='{subdir}'")

@@ -2,17 +2,16 @@
 
 SIGTERM is what SLURM preemption, ``timeout`` and ``docker stop`` send; SIGINT is Ctrl+C. While a
 run is inside :func:`stop_on_signals`, either signal only sets a flag; :class:`StopOnSignal`
-raises :class:`RunInterrupted` at the end of the current episode (training, validation or test
-batch), so a long validation or fine-tuning grid stops within one episode. A second Ctrl+C stops
-at once (KeyboardInterrupt).
+raises :class:`RunInterrupted` before the next training episode (meta-batch) starts, or at the end
+of the current validation or test episode, so a long validation or fine-tuning grid stops within
+one episode. A second Ctrl+C stops at once (KeyboardInterrupt).
 
-What is kept: ``last.ckpt`` holds the state after the last finished validation (an exact resume
-point). If the run is stopped before its first validation, the current training state is saved
-as ``last.ckpt`` instead, so there is always one to resume from (Lightning then restarts the
-interrupted epoch's episode stream, so that resume is not bit-exact). Stopped during its first
-validation, the run saves the trained state with that validation marked as not yet run, so the
-resume runs it in full (Lightning would otherwise restore it as finished and skip it: the
-validation would be missing from the history and the choice of the best checkpoint).
+What is kept: a run stopped during training saves its state at the cut as ``last.ckpt``
+(weights, optimiser, loop counters and the training loader's position in its epoch, so the resume
+continues with the next episode exactly as the run would have). Stopped during a validation, the
+run saves its trained state with that validation marked as not run, so the resume runs it in full
+(Lightning would otherwise restore it as finished and skip it: the validation would be missing from
+the history and the choice of the best checkpoint).
 
 On SLURM, requeueing is Lightning's own: its SLURMEnvironment (auto_requeue, on by default)
 saves ``hpc_ckpt_<n>.ckpt`` on the requeue signal (``#SBATCH --signal=SIGUSR1@90``), requeues
@@ -92,16 +91,21 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
 
 class StopOnSignal(pl.Callback):
-    """Raise RunInterrupted after the episode in progress once a stop signal has arrived, and
-    make sure an interrupted fit leaves ``last_checkpoint`` behind."""
+    """Raise RunInterrupted between episodes once a stop signal has arrived, and save the fit's
+    state at that point as ``last_checkpoint``."""
 
     def __init__(self, flag: StopFlag, last_checkpoint: Path) -> None:
         self.flag = flag
         self.last_checkpoint = Path(last_checkpoint)
         flag.last_checkpoint = self.last_checkpoint
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        """Stop between training episodes."""
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Stop before the next training episode (after the last one is logged: a stop at its end
+        would lose its logged values, which Lightning hands to the loggers after that hook)."""
+        self.flag.raise_if_set()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Stop before a validation begins."""
         self.flag.raise_if_set()
 
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
@@ -113,9 +117,9 @@ class StopOnSignal(pl.Callback):
         self.flag.raise_if_set()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """On a signal during fit, keep the last validated state, or save the current one if none."""
+        """On a signal during fit, save the state at the cut (an interrupted validation as not run)."""
         stopped = self.flag.signum is not None or getattr(trainer, "received_sigterm", False)
-        if stopped and trainer.state.fn == "fit" and not self.last_checkpoint.is_file() and trainer.global_step > 0:
+        if stopped and trainer.state.fn == "fit" and trainer.global_step > 0:
             if trainer.validating and not trainer.sanity_checking:
                 mark_validation_not_run(trainer)
             trainer.save_checkpoint(self.last_checkpoint)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from fewshot.data.classes import ClassImages
-from fewshot.data.sampler import EpisodeIndexSampler
+from fewshot.data.resumable import EpochSampler, rank_and_world
 
 
 @dataclass
@@ -49,24 +48,21 @@ def collate_labelled(items: list[tuple[Tensor, Tensor]]) -> LabelledImages:
     return LabelledImages(torch.stack([i for i, _ in items]), torch.stack([label for _, label in items]))
 
 
-class ShuffledIndexSampler(Sampler[int]):
+class ShuffledIndexSampler(EpochSampler):
     """A fresh permutation of ``0..n-1`` every epoch, a pure function of ``(seed, epoch)``,
     split across distributed ranks like the episode sampler."""
 
     def __init__(self, n: int, seed: int) -> None:
+        super().__init__()
         self.n = int(n)
         self.seed = int(seed)
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
+    def epoch_indices(self) -> list[int]:
+        """This rank's share of the epoch's permutation."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        rank, world = EpisodeIndexSampler._rank_and_world()
-        return iter(order[rank::world].tolist())
+        rank, world = rank_and_world()
+        return order[rank::world].tolist()
 
     def __len__(self) -> int:
-        rank, world = EpisodeIndexSampler._rank_and_world()
+        rank, world = rank_and_world()
         return len(range(rank, self.n, world))

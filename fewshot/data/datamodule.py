@@ -14,6 +14,7 @@ from fewshot.data.classes import SPLITS, ClassImages, check_splits
 from fewshot.data.classification import FlatImages, LabelledImages, ShuffledIndexSampler, collate_labelled
 from fewshot.data.episode import Episode, collate_episodes
 from fewshot.data.errors import DataError
+from fewshot.data.resumable import ResumableLoader
 from fewshot.data.sampler import EpisodeDataset, EpisodeIndexSampler, EpisodeSampler, EpisodeSpec
 from fewshot.data.source import DatasetSource
 
@@ -175,14 +176,24 @@ class EpisodicDataModule(pl.LightningDataModule):
         if not self.samplers:
             self.setup()
         training = split == "train"
-        return DataLoader(
-            EpisodeDataset(self.samplers[split], self.n_episodes[split]),
+        settings = dict(
+            dataset=EpisodeDataset(self.samplers[split], self.n_episodes[split]),
             batch_size=self.meta_batch_size if training else self.eval_batch_size,
             sampler=EpisodeIndexSampler(self.n_episodes[split], advance_per_epoch=training),
             collate_fn=collate_episodes,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+        if training:
+            return ResumableLoader(**settings, trained_batches=self.trained_batches)
+        return DataLoader(**settings)
+
+    def trained_batches(self) -> int | None:
+        """Batches of the epoch in progress that the fit's training loop has finished (None outside a fit)."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         """Meta-batches of training episodes, new ones every epoch (or, with
@@ -197,8 +208,9 @@ class EpisodicDataModule(pl.LightningDataModule):
             self.setup()
         assert self.splits is not None
         dataset = FlatImages(self.splits["train"])
-        return DataLoader(
+        return ResumableLoader(
             dataset,
+            trained_batches=self.trained_batches,
             batch_size=self.image_batch_size,
             sampler=ShuffledIndexSampler(len(dataset), self.seed),
             collate_fn=collate_labelled,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from fewshot.data.classes import SPLITS, ClassImages
 from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
+from fewshot.data.resumable import EpochSampler, rank_and_world
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ class EpisodeDataset(Dataset):
         return self.sampler[index]
 
 
-class EpisodeIndexSampler(Sampler[int]):
+class EpisodeIndexSampler(EpochSampler):
     """Yields the episode indices of one epoch, split across distributed ranks.
 
     With ``advance_per_epoch`` (training), epoch ``e`` serves episodes
@@ -146,32 +145,17 @@ class EpisodeIndexSampler(Sampler[int]):
     def __init__(self, n_episodes: int, advance_per_epoch: bool) -> None:
         if n_episodes < 1:
             raise DataError(f"The number of episodes must be positive, got {n_episodes}.")
+        super().__init__()
         self.n_episodes = int(n_episodes)
         self.advance_per_epoch = advance_per_epoch
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = int(epoch)
-
-    @staticmethod
-    def _rank_and_world() -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
-    def _indices(self) -> range:
+    def epoch_indices(self) -> range:
+        """The episode indices this rank serves in ``self.epoch``."""
         start = self.epoch * self.n_episodes if self.advance_per_epoch else 0
-        rank, world = self._rank_and_world()
+        rank, world = rank_and_world()
         n_episodes = self.n_episodes
         if self.advance_per_epoch and world > 1:
             # DDP training needs the same number of steps on every rank (each step all-reduces the
             # gradients), so the last n_episodes % world episodes of a training epoch are left out
             n_episodes -= n_episodes % world
         return range(start + rank, start + n_episodes, world)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices())
-
-    def __len__(self) -> int:
-        return len(self._indices())

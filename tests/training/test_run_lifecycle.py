@@ -256,7 +256,9 @@ def test_7_signal_during_training_leaves_last_ckpt_exits_nonzero_and_the_printed
     assert f"Run interrupted by {stop.name}; the last checkpoint is {run / 'checkpoints' / 'last.ckpt'}" in stderr
     assert not (run / "results.json").exists()
     kept = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert kept["global_step"] == epoch0["global_step"] == 6  # the exact end-of-epoch state
+    assert epoch0["global_step"] == 6
+    assert kept["global_step"] == 8  # the state at the cut, with the loader's place in epoch 1
+    assert kept["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "position": 2}]
     command = re.search(r"Resume it with:\n\s+(.*)", stderr).group(1)
     assert "resume=true" in command and f"hydra.run.dir={run}" in command
     args = shlex.split(command)[2:]  # drop "python train.py"
@@ -319,6 +321,42 @@ def test_7_a_run_cut_twice_and_resumed_trains_and_logs_exactly_as_an_uninterrupt
     # replayed the restored epoch's end and trained the rest on other episodes, one step off)
     reference_rows = (tmp_path / "reference" / "csv" / "metrics.csv").read_text()
     assert (run / "csv" / "metrics.csv").read_text() == reference_rows
+
+
+MID_EPOCH_CUTS = {
+    # no validation yet: the current state (epoch 0, after 3 of its 6 episodes) is what resumes
+    "before the first validation": ([], "train", 3),
+    # validation every 3 episodes: cut inside epoch 0 after its first validation
+    "after a validation inside an epoch": (["+trainer.val_check_interval=3"], "train", 5),
+    # the same with a worker process reading episodes ahead of the training loop
+    "with a loader worker": (["+trainer.val_check_interval=3", "data.num_workers=1"], "train", 5),
+    # a pre-trained baseline: shuffled image batches instead of episodes
+    "of shuffled image batches": (["model=baseline_nn", "data.image_batch_size=16"], "train", 3),
+    # in epoch 1's validation (the first has 4 episodes): it runs again in full on resume
+    "during a later validation": ([], "validation", 6),
+}
+
+
+@pytest.mark.parametrize("case", MID_EPOCH_CUTS)
+def test_7_a_run_cut_inside_an_epoch_resumes_at_its_next_batch(case, tmp_path):
+    extra, stage, batches = MID_EPOCH_CUTS[case]
+    common = [*[o for o in TINY if o != "logger=none"], "logger=csv", "trainer.max_epochs=2", "data.train_episodes=6",
+              *extra]  # fmt: skip
+    uninterrupted = train(compose_config(common, tmp_path / "reference"))
+    run, mark = tmp_path / "run", tmp_path / "reached"
+    process = start_train_py(*common, *announce(mark, stage, batches, 1.0), f"hydra.run.dir={run}", cwd=tmp_path)
+    wait_for(mark, process)
+    stop_with(process)
+    resumed = run_train_py(*common, f"hydra.run.dir={run}", "resume=true", "resume_allow_changes=[callbacks.announce]",
+                           cwd=tmp_path)  # fmt: skip
+    assert "dataloader is not resumable" not in resumed.stderr
+    results = json.loads((run / "results.json").read_text())
+    without_cpu_time = lambda history: [{k: v for k, v in h.items() if k != "cpu_s"} for h in history]  # noqa: E731
+    assert without_cpu_time(results["val_history"]) == without_cpu_time(uninterrupted["val_history"])
+    assert results["test"]["episode_acc"] == uninterrupted["test"]["episode_acc"]
+    # the rest of the cut epoch trained on its remaining batches (Lightning alone served the epoch's
+    # first batches again), every row at the uninterrupted run's step
+    assert (run / "csv" / "metrics.csv").read_text() == (tmp_path / "reference" / "csv" / "metrics.csv").read_text()
 
 
 def test_7_resume_command_keeps_the_overrides_and_replaces_folder_and_resume():

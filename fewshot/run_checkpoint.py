@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,13 @@ class RunFolderCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         """Lightning's key for a ModelCheckpoint, so checkpoints written with either class load into both."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Lightning's setup, without its warning that the checkpoint folder is not empty: a run folder
+        that holds checkpoints is only ever trained in again by a resume (a fresh run there is refused)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def _should_save_on_train_epoch_end(self, trainer: Any) -> bool:
         """Save after validation whenever the run validates (``save_on_train_epoch_end`` unset).

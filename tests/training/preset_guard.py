@@ -202,16 +202,22 @@ def same(a: Any, b: Any) -> bool:
 
 @dataclass(frozen=True)
 class Rule:
-    """Sources ``source`` (with an optional ``note``) for the keys ``keys`` of the presets ``presets`` (globs)."""
+    """Source ``source`` for the keys ``keys`` of the presets ``presets`` (globs); ``notes`` gives
+    what the source says for a key glob (a flag, a line), ``note`` for every key of the rule."""
 
     presets: tuple[str, ...]
     keys: tuple[str, ...]
     source: str
     note: str | None = None
+    notes: tuple[tuple[str, str], ...] = ()
 
     def matches(self, preset: str, key: str) -> bool:
         """Whether this rule covers ``key`` of ``preset``."""
         return any(fnmatchcase(preset, p) for p in self.presets) and any(fnmatchcase(key, k) for k in self.keys)
+
+    def note_for(self, key: str) -> str | None:
+        """The note on ``key``: its own (from ``notes``), else the rule's."""
+        return next((note for glob, note in self.notes if fnmatchcase(key, glob)), self.note)
 
 
 def as_tuple(value: str | list[str]) -> tuple[str, ...]:
@@ -219,12 +225,21 @@ def as_tuple(value: str | list[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def rule_from(entry: Mapping[str, Any]) -> Rule:
+    """A rule of ``preset_sources.yaml``: ``keys`` a glob, a list of globs, or ``{glob: note or null}``."""
+    keys = entry["keys"]
+    if isinstance(keys, Mapping):
+        globs, notes = tuple(keys), tuple((k, n) for k, n in keys.items() if n)
+    else:
+        globs, notes = as_tuple(keys), ()
+    return Rule(as_tuple(entry["presets"]), globs, entry["source"], entry.get("note"), notes)
+
+
 @functools.cache
 def source_map() -> tuple[dict[str, str], tuple[Rule, ...]]:
     """The named sources and the rules of ``preset_sources.yaml``, in file order."""
     data = guard_data()
-    rules = tuple(Rule(as_tuple(r["presets"]), as_tuple(r["keys"]), r["source"], r.get("note")) for r in data["rules"])
-    return dict(data["sources"]), rules
+    return dict(data["sources"]), tuple(rule_from(entry) for entry in data["rules"])
 
 
 def source_rule(preset: str, key: str) -> Rule | None:
@@ -246,10 +261,10 @@ def drift_message(preset: str, found: list[Change]) -> str:
 
 
 def source_of(preset: str, key: str) -> str | None:
-    """The source text of ``key`` of ``preset`` (the named source and the rule's note), or None."""
+    """The source text of ``key`` of ``preset`` (the named source, then the note), or None."""
     rule = source_rule(preset, key)
     if rule is None:
         return None
     names, _ = source_map()
-    text = names.get(rule.source, rule.source)
-    return f"{text} ({rule.note})" if rule.note else text
+    text, note = names.get(rule.source, rule.source), rule.note_for(key)
+    return f"{text}: {note}" if note else text

@@ -33,6 +33,7 @@ from tests.training.preset_guard import (
     is_under,
     preset_names,
     read_snapshot,
+    rule_from,
     same,
     show,
     snapshot_path,
@@ -109,14 +110,31 @@ def test_every_unguarded_prefix_hides_some_key():
 
 
 def test_a_source_reads_as_its_rule_says():
+    """The named source, then the key's note (or the rule's); the last matching rule wins."""
+    finn = "Finn et al. 2017, appendix A.1 (cbfinn/maml main.py)"
+    assert source_of("miniimagenet/maml_5w1s", "model.inner_lr") == f"{finn}: update_lr"
     assert (
-        source_of("miniimagenet/maml_5w1s", "model.inner_lr") == "Finn et al. 2017, appendix A.1 (cbfinn/maml main.py)"
+        source_of("omniglot/fomaml_20w5s", "model.first_order") == f"{finn}: stop_grad (first order as in section 5.2)"
     )
+    assert source_of("omniglot/maml_5w1s", "seed") == "ours (docs/reproduce.md, Deviations): a fixed run seed"
     assert source_of("miniimagenet/meta_lstm_5w5s", "model.n_steps") == (
-        "twitter/meta-learning-lstm config/lstm/train-imagenet-5shot.lua (nEpochs[5], BN_momentum)"
+        "twitter/meta-learning-lstm config/lstm/train-imagenet-5shot.lua: nEpochs[5]"
     )
+    assert source_of("miniimagenet/meta_lstm_5w1s", "test_checkpoint").startswith("twitter/meta-learning-lstm config")
     assert source_of("omniglot/meta_lstm_5w1s", "test_checkpoint") == "ours (docs/reproduce.md, Deviations)"
     assert source_of("omniglot/maml_5w1s", "no.such.key") is None
+
+
+def test_a_rule_reads_keys_as_a_glob_a_list_or_notes():
+    one = rule_from({"presets": "*/maml_*", "keys": "model.inner_*", "source": "FINN", "note": "all"})
+    listed = rule_from({"presets": ["a/*", "b/*"], "keys": ["x.y", "x.z"], "source": "OURS"})
+    noted = rule_from({"presets": "*", "keys": {"x.y": "why y", "x.z": None}, "source": "OURS", "note": "rule"})
+    assert one.matches("omniglot/maml_5w1s", "model.inner_lr") and not one.matches(
+        "omniglot/fomaml_5w1s", "model.inner_lr"
+    )
+    assert one.note_for("model.inner_lr") == "all"
+    assert listed.keys == ("x.y", "x.z") and listed.matches("b/q", "x.z") and not listed.matches("c/q", "x.z")
+    assert (noted.note_for("x.y"), noted.note_for("x.z")) == ("why y", "rule")
 
 
 # --- the guard catches single-value edits -------------------------------------------------------

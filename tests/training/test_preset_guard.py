@@ -213,7 +213,7 @@ def override_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
-        return f"'{value}'"
+        return "'" + value.replace("'", "\\'") + "'"
     return repr(value)
 
 

@@ -28,6 +28,7 @@ from tests.training.preset_guard import (
     composed,
     current_values,
     drift_message,
+    flatten,
     guarded,
     guarded_values,
     is_under,
@@ -143,6 +144,18 @@ def test_a_rule_reads_keys_as_a_glob_a_list_or_notes():
     assert one.note_for("model.inner_lr") == "all"
     assert listed.keys == ("x.y", "x.z") and listed.matches("b/q", "x.z") and not listed.matches("c/q", "x.z")
     assert (noted.note_for("x.y"), noted.note_for("x.z")) == ("why y", "rule")
+
+
+def test_flatten_and_compare_keep_every_leaf_and_type():
+    assert flatten({"a": {"b": 1, "c": {}, "d": [1, {"e": 2}]}, "f": None}) == {
+        "a.b": 1,
+        "a.c": {},
+        "a.d": [1, {"e": 2}],
+        "f": None,
+    }
+    assert same([1, {"e": 2.0}], [1, {"e": 2.0}]) and not same([1, {"e": 2.0}], [1, {"e": 2}])
+    assert not same(1, True) and not same(0, None) and not same(1, 1.0) and not same("1", 1)
+    assert is_under("logger.csv.name", "logger") and not is_under("loggers.x", "logger")
 
 
 # --- the guard catches single-value edits -------------------------------------------------------

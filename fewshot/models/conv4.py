@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.methods.choices import check_choice
@@ -14,13 +15,43 @@ from fewshot.models.init import initialise
 POOL_PADDINGS = ("valid", "same")
 
 
+class ShiftOnlyBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with a learned shift (beta) and no scale (gamma): ``x_hat + beta``, as
+    ``tf.contrib.layers.batch_norm`` with its default ``scale=False`` (cbfinn/maml). It has no
+    ``weight`` parameter; running statistics as ``nn.BatchNorm2d``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.register_parameter("weight", None)
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics and zero the shift."""
+        self.reset_running_stats()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> normalised and shifted, the same shape."""
+        # nn.BatchNorm2d's forward, except that the shift is added after F.batch_norm: given a bias
+        # without a weight, its double backward (second-order MAML) fails in torch 2.14 ("Expected a
+        # proper Tensor but got None").
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        tracked = not self.training or self.track_running_stats
+        mean, var = (self.running_mean, self.running_var) if tracked else (None, None)
+        normalised = F.batch_norm(input, mean, var, None, None, use_batch, factor, self.eps)
+        return normalised + self.bias.view(1, -1, 1, 1)
+
+
 def batch_norm(channels: int, momentum: float, eps: float, scale: bool = True) -> nn.BatchNorm2d:
-    """BatchNorm2d with a learned bias (beta) and, when ``scale``, a learned weight (gamma); without
-    it the layer has no ``weight`` parameter and normalises to ``x_hat + beta``."""
-    norm = nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
-    if not scale:
-        norm.register_parameter("weight", None)
-    return norm
+    """BatchNorm2d with a learned weight (gamma) and bias (beta), or only the bias when not ``scale``."""
+    if scale:
+        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    return ShiftOnlyBatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
 def pooled_side(side: int, pool_padding: str = "valid") -> int:
@@ -131,4 +162,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["POOL_PADDINGS", "Conv4", "batch_norm", "conv_block", "count_parameters", "layer_names", "pooled_side"]
+__all__ = [
+    "ShiftOnlyBatchNorm2d",
+    "POOL_PADDINGS",
+    "Conv4",
+    "batch_norm",
+    "conv_block",
+    "count_parameters",
+    "layer_names",
+    "pooled_side",
+]

@@ -246,9 +246,11 @@ def _batch_norm_from_elementary_ops(module: nn.modules.batchnorm._BatchNorm, x: 
     mean = x.mean(dims, keepdim=True)
     var = x.var(dims, unbiased=False, keepdim=True)
     y = (x - mean) * torch.rsqrt(var + module.eps)
-    if module.affine:
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        y = y * module.weight.view(shape) + module.bias.view(shape)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if module.weight is not None:  # a batch norm without a scale (gamma) has none
+        y = y * module.weight.view(shape)
+    if module.bias is not None:
+        y = y + module.bias.view(shape)
     return y
 
 

@@ -2,18 +2,78 @@
 
 from __future__ import annotations
 
+import math
+
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fewshot.methods.choices import check_choice
+from fewshot.models.init import initialise
+
+# "valid": a 2x2 max-pool drops an odd last row/column (floor: 84 -> 42 -> 21 -> 10 -> 5);
+# "same": it keeps it, pooling it alone (ceil, TensorFlow's padding='same': 84 -> 42 -> 21 -> 11 -> 6)
+POOL_PADDINGS = ("valid", "same")
+
+
+class ShiftOnlyBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with a learned shift (beta) and no scale (gamma): ``x_hat + beta``, as
+    ``tf.contrib.layers.batch_norm`` with its default ``scale=False`` (cbfinn/maml). It has no
+    ``weight`` parameter; running statistics as ``nn.BatchNorm2d``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.register_parameter("weight", None)
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics and zero the shift."""
+        self.reset_running_stats()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> normalised and shifted, the same shape."""
+        # nn.BatchNorm2d's forward, except that the shift is added after F.batch_norm: given a bias
+        # without a weight, its double backward (second-order MAML) fails in torch 2.14 ("Expected a
+        # proper Tensor but got None").
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        tracked = not self.training or self.track_running_stats
+        mean, var = (self.running_mean, self.running_var) if tracked else (None, None)
+        normalised = F.batch_norm(input, mean, var, None, None, use_batch, factor, self.eps)
+        return normalised + self.bias.view(1, -1, 1, 1)
+
+
+def batch_norm(channels: int, momentum: float, eps: float, scale: bool = True) -> nn.BatchNorm2d:
+    """BatchNorm2d with a learned weight (gamma) and bias (beta), or only the bias when not ``scale``."""
+    if scale:
+        return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    return ShiftOnlyBatchNorm2d(channels, eps=eps, momentum=momentum)
+
+
+def pooled_side(side: int, pool_padding: str = "valid") -> int:
+    """Height (= width) after one 2x2, stride-2 max-pool with ``pool_padding``."""
+    return math.ceil(side / 2) if pool_padding == "same" else side // 2
 
 
 def conv_block(
-    in_channels: int, out_channels: int, bn_momentum: float, bn_eps: float, dropout: float = 0.0
+    in_channels: int,
+    out_channels: int,
+    bn_momentum: float,
+    bn_eps: float,
+    dropout: float = 0.0,
+    bn_scale: bool = True,
+    pool_padding: str = "valid",
 ) -> nn.Sequential:
     """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool (-> Dropout when ``dropout > 0``)."""
     layers = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        batch_norm(out_channels, bn_momentum, bn_eps, scale=bn_scale),
         nn.ReLU(inplace=False),
-        nn.MaxPool2d(2),
+        nn.MaxPool2d(2, ceil_mode=pool_padding == "same"),
     ]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
@@ -29,6 +89,11 @@ class Conv4(nn.Module):
     ``bn_momentum`` follows PyTorch's convention (weight of the new batch statistic).
     ``dropout > 0`` ends every block with Dropout of that rate (after the max-pool, as the
     Matching Network embedding of Ravi & Larochelle's code); 0 adds no module.
+    ``bn_scale=False`` leaves out the batch-norm weight (gamma), as ``tf.contrib.layers.batch_norm``
+    (cbfinn/maml). ``pool_padding`` is ``"valid"`` (PyTorch's floor) or ``"same"`` (ceil, as
+    TensorFlow's ``padding='same'`` in openai/supervised-reptile: 84x84 -> 6x6, 28x28 -> 2x2).
+    ``init`` and ``head_init`` choose the initialisation scheme (:mod:`fewshot.models.init`), drawn
+    here, at construction, from torch's global generator.
 
     Input ``[B, C, H, W]``; output ``[B, out_features]`` (embedding) or ``[B, n_classes]``.
     """
@@ -42,24 +107,31 @@ class Conv4(nn.Module):
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
         dropout: float = 0.0,
+        bn_scale: bool = True,
+        pool_padding: str = "valid",
+        init: str = "torch",
+        head_init: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Conv4 dropout must be in [0, 1), got {dropout}.")
+        check_choice("Conv4 pool_padding", pool_padding, POOL_PADDINGS)
+        block = {"bn_momentum": bn_momentum, "bn_eps": bn_eps, "dropout": dropout, "bn_scale": bn_scale}
         self.features = nn.Sequential(
-            conv_block(in_channels, hidden, bn_momentum, bn_eps, dropout),
-            conv_block(hidden, hidden, bn_momentum, bn_eps, dropout),
-            conv_block(hidden, hidden, bn_momentum, bn_eps, dropout),
-            conv_block(hidden, hidden, bn_momentum, bn_eps, dropout),
+            conv_block(in_channels, hidden, **block, pool_padding=pool_padding),
+            conv_block(hidden, hidden, **block, pool_padding=pool_padding),
+            conv_block(hidden, hidden, **block, pool_padding=pool_padding),
+            conv_block(hidden, hidden, **block, pool_padding=pool_padding),
         )
         side = image_size
         for _ in range(4):
-            side //= 2
+            side = pooled_side(side, pool_padding)
         if side < 1:
             raise ValueError(f"Conv4 needs images of at least 16x16, got {image_size}x{image_size}.")
         self.embedding_dim = hidden * side * side
         self.head = nn.Linear(self.embedding_dim, n_classes) if n_classes else None
         self.out_features = n_classes or self.embedding_dim
+        initialise(self, init, self.head, head_init)
 
     def embed(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` -> flattened features ``[B, embedding_dim]``."""
@@ -90,4 +162,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Conv4", "conv_block", "layer_names", "count_parameters"]
+__all__ = [
+    "ShiftOnlyBatchNorm2d",
+    "POOL_PADDINGS",
+    "Conv4",
+    "batch_norm",
+    "conv_block",
+    "count_parameters",
+    "layer_names",
+    "pooled_side",
+]

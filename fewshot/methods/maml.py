@@ -22,6 +22,9 @@ original flag              this project
 ``metatrain_iterations``   ``trainer.max_steps``, or
                            ``data.train_episodes * trainer.max_epochs / data.meta_batch_size``
 ``stop_grad``              ``model.first_order``
+``xent`` (CE / K, summed)  ``model.inner_loss_scale: official``, ``model.outer_loss_scale: official``
+``batch_norm`` variables   not adapted per task: ``model.inner_adapt_bn: false``
+``clip_by_value(-10, 10)`` ``model.grad_clip_value: 10`` (Mini-ImageNet presets)
 =========================  ================================================================
 """
 

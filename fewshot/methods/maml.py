@@ -148,6 +148,10 @@ class MAML(EpisodicMethod):
         first_order: drop second derivatives (FOMAML).
         learn_inner_lr: Meta-SGD's per-parameter learned step sizes.
         bn_mode: how batch norm normalises; only ``"transductive"`` (see above).
+        task_batching: ``"loop"`` adapts the tasks of a meta-batch one after the other;
+            ``"vmap"`` adapts them all at once with ``torch.func.vmap`` (inner gradients by
+            ``torch.func.grad``): the same function, batched kernels. Pays on a GPU; on a CPU
+            the loop is faster (see ``python -m benchmarks.maml``).
         inner_adapt_bn: whether the inner steps adapt the batch-norm parameters too (False:
             they stay at their meta-learned values within a task, as in the original code).
         inner_loss_scale: ``"official"`` (N times the mean support cross-entropy) or
@@ -161,10 +165,6 @@ class MAML(EpisodicMethod):
     The defaults of these four options are the behaviour from before they existed, so the stored
     config of an older run rebuilds the method it trained; ``conf/model/maml.yaml`` sets the
     original code's values (``inner_adapt_bn: false``, both scales ``official``).
-        task_batching: ``"loop"`` adapts the tasks of a meta-batch one after the other;
-            ``"vmap"`` adapts them all at once with ``torch.func.vmap`` (inner gradients by
-            ``torch.func.grad``): the same function, batched kernels. Pays on a GPU; on a CPU
-            the loop is faster (see ``python -m benchmarks.maml``).
     """
 
     needs_fixed_n_way = True

@@ -14,7 +14,7 @@ with the statistics of the current batch even while the module is in eval mode.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -95,6 +95,7 @@ def sgd_adapt(
     lr: float | Mapping[str, Tensor],
     create_graph: bool = False,
     loss_fn: LossFn = F.cross_entropy,
+    frozen: Collection[str] = (),
 ) -> Params:
     """``steps`` full-batch gradient steps ``theta <- theta - lr * grad L(theta; x, y)``.
 
@@ -111,17 +112,19 @@ def sgd_adapt(
             first-order adaptation: the gradients are constants, the update still depends on
             ``params`` (identity) and on ``lr``.
         loss_fn: ``loss_fn(logits, y) -> scalar``.
+        frozen: names of parameters used in every call but never stepped (returned as given).
 
     Returns:
         The adapted weights, a new dict with the keys of ``params``.
     """
-    adapted = dict(params)
+    fixed = {name: p for name, p in params.items() if name in frozen}
+    adapted = {name: p for name, p in params.items() if name not in frozen}
     with torch.enable_grad():  # evaluation runs under no_grad; adaptation needs gradients
         for _ in range(steps):
-            loss = functional_loss(model, adapted, buffers, x, y, loss_fn)
+            loss = functional_loss(model, {**fixed, **adapted}, buffers, x, y, loss_fn)
             grads = torch.autograd.grad(loss, tuple(adapted.values()), create_graph=create_graph)
             adapted = {name: p - learning_rate(lr, name) * g for (name, p), g in zip(adapted.items(), grads)}
-    return adapted
+    return {name: adapted[name] if name in adapted else fixed[name] for name in params}
 
 
 def minibatches(n: int, batch_size: int | None, steps: int, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -222,6 +225,17 @@ def optimizer_adapt(
     return {name: p.detach() for name, p in adapted.items()}
 
 
+def batch_norm_parameter_names(module: nn.Module) -> set[str]:
+    """Names (as in ``module.named_parameters()``) of the parameters of every batch-norm layer:
+    its scale and shift, or only the shift when the layer has no scale, or none."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for name, _ in m.named_parameters(recurse=False)
+    }
+
+
 @contextmanager
 def batch_statistics(module: nn.Module) -> Iterator[nn.Module]:
     """Within the block, every batch-norm layer of ``module`` normalises with the statistics
@@ -276,6 +290,7 @@ __all__ = [
     "CarriedOptimizerState",
     "elementary_batch_norm",
     "Params",
+    "batch_norm_parameter_names",
     "batch_statistics",
     "functional_logits",
     "functional_loss",

@@ -22,18 +22,23 @@ original flag              this project
 ``metatrain_iterations``   ``trainer.max_steps``, or
                            ``data.train_episodes * trainer.max_epochs / data.meta_batch_size``
 ``stop_grad``              ``model.first_order``
+``xent`` (CE / K, summed)  ``model.inner_loss_scale: official``, ``model.outer_loss_scale: official``
+``batch_norm`` variables   not adapted per task: ``model.inner_adapt_bn: false``
+``clip_by_value(-10, 10)`` ``model.grad_clip_value: 10`` (Mini-ImageNet presets)
 =========================  ================================================================
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
 from fewshot.methods.choices import check_choice
 from fewshot.methods.inner_loop import (
+    batch_norm_parameter_names,
     batch_statistics,
     elementary_batch_norm,
     functional_logits,
@@ -46,6 +51,26 @@ from fewshot.methods.inner_loop import (
 
 BN_MODES = ("transductive",)
 TASK_BATCHING = ("loop", "vmap")
+LOSS_SCALES = ("official", "mean")
+
+
+def official_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The inner loss of ``cbfinn/maml``: each support example's cross-entropy divided by K,
+    summed (``tf.gradients`` of the per-example vector sums it), i.e. N times the mean
+    cross-entropy of an N-way K-shot support set.
+
+    Args:
+        logits: ``[N*K, N]``; ``labels``: ``[N*K]``.
+    """
+    return logits.shape[-1] * F.cross_entropy(logits, labels)
+
+
+INNER_LOSSES = {"official": official_cross_entropy, "mean": F.cross_entropy}
+
+
+def with_scaled_gradient(loss: Tensor, factor: float) -> Tensor:
+    """``loss`` with its value unchanged and its gradient multiplied by ``factor``."""
+    return loss.detach() + factor * (loss - loss.detach())
 
 
 def check_head_matches_way(n_outputs: int | None, n_way: int, method: str) -> None:
@@ -71,6 +96,17 @@ class MAML(EpisodicMethod):
     For each task of the meta-batch: ``phi = theta - alpha * grad L_support(theta)``
     (``inner_steps`` times), then the meta-loss is the query cross-entropy of ``phi``,
     averaged over the tasks and queries, and minimised over ``theta`` by the outer optimizer.
+
+    Loss scales (``inner_loss_scale``, ``outer_loss_scale``): the original code's loss is each
+    example's cross-entropy divided by K, summed over the examples. ``"official"`` keeps its
+    scale: an inner step is ``alpha * N * grad(mean support CE)``, and the meta-gradient is
+    ``N*Q/K`` times that of the mean query cross-entropy (Q training queries per class; the
+    sum over a task's queries, averaged over the tasks). ``"mean"`` uses the mean cross-entropy
+    (the paper's equations with ``L`` a mean): an N times smaller inner step, and the
+    meta-gradient of the mean. The logged ``train/loss`` is the mean query cross-entropy either
+    way. Adam makes the outer scale nearly irrelevant (only its ``eps`` sees it), but the
+    meta-gradient clipping of ``grad_clip_value`` clips the gradient at that scale.
+
     Variants:
 
     - second order (default): the meta-gradient flows through the inner gradients
@@ -90,12 +126,15 @@ class MAML(EpisodicMethod):
     and in evaluation alike. No running statistics are used or updated: the learner's
     batch-norm buffers are handed to functional calls as copies, so they keep their initial
     values (mean 0, variance 1) for the whole run. Consequently predictions depend on the
-    query set as a batch (transductive), as in MAML's reported results.
+    query set as a batch (transductive), as in MAML's reported results. With
+    ``inner_adapt_bn=False`` (the original code's choice) the batch-norm parameters are not
+    adapted per task: the inner steps leave them as they are, and they are meta-learned
+    with the other weights.
 
-    Differences from the original code: the batch-norm scale and shift are adapted in the
-    inner loop like every other parameter (the original has no scale and keeps the shift out
-    of the inner loop), and ``Conv4`` down-samples by max-pooling on every dataset (the
-    original uses strided convolutions on Omniglot).
+    Differences from the original code: ``Conv4`` down-samples by max-pooling on every
+    dataset (the original uses strided convolutions on Omniglot); the batch-norm layers,
+    their initialisation and eps are the backbone's (``conf/backbone``); evaluation episodes
+    and validation follow the project's protocol (``docs/reproduce.md``, Deviations).
 
     Args:
         learner: the classifier adapted per task, ending in an N-way head (``Conv4`` with
@@ -113,6 +152,19 @@ class MAML(EpisodicMethod):
             ``"vmap"`` adapts them all at once with ``torch.func.vmap`` (inner gradients by
             ``torch.func.grad``): the same function, batched kernels. Pays on a GPU; on a CPU
             the loop is faster (see ``python -m benchmarks.maml``).
+        inner_adapt_bn: whether the inner steps adapt the batch-norm parameters too (False:
+            they stay at their meta-learned values within a task, as in the original code).
+        inner_loss_scale: ``"official"`` (N times the mean support cross-entropy) or
+            ``"mean"``, see above.
+        outer_loss_scale: ``"official"`` (the meta-gradient of the original code's meta-loss,
+            N*Q/K times the mean's) or ``"mean"``, see above.
+        grad_clip_value: clip each meta-gradient coordinate to ``[-value, value]`` before the
+            outer step (the original code clips at 10 on Mini-ImageNet); None: no clipping.
+            The Trainer's ``gradient_clip_val``, when set, replaces it.
+
+    The defaults of these four options are the behaviour from before they existed, so the stored
+    config of an older run rebuilds the method it trained; ``conf/model/maml.yaml`` sets the
+    original code's values (``inner_adapt_bn: false``, both scales ``official``).
     """
 
     needs_fixed_n_way = True
@@ -129,11 +181,19 @@ class MAML(EpisodicMethod):
         learn_inner_lr: bool = False,
         bn_mode: str = "transductive",
         task_batching: str = "loop",
+        inner_adapt_bn: bool = True,
+        inner_loss_scale: str = "mean",
+        outer_loss_scale: str = "mean",
+        grad_clip_value: float | None = None,
     ) -> None:
         super().__init__(optimizer, scheduler)
         check_choice("model.task_batching", task_batching, TASK_BATCHING)
         eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
         check_choice("model.bn_mode", bn_mode, BN_MODES)
+        check_choice("model.inner_loss_scale", inner_loss_scale, LOSS_SCALES)
+        check_choice("model.outer_loss_scale", outer_loss_scale, LOSS_SCALES)
+        if grad_clip_value is not None and not grad_clip_value > 0:
+            raise ValueError(f"model.grad_clip_value must be > 0 or null (no clipping), got {grad_clip_value}.")
         self.learner = learner
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
@@ -142,12 +202,20 @@ class MAML(EpisodicMethod):
         self.learn_inner_lr = learn_inner_lr
         self.bn_mode = bn_mode
         self.task_batching = task_batching
+        self.inner_adapt_bn = inner_adapt_bn
+        self.inner_loss_scale = inner_loss_scale
+        self.inner_loss = INNER_LOSSES[inner_loss_scale]
+        self.outer_loss_scale = outer_loss_scale
+        self.grad_clip_value = grad_clip_value
+        # parameters the inner steps leave alone (still meta-learned)
+        self.frozen_in_inner_loop = frozenset() if inner_adapt_bn else frozenset(batch_norm_parameter_names(learner))
         # ParameterDict keys cannot contain dots: "features.0.weight" -> "features__0__weight"
         self.inner_lrs = (
             nn.ParameterDict(
                 {
                     lr_key(name): nn.Parameter(torch.full_like(p.detach(), inner_lr))
                     for name, p in learner.named_parameters()
+                    if name not in self.frozen_in_inner_loop
                 }
             )
             if learn_inner_lr
@@ -163,25 +231,29 @@ class MAML(EpisodicMethod):
 
     def step_sizes(self) -> float | dict[str, Tensor]:
         """The inner step size: ``inner_lr``, or Meta-SGD's per-parameter tensors keyed by the
-        learner's parameter names."""
+        names of the learner's adapted parameters."""
         if self.inner_lrs is None:
             return self.inner_lr
-        return {name: self.inner_lrs[lr_key(name)] for name, _ in self.learner.named_parameters()}
+        return {
+            name: self.inner_lrs[lr_key(name)]
+            for name, _ in self.learner.named_parameters()
+            if name not in self.frozen_in_inner_loop
+        }
 
-    def adapt_and_predict(
-        self, support_images: Tensor, support_labels: Tensor, query_images: Tensor, steps: int, meta_train: bool
-    ) -> Tensor:
-        """Adapt the learner to one task and score its queries.
+    def adapt(
+        self, support_images: Tensor, support_labels: Tensor, steps: int, meta_train: bool
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The learner's weights adapted to one support set, and the buffers to call it with.
 
         Args:
             support_images: ``[N*K, C, H, W]``; ``support_labels``: ``[N*K]``.
-            query_images: ``[N*Q, C, H, W]``.
             steps: inner gradient steps.
             meta_train: keep the graph back to ``theta`` (and the step sizes) for the
                 meta-gradient; False adapts detached copies.
 
         Returns:
-            Query logits ``[N*Q, N]``.
+            ``(weights, buffers)`` for ``torch.func.functional_call`` (call it in batch-statistics
+            mode, see :func:`~fewshot.methods.inner_loop.batch_statistics`).
         """
         params, buffers = module_state(self.learner, detach=not meta_train)
         lr = self.step_sizes()
@@ -189,7 +261,30 @@ class MAML(EpisodicMethod):
             lr = {name: a.detach() for name, a in lr.items()}
         create_graph = meta_train and not self.first_order
         with batch_statistics(self.learner):
-            adapted = sgd_adapt(self.learner, params, buffers, support_images, support_labels, steps, lr, create_graph)
+            adapted = sgd_adapt(
+                self.learner,
+                params,
+                buffers,
+                support_images,
+                support_labels,
+                steps,
+                lr,
+                create_graph,
+                loss_fn=self.inner_loss,
+                frozen=self.frozen_in_inner_loop,
+            )
+        return adapted, buffers
+
+    def adapt_and_predict(
+        self, support_images: Tensor, support_labels: Tensor, query_images: Tensor, steps: int, meta_train: bool
+    ) -> Tensor:
+        """Adapt the learner to one task (:meth:`adapt`) and score its queries ``[N*Q, C, H, W]``.
+
+        Returns:
+            Query logits ``[N*Q, N]``.
+        """
+        adapted, buffers = self.adapt(support_images, support_labels, steps, meta_train)
+        with batch_statistics(self.learner):
             return functional_logits(self.learner, adapted, buffers, query_images)
 
     def adapt_and_predict_batched(
@@ -212,14 +307,21 @@ class MAML(EpisodicMethod):
         # Transductive batch norm never reads its running statistics; the batched path uses none,
         # since the transforms forbid writing to a buffer (see elementary_batch_norm).
 
+        frozen = self.frozen_in_inner_loop
+
         def one_task(params: dict[str, Tensor], xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
-            adapted = dict(params)
+            fixed = {name: p for name, p in params.items() if name in frozen}
+            adapted = {name: p for name, p in params.items() if name not in frozen}
+
+            def support_loss(weights: dict[str, Tensor]) -> Tensor:
+                return functional_loss(self.learner, {**fixed, **weights}, buffers, xs, ys, self.inner_loss)
+
             for _ in range(steps):
-                grads = torch.func.grad(lambda p: functional_loss(self.learner, p, buffers, xs, ys))(adapted)
+                grads = torch.func.grad(support_loss)(adapted)
                 if not keep_second_order:
                     grads = {name: g.detach() for name, g in grads.items()}
                 adapted = {name: p - learning_rate(lr, name) * grads[name] for name, p in adapted.items()}
-            return functional_logits(self.learner, adapted, buffers, xq)
+            return functional_logits(self.learner, {**fixed, **adapted}, buffers, xq)
 
         with elementary_batch_norm(self.learner), torch.enable_grad():
             batched = torch.func.vmap(one_task, in_dims=(None, 0, 0, 0))  # weights shared by all tasks
@@ -248,10 +350,28 @@ class MAML(EpisodicMethod):
         check_head_matches_way(logits.shape[-1], episode.n_way, self.display_name)
         return logits if meta_train else logits.detach()
 
+    def episode_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Mean query cross-entropy of the meta-batch (its value) and the query logits; with
+        ``outer_loss_scale="official"`` its gradient is that of the original code's meta-loss,
+        ``N*Q/K`` times the mean's."""
+        loss, logits = super().episode_loss(episode)
+        if self.outer_loss_scale == "official":
+            n_shot = episode.support_labels.shape[1] / episode.n_way
+            loss = with_scaled_gradient(loss, episode.query_labels.shape[1] / n_shot)
+        return loss, logits
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip each meta-gradient coordinate to ``[-grad_clip_value, grad_clip_value]`` (the original
+        code on Mini-ImageNet), unless the Trainer's own ``gradient_clip_val`` is set."""
+        if gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif self.grad_clip_value is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_value, gradient_clip_algorithm="value")
+
 
 def lr_key(name: str) -> str:
     """The ``ParameterDict`` key of a parameter's Meta-SGD step size."""
     return name.replace(".", "__")
 
 
-__all__ = ["MAML", "check_head_matches_way"]
+__all__ = ["MAML", "check_head_matches_way", "official_cross_entropy", "with_scaled_gradient"]

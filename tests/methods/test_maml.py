@@ -267,3 +267,153 @@ def test_vmap_task_batching_leaves_the_running_statistics_alone():
 def test_unknown_task_batching_is_refused():
     with pytest.raises(ValueError, match=r"model.task_batching must be one of \('loop', 'vmap'\)"):
         MAML(tiny_learner(), optimizer=torch.optim.Adam, task_batching="grouped")
+
+
+# -- the original code's loss scales, batch norm outside the inner loop, meta-gradient clipping --
+
+
+def bn_free_conv4(n_classes=5) -> nn.Module:
+    """A Conv-4 whose batch-norm layers have a shift but no scale (as the original code's)."""
+    torch.manual_seed(0)
+    learner = Conv4(1, 4, 28, n_classes=n_classes)
+    for m in learner.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            del m.weight
+            m.register_parameter("weight", None)
+    return learner
+
+
+def bn_parameter_names(learner: nn.Module) -> set[str]:
+    return {
+        f"{module_name}.{name}"
+        for module_name, module in learner.named_modules()
+        if isinstance(module, nn.BatchNorm2d)
+        for name, _ in module.named_parameters(recurse=False)
+    }
+
+
+@pytest.mark.parametrize(("scale", "factor"), [("official", 5.0), ("mean", 1.0)])
+def test_one_inner_step_follows_inner_loss_scale(scale, factor):
+    """Official: the step on sum_i CE_i / K (5-way 2-shot: 5 times the mean's step)."""
+    torch.manual_seed(0)
+    method = MAML(Conv4(1, 4, 28, n_classes=5), torch.optim.Adam, inner_lr=0.1, inner_loss_scale=scale)
+    episode = random_episode(n_shot=2, batch=1)
+    x, y = episode.support_images[0], episode.support_labels[0]
+    adapted, _ = method.adapt(x, y, steps=1, meta_train=False)
+
+    reference = copy.deepcopy(method.learner).train()
+    per_example = F.cross_entropy(reference(x), y, reduction="none")
+    loss = per_example.sum() / 2 if scale == "official" else per_example.mean()  # official: / K, summed
+    loss.backward()
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(adapted[name], p - 0.1 * p.grad, rtol=1e-5, atol=1e-7, msg=name)
+    # the official loss is the mean's times N: the same step direction, factor times longer
+    head = adapted["head.weight"] - method.learner.head.weight
+    mean_grad = torch.autograd.grad(F.cross_entropy(reference(x), y), reference.head.weight)[0]
+    torch.testing.assert_close(head, -0.1 * factor * mean_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_inner_adapt_bn_false_leaves_batch_norm_out_of_the_inner_loop_but_meta_learns_it():
+    learner = bn_free_conv4()
+    bn = bn_parameter_names(learner)
+    assert len(bn) == 4 and all(name.endswith(".bias") for name in bn)  # no scale: only the shifts
+    method = MAML(learner, torch.optim.Adam, inner_steps=2, inner_lr=0.4, inner_adapt_bn=False).train()
+    episode = random_episode(batch=1)
+    adapted, _ = method.adapt(episode.support_images[0], episode.support_labels[0], steps=2, meta_train=True)
+    for name, p in method.learner.named_parameters():
+        moved = (adapted[name] - p).abs().max().item()
+        assert (moved == 0.0) if name in bn else (moved > 0.0), name
+    meta_loss(method, episode).backward()
+    for name, p in method.learner.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+    adapting = MAML(bn_free_conv4(), torch.optim.Adam, inner_steps=2, inner_lr=0.4, inner_adapt_bn=True)
+    adapted, _ = adapting.adapt(episode.support_images[0], episode.support_labels[0], steps=2, meta_train=False)
+    for name in bn:
+        assert not torch.equal(adapted[name], dict(adapting.learner.named_parameters())[name]), name
+
+
+def test_meta_sgd_learns_no_step_size_for_parameters_left_out_of_the_inner_loop():
+    method = MAML(Conv4(1, 8, 28, n_classes=5), torch.optim.Adam, learn_inner_lr=True, inner_adapt_bn=False)
+    names = {n.replace("__", ".") for n in method.inner_lrs.keys()}
+    bn = bn_parameter_names(method.learner)
+    assert bn and names == {n for n, _ in method.learner.named_parameters()} - bn
+    meta_loss(method, random_episode()).backward()
+    assert all(a.grad.abs().sum() > 0 for a in method.inner_lrs.values())
+
+
+@pytest.mark.parametrize("task_batching", ["loop", "vmap"])
+def test_official_scale_and_frozen_batch_norm_agree_between_loop_and_vmap(task_batching):
+    def results(batching):
+        method = MAML(
+            small_conv4(),
+            torch.optim.Adam,
+            inner_steps=2,
+            inner_lr=0.1,
+            inner_adapt_bn=False,
+            inner_loss_scale="official",
+            task_batching=batching,
+        ).train()
+        episode = random_episode(n_way=3, n_shot=2, n_query=2, batch=2, dtype=torch.float64, seed=2)
+        logits = method(episode)
+        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_labels.flatten())
+        return logits.detach(), torch.autograd.grad(loss, list(method.parameters()))
+
+    loop, other = results("loop"), results(task_batching)
+    torch.testing.assert_close(other[0], loop[0])
+    for a, b in zip(other[1], loop[1], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_official_outer_loss_has_the_mean_value_and_the_original_codes_gradient():
+    """maml.py's meta-loss: sum over tasks and queries of CE / K, divided by the meta-batch size."""
+    episode = random_episode(n_way=5, n_shot=2, n_query=3, batch=2)
+    grads, values = {}, {}
+    for scale in ("official", "mean"):
+        torch.manual_seed(0)
+        method = MAML(Conv4(1, 4, 28, n_classes=5), torch.optim.Adam, outer_loss_scale=scale).train()
+        loss, logits = method.episode_loss(episode)
+        values[scale] = loss.item()
+        grads[scale] = torch.autograd.grad(loss, method.learner.head.weight, retain_graph=True)[0]
+        if scale == "official":
+            per_example = F.cross_entropy(logits.flatten(0, 1), episode.query_labels.flatten(), reduction="none")
+            original = (per_example / 2).sum() / 2  # / update_batch_size, then / meta_batch_size
+            expected = torch.autograd.grad(original, method.learner.head.weight)[0]
+            torch.testing.assert_close(grads[scale], expected)
+    assert values["official"] == pytest.approx(values["mean"], abs=1e-6)  # train/loss: the mean either way
+    torch.testing.assert_close(grads["official"], 7.5 * grads["mean"])  # N*Q/K = 5*3/2
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("inner_loss_scale", "sum", r"model.inner_loss_scale must be one of \('official', 'mean'\), got 'sum'"),
+        ("outer_loss_scale", "x", r"model.outer_loss_scale must be one of \('official', 'mean'\), got 'x'"),
+        ("grad_clip_value", 0.0, r"model.grad_clip_value must be > 0 or null \(no clipping\), got 0.0"),
+        ("grad_clip_value", -10.0, r"model.grad_clip_value must be > 0 or null \(no clipping\), got -10.0"),
+    ],
+)
+def test_bad_loss_scale_or_clip_value_is_refused(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        MAML(tiny_learner(), torch.optim.Adam, **{option: value})
+
+
+def test_grad_clip_value_clips_each_meta_gradient_coordinate_in_a_training_step(tiny_config, monkeypatch):
+    largest = []
+    original = torch.optim.Adam.step
+
+    def recording(self, closure):
+        def closure_then_record():  # Lightning's closure back-propagates, then clips
+            loss = closure()
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            largest.append(max(g.abs().max().item() for g in grads))
+            return loss
+
+        return original(self, closure_then_record)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    train(tiny_config("model=maml", "model.grad_clip_value=1e-4"))
+    assert largest and all(v == pytest.approx(1e-4, rel=1e-6) for v in largest)
+    largest.clear()
+    train(tiny_config("model=maml"))  # unclipped, the same steps have larger coordinates
+    assert largest and all(v > 1e-3 for v in largest)

@@ -3,7 +3,7 @@
 Data keys are checked by the datamodule's constructor (``fewshot.data.datamodule``), method keys
 by the methods' constructors, Trainer keys by Lightning: all of them before data are read. This
 module covers what only the run uses: seeds, the run mode (train/test/resume/ckpt_path), the
-evaluation shots, the optimised metric, and which keys a resume may change.
+evaluation shots, the optimised metric, gradient clipping set twice, and which keys a resume may change.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
 from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
@@ -51,6 +52,7 @@ def check_run_config(cfg: DictConfig) -> None:
             "set e.g. variant='meta-batch 4'."
         )
     check_eval_shots(cfg)
+    check_gradient_clipping(cfg)
     metric = str(cfg.get("optimized_metric") or "val/acc")
     stage, _, key = metric.partition("/")
     if stage not in METRIC_STAGES or not key:
@@ -119,6 +121,24 @@ def check_eval_shots(cfg: DictConfig) -> None:
             f"eval.shots={list(shots)} asks for {max(shots)} shots but test episodes have data.n_shot={n_shot}; "
             f"set data.n_shot={max(shots)} (the smaller shots use the first images of each class's support)."
         )
+
+
+def check_gradient_clipping(cfg: DictConfig) -> None:
+    """Refuse ``trainer.gradient_clip_val`` for a method that clips its own gradients with a model
+    key that is set (its ``own_gradient_clipping``): one of the two would silently win."""
+    trainer_clip = (cfg.get("trainer") or {}).get("gradient_clip_val")
+    model = cfg.get("model") or {}
+    if trainer_clip is None or not model.get("_target_"):
+        return
+    method = get_class(model._target_)
+    for key in getattr(method, "own_gradient_clipping", ()):
+        own = model.get(key)
+        if own is not None:
+            raise RunConfigError(
+                f"trainer.gradient_clip_val={trainer_clip} and model.{key}={own} both clip {method.__name__}'s "
+                f"gradients, which clips its own; set the clip with model.{key}={trainer_clip} and leave "
+                f"trainer.gradient_clip_val=null (or set model.{key}=null to clip with the Trainer's)."
+            )
 
 
 def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:

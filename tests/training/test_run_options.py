@@ -136,3 +136,24 @@ def test_run_ended_by_max_epochs_says_so(tiny_config):
 def test_cpu_budget_rejects_non_positive_minutes():
     with pytest.raises(ValueError, match="must be positive"):
         CpuTimeBudget(minutes=0)
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "value"),
+    [("meta_lstm", "grad_clip_norm", 0.25), ("matchingnet_fce", "fce_clip_norm", 0.25)],
+)
+def test_a_trainer_clip_on_a_method_that_clips_itself_is_refused_before_training(tiny_config, tmp_path, model, key,
+                                                                                  value):  # fmt: skip
+    message = (
+        rf"trainer.gradient_clip_val=1.0 and model.{key}={value} both clip .*'s gradients, which clips its own; "
+        rf"set the clip with model.{key}=1.0 and leave trainer.gradient_clip_val=null"
+    )
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(f"model={model}", "trainer.gradient_clip_val=1.0"))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_trainer_clip_is_taken_when_the_method_does_not_clip_itself(tiny_config):
+    results = train(tiny_config("model=meta_lstm", "model.n_steps=2", "model.learner.hidden=8",
+                                "model.grad_clip_norm=null", "trainer.gradient_clip_val=1.0"))  # fmt: skip
+    assert results["train"]["steps"] == 4

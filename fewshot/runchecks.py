@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig
 
 from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
 from fewshot.data.datamodule import is_int
+from fewshot.methods.scoring import MONITOR_MODES
 from fewshot.runfolder import RunConfigError
 
 # which weights a training run tests (the top-level ``test_checkpoint`` key)
@@ -50,6 +51,12 @@ def check_run_config(cfg: DictConfig) -> None:
         raise RunConfigError(
             f"variant must be a short name without parentheses (or null), got {variant!r}; "
             "set e.g. variant='meta-batch 4'."
+        )
+    monitor = cfg.get("monitor", "val/acc")
+    if monitor not in MONITOR_MODES:
+        raise RunConfigError(
+            f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}: it picks the best validation "
+            "(the checkpoint test_checkpoint=best tests); set monitor=val/acc or monitor=val/loss."
         )
     check_eval_shots(cfg)
     check_gradient_clipping(cfg)

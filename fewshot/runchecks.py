@@ -45,6 +45,12 @@ def check_run_config(cfg: DictConfig) -> None:
             f"test_checkpoint must be one of {list(TEST_CHECKPOINTS)}, got {choice!r}: 'best' tests the "
             "best-on-validation checkpoint, 'last' the final weights of training (saved as checkpoints/final.ckpt)."
         )
+    if (cfg.get("data") or {}).get("train_on_val") is True and choice != "last" and cfg.get("train", True):
+        raise RunConfigError(
+            "data.train_on_val=true trains on the validation classes, so the best-on-validation checkpoint "
+            "would be chosen on trained-on classes; set test_checkpoint=last (and a fixed trainer.max_epochs, "
+            "e.g. the epochs of the run it retrains)."
+        )
     variant = cfg.get("variant")
     bad_variant = not isinstance(variant, str) or not variant.strip() or "(" in variant or ")" in variant
     if variant is not None and bad_variant:

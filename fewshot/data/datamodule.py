@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fewshot.data.classes import SPLITS, ClassImages, check_splits
+from fewshot.data.classes import SPLITS, ClassImages, check_splits, joined
 from fewshot.data.classification import (
     IMAGE_SAMPLINGS,
     ClassBalancedIndexSampler,
@@ -93,7 +93,9 @@ class EpisodicDataModule(pl.LightningDataModule):
     classifiers read batches of ``image_batch_size`` training images instead: every image once
     per epoch in a fresh order (``image_sampling="shuffle"``), or, as the official baselines'
     pre-training, ``images_per_class`` random images of every class, then ``image_batch_size`` of
-    those (``"class_balanced"``, see ClassBalancedIndexSampler).
+    those (``"class_balanced"``, see ClassBalancedIndexSampler). With ``train_on_val`` training
+    draws from the training and validation classes together (the ProtoNet code's retraining on
+    train + validation); validation episodes are then of trained-on classes.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         image_batch_size: int = 32,
         image_sampling: str = "shuffle",
         images_per_class: int = 5,
+        train_on_val: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -158,6 +161,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
         check_choice("data.image_sampling", image_sampling, IMAGE_SAMPLINGS)
+        if not isinstance(train_on_val, bool):
+            raise DataError(f"data.train_on_val must be true or false, got {train_on_val!r}.")
+        self.train_on_val = train_on_val
         self.image_batch_size = image_batch_size
         self.image_sampling = image_sampling
         self.images_per_class = images_per_class
@@ -171,6 +177,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return
         self.splits = check_splits(self.source.load(), self.source.name)
+        if self.train_on_val:
+            self.splits["train"] = joined(self.splits["train"], self.splits["val"])
         if self.splits["train"].image_shape != self.declared_shape:
             raise DataError(
                 f"{self.source.name} images have shape {self.splits['train'].image_shape} (C, H, W) but the "

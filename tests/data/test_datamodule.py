@@ -175,6 +175,23 @@ def test_class_balanced_batches_that_cannot_be_drawn_are_refused(setting, messag
         dm.train_dataloader()
 
 
+def test_train_on_val_trains_on_the_training_and_validation_classes_and_validates_on_the_same():
+    dm = make(train_on_val=True)
+    assert dm.n_train_classes == 12 + 6 and len(dm.splits["val"]) == 6
+    assert dm.samplers["train"].classes.names[-6:] == dm.splits["val"].names  # b000..b005 after a000..a011
+    drawn = {dm.samplers["train"].classes.names[c] for i in range(30) for c in dm.samplers["train"].draw(i)[0]}
+    assert any(name.startswith("b") for name in drawn) and any(name.startswith("a") for name in drawn)
+    dm.train_batches = "images"
+    labels = torch.cat([b.labels for b in dm.train_dataloader()])
+    assert torch.bincount(labels).tolist() == [10] * 18
+    assert make().n_train_classes == 12
+
+
+def test_train_on_val_must_be_a_bool():
+    with pytest.raises(DataError, match=r"data.train_on_val must be true or false, got 'yes'"):
+        make(train_on_val="yes")
+
+
 def test_declared_shape_must_match_the_images():
     with pytest.raises(DataError, match=r"set data.channels and data.image_size"):
         make(image_size=28)

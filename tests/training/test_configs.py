@@ -111,6 +111,10 @@ RESTORING_KEYS = {
         {"callbacks.early_stopping.monitor": "val/loss", "callbacks.early_stopping.mode": "min",
          "callbacks.model_checkpoint.mode": "min", "callbacks.early_stopping.patience": 200},
     ),
+    "ProtoNet retraining on train + validation": (
+        ["experiment=omniglot/protonet_5w1s", "data.train_on_val=true", "test_checkpoint=last", "trainer.max_epochs=6"],
+        {"data.train_on_val": True, "test_checkpoint": "last", "trainer.max_epochs": 6},
+    ),
     "ProtoNet test episodes": (["experiment=omniglot/protonet_5w1s", "data.test_episodes=1000"],
                                {"data.test_episodes": 1000}),
     "Baseline-NN validation": (

@@ -174,3 +174,15 @@ def test_an_unknown_monitor_is_refused_before_training(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=message):
         train(tiny_config("monitor=val/ci95"))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_train_on_val_needs_the_final_weights_tested(tiny_config, tmp_path):
+    message = r"data.train_on_val=true trains on the validation classes.*set test_checkpoint=last"
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config("data.train_on_val=true"))
+    assert not (tmp_path / "checkpoints").exists()
+    results = train(tiny_config("data.train_on_val=true", "test_checkpoint=last"))
+    plain = train(tiny_config())
+    classes, plain_classes = results["classes"], plain["classes"]
+    assert classes["train"] == plain_classes["train"] + plain_classes["val"] and classes["val"] == plain_classes["val"]
+    assert Path(results["checkpoint"]).name == "final.ckpt"

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 # the config group whose choice names the run (conf/experiment/<dataset>/<preset>.yaml)
 EXPERIMENT_GROUP = "experiment"
 TASK_NAME_RESOLVER = "fewshot.task_name"
+MONITOR_MODE_RESOLVER = "fewshot.monitor_mode"
 
 
 def task_name_of(experiment: str | None, default: str) -> str:
@@ -37,10 +38,22 @@ def experiment_task_name(default: str, *, _root_: DictConfig) -> str:
     return task_name_of(group_choices(_root_).get(EXPERIMENT_GROUP), default)
 
 
+def monitor_mode(monitor: str) -> str:
+    """``${fewshot.monitor_mode:<monitor>}``: ``max`` for ``val/acc``, ``min`` for ``val/loss`` (the
+    callbacks' ``mode`` for the run's ``monitor``)."""
+    from fewshot.methods.scoring import MONITOR_MODES
+
+    if monitor not in MONITOR_MODES:
+        raise ValueError(f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}; set e.g. monitor=val/acc.")
+    return MONITOR_MODES[monitor]
+
+
 def register_resolvers() -> None:
     """Register the project's resolvers with OmegaConf (once; a second call does nothing)."""
     if not OmegaConf.has_resolver(TASK_NAME_RESOLVER):
         OmegaConf.register_new_resolver(TASK_NAME_RESOLVER, experiment_task_name)
+    if not OmegaConf.has_resolver(MONITOR_MODE_RESOLVER):
+        OmegaConf.register_new_resolver(MONITOR_MODE_RESOLVER, monitor_mode)
 
 
 register_resolvers()

@@ -3,7 +3,7 @@
 Data keys are checked by the datamodule's constructor (``fewshot.data.datamodule``), method keys
 by the methods' constructors, Trainer keys by Lightning: all of them before data are read. This
 module covers what only the run uses: seeds, the run mode (train/test/resume/ckpt_path), the
-evaluation shots, the optimised metric, and which keys a resume may change.
+evaluation shots, the optimised metric, gradient clipping set twice, and which keys a resume may change.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
 from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
 from fewshot.data.datamodule import is_int
+from fewshot.methods.scoring import MONITOR_MODES
 from fewshot.runfolder import RunConfigError
 
 # which weights a training run tests (the top-level ``test_checkpoint`` key)
@@ -43,6 +45,12 @@ def check_run_config(cfg: DictConfig) -> None:
             f"test_checkpoint must be one of {list(TEST_CHECKPOINTS)}, got {choice!r}: 'best' tests the "
             "best-on-validation checkpoint, 'last' the final weights of training (saved as checkpoints/final.ckpt)."
         )
+    if (cfg.get("data") or {}).get("train_on_val") is True and choice != "last" and cfg.get("train", True):
+        raise RunConfigError(
+            "data.train_on_val=true trains on the validation classes, so the best-on-validation checkpoint "
+            "would be chosen on trained-on classes; set test_checkpoint=last (and a fixed trainer.max_epochs, "
+            "e.g. the epochs of the run it retrains)."
+        )
     variant = cfg.get("variant")
     bad_variant = not isinstance(variant, str) or not variant.strip() or "(" in variant or ")" in variant
     if variant is not None and bad_variant:
@@ -50,7 +58,14 @@ def check_run_config(cfg: DictConfig) -> None:
             f"variant must be a short name without parentheses (or null), got {variant!r}; "
             "set e.g. variant='meta-batch 4'."
         )
+    monitor = cfg.get("monitor", "val/acc")
+    if monitor not in MONITOR_MODES:
+        raise RunConfigError(
+            f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}: it picks the best validation "
+            "(the checkpoint test_checkpoint=best tests); set monitor=val/acc or monitor=val/loss."
+        )
     check_eval_shots(cfg)
+    check_gradient_clipping(cfg)
     metric = str(cfg.get("optimized_metric") or "val/acc")
     stage, _, key = metric.partition("/")
     if stage not in METRIC_STAGES or not key:
@@ -119,6 +134,24 @@ def check_eval_shots(cfg: DictConfig) -> None:
             f"eval.shots={list(shots)} asks for {max(shots)} shots but test episodes have data.n_shot={n_shot}; "
             f"set data.n_shot={max(shots)} (the smaller shots use the first images of each class's support)."
         )
+
+
+def check_gradient_clipping(cfg: DictConfig) -> None:
+    """Refuse ``trainer.gradient_clip_val`` for a method that clips its own gradients with a model
+    key that is set (its ``own_gradient_clipping``): one of the two would silently win."""
+    trainer_clip = (cfg.get("trainer") or {}).get("gradient_clip_val")
+    model = cfg.get("model") or {}
+    if trainer_clip is None or not model.get("_target_"):
+        return
+    method = get_class(model._target_)
+    for key in getattr(method, "own_gradient_clipping", ()):
+        own = model.get(key)
+        if own is not None:
+            raise RunConfigError(
+                f"trainer.gradient_clip_val={trainer_clip} and model.{key}={own} both clip {method.__name__}'s "
+                f"gradients, which clips its own; set the clip with model.{key}={trainer_clip} and leave "
+                f"trainer.gradient_clip_val=null (or set model.{key}=null to clip with the Trainer's)."
+            )
 
 
 def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:

@@ -360,6 +360,7 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
         check_checkpoint_fits(ckpt_path, method, resolved["model"])
     continued = check_continuation(ckpt_path, resolved, cfg)
     datamodule.train_batches = method.train_batches
+    method.scores.select_best_by(cfg.get("monitor", "val/acc"))
     shots = evaluation_shots(cfg, datamodule)
     if shots:
         method.score_shots(shots)

@@ -71,6 +71,11 @@ class ClassImages:
         return ClassImages.from_mapping({n: lookup[n] for n in names})
 
 
+def joined(first: ClassImages, second: ClassImages) -> ClassImages:
+    """The classes of two class-disjoint splits as one (e.g. training on train + validation)."""
+    return ClassImages.from_mapping({**dict(zip(first.names, first.images)), **dict(zip(second.names, second.images))})
+
+
 def check_splits(splits: Mapping[str, ClassImages], source: str) -> dict[str, ClassImages]:
     """Check that ``splits`` has non-empty, class-disjoint train/val/test splits."""
     missing = [s for s in SPLITS if s not in splits]

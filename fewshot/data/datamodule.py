@@ -10,13 +10,21 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fewshot.data.classes import SPLITS, ClassImages, check_splits
-from fewshot.data.classification import FlatImages, LabelledImages, ShuffledIndexSampler, collate_labelled
+from fewshot.data.classes import SPLITS, ClassImages, check_splits, joined
+from fewshot.data.classification import (
+    IMAGE_SAMPLINGS,
+    ClassBalancedIndexSampler,
+    FlatImages,
+    LabelledImages,
+    ShuffledIndexSampler,
+    collate_labelled,
+)
 from fewshot.data.episode import Episode, collate_episodes
 from fewshot.data.errors import DataError
 from fewshot.data.resumable import ResumableLoader
 from fewshot.data.sampler import EpisodeDataset, EpisodeIndexSampler, EpisodeSampler, EpisodeSpec
 from fewshot.data.source import DatasetSource
+from fewshot.methods.choices import check_choice
 
 
 def training_setting(name: str, value: int | None, default: int) -> int:
@@ -41,6 +49,7 @@ def check_data_settings(
     eval_seed: object,
     num_workers: object,
     image_batch_size: object,
+    images_per_class: object,
     image_size: object,
     channels: object,
     mean: object,
@@ -52,7 +61,13 @@ def check_data_settings(
         if not is_int(value) or value < 0:
             fix = "set the top-level seed=0 or another non-negative integer" if name == "seed" else f"set data.{name}=0"
             raise DataError(f"data.{name} must be a non-negative integer, got {value!r}; {fix}.")
-    for name, value in (("image_batch_size", image_batch_size), ("image_size", image_size), ("channels", channels)):
+    positive = (
+        ("image_batch_size", image_batch_size),
+        ("images_per_class", images_per_class),
+        ("image_size", image_size),
+        ("channels", channels),
+    )
+    for name, value in positive:
         if not is_int(value) or value < 1:
             raise DataError(f"data.{name} must be a positive integer, got {value!r}; set it >= 1.")
     for name, stats in (("mean", mean), ("std", std)):
@@ -74,7 +89,13 @@ class EpisodicDataModule(pl.LightningDataModule):
     defaulting to the evaluation shape). Batches are meta-batches of ``Episode``s with uint8
     images; after the transfer to the device they become floats, scaled to [0, 1] and
     normalised with ``mean``/``std``. ``image_size`` and ``channels`` declare the image shape
-    the models are built for; it is checked against the loaded images.
+    the models are built for; it is checked against the loaded images. Baselines pre-trained as
+    classifiers read batches of ``image_batch_size`` training images instead: every image once
+    per epoch in a fresh order (``image_sampling="shuffle"``), or, as the official baselines'
+    pre-training, ``images_per_class`` random images of every class, then ``image_batch_size`` of
+    those (``"class_balanced"``, see ClassBalancedIndexSampler). With ``train_on_val`` training
+    draws from the training and validation classes together (the ProtoNet code's retraining on
+    train + validation); validation episodes are then of trained-on classes.
     """
 
     def __init__(
@@ -99,6 +120,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         image_batch_size: int = 32,
+        image_sampling: str = "shuffle",
+        images_per_class: int = 5,
+        train_on_val: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -123,6 +147,7 @@ class EpisodicDataModule(pl.LightningDataModule):
             eval_seed=eval_seed,
             num_workers=num_workers,
             image_batch_size=image_batch_size,
+            images_per_class=images_per_class,
             image_size=image_size,
             channels=channels,
             mean=mean,
@@ -135,7 +160,13 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
+        check_choice("data.image_sampling", image_sampling, IMAGE_SAMPLINGS)
+        if not isinstance(train_on_val, bool):
+            raise DataError(f"data.train_on_val must be true or false, got {train_on_val!r}.")
+        self.train_on_val = train_on_val
         self.image_batch_size = image_batch_size
+        self.image_sampling = image_sampling
+        self.images_per_class = images_per_class
         # "episodes" for episodic methods; "images" for baselines pre-trained as classifiers
         self.train_batches = "episodes"
         self.splits: dict[str, ClassImages] | None = None
@@ -146,6 +177,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return
         self.splits = check_splits(self.source.load(), self.source.name)
+        if self.train_on_val:
+            self.splits["train"] = joined(self.splits["train"], self.splits["val"])
         if self.splits["train"].image_shape != self.declared_shape:
             raise DataError(
                 f"{self.source.name} images have shape {self.splits['train'].image_shape} (C, H, W) but the "
@@ -197,22 +230,27 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Meta-batches of training episodes, new ones every epoch (or, with
-        ``train_batches == "images"``, shuffled classification batches of all training images)."""
+        ``train_batches == "images"``, classification batches of training images: ``image_loader``)."""
         if self.train_batches == "images":
             return self.image_loader()
         return self._loader("train")
 
     def image_loader(self) -> DataLoader:
-        """Shuffled batches of every training image with its class index."""
+        """Batches of training images with their class index, drawn as ``image_sampling`` says."""
         if not self.samplers:
             self.setup()
         assert self.splits is not None
         dataset = FlatImages(self.splits["train"])
+        if self.image_sampling == "class_balanced":
+            counts = self.splits["train"].counts
+            sampler = ClassBalancedIndexSampler(counts, self.images_per_class, self.image_batch_size, self.seed)
+        else:
+            sampler = ShuffledIndexSampler(len(dataset), self.seed)
         return ResumableLoader(
             dataset,
             trained_batches=self.trained_batches,
             batch_size=self.image_batch_size,
-            sampler=ShuffledIndexSampler(len(dataset), self.seed),
+            sampler=sampler,
             collate_fn=collate_labelled,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

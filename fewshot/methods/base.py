@@ -46,7 +46,7 @@ class EpisodicMethod(pl.LightningModule):
     optimiser construction from Hydra partials.
 
     What a method must define: ``forward``. What it may (see CONTRIBUTING.md, "Adding a
-    method"): ``display_name``, ``needs_fixed_n_way``, ``train_batches``, ``episode_loss``,
+    method"): ``display_name``, ``needs_fixed_n_way``, ``train_batches``, ``own_gradient_clipping``, ``episode_loss``,
     its own ``training_step``, ``eval_logits`` (to collect per-episode extras while scoring)
     and ``stage_metrics`` (extra results of a stage, e.g. Meta-LSTM gates).
     """
@@ -60,6 +60,9 @@ class EpisodicMethod(pl.LightningModule):
     # whether the method trains with this class's training_step (set for every subclass when it
     # is defined): only that step can skip a NaN/inf meta-batch (nonfinite_loss=skip)
     uses_shared_training_step: ClassVar[bool] = True
+    # the model keys with which the method clips its own gradients, e.g. ("grad_clip_norm",): a run
+    # that sets one of them and trainer.gradient_clip_val too is refused (fewshot.runchecks)
+    own_gradient_clipping: ClassVar[tuple[str, ...]] = ()
 
     # -- run state set from outside ------------------------------------------------------------
     # CPU seconds of training so far, set by the CPU budget callback when there is one
@@ -155,11 +158,12 @@ class EpisodicMethod(pl.LightningModule):
 
     def summarise_stage(self, stage: str) -> dict[str, Any]:
         """Summarise the stage's episodes (``scores.summarise``) with the method's
-        ``stage_metrics``, and log mean accuracy and 95% CI."""
+        ``stage_metrics``, and log mean accuracy, its 95% CI and the mean query loss."""
         summary = self.scores.summarise(stage)
         summary.update(self.stage_metrics(stage))
         self.log(f"{stage}/acc", summary["acc"], prog_bar=stage == "val", sync_dist=False, rank_zero_only=False)
         self.log(f"{stage}/acc_ci95", summary["ci95"], sync_dist=False)
+        self.log(f"{stage}/loss", summary["loss"], sync_dist=False, rank_zero_only=False)
         return summary
 
     def on_validation_epoch_end(self) -> None:

@@ -225,6 +225,8 @@ class MatchingNetwork(EpisodicMethod):
     reading its parameters under another key, clips nothing there).
     """
 
+    own_gradient_clipping = ("fce_clip_norm",)
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -30,15 +30,15 @@ class PretrainedClassifier(EpisodicMethod):
     say how its embedding is used on a meta-test episode.
 
     Ravi & Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017, Table 1
-    baselines. Training reads shuffled image batches (``train_batches = "images"``), not
-    episodes; validation and test stay episodic. The optimiser and its schedule are configured
-    (``conf/pretrained_baseline.yaml``): the final official config (twitter/meta-learning-lstm,
-    ``config/baselines/``) pre-trains with Adam, lr 1e-3, batches of 64, for 30,000 iterations.
-    The repository's first 2016 commit used ``optim.sgd`` with ``learningRate = 0.01``,
-    ``learningRateDecay = 1e-4`` and batches of 32; in Torch7's ``optim.sgd`` that decay is a
-    learning-rate decay, ``lr_t = lr / (1 + t * decay)`` per step, not weight decay (that option
-    is ``weightDecay``), available here as the ``inverse_time_decay`` scheduler, stepped per
-    optimiser step.
+    baselines. Training reads image batches (``train_batches = "images"``, drawn as
+    ``data.image_sampling`` says), not episodes; validation and test stay episodic. The
+    optimiser and its schedule are configured (``conf/pretrained_baseline.yaml``): the final
+    official config (twitter/meta-learning-lstm, ``config/baselines/``) pre-trains with Adam, lr
+    1e-3, batches of 64, for 30,000 iterations. The repository's first 2016 commit used
+    ``optim.sgd`` with ``learningRate = 0.01``, ``learningRateDecay = 1e-4`` and batches of 32;
+    in Torch7's ``optim.sgd`` that decay is a learning-rate decay, ``lr_t = lr / (1 + t *
+    decay)`` per step, not weight decay (that option is ``weightDecay``), available here as the
+    ``inverse_time_decay`` scheduler, stepped per optimiser step.
 
     Args:
         backbone: embedding network ``[B, C, H, W] -> [B, D]`` with an ``out_features`` (D)

@@ -2,9 +2,10 @@
 
 One :class:`EpisodeScores` per method keeps, per evaluation stage (``val``, ``test`` and
 ``test_<k>shot`` for rescoring the test episodes with their first ``k`` shots), the accuracy of
-every episode (torchmetrics, so it is gathered across processes), turns them into a summary
-(mean, 95% CI, the per-episode accuracies sorted by episode index), and keeps the validation
-history and the best validation so far, which travel with checkpoints.
+every episode and its query loss (torchmetrics, so they are gathered across processes), turns
+them into a summary (mean accuracy, 95% CI, mean loss, the per-episode accuracies sorted by
+episode index), and keeps the validation history and the best validation so far (by the run's
+``monitor``), which travel with checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import CatMetric
 
@@ -20,6 +22,8 @@ from fewshot.data.episode import Episode
 from fewshot.evaluation.stats import episode_accuracy, mean_ci95
 
 EVAL_STAGES = ("val", "test")
+# what may pick the best validation (the top-level ``monitor``), and whether higher or lower is better
+MONITOR_MODES = {"val/acc": "max", "val/loss": "min"}
 
 
 def shot_stage(n_shot: int) -> str:
@@ -33,8 +37,10 @@ class EpisodeScores(nn.Module):
     Attributes:
         results: the latest summary of each stage: ``{acc, ci95, episodes, episode_index,
             episode_acc}`` plus what the method adds (see ``EpisodicMethod.stage_metrics``).
-        history: one ``{step, epoch[, cpu_s], acc, ci95}`` per validation of training.
-        best: the best validation summary so far (highest accuracy), with its step and epoch.
+        history: one ``{step, epoch[, cpu_s], acc, ci95, loss}`` per validation of training.
+        best: the best validation summary so far (by ``monitor``: highest accuracy or lowest
+            loss), with its step and epoch.
+        monitor: what picks the best validation, a key of ``MONITOR_MODES``.
         shots: the shot counts the test episodes are rescored with (empty: none).
     """
 
@@ -42,11 +48,28 @@ class EpisodeScores(nn.Module):
         super().__init__()
         self.accuracies = nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
         self.indices = nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
+        self.losses = nn.ModuleDict({s: CatMetric() for s in EVAL_STAGES})
         self.results: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] | None = None
         self.shots: tuple[int, ...] = ()
         self.test_n_shot: int | None = None
+        self.monitor = "val/acc"
+
+    def select_best_by(self, monitor: str) -> None:
+        """Pick the best validation by ``monitor`` (``val/acc``: highest; ``val/loss``: lowest)."""
+        if monitor not in MONITOR_MODES:
+            raise ValueError(f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}.")
+        self.monitor = monitor
+
+    def is_better(self, summary: dict[str, Any], than: dict[str, Any] | None) -> bool:
+        """Whether a validation summary beats ``than`` (None: there is none yet) on ``monitor``."""
+        if than is None:
+            return True
+        key = self.monitor.partition("/")[2]
+        if MONITOR_MODES[self.monitor] == "max":
+            return summary[key] > than[key]
+        return summary[key] < than[key]
 
     def rescore_with_shots(self, shots: Sequence[int]) -> None:
         """Also score every test episode with only its first k support images per class, for each
@@ -61,6 +84,7 @@ class EpisodeScores(nn.Module):
             if stage not in self.accuracies:
                 self.accuracies[stage] = CatMetric().to(device)
                 self.indices[stage] = CatMetric().to(device)
+                self.losses[stage] = CatMetric().to(device)
 
     def test_stages(self, episode: Episode) -> Iterator[tuple[str, Episode]]:
         """``("test", episode)``, then the episode cut to each other shot count of ``shots``."""
@@ -71,10 +95,14 @@ class EpisodeScores(nn.Module):
                 yield shot_stage(n_shot), episode.with_shots(n_shot)
 
     def record(self, stage: str, logits: Tensor, episode: Episode) -> Tensor:
-        """Per-episode accuracies ``[B]`` of query logits ``[B, N*Q, N]``, recorded for the stage."""
+        """Per-episode accuracies ``[B]`` of query logits ``[B, N*Q, N]``, recorded for the stage
+        with each episode's query cross-entropy (of the logits, as the methods' training loss)."""
         acc = episode_accuracy(logits, episode.query_labels, episode.n_way)
+        labels = episode.query_labels
+        loss = F.cross_entropy(logits.detach().flatten(0, 1).float(), labels.flatten(), reduction="none")
         self.accuracies[stage].update(acc)
         self.indices[stage].update(episode.index.to(acc.dtype))
+        self.losses[stage].update(loss.view(labels.shape).mean(1).to(acc.dtype))
         return acc
 
     def summarise(self, stage: str) -> dict[str, Any]:
@@ -82,14 +110,16 @@ class EpisodeScores(nn.Module):
         process), kept in ``results[stage]`` with the per-episode accuracies; resets the stage."""
         acc = self.accuracies[stage].compute().flatten().cpu()
         index = self.indices[stage].compute().flatten().cpu().long()
-        self.accuracies[stage].reset()
-        self.indices[stage].reset()
+        loss = self.losses[stage].compute().flatten().cpu()
+        for metric in (self.accuracies, self.indices, self.losses):
+            metric[stage].reset()
         order = torch.argsort(index)
         acc, index = acc[order], index[order]
         mean, ci95 = mean_ci95(acc)
         self.results[stage] = {
             "acc": mean,
             "ci95": ci95,
+            "loss": float(loss.mean()),
             "episodes": int(acc.numel()),
             "episode_index": index.tolist(),
             "episode_acc": acc.tolist(),
@@ -97,13 +127,13 @@ class EpisodeScores(nn.Module):
         return self.results[stage]
 
     def note_validation(self, step: int, epoch: int, cpu_s: float | None) -> None:
-        """Add the latest validation summary to the history; keep it if it is the best so far."""
+        """Add the latest validation summary to the history; keep it if it is the best so far (``monitor``)."""
         latest = self.results["val"]
         point: dict[str, Any] = {"step": int(step), "epoch": int(epoch)}
         if cpu_s is not None:
             point["cpu_s"] = round(float(cpu_s), 2)
-        self.history.append({**point, "acc": latest["acc"], "ci95": latest["ci95"]})
-        if self.best is None or latest["acc"] > self.best["acc"]:
+        self.history.append({**point, "acc": latest["acc"], "ci95": latest["ci95"], "loss": latest["loss"]})
+        if self.is_better(latest, self.best):
             self.best = {**latest, **point}
 
     def rescored_stages(self) -> list[str]:
@@ -136,4 +166,4 @@ class EpisodeScores(nn.Module):
             self.results["val"] = state["last_val"]
 
 
-__all__ = ["EVAL_STAGES", "EpisodeScores", "shot_stage"]
+__all__ = ["EVAL_STAGES", "MONITOR_MODES", "EpisodeScores", "shot_stage"]

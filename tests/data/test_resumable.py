@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from fewshot.data.classification import ShuffledIndexSampler
+from fewshot.data.classification import ClassBalancedIndexSampler, ShuffledIndexSampler
 from fewshot.data.resumable import ResumableLoader
 from fewshot.data.sampler import EpisodeIndexSampler
 
@@ -78,6 +78,24 @@ def test_shuffled_image_batches_resume_in_the_same_permutation():
     rest = loader(ShuffledIndexSampler(10, seed=3), batch_size=3)
     rest.load_state_dict(first.state_dict())
     assert [b.tolist() for b in rest] == whole[2:]
+
+
+def test_class_balanced_image_batches_resume_at_the_next_batch_of_the_same_draws():
+    def sampler() -> ClassBalancedIndexSampler:
+        return ClassBalancedIndexSampler([10, 10, 7], per_class=5, batch_size=4, seed=3)  # 27 images: 7 batches
+
+    whole = loader(sampler(), batch_size=4)
+    whole.sampler.set_epoch(2)
+    epoch = [b.tolist() for b in whole]
+    assert len(epoch) == 7 and all(len(b) == 4 for b in epoch)
+    first = loader(sampler(), batch_size=4)
+    first.sampler.set_epoch(2)
+    assert batches(iter(first), 3) == epoch[:3]
+    assert first.state_dict() == {"epoch": 2, "position": 12}
+    rest = loader(sampler(), batch_size=4)
+    rest.load_state_dict(first.state_dict())
+    rest.sampler.set_epoch(2)
+    assert [b.tolist() for b in rest] == epoch[3:]
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])

@@ -125,3 +125,27 @@ def test_report_draws_nothing_for_runs_without_gates(tiny_config, tmp_path, caps
     assert report_main([str(tmp_path)]) == 0
     assert "no Meta-LSTM gate statistics" in capsys.readouterr().out
     assert not Path(tmp_path / "gates.png").exists()
+
+
+def update_norm_of_one_huge_step(tiny_config, clip: str, trainer_clip: float | None = None) -> float:
+    """Norm of the parameter update of one SGD step (lr 1) on a loss scaled by 1e6, through Lightning."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    cfg = tiny_config(*META_LSTM, "model.optimizer._target_=torch.optim.SGD", "model.optimizer.lr=1.0",
+                      f"model.grad_clip_norm={clip}")  # fmt: skip
+    method, datamodule = instantiate(cfg.model), instantiate(cfg.data)
+    episode_loss = method.episode_loss
+    method.episode_loss = lambda episode: (lambda loss, logits: (loss * 1e6, logits))(*episode_loss(episode))
+    before = [p.detach().clone() for p in method.parameters()]
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", limit_val_batches=0, gradient_clip_val=trainer_clip, **quiet)
+    trainer.fit(method, datamodule=datamodule)
+    return float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(method.parameters(), before))))
+
+
+def test_the_gradient_norm_clip_bounds_a_training_step_with_huge_gradients(tiny_config):
+    assert update_norm_of_one_huge_step(tiny_config, "0.25") == pytest.approx(0.25, rel=1e-4)
+    assert update_norm_of_one_huge_step(tiny_config, "null") > 1e3  # the same step unclipped
+    # with the method's clip off, the Trainer's applies
+    assert update_norm_of_one_huge_step(tiny_config, "null", trainer_clip=0.5) == pytest.approx(0.5, rel=1e-4)

@@ -53,6 +53,29 @@ def test_summary_is_sorted_by_episode_index_with_mean_and_ci():
     assert summary["episodes"] == 4 and scores.results["val"] is summary
 
 
+def test_the_summary_loss_is_the_mean_query_cross_entropy_of_the_logits():
+    scores = EpisodeScores()
+    episode = batch([3, 1])
+    scores.record("val", logits_right_on(episode, [4, 2]), episode)
+    # one-hot logits of 2 classes: a right query costs ln(1 + e^-1) = 0.31326, a wrong one ln(1 + e) = 1.31326
+    assert scores.summarise("val")["loss"] == pytest.approx((0.31326 + (0.31326 + 1.31326) / 2) / 2, abs=1e-5)
+
+
+def test_monitor_val_loss_keeps_the_lowest_loss_as_the_best_validation():
+    scores = EpisodeScores()
+    scores.select_best_by("val/loss")
+    episode = batch([0])
+    for step, right, scale in [(10, 4, 0.01), (20, 3, 1.0), (30, 2, 1.0)]:  # accuracy 1.0, 0.75, 0.5
+        scores.record("val", scale * logits_right_on(episode, [right]), episode)
+        scores.summarise("val")
+        scores.note_validation(step, step // 10, cpu_s=None)
+    losses = [h["loss"] for h in scores.history]
+    assert losses == pytest.approx([0.68816, (3 * 0.31326 + 1.31326) / 4, (0.31326 + 1.31326) / 2], abs=1e-5)
+    assert scores.best["step"] == 20 and scores.best["acc"] == 0.75  # not the most accurate (step 10)
+    with pytest.raises(ValueError, match=r"monitor must be one of \['val/acc', 'val/loss'\], got 'acc'"):
+        scores.select_best_by("acc")
+
+
 def test_summarise_resets_the_stage():
     scores = EpisodeScores()
     episode = batch([0])

@@ -165,6 +165,17 @@ def test_siamese_koch_config_builds_koch_net(tmp_path):
     assert cfg.model.balance_pairs == compose_config(["model=siamese"], tmp_path).model.balance_pairs
 
 
+def test_the_omniglot_presets_take_kochs_twin_at_105x105_and_refuse_it_at_28x28(tmp_path):
+    # the restoring key of the Omniglot Siamese row in docs/reproduce.md (Deviations)
+    cfg = compose_config(["experiment=omniglot/siamese_5w1s", "model=siamese_koch", "data.image_size=105"], tmp_path)
+    assert (cfg.data.source.image_size, cfg.data.source.rotations) == (105, [0, 90, 180, 270])
+    method = instantiate(cfg.model)
+    assert isinstance(method.backbone, KochNet) and method.backbone.fc.in_features == 256 * 6 * 6
+    cfg = compose_config(["experiment=omniglot/siamese_5w1s", "model=siamese_koch"], tmp_path)
+    with pytest.raises(Exception, match=r"KochNet needs images of at least 65x65 \(105x105 in the paper\), got 28"):
+        instantiate(cfg.model)
+
+
 def test_fit_and_test_through_train(tiny_config, tmp_path):
     results = train(tiny_config("model=siamese"))
     saved = json.loads((tmp_path / "results.json").read_text())

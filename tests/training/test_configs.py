@@ -101,3 +101,45 @@ def test_slurm_launcher_config_composes_when_submitit_is_installed(tmp_path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher.timeout_min == 720
+
+
+# restoring keys of docs/reproduce.md (Deviations) added with issue 35: each composes and sets what its row says
+RESTORING_KEYS = {
+    "ProtoNet training length": (
+        ["experiment=omniglot/protonet_5w1s", "callbacks=plateau", "monitor=val/loss", "data.train_episodes=100",
+         "callbacks.early_stopping.patience=200", "callbacks.cpu_budget.minutes=null", "trainer.max_epochs=10000"],
+        {"callbacks.early_stopping.monitor": "val/loss", "callbacks.early_stopping.mode": "min",
+         "callbacks.model_checkpoint.mode": "min", "callbacks.early_stopping.patience": 200},
+    ),
+    "ProtoNet retraining on train + validation": (
+        ["experiment=omniglot/protonet_5w1s", "data.train_on_val=true", "test_checkpoint=last", "trainer.max_epochs=6"],
+        {"data.train_on_val": True, "test_checkpoint": "last", "trainer.max_epochs": 6},
+    ),
+    "ProtoNet test episodes": (["experiment=omniglot/protonet_5w1s", "data.test_episodes=1000"],
+                               {"data.test_episodes": 1000}),
+    "Baseline-NN validation": (
+        ["experiment=miniimagenet/baseline_nn_5w1s", "+trainer.val_check_interval=1000",
+         "trainer.check_val_every_n_epoch=null"],
+        {"trainer.val_check_interval": 1000, "trainer.check_val_every_n_epoch": None,
+         "data.image_sampling": "class_balanced", "data.images_per_class": 5},
+    ),
+    "Reptile validation cadence": (
+        ["experiment=omniglot/reptile_5w1s", "+trainer.val_check_interval=10", "data.val_episodes=1"],
+        {"trainer.val_check_interval": 10, "data.val_episodes": 1},
+    ),
+    "Meta-LSTM 20-way training queries": (["experiment=omniglot/meta_lstm_20w1s", "data.train_n_query=null"],
+                                          {"data.train_n_query": None, "data.n_query": 15}),
+    "Meta-LSTM Omniglot validation cadence": (
+        ["experiment=omniglot/meta_lstm_5w1s", "trainer.check_val_every_n_epoch=2"],
+        {"trainer.check_val_every_n_epoch": 2, "data.train_episodes": 500},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("row", RESTORING_KEYS)
+def test_restoring_keys_of_the_deviations_compose_to_what_their_rows_say(row, tmp_path: Path):
+    overrides, expected = RESTORING_KEYS[row]
+    cfg = compose_config(overrides, tmp_path)
+    OmegaConf.resolve(cfg)
+    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
+    instantiate(cfg.trainer, logger=False)

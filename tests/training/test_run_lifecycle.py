@@ -332,6 +332,12 @@ MID_EPOCH_CUTS = {
     "with a loader worker": (["+trainer.val_check_interval=3", "data.num_workers=1"], "train", 5),
     # a pre-trained baseline: shuffled image batches instead of episodes
     "of shuffled image batches": (["model=baseline_nn", "data.image_batch_size=16"], "train", 3),
+    # the official baselines' draws: 5 images of every class, then a batch of those
+    "of class-balanced image batches": (
+        ["model=baseline_nn", "data.image_batch_size=16", "data.image_sampling=class_balanced"],
+        "train",
+        3,
+    ),
     # in epoch 1's validation (the first has 4 episodes): it runs again in full on resume
     "during a later validation": ([], "validation", 6),
 }

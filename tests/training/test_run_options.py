@@ -136,3 +136,53 @@ def test_run_ended_by_max_epochs_says_so(tiny_config):
 def test_cpu_budget_rejects_non_positive_minutes():
     with pytest.raises(ValueError, match="must be positive"):
         CpuTimeBudget(minutes=0)
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "value"),
+    [("meta_lstm", "grad_clip_norm", 0.25), ("matchingnet_fce", "fce_clip_norm", 0.25)],
+)
+def test_a_trainer_clip_on_a_method_that_clips_itself_is_refused_before_training(tiny_config, tmp_path, model, key,
+                                                                                  value):  # fmt: skip
+    message = (
+        rf"trainer.gradient_clip_val=1.0 and model.{key}={value} both clip .*'s gradients, which clips its own; "
+        rf"set the clip with model.{key}=1.0 and leave trainer.gradient_clip_val=null"
+    )
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(f"model={model}", "trainer.gradient_clip_val=1.0"))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_trainer_clip_is_taken_when_the_method_does_not_clip_itself(tiny_config):
+    results = train(tiny_config("model=meta_lstm", "model.n_steps=2", "model.learner.hidden=8",
+                                "model.grad_clip_norm=null", "trainer.gradient_clip_val=1.0"))  # fmt: skip
+    assert results["train"]["steps"] == 4
+
+
+def test_monitor_val_loss_tests_the_checkpoint_of_the_lowest_validation_loss(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=5", "data.train_episodes=1", "monitor=val/loss"))
+    history = results["val_history"]
+    lowest = min(history, key=lambda h: h["loss"])
+    assert lowest["epoch"] != max(history, key=lambda h: h["acc"])["epoch"]  # else the choice tells nothing
+    assert Path(results["checkpoint"]).name.startswith(f"epoch{lowest['epoch']:03d}-")
+    assert results["val"]["loss"] == lowest["loss"] and results["val"]["step"] == lowest["step"]
+    assert 1.0 < lowest["loss"] < 1.7  # the query cross-entropy of 5-way episodes near chance, ln 5 = 1.61
+
+
+def test_an_unknown_monitor_is_refused_before_training(tiny_config, tmp_path):
+    message = r"monitor must be one of \['val/acc', 'val/loss'\], got 'val/ci95'.*set monitor=val/acc or"
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config("monitor=val/ci95"))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_train_on_val_needs_the_final_weights_tested(tiny_config, tmp_path):
+    message = r"data.train_on_val=true trains on the validation classes.*set test_checkpoint=last"
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config("data.train_on_val=true"))
+    assert not (tmp_path / "checkpoints").exists()
+    results = train(tiny_config("data.train_on_val=true", "test_checkpoint=last"))
+    plain = train(tiny_config())
+    classes, plain_classes = results["classes"], plain["classes"]
+    assert classes["train"] == plain_classes["train"] + plain_classes["val"] and classes["val"] == plain_classes["val"]
+    assert Path(results["checkpoint"]).name == "final.ckpt"

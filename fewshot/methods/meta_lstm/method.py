@@ -44,6 +44,7 @@ class MetaLSTM(EpisodicMethod):
     """
 
     needs_fixed_n_way = True
+    own_gradient_clipping = ("grad_clip_norm",)
 
     def __init__(
         self,
@@ -137,9 +138,9 @@ class MetaLSTM(EpisodicMethod):
         return {"gates": summary}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Global gradient-norm clipping at ``grad_clip_norm`` (official 0.25), unless the
-        Trainer's own ``gradient_clip_val`` is set."""
-        value = gradient_clip_val if gradient_clip_val is not None else self.grad_clip_norm
+        """Global gradient-norm clipping at ``grad_clip_norm`` (official 0.25); with it null, the
+        Trainer's ``gradient_clip_val`` if set (a run setting both is refused: fewshot.runchecks)."""
+        value = self.grad_clip_norm if self.grad_clip_norm is not None else gradient_clip_val
         if value:
             self.clip_gradients(
                 optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm"

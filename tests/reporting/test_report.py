@@ -389,3 +389,16 @@ def test_a_bad_report_yaml_is_refused_naming_the_file_and_the_problem(three_meth
 def test_a_single_episode_has_no_interval_and_says_so():
     assert format_accuracy(0.0667, float("nan")) == "6.67 ± n/a"
     assert format_accuracy(0.9285, 0.0046) == "92.85 ± 0.46"
+
+
+def test_a_symlinked_run_folder_is_reported_and_a_looping_link_is_named(tmp_path, capsys, caplog):
+    """Issue 37, item 10: the report follows symlinked run folders (each run once, loops skipped by name)."""
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    write_run(runs / "a", "ProtoNet", A)
+    write_run(elsewhere / "b", "MAML", B)
+    (runs / "b").symlink_to(elsewhere / "b", target_is_directory=True)
+    (runs / "b-again").symlink_to(elsewhere / "b", target_is_directory=True)
+    (elsewhere / "b" / "up").symlink_to(elsewhere, target_is_directory=True)
+    assert report_main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert "2 run(s) found" in capsys.readouterr().out
+    assert f"skipped {runs / 'b' / 'up'}: a link to {elsewhere.resolve()}, a folder it lies in" in caplog.text

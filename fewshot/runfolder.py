@@ -128,22 +128,31 @@ class FolderLock:
 
     @classmethod
     def take(cls, folder: Path) -> FolderLock | None:
-        """Lock ``folder`` (created if missing) for this process; None when another process holds it."""
+        """Lock ``folder`` (created if missing) for this process; None when another process holds it.
+
+        A folder that cannot be made or written gets no lock: the run's own output checks name
+        that problem with its fix, before any work."""
         created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK_FILE
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return cls(folder, None, False)
         if fcntl is None:
             return cls(folder, None, created)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return cls(folder, None, created)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     return None
-                raise
-            try:  # the lock file its last holder removed between our open and our lock is no lock
+                return cls(folder, None, created)  # a file system without locks (some network ones)
+            try:  # a lock file that its last holder removed between our open and our lock is no lock
                 locked = os.path.samestat(os.fstat(fd), os.stat(path))
             except FileNotFoundError:
                 locked = False

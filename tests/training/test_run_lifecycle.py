@@ -708,3 +708,11 @@ def test_3_a_sweep_into_a_taken_time_stamped_folder_runs_in_its_own(tmp_path):
     assert done.returncode == 0
     assert json.loads((tmp_path / "multiruns" / f"{base.name}_1" / "0" / "results.json").read_text())["seed"] == 4
     assert not base.exists()
+
+
+def test_3_a_folder_that_cannot_be_made_gets_no_lock_and_is_left_to_the_runs_own_check(tmp_path):
+    (tmp_path / "file").write_text("x")
+    lock = FolderLock.take(tmp_path / "file" / "run")  # the run's output check names it, with its fix
+    assert lock is not None and lock.fd is None
+    lock.release()
+    assert (tmp_path / "file").read_text() == "x"

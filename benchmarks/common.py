@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fewshot.io import write_json_atomic
 
 
 def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -51,8 +52,5 @@ def peak_resident_bytes() -> int:
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write benchmark figures as JSON."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(payload, indent=2))
-    return target
+    """Write benchmark figures as strict JSON, atomically."""
+    return write_json_atomic(path, payload)

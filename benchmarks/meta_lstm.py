@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from fewshot.allocator import retain_freed_memory
-from fewshot.io import write_text_atomic
+from fewshot.io import write_json_atomic
 from fewshot.methods.meta_lstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
 
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{t:>4}{kept['peak_mib']:>12.0f}{ckpt['peak_mib']:>12.0f}")
         payload["memory"] = runs
     print(f"load average after {os.getloadavg()[0]:.2f}")
-    target = write_text_atomic(args.out, json.dumps(payload, indent=2))
+    target = write_json_atomic(args.out, payload)
     print(f"wrote {target}")
 
 

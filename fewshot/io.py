@@ -1,23 +1,37 @@
 """Writing files safely: atomic replacement, and OS errors turned into one line with the fix.
 
 Every file the project writes goes through :func:`temporary_for` (directly or through
-:func:`write_text_atomic` / :func:`write_bytes_atomic`): the content goes to a hidden
-temporary file in the destination's folder, which is renamed onto the destination only when
-it is complete. A crash, a full disk or an exception while writing leaves the previous file
-as it was (and no half-written file under the final name).
+:func:`write_text_atomic` / :func:`write_bytes_atomic` / :func:`write_json_atomic`): the content
+goes to a hidden temporary file in the destination's folder, which is renamed onto the
+destination only when it is complete. A crash, a full disk or an exception while writing leaves
+the previous file as it was (and no half-written file under the final name); a process killed
+while writing leaves its temporary file (``.<name>.fewshot-<host>-<pid>-<random>.tmp``), which
+:func:`remove_stale_temporaries` deletes once that process is gone.
+
+JSON files are strict JSON (:func:`json_text`): a NaN or infinite number is written as ``null``.
+Paths built from file content (a run's method, seed, a queue's run name) go through
+:func:`safe_name` / :func:`check_inside`; an output is never one of its command's inputs
+(:func:`check_not_an_input`).
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
+import re
 import secrets
-from collections.abc import Iterator, Sequence
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"
+# ``.<name>.fewshot-<host>-<pid>-<random>.tmp``: whose temporary file it is, so a later run can
+# tell a dead writer's leftover from a file being written now
+TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.fewshot-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 
 # what to do about an OS error, by errno
 FIXES = {
@@ -77,7 +91,7 @@ def temporary_for(path: Path, fsync: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.fewshot-{host_tag()}-{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
     try:
         yield tmp
         if fsync:
@@ -88,6 +102,154 @@ def temporary_for(path: Path, fsync: bool = False) -> Iterator[Path]:
         raise
     if fsync:
         fsync_path(path.parent, directory=True)
+
+
+def host_tag() -> str:
+    """This machine's name as it appears in temporary file names (letters, digits, ``_``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", socket.gethostname())[:32] or "host"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of that id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or an id we cannot ask about): not ours to judge
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files in ``folder`` that a writer on this machine left when it was
+    killed (its process is gone); files of live writers and of other machines stay. The removed paths."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = TEMP_PATTERN.match(name)
+        if match and match["host"] == host_tag() and not process_alive(int(match["pid"])):
+            path = Path(folder, name)
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_text(data: Any, indent: int | None = 2, sort_keys: bool = False, default: Any = None) -> str:
+    """Strict JSON of ``data`` (NaN and infinities as ``null``; ``allow_nan=False`` guards the rest), newline-ended."""
+    return json.dumps(finite_or_null(data), indent=indent, sort_keys=sort_keys, default=default, allow_nan=False) + "\n"
+
+
+def write_json_atomic(
+    path: str | os.PathLike[str],
+    data: Any,
+    fsync: bool = False,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    default: Any = None,
+) -> Path:
+    """Write ``data`` as strict JSON (:func:`json_text`) to ``path`` atomically and return the path."""
+    return write_text_atomic(path, json_text(data, indent, sort_keys, default), fsync)
+
+
+class UnsafePathError(ValueError):
+    """A path built from file content that would leave its folder; the message names the input and the fix."""
+
+
+# a name that is one folder of its own: letters, digits, ``_ . + -``, not starting with a dot
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
+
+
+def safe_name(name: Any, what: str, fix: str) -> str:
+    """``name`` if it is one plain folder or file name (not ``.``/``..``, no separator, not hidden).
+
+    Raises:
+        UnsafePathError: naming ``what`` (where the name came from), the name and ``fix``.
+    """
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise UnsafePathError(
+            f"{what} is {name!r}, which is not a plain folder name (letters, digits, _ . + -, not starting "
+            f"with a dot; no / or \\, not . or ..); {fix}."
+        )
+    return name
+
+
+def slug(text: Any, what: str, fix: str) -> str:
+    """A safe folder name made from a method or setting name (lower case, other characters as ``_``).
+
+    Raises:
+        UnsafePathError: ``text`` is not a string, or nothing of it is left (``..``, ``/``).
+    """
+    if not isinstance(text, str):
+        raise UnsafePathError(f"{what} is {text!r}, not a name; {fix}.")
+    made = re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(text)).strip("_.").lower()
+    return safe_name(made, f"{what} ({text!r} as a folder name)", fix)
+
+
+def safe_int(value: Any, what: str, fix: str, minimum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool, a float or a string) of at least ``minimum``.
+
+    Raises:
+        UnsafePathError: naming ``what``, the value and ``fix``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        least = "" if minimum is None else f" of at least {minimum}"
+        raise UnsafePathError(f"{what} is {value!r}, not an integer{least}; {fix}.")
+    return value
+
+
+def check_inside(path: Path, root: Path, what: str) -> Path:
+    """``path`` if it lies under ``root`` once both are resolved (symbolic links followed).
+
+    Raises:
+        UnsafePathError: naming ``what``, the path and the root.
+    """
+    real, real_root = Path(path).resolve(), Path(root).resolve()
+    if real != real_root and real_root not in real.parents:
+        raise UnsafePathError(
+            f"{what}: {path} lies outside {root} (it resolves to {real}); remove the link or fix the input."
+        )
+    return path
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file (resolved paths, or one file under two hard links)."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_an_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], what: str) -> Path:
+    """``output`` if it is none of ``inputs`` (compared resolved, and as files).
+
+    Raises:
+        OutputPathError: naming the output, the input it would replace and ``what`` to pass instead.
+    """
+    target = Path(output).expanduser()
+    for source in inputs:
+        if same_file(target, Path(source).expanduser()):
+            raise OutputPathError(
+                errno.EEXIST,
+                f"Cannot write {target}: it is {source}, an input of this command, which would be replaced; "
+                f"pass another {what}.",
+            )
+    return target
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, fsync: bool = False) -> Path:

@@ -29,7 +29,7 @@ from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
 from fewshot.data.folder import find_class_folders, is_ignored_name, walk_folders
 from fewshot.data.images import decode_image, is_image_name, warn_constant_images
-from fewshot.io import OutputPathError, check_writable_file, write_text_atomic
+from fewshot.io import OutputPathError, check_not_an_input, check_writable_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,15 @@ def write_predictions(path: str | Path, predictions: list[Prediction]) -> Path:
     return write_text_atomic(path, buffer.getvalue())
 
 
+def input_files(cfg: PredictConfig) -> list[Path]:
+    """Every file the command reads: the checkpoint, every support image (also those past the
+    first K of a class) and every query image."""
+    support, query = Path(cfg.support), Path(cfg.query)
+    classes = find_class_folders(support) if support.is_dir() else {}
+    queries = query_files(query) if query.is_dir() else []
+    return [Path(cfg.ckpt_path), *(p for files in classes.values() for p in files), *queries]
+
+
 def parse_args(argv: list[str]) -> PredictConfig:
     """``key=value`` arguments checked against :class:`PredictConfig`."""
     try:
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         check_writable_file(cfg.output)  # before loading and adapting
+        check_not_an_input(cfg.output, input_files(cfg), "output=<file>, e.g. output=predictions.csv")
         predictions = predict_folders(cfg.ckpt_path, cfg.support, cfg.query, cfg.device, cfg.invert)
         path = write_predictions(cfg.output, predictions)
     except (DataError, FileNotFoundError, ValueError, OutputPathError) as err:

@@ -12,21 +12,34 @@ A sweep (``-m``) gets the same protection from ``on_multirun_start``, before Hyd
 sweep's ``multirun.yaml`` or any job's ``.hydra``: a test-only sweep, or a sweep trained from
 scratch, into a sweep folder that holds runs is refused; a continued sweep (``resume=true
 hydra.sweep.dir=<sweep>``) writes every job's config into ``.hydra-resume-<n>`` (a job that never
-started gets it as its ``.hydra``) and keeps the former ``multirun.yaml``. This module imports no
-torch (it runs before every run).
+started gets it as its ``.hydra``) and keeps the former ``multirun.yaml``.
+
+Two runs (or sweeps) never share a folder: each claims its folder by an exclusive lock on
+``<folder>/.fewshot-run.lock`` (:class:`FolderLock`) held for its whole life, and checks the
+folder for another run while it holds the lock. A run given the same ``hydra.run.dir`` as one
+that runs now is refused; a time-stamped folder (the default ``${now:...}`` names) that is taken,
+by a run started in the same second, gets a suffix instead (``<time>_1``, ``<time>_2``, ...). This
+module imports no torch (it runs before every run).
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the checks below still run, without the lock
+    fcntl = None  # type: ignore[assignment]
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # what a run leaves in its folder; inside the task .hydra is this run's own (Hydra wrote it)
 RUN_MARKERS = ("results.json", "checkpoints")
@@ -103,6 +116,121 @@ def keep_former_file(path: Path) -> Path | None:
     return kept
 
 
+LOCK_FILE = ".fewshot-run.lock"
+TIME_RESOLVER = "${now:"
+
+
+class FolderLock:
+    """An exclusive lock on a run or sweep folder, held until :meth:`release` (or the process ends)."""
+
+    def __init__(self, folder: Path, fd: int | None, created: bool) -> None:
+        self.folder, self.fd, self.created = folder, fd, created
+
+    @classmethod
+    def take(cls, folder: Path) -> FolderLock | None:
+        """Lock ``folder`` (created if missing) for this process; None when another process holds it.
+
+        A folder that cannot be made or written gets no lock: the run's own output checks name
+        that problem with its fix, before any work."""
+        created = not folder.exists()
+        path = folder / LOCK_FILE
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return cls(folder, None, False)
+        if fcntl is None:
+            return cls(folder, None, created)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return cls(folder, None, created)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return None
+                return cls(folder, None, created)  # a file system without locks (some network ones)
+            try:  # a lock file that its last holder removed between our open and our lock is no lock
+                locked = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                locked = False
+            if locked:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return cls(folder, fd, created)
+            os.close(fd)
+
+    def release(self) -> None:
+        """Remove the lock file and let the lock go (and the folder, if this lock made it and it is empty)."""
+        if self.fd is not None:
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)  # while still held: no one else can be using it
+            os.close(self.fd)
+            self.fd = None
+        if self.created:
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass  # the run wrote into it: keep it
+            self.created = False
+
+    def __del__(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def lock_holder(folder: Path) -> str:
+    """``process <pid>`` that holds ``folder``'s lock, as far as its lock file says."""
+    try:
+        pid = (folder / LOCK_FILE).read_text().strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+def is_time_named(node: DictConfig) -> bool:
+    """Whether a ``hydra.run`` / ``hydra.sweep`` node's ``dir`` is named by the time (``${now:...}``)."""
+    raw = OmegaConf.to_container(node, resolve=False).get("dir")
+    return isinstance(raw, str) and TIME_RESOLVER in raw
+
+
+def holds_anything(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but its lock file."""
+    return folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
+def claim_new_folder(base: Path) -> tuple[Path, FolderLock]:
+    """``base``, else ``base_1``, ``base_2``, ...: the first folder that no process holds and that
+    holds nothing, locked for this process."""
+    for n in itertools.count():
+        folder = base if n == 0 else base.with_name(f"{base.name}_{n}")
+        lock = FolderLock.take(folder)
+        if lock is None:
+            continue
+        if not holds_anything(folder):
+            return folder, lock
+        lock.release()
+    raise AssertionError("unreachable")
+
+
+def lock_or_refuse(folder: Path, what: str, fix: str) -> FolderLock:
+    """Lock ``folder`` for this process; exit naming the holder when another run holds it."""
+    lock = FolderLock.take(folder)
+    if lock is None:
+        raise SystemExit(
+            f"Error: The {what} {folder} is in use by another run ({lock_holder(folder)}) right now; two runs in one "
+            f"folder would mix their checkpoints and results. Wait for it to end, or {fix}."
+        )
+    return lock
+
+
+def quoted_override(key: str, value: str) -> str:
+    """``key='value'`` with the value quoted for Hydra's override parser."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{key}='{escaped}'"
+
+
 # set by Lightning's DDP launcher, torchrun and SLURM for each process of a multi-process run
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
@@ -113,14 +241,66 @@ def another_process_of_the_run() -> bool:
 
 
 class ProtectExistingRuns(Callback):
-    """Hydra callback (conf/hydra/default.yaml): nothing of an existing run is replaced."""
+    """Hydra callback (conf/hydra/default.yaml): nothing of an existing run is replaced, and no
+    two runs share a folder."""
+
+    def __init__(self) -> None:
+        # the folders this process runs in, locked until the run or sweep ends
+        self.locks: list[FolderLock] = []
+
+    def hold(self, lock: FolderLock) -> None:
+        """Keep ``lock`` until the run (or sweep) ends."""
+        self.locks.append(lock)
+
+    def release_all(self) -> None:
+        """Let every folder this process locked go."""
+        while self.locks:
+            self.locks.pop().release()
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """The run ended (also when it failed): its folder is free."""
+        self.release_all()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """The sweep ended: its folder is free."""
+        self.release_all()
+
+    def claim(self, folder: Path, kind: str, check: Callable[[Path], Any], claimed: bool) -> Any:
+        """Lock ``folder`` (a ``run`` or ``sweep`` folder) unless it is ``claimed`` already, then
+        ``check(folder)`` (it exits on a problem) while no other run can start there; what it returns."""
+        if not claimed:
+            check(folder)  # before creating a lock file in another run's folder
+            fix = f"give this {kind} its own folder (drop hydra.{kind}.dir: the default is a new timestamped folder)"
+            self.hold(lock_or_refuse(folder, f"{kind} folder", fix))
+        try:
+            return check(folder)  # again: now no other run can start there
+        except SystemExit:
+            self.release_all()
+            raise
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Before Hydra writes .hydra: refuse a test-only run, or a run trained from scratch, in
-        another run's folder; point the .hydra of a run that continues one at a fresh folder."""
-        if config.hydra.output_subdir is None or another_process_of_the_run():
-            return  # Hydra writes no config here, or rank 0 made these checks for the whole run
+        """Before Hydra writes .hydra: claim the run folder (a taken time-stamped one gets a
+        suffix; another run's explicit one is refused while that run runs); refuse a test-only
+        run, or a run trained from scratch, in another run's folder; point the .hydra of a run
+        that continues one at a fresh folder."""
+        if another_process_of_the_run():
+            return  # rank 0 claimed the folder and made these checks for the whole run
         run_dir = Path(str(config.hydra.run.dir))
+        claimed = is_time_named(config.hydra.run)
+        if claimed:
+            run_dir, lock = claim_new_folder(run_dir)
+            self.hold(lock)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.run.dir = str(run_dir)
+        if config.hydra.output_subdir is None:  # Hydra writes no config here: nothing to check
+            self.claim(run_dir, "run", lambda folder: None, claimed)
+            return
+        self.claim(run_dir, "run", lambda folder: self.check_run_folder(config, folder), claimed)
+        self.point_config_of_continued_run(config, run_dir)
+
+    @staticmethod
+    def check_run_folder(config: DictConfig, run_dir: Path) -> None:
+        """Exit when the run would replace or mix with another run in ``run_dir``."""
         trains = config.get("train", True)
         continues = config.get("resume", False) or bool(config.get("ckpt_path"))
         markers = (*RUN_MARKERS, HYDRA_SUBDIR)
@@ -132,6 +312,12 @@ class ProtectExistingRuns(Callback):
         except RunConfigError as err:
             # Hydra turns a callback's exception into a warning and goes on: exit instead
             raise SystemExit(f"Error: {err}") from err
+
+    @staticmethod
+    def point_config_of_continued_run(config: DictConfig, run_dir: Path) -> None:
+        """A run that continues one in its folder writes its config beside the first (``.hydra-resume-<n>``)."""
+        trains = config.get("train", True)
+        continues = config.get("resume", False) or bool(config.get("ckpt_path"))
         if trains and continues and config.hydra.output_subdir == HYDRA_SUBDIR and (run_dir / HYDRA_SUBDIR).exists():
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = free_subdir([run_dir], f"{HYDRA_SUBDIR}-resume")
@@ -140,17 +326,22 @@ class ProtectExistingRuns(Callback):
         """Before Hydra writes the sweep's files: refuse a test-only sweep, or a sweep trained from
         scratch, into a sweep folder that holds runs, and a continued sweep into one that holds none;
         point a continued sweep's job configs at a fresh folder and keep its former multirun.yaml."""
-        if config.hydra.output_subdir is None:
-            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        runs = folders_holding_runs(sweep_dir)
-        trains = config.get("train", True)
-        try:
-            check_sweep_folder(
-                sweep_dir, runs, trains, bool(config.get("resume", False)), bool(config.get("ckpt_path"))
-            )
-        except RunConfigError as err:
-            raise SystemExit(f"Error: {err}") from err
+        claimed = is_time_named(config.hydra.sweep)
+        if claimed:  # a sweep started in the same second has it: take the next
+            sweep_dir, lock = claim_new_folder(sweep_dir)
+            self.hold(lock)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.sweep.dir = str(sweep_dir)
+                # each job's config is composed again from these overrides: they must name this folder
+                config.hydra.overrides.hydra = [
+                    *(o for o in config.hydra.overrides.hydra if o.lstrip("+").split("=", 1)[0] != "hydra.sweep.dir"),
+                    quoted_override("hydra.sweep.dir", str(sweep_dir)),
+                ]
+        if config.hydra.output_subdir is None:  # Hydra writes no config here: nothing to check
+            self.claim(sweep_dir, "sweep", lambda folder: None, claimed)
+            return
+        runs = self.claim(sweep_dir, "sweep", lambda folder: self.check_sweep(config, folder), claimed)
         if not runs:
             return
         keep_former_file(sweep_dir / "multirun.yaml")
@@ -159,6 +350,19 @@ class ProtectExistingRuns(Callback):
             # each job's config is composed again from these overrides (ConfigLoader.load_sweep_config)
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.overrides.hydra.append(f"hydra.output_subdir='{subdir}'")
+
+    @staticmethod
+    def check_sweep(config: DictConfig, sweep_dir: Path) -> list[Path]:
+        """The folders of ``sweep_dir`` that hold runs; exit when the sweep would replace or mix with them."""
+        runs = folders_holding_runs(sweep_dir)
+        trains = config.get("train", True)
+        try:
+            check_sweep_folder(
+                sweep_dir, runs, trains, bool(config.get("resume", False)), bool(config.get("ckpt_path"))
+            )
+        except RunConfigError as err:
+            raise SystemExit(f"Error: {err}") from err
+        return runs
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A job of a continued sweep that never started: its config is its first, its ``.hydra``."""

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fewshot.io import UnsafePathError, safe_name
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,8 +56,12 @@ def read_queue(path: Path) -> list[QueuedRun]:
         if words[0] == "@common":
             common = words[1:]
             continue
-        if "=" in words[0] or "/" in words[0]:
+        if "=" in words[0]:
             raise SystemExit(f"{path}:{number}: a line starts with the run's folder name, got {words[0]!r}.")
+        try:  # the name is a folder of --out: ".." would claim --out's parent and move its files
+            safe_name(words[0], "the run's folder name", "rename the run (e.g. protonet_5w1s_seed0)")
+        except UnsafePathError as err:
+            raise SystemExit(f"{path}:{number}: {err}") from err
         runs.append(QueuedRun(words[0], (*common, *words[1:])))
     names = [r.name for r in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +17,19 @@ from fewshot.io import (
     OutputPathError,
     check_writable_dir,
     check_writable_file,
+    host_tag,
+    json_text,
+    remove_stale_temporaries,
     save_figure_atomic,
     write_text_atomic,
 )
 from fewshot.predict import Prediction, write_predictions
 from fewshot.predict import main as predict_main
 from fewshot.reporting.build import main as report_main
+from fewshot.reporting.collect import collect
 from fewshot.reporting.results import write_results
 from fewshot.training import train
-from tests.conftest import compose_config
+from tests.conftest import PROJECT_ROOT, compose_config
 from tests.reporting.test_report import A, B, write_run
 
 ENOSPC = "no space left on the device: free some space or write to another disk"
@@ -227,3 +234,95 @@ def test_the_same_figure_saved_twice_gives_the_same_bytes(tmp_path, suffix):
         plt.close(fig)
         time.sleep(1.1)  # a creation date in seconds would differ
     assert saved[0] == saved[1]
+
+
+# --- issue 37, item 11: strict JSON everywhere --------------------------------------------------
+
+
+def strict_json(text: str) -> object:
+    """Parse ``text`` as strict JSON: NaN, Infinity and -Infinity are refused."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_writer_in_the_package_goes_through_the_strict_helper():
+    package = Path(io_module.__file__).parent
+    dumps = [
+        f"{path.relative_to(package)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "io.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if "json.dump" in line
+    ]
+    assert dumps == [], f"write JSON with fewshot.io.write_json_atomic / json_text: {dumps}"
+
+
+def test_non_finite_numbers_are_written_as_null_and_the_file_is_strict_json(tmp_path):
+    data = {"ci95": float("nan"), "up": float("inf"), "rows": [1.5, float("-inf")], "nested": {"x": (float("nan"),)}}
+    written = write_results(tmp_path / "results.json", data)
+    assert strict_json(written.read_text()) == {"ci95": None, "up": None, "rows": [1.5, None], "nested": {"x": [None]}}
+    assert json_text({"a": 0.25}) == '{\n  "a": 0.25\n}\n'
+
+
+def test_a_one_episode_test_writes_a_null_ci_and_the_report_says_why(tiny_config, tmp_path, capsys):
+    train(tiny_config("data.test_episodes=1"))
+    results = strict_json((tmp_path / "results.json").read_text())
+    assert results["test"]["episodes"] == 1 and results["test"]["ci95"] is None
+    assert report_main([str(tmp_path / "results.json"), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "No 95% CI for ProtoNet (embedded_tiny 5-way 1-shot): tested on 1 episode" in table
+    assert "a confidence interval needs at least 2" in capsys.readouterr().out
+
+
+# --- item 12: a killed writer's temporary file is removed by the next run -----------------------
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from fewshot.io import temporary_for
+with temporary_for(Path(sys.argv[1])) as tmp:
+    tmp.touch()
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def killed_writer_temporary(target: Path) -> Path:
+    """The 0-byte temporary file a process killed (SIGKILL) while writing ``target`` leaves."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(target)],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+    tmp = Path(process.stdout.readline().strip())
+    process.kill()
+    process.wait(timeout=30)
+    assert tmp.is_file() and tmp.stat().st_size == 0 and tmp.parent == target.parent
+    return tmp
+
+
+def test_a_report_removes_the_temporary_file_a_killed_report_left_and_keeps_others(tmp_path):
+    write_run(tmp_path / "runs" / "a", "ProtoNet", A)
+    out = tmp_path / "report"
+    stale = killed_writer_temporary(out / "table.md")
+    assert re.fullmatch(rf"\.table\.md\.fewshot-{host_tag()}-\d+-[0-9a-f]+\.tmp", stale.name)
+    live = out / f".table.csv.fewshot-{host_tag()}-{os.getpid()}-abc.tmp"  # a writer still at work
+    other_host = out / ".paired.md.fewshot-otherhost-1-abc.tmp"  # on a shared disk: not ours to judge
+    for keep in (live, other_host):
+        keep.write_text("")
+    assert report_main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert not stale.exists() and live.exists() and other_host.exists()
+    assert remove_stale_temporaries(out) == []
+
+
+def test_collect_removes_the_temporary_file_a_killed_collect_left(tmp_path):
+    write_run(tmp_path / "runs" / "a", "ProtoNet", A)
+    target = tmp_path / "into" / "toy_5w1s" / "protonet" / "seed0" / "results.json"
+    stale = killed_writer_temporary(target)
+    collect([tmp_path / "runs"], tmp_path / "into")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results.json"] and not stale.exists()

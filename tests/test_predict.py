@@ -113,6 +113,36 @@ def test_predict_reports_missing_arguments_and_folders(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_predict_never_writes_over_one_of_its_inputs(tiny_config, tmp_path, capsys):
+    """Issue 37, item 5: ``output=`` an input (the checkpoint, any image, by any path to it) is refused, untouched."""
+    ckpt = Path(train(tiny_config())["checkpoint"])
+    g = torch.Generator().manual_seed(0)
+    for image in ("support/a/0.png", "support/a/1.png", "support/a/2.png", "support/b/0.png", "support/b/1.png"):
+        write_png(torch.randint(0, 256, (1, 28, 28), generator=g, dtype=torch.uint8), tmp_path / image)
+    query = tmp_path / "query" / "sub" / "q.png"
+    write_png(torch.randint(0, 256, (1, 28, 28), generator=g, dtype=torch.uint8), query)
+    (tmp_path / "hard.png").hardlink_to(query)
+    (tmp_path / "soft.png").symlink_to(query)
+    cases = {  # output given -> the input it is
+        ckpt.parent / ".." / "checkpoints" / ckpt.name: ckpt,  # another spelling of its path
+        query: query,
+        tmp_path / "support" / "b" / "1.png": tmp_path / "support" / "b" / "1.png",
+        tmp_path / "support" / "a" / "2.png": tmp_path / "support" / "a" / "2.png",  # past K=2: read, not used
+        tmp_path / "hard.png": query,  # one file under two names
+        tmp_path / "soft.png": query,
+    }
+    args = [f"ckpt_path={ckpt}", f"support={tmp_path / 'support'}", f"query={tmp_path / 'query'}"]
+    for given, target in cases.items():
+        before = target.read_bytes()
+        assert predict_main([*args, f"output={given}"]) == 2, given
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: Cannot write {given}: it is ") and err.count("\n") == 1, err
+        assert "an input of this command, which would be replaced; pass another output=<file>" in err
+        assert target.read_bytes() == before
+    assert predict_main([*args, f"output={tmp_path / 'predictions.csv'}"]) == 0  # a path of its own is fine
+    assert len(read_csv(tmp_path / "predictions.csv")) == 1
+
+
 def test_predict_refuses_a_support_folder_with_one_class(tiny_config, tmp_path, capsys):
     results = train(tiny_config())
     write_png(torch.zeros(1, 28, 28, dtype=torch.uint8), tmp_path / "support" / "only" / "a.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -16,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fewshot.io import temporary_for, write_text_atomic
+from fewshot.io import temporary_for, write_json_atomic, write_text_atomic
 from fewshot.learned_optimizer.comparison import Baselines, Comparison, OptimizerResult
 from fewshot.learned_optimizer.errors import ConfigError
 from fewshot.learned_optimizer.meta_train import MetaTrainer
@@ -140,7 +139,7 @@ def write_report(results: dict[str, Any], curves: list[OptimizerResult], output_
     table = markdown_table(results["final_loss"])
     header = f"{run_title(results)}; final loss after {results['steps']} steps over {results['n_draws']} draws\n\n"
     write_text_atomic(output_dir / "final_loss.md", header + table)
-    write_text_atomic(output_dir / "final_loss.json", json.dumps(results["final_loss"], indent=2))
+    write_json_atomic(output_dir / "final_loss.json", results["final_loss"])
     write_curves_csv(curves, output_dir / "curves.csv")
     png, _ = save_curves_figure(curves, output_dir, run_title(results))
     print(header + table)

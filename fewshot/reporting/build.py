@@ -21,13 +21,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
+from fewshot.io import OutputPathError, check_writable_dir, remove_stale_temporaries, write_text_atomic
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
 from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
 from fewshot.reporting.readme import ReadmeBlockError, update_block
-from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
+from fewshot.reporting.runs import (
+    BadResultsError,
+    NoRunsError,
+    RunRecord,
+    find_results,
+    load_runs,
+    single_episode_note,
+)
 from fewshot.reporting.speed import speed_note
 from fewshot.reporting.table import (
     Cell,
@@ -110,6 +117,7 @@ def tables_markdown(cells: Sequence[Cell]) -> str:
         + "\n"
         + markdown_training(cells)
         + speed_note(runs, ordered_settings(cells))
+        + single_episode_note(runs)
     )
 
 
@@ -128,6 +136,7 @@ def build_report(
 ) -> dict[str, object]:
     """Write the table, paired tests and figures for the runs under ``paths``; return what was made."""
     runs = load_runs(list(paths))
+    remove_stale_temporaries(out)  # what an earlier report killed while writing left
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
     differences = unique_pairs(differences + requested_pairs(runs, pairs) + against_all(runs, against))

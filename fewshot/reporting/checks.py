@@ -28,9 +28,18 @@ def fraction_problem(name: str, value: Any) -> str | None:
     return None
 
 
+def single_episode(score: Mapping[str, Any]) -> bool:
+    """Whether a score is over one episode (its 95% CI is undefined: ``null``)."""
+    episode_acc = score.get("episode_acc")
+    return score.get("episodes") == 1 or (isinstance(episode_acc, list) and len(episode_acc) == 1)
+
+
 def score_problems(name: str, score: Mapping[str, Any]) -> list[str]:
     """Problems of one ``{acc, ci95[, episodes, episode_acc, episode_index]}`` section."""
-    problems = [p for key in ("acc", "ci95") if (p := fraction_problem(f"{name}.{key}", score.get(key)))]
+    ci95 = score.get("ci95")
+    undefined = ci95 is None or (isinstance(ci95, float) and math.isnan(ci95))
+    keys = ("acc",) if undefined and single_episode(score) else ("acc", "ci95")
+    problems = [p for key in keys if (p := fraction_problem(f"{name}.{key}", score.get(key)))]
     episode_acc = score.get("episode_acc")
     if episode_acc is None:
         return problems

@@ -66,6 +66,12 @@ def read_folder_options(paths: list[Path]) -> FolderOptions:
         raise ReportOptionsError(f"{path}: against must be a list of method names, e.g. [Meta-LSTM]; got {against!r}.")
     if readme is not None and not isinstance(readme, str):
         raise ReportOptionsError(f"{path}: readme must be a file name, e.g. README.md; got {readme!r}.")
+    if readme is not None and (Path(readme).is_absolute() or ".." in Path(readme).parts or readme.startswith("~")):
+        # a path from a file's content stays inside the project: pass any other file with --readme
+        raise ReportOptionsError(
+            f"{path}: readme must be a path inside the project (relative, no ..), e.g. README.md; got {readme!r}; "
+            "pass another file on the command line with --readme."
+        )
     if not isinstance(pair, list) or not all(is_string_list(p) and len(p) == 2 for p in pair):
         raise ReportOptionsError(f"{path}: pair must be a list of [A, B] method pairs; got {pair!r}.")
     return FolderOptions(against, Path(readme) if readme else None, pair, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fewshot.evaluation.stats import mean_ci95
-from fewshot.io import write_text_atomic
+from fewshot.io import write_json_atomic
 
 RESULTS_FILE = "results.json"
 PREFIX_EPISODES = (100, 250, 600)
@@ -61,8 +60,8 @@ def accuracy_at_prefixes(episode_acc: list[float], sizes: tuple[int, ...] = PREF
 
 
 def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """Write the results JSON atomically and return its path."""
-    return write_text_atomic(path, json.dumps(results, indent=2, default=str), fsync=True)
+    """Write the results as strict JSON atomically (a NaN, e.g. the CI of one episode, as null); return its path."""
+    return write_json_atomic(path, results, fsync=True, default=str)
 
 
 def run_title(results: dict[str, Any]) -> str:

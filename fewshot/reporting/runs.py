@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fewshot.reporting.checks import results_problems
 from fewshot.reporting.results import RESULTS_FILE
+
+log = logging.getLogger(__name__)
 
 
 class NoRunsError(FileNotFoundError):
@@ -65,12 +70,41 @@ class RunRecord:
         return self.path.parent
 
 
+def results_below(root: Path) -> Iterator[Path]:
+    """Every ``results.json`` below ``root``, symlinked folders followed; each folder is walked
+    once, and a link that loops back to a folder it lies in, or whose target is missing, is
+    skipped with a warning naming it."""
+    walked = {os.path.realpath(root)}
+    for here, dirnames, filenames in os.walk(root, followlinks=True):
+        real_here = os.path.realpath(here)
+        kept = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(here, name))
+            if real == real_here or real_here.startswith(real.rstrip(os.sep) + os.sep):
+                log.warning("skipped %s: a link to %s, a folder it lies in (it would loop)", Path(here, name), real)
+            elif real not in walked:  # another link to a folder walked already: its files are found there
+                walked.add(real)
+                kept.append(name)
+        dirnames[:] = kept
+        for name in filenames:
+            path = Path(here, name)
+            if path.is_symlink() and not path.exists():
+                log.warning("skipped %s: a link to %s, which does not exist", path, os.readlink(path))
+            elif name == RESULTS_FILE:
+                yield path
+
+
 def find_results(paths: list[Path]) -> list[Path]:
-    """Every ``results.json`` in or below ``paths``, sorted; a clear error when there is none."""
+    """Every ``results.json`` in or below ``paths`` (symlinked run folders followed, each file
+    once), sorted; a clear error when there is none."""
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise NoRunsError(f"{', '.join(map(str, missing))} does not exist; pass a run or multirun folder of train.py.")
-    found = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob(RESULTS_FILE))})
+    by_real: dict[str, Path] = {}
+    for path in paths:
+        for found_file in [path] if path.is_file() else results_below(path):
+            by_real.setdefault(os.path.realpath(found_file), found_file)
+    found = sorted(by_real.values())
     if not found:
         raise NoRunsError(
             f"No {RESULTS_FILE} under {', '.join(map(str, paths))}: these folders hold no finished runs. "
@@ -103,7 +137,7 @@ def read_run(path: Path) -> RunRecord | None:
             n_shot=int(results["n_shot"]),
             seed=int(results.get("seed", 0)),
             acc=float(test["acc"]),
-            ci95=float(test["ci95"]),
+            ci95=float("nan") if test["ci95"] is None else float(test["ci95"]),  # null: one episode
             episodes=int(test["episodes"]),
             fingerprint=test.get("fingerprint"),
             episode_index=tuple(int(i) for i in test.get("episode_index", range(len(test["episode_acc"])))),
@@ -121,6 +155,17 @@ def read_run(path: Path) -> RunRecord | None:
         raise BadResultsError(
             f"{path} is not a complete results file of train.py (missing or bad {err}); rerun that job."
         ) from err
+
+
+def single_episode_note(runs: list[RunRecord]) -> str:
+    """A note naming the runs tested on one episode, whose 95% CI does not exist (``""`` when none)."""
+    single = sorted({f"{r.method} ({r.setting})" for r in runs if r.episodes == 1})
+    if not single:
+        return ""
+    return (
+        f"\nNo 95% CI for {', '.join(single)}: tested on 1 episode, and a confidence interval needs at least 2 "
+        "(ci95 is null in the results; the table shows nan). Test on more episodes (data.test_episodes).\n"
+    )
 
 
 def load_runs(paths: list[Path]) -> list[RunRecord]:

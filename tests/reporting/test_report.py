@@ -347,14 +347,15 @@ def test_report_accepts_a_consistent_results_file(tmp_path):
     assert report_main([str(tmp_path), "--out", str(tmp_path / "r")]) == 0
 
 
-def test_a_folders_report_yaml_gives_its_default_options(three_methods, tmp_path, capsys):
+def test_a_folders_report_yaml_gives_its_default_options(three_methods, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project: report.yaml names its README relative to it
     readme = tmp_path / "README.md"
     source = str(three_methods)
     readme.write_text(f"<!-- report {source}: begin -->\nold\n<!-- report {source}: end -->\n")
-    (three_methods / "report.yaml").write_text(f"against: [MAML]\nreadme: {readme}\n")
+    (three_methods / "report.yaml").write_text("against: [MAML]\nreadme: README.md\n")
     assert report_main([source]) == 0
     out = capsys.readouterr().out
-    assert f"options from {three_methods / 'report.yaml'}: --against MAML --readme {readme}" in out
+    assert f"options from {three_methods / 'report.yaml'}: --against MAML --readme README.md" in out
     paired = (three_methods / "report" / "paired.md").read_text()
     assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | +30.00 ± 19.60 |" in paired
     assert read_block(readme.read_text(), source) == (three_methods / "report" / "table.md").read_text()
@@ -375,6 +376,10 @@ def test_a_folders_report_yaml_gives_its_default_options(three_methods, tmp_path
         ("agains: [MAML]\n", "unknown keys ['agains']; the keys are against, readme, pair"),
         ("against: MAML\n", "against must be a list of method names, e.g. [Meta-LSTM]; got 'MAML'"),
         ("readme: [a, b]\n", "readme must be a file name"),
+        # issue 37, item 1: a path from a file's content stays inside the project
+        ("readme: ../../elsewhere/README.md\n", "readme must be a path inside the project (relative, no ..)"),
+        ("readme: /etc/README.md\n", "readme must be a path inside the project"),
+        ("readme: ~/README.md\n", "readme must be a path inside the project"),
         ("pair: [[ProtoNet]]\n", "pair must be a list of [A, B] method pairs"),
     ],
 )
@@ -389,3 +394,16 @@ def test_a_bad_report_yaml_is_refused_naming_the_file_and_the_problem(three_meth
 def test_a_single_episode_has_no_interval_and_says_so():
     assert format_accuracy(0.0667, float("nan")) == "6.67 ± n/a"
     assert format_accuracy(0.9285, 0.0046) == "92.85 ± 0.46"
+
+
+def test_a_symlinked_run_folder_is_reported_and_a_looping_link_is_named(tmp_path, capsys, caplog):
+    """Issue 37, item 10: the report follows symlinked run folders (each run once, loops skipped by name)."""
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    write_run(runs / "a", "ProtoNet", A)
+    write_run(elsewhere / "b", "MAML", B)
+    (runs / "b").symlink_to(elsewhere / "b", target_is_directory=True)
+    (runs / "b-again").symlink_to(elsewhere / "b", target_is_directory=True)
+    (elsewhere / "b" / "up").symlink_to(elsewhere, target_is_directory=True)
+    assert report_main([str(runs), "--out", str(tmp_path / "report")]) == 0
+    assert "2 run(s) found" in capsys.readouterr().out
+    assert f"skipped {runs / 'b' / 'up'}: a link to {elsewhere.resolve()}, a folder it lies in" in caplog.text

@@ -52,11 +52,33 @@ def test_queue_lines_get_the_common_overrides_first_and_keep_quoted_values(tmp_p
 
 @pytest.mark.parametrize(
     "text, message",
-    [("experiment=x seed=0\n", "starts with the run's folder name"), ("a x=1\na x=2\n", "repeated: a")],
+    [
+        ("experiment=x seed=0\n", "starts with the run's folder name"),
+        ("a x=1\na x=2\n", "repeated: a"),
+        # issue 37, item 2: a name that is not one folder of --out
+        ("ok x=1\n.. seed=0\n", r"q.txt:2: the run's folder name is '\.\.', which is not a plain folder name"),
+        (". seed=0\n", r"the run's folder name is '\.', which is not a plain folder name"),
+        ("a/b seed=0\n", r"the run's folder name is 'a/b', which is not"),
+        ("../up seed=0\n", r"the run's folder name is '\.\./up', which is not"),
+        ("a\\\\b seed=0\n", r"the run's folder name is 'a\\\\b', which is not"),
+        (".hidden seed=0\n", r"the run's folder name is '\.hidden', which is not .* rename the run"),
+        ("'' seed=0\n", r"the run's folder name is '', which is not"),
+    ],
 )
 def test_bad_queue_files_are_refused_naming_the_problem(tmp_path, text, message):
     with pytest.raises(SystemExit, match=message):
         run_queue.read_queue(write_queue(tmp_path / "q.txt", text))
+
+
+def test_a_run_named_dot_dot_never_claims_or_moves_the_parent_of_out(tmp_path):
+    """Issue 37, item 2: ``..`` would be ``<out>/..``, whose run files were set aside into attempt-1/."""
+    parent = tmp_path / "parent"
+    for name in (".hydra", "checkpoints", "csv"):
+        (parent / name).mkdir(parents=True)
+    queue = write_queue(tmp_path / "q.txt", ".. seed=0\n")
+    with pytest.raises(SystemExit, match="q.txt:1: the run's folder name is '..', which is not a plain folder name"):
+        run_queue.main([str(queue), "--out", str(parent / "out"), "--python", sys.executable])
+    assert sorted(p.name for p in parent.iterdir()) == [".hydra", "checkpoints", "csv"]
 
 
 def test_claim_skips_finished_failed_and_live_claims_and_takes_over_dead_ones(tmp_path):

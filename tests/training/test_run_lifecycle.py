@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import setup_globals
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,7 +37,7 @@ from fewshot.data.errors import DataError
 from fewshot.interrupt import rerun_command, resume_command, resume_sweep_command, sweep_folder
 from fewshot.loggers import ResumableCSVLogger
 from fewshot.runchecks import check_resume_config
-from fewshot.runfolder import ProtectExistingRuns, RunConfigError
+from fewshot.runfolder import LOCK_FILE, FolderLock, ProtectExistingRuns, RunConfigError
 from fewshot.training import objective, train
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
@@ -619,3 +620,105 @@ def test_7_a_cut_sweep_continues_with_the_printed_command_and_starts_the_jobs_th
     assert "resume=true" in (sweep / "1" / ".hydra" / "overrides.yaml").read_text().lower()
     assert not (sweep / "1" / ".hydra-resume-1").exists()
     assert (sweep / "multirun.yaml").is_file() and (sweep / "multirun.before-resume-1.yaml").is_file()
+
+
+# --- issue 37, item 3: a run folder is claimed atomically; time-stamped names are made unique -----
+
+# a time-stamped name that every run started on one day shares: the collision of two runs in one second, on demand
+SHARED_TIME_NAME = "${now:%Y-%m-%d}"
+setup_globals()  # Hydra's resolvers (now) for configs resolved outside a Hydra app
+
+
+def test_3_a_run_folder_held_by_a_running_run_is_refused_naming_it(tmp_path):
+    holder = FolderLock.take(tmp_path / "run")  # another run, running now
+    for overrides in ([], ["resume=true"], ["hydra.output_subdir=null"]):
+        with pytest.raises(SystemExit, match=rf"run folder {tmp_path / 'run'} is in use by another run \(process "):
+            ProtectExistingRuns().on_run_start(hydra_run_config(tmp_path / "run", *overrides))
+    holder.release()
+    assert not (tmp_path / "run").exists()  # the lock made the folder and took it away again
+    callback = ProtectExistingRuns()
+    callback.on_run_start(hydra_run_config(tmp_path / "run"))  # free now
+    assert (tmp_path / "run" / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    callback.on_run_end(hydra_run_config(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_3_a_taken_time_stamped_folder_gets_a_suffix_and_an_explicit_one_never_does(tmp_path):
+    base = tmp_path / "runs" / time.strftime("%Y-%m-%d")
+    holder = FolderLock.take(base)  # a run started in the same second, running
+    (tmp_path / "runs" / f"{base.name}_1").mkdir()
+    (tmp_path / "runs" / f"{base.name}_1" / "results.json").write_text("{}")  # one that ended
+    config = hydra_run_config(tmp_path / "unused")
+    config.hydra.run.dir = f"{tmp_path}/runs/{SHARED_TIME_NAME}"
+    callback = ProtectExistingRuns()
+    callback.on_run_start(config)
+    assert config.hydra.run.dir == f"{base}_2" and (tmp_path / "runs" / f"{base.name}_2" / LOCK_FILE).is_file()
+    holder.release()
+    callback.release_all()
+
+
+def test_3_a_taken_time_stamped_sweep_folder_gets_a_suffix_that_every_job_is_composed_with(tmp_path):
+    base = tmp_path / "multiruns" / time.strftime("%Y-%m-%d")
+    holder = FolderLock.take(base)
+    config = hydra_sweep_config(tmp_path / "unused")
+    config.hydra.sweep.dir = f"{tmp_path}/multiruns/{SHARED_TIME_NAME}"
+    config.hydra.overrides.hydra = [f"hydra.sweep.dir={tmp_path}/multiruns/{SHARED_TIME_NAME}", "hydra.verbose=false"]
+    ProtectExistingRuns().on_multirun_start(config)
+    assert config.hydra.sweep.dir == f"{base}_1"
+    assert list(config.hydra.overrides.hydra) == ["hydra.verbose=false", f"hydra.sweep.dir='{base}_1'"]
+    holder.release()
+
+
+def test_3_two_runs_started_at_once_in_one_time_stamped_folder_each_get_their_own(tmp_path):
+    """Both runs of the same second end well, each with its own folder, checkpoints and results."""
+    common = [
+        *TINY,
+        "trainer.max_epochs=1",
+        "data.train_episodes=2",
+        f"hydra.run.dir={tmp_path}/runs/{SHARED_TIME_NAME}",
+    ]
+    processes = [start_train_py(*common, f"seed={seed}", cwd=tmp_path) for seed in (1, 2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    base = tmp_path / "runs" / time.strftime("%Y-%m-%d")
+    folders = [base, base.with_name(f"{base.name}_1")]
+    seeds = sorted(json.loads((folder / "results.json").read_text())["seed"] for folder in folders)
+    assert seeds == [1, 2]
+    for folder in folders:
+        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == sorted(
+            {"last.ckpt", *(p.name for p in (folder / "checkpoints").glob("epoch*.ckpt"))}
+        )
+        assert not (folder / LOCK_FILE).exists()  # let go when the run ended
+
+
+def test_3_two_runs_given_one_folder_at_once_never_both_run_there(tmp_path):
+    run = tmp_path / "run"
+    common = [*TINY, "trainer.max_epochs=1", "data.train_episodes=2", f"hydra.run.dir={run}"]
+    processes = [start_train_py(*common, f"seed={seed}", cwd=tmp_path) for seed in (1, 2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    codes = [p.returncode for p in processes]
+    assert sorted(codes) == [0, 1], [err[-2000:] for _, err in outputs]
+    refused = outputs[codes.index(1)][1]
+    assert "is in use by another run (process" in refused or "already holds a run" in refused, refused[-2000:]
+    winner = (1, 2)[codes.index(0)]
+    assert json.loads((run / "results.json").read_text())["seed"] == winner
+    assert sorted(p.name for p in run.glob(".hydra*")) == [".hydra"]  # one config, the winner's
+
+
+def test_3_a_sweep_into_a_taken_time_stamped_folder_runs_in_its_own(tmp_path):
+    base = tmp_path / "multiruns" / time.strftime("%Y-%m-%d")
+    holder = FolderLock.take(base)  # a sweep started in the same second, running
+    done = run_train_py("-m", *TINY, "trainer.max_epochs=1", "data.train_episodes=2", "seed=4",
+                        f"hydra.sweep.dir={tmp_path}/multiruns/{SHARED_TIME_NAME}", cwd=tmp_path)  # fmt: skip
+    holder.release()
+    assert done.returncode == 0
+    assert json.loads((tmp_path / "multiruns" / f"{base.name}_1" / "0" / "results.json").read_text())["seed"] == 4
+    assert not base.exists()
+
+
+def test_3_a_folder_that_cannot_be_made_gets_no_lock_and_is_left_to_the_runs_own_check(tmp_path):
+    (tmp_path / "file").write_text("x")
+    lock = FolderLock.take(tmp_path / "file" / "run")  # the run's output check names it, with its fix
+    assert lock is not None and lock.fd is None
+    lock.release()
+    assert (tmp_path / "file").read_text() == "x"

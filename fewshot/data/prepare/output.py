@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewshot.data.errors import DataError
-from fewshot.io import TEMP_SUFFIX, write_text_atomic
+from fewshot.io import TEMP_SUFFIX, write_json_atomic
 
 # Written last, into a finished folder: its presence is what "complete" means.
 MARKER = ".fewshot_prepared.json"
@@ -128,7 +128,7 @@ def open_partial(out: Path, dataset: str) -> Path:
         remove_temporaries(partial)
         return partial
     partial.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, json.dumps({"dataset": dataset}))
+    write_json_atomic(marker, {"dataset": dataset}, indent=None)
     return partial
 
 
@@ -136,7 +136,7 @@ def finish(partial: Path, out: Path, dataset: str, counts: Mapping[str, Mapping[
     """Mark ``partial`` complete and move it to ``out`` in one rename."""
     remove_temporaries(partial)
     info = {"dataset": dataset, "counts": {s: dict(sorted(c.items())) for s, c in counts.items()}}
-    write_text_atomic(partial / MARKER, json.dumps(info, indent=1))
+    write_json_atomic(partial / MARKER, info, indent=1)
     (partial / PARTIAL_MARKER).unlink(missing_ok=True)
     if out.is_dir():  # an empty folder the user made beforehand (finished_counts allows only that)
         out.rmdir()

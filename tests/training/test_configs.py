@@ -118,10 +118,9 @@ RESTORING_KEYS = {
     "ProtoNet test episodes": (["experiment=omniglot/protonet_5w1s", "data.test_episodes=1000"],
                                {"data.test_episodes": 1000}),
     "Baseline-NN validation": (
-        ["experiment=miniimagenet/baseline_nn_5w1s", "+trainer.val_check_interval=1000",
-         "trainer.check_val_every_n_epoch=null"],
+        ["experiment=miniimagenet/baseline_nn_5w1s", "trainer.val_check_interval=1000"],
         {"trainer.val_check_interval": 1000, "trainer.check_val_every_n_epoch": None,
-         "data.image_sampling": "class_balanced", "data.images_per_class": 5},
+         "data.image_sampling": "class_balanced", "data.images_per_class": 5, "data.image_batch_size": 32},
     ),
     "Reptile validation cadence": (
         ["experiment=omniglot/reptile_5w1s", "+trainer.val_check_interval=10", "data.val_episodes=1"],

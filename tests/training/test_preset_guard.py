@@ -244,7 +244,12 @@ def test_overrides_of_sampled_keys_are_reported():
     for preset, key in rng.sample(pairs, 20):
         snapshot = read_snapshot(preset)
         old, new = snapshot[key], edited(snapshot[key])[0]
-        found = changes(preset, snapshot, guarded_values(preset, [f"{key}={override_text(new)}"]))
+        try:
+            composed = guarded_values(preset, [f"{key}={override_text(new)}"])
+        except Exception as error:  # a value checked at composition (e.g. monitor) is refused there
+            assert key.rsplit(".", 1)[-1] in str(error), (preset, key, error)
+            continue
+        found = changes(preset, snapshot, composed)
         assert Change(preset, key, old, new) in found, (preset, key, found)
         followers = [c for c in found if c.key != key]
         assert all(same(c.old, old) and same(c.new, new) for c in followers), (preset, key, found)
@@ -272,8 +277,8 @@ DEFAULT_EDITS = {
     # a trainer, a callback and a data default, inherited by every preset
     "trainer": ("trainer/default.yaml", "deterministic: false", "deterministic: true", "trainer.deterministic",
                 False, True, "*/meta_lstm_5w1s", None),
-    "callbacks": ("callbacks/default.yaml", "  mode: max", "  mode: min", "callbacks.model_checkpoint.mode", "max",
-                  "min", "*/baseline_*_5w5s", None),
+    "callbacks": ("callbacks/default.yaml", "  minutes: null", "  minutes: 30", "callbacks.cpu_budget.minutes", None,
+                  30, "*/baseline_*_5w5s", None),
     "data": ("data/episodic.yaml", "eval_seed: 0", "eval_seed: 1", "data.eval_seed", 0, 1, "*/reptile_5w1s", None),
 }  # fmt: skip
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
-from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
+from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference
 from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
 from fewshot.reporting.readme import ReadmeBlockError, update_block
 from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
@@ -35,11 +35,13 @@ from fewshot.reporting.table import (
     checkpoint_note,
     csv_paired,
     csv_table,
+    episode_set_note,
     markdown_paired,
     markdown_table,
     markdown_training,
     method_sort_key,
     ordered_settings,
+    pair_cells,
     paired_against_best,
 )
 
@@ -56,36 +58,46 @@ def gate_figures(runs: Sequence[RunRecord]) -> list[Path]:
 
 
 def requested_pairs(
-    runs: Sequence[RunRecord], pairs: Sequence[Sequence[str]], skip_missing: bool = False
-) -> list[PairedDifference]:
-    """Paired differences for ``--pair A B`` in every setting where both methods ran."""
-    differences = []
+    cells: Sequence[Cell], pairs: Sequence[Sequence[str]], skip_missing: bool = False
+) -> tuple[list[PairedDifference], list[str]]:
+    """Paired differences for ``--pair A B`` in every column where both methods ran, and a note
+    for each setting where both ran but on different test episodes (other columns): never paired."""
+    differences, not_paired = [], []
     for a, b in pairs:
         found = False
-        for setting in sorted({r.setting for r in runs}):
-            runs_a = [r for r in runs if r.method == a and r.setting == setting]
-            runs_b = [r for r in runs if r.method == b and r.setting == setting]
-            if runs_a and runs_b:
-                differences.append(paired_difference(runs_a, runs_b))
-                found = True
+        for setting in sorted({c.runs[0].setting for c in cells}):
+            cells_a = [c for c in cells if c.method == a and c.runs[0].setting == setting]
+            cells_b = [c for c in cells if c.method == b and c.runs[0].setting == setting]
+            for cell_a in cells_a:
+                for cell_b in cells_b:
+                    found = True
+                    if cell_a.setting != cell_b.setting:
+                        set_a, set_b = (c.setting.removeprefix(setting).strip(" ()") for c in (cell_a, cell_b))
+                        not_paired.append(f"{setting}: {a} ({set_a}) and {b} ({set_b})")
+                        continue
+                    try:
+                        differences.append(pair_cells(cell_a, cell_b))
+                    except EpisodeMismatchError as err:
+                        not_paired.append(f"{setting}: {err}")
         if not found and not skip_missing:
-            methods = sorted({r.method for r in runs})
+            methods = sorted({c.method for c in cells})
             raise EpisodeMismatchError(
                 f"--pair {a} {b}: no setting has runs of both methods. Methods found: {', '.join(methods)}."
             )
-    return differences
+    return differences, not_paired
 
 
-def against_all(runs: Sequence[RunRecord], methods: Sequence[str]) -> list[PairedDifference]:
-    """Paired differences of each of ``methods`` against every other method, in every setting."""
-    found = {r.method for r in runs}
+def against_all(cells: Sequence[Cell], methods: Sequence[str]) -> tuple[list[PairedDifference], list[str]]:
+    """Paired differences of each of ``methods`` against every other method, in every column
+    (and the notes of :func:`requested_pairs`)."""
+    found = {c.method for c in cells}
     unknown = [m for m in methods if m not in found]
     if unknown:
         raise EpisodeMismatchError(
             f"--against {', '.join(unknown)}: no such method in these runs. Methods found: {', '.join(sorted(found))}."
         )
     pairs = [(a, b) for a in methods for b in sorted(found, key=method_sort_key) if b != a]
-    return requested_pairs(runs, pairs, skip_missing=True)
+    return requested_pairs(cells, pairs, skip_missing=True)
 
 
 def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifference]:
@@ -106,6 +118,7 @@ def tables_markdown(cells: Sequence[Cell]) -> str:
     runs = [run for cell in cells for run in cell.runs]
     return (
         markdown_table(cells)
+        + episode_set_note(cells)
         + checkpoint_note(cells)
         + "\n"
         + markdown_training(cells)
@@ -130,13 +143,17 @@ def build_report(
     runs = load_runs(list(paths))
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
-    differences = unique_pairs(differences + requested_pairs(runs, pairs) + against_all(runs, against))
+    pairs_made, pairs_not_made = requested_pairs(cells, pairs)
+    against_made, against_not_made = against_all(cells, against)
+    differences = unique_pairs(differences + pairs_made + against_made)
+    not_paired = list(dict.fromkeys(skipped + pairs_not_made + against_not_made))
+    paired_md = markdown_paired(differences, not_paired)
     table_md = tables_markdown(cells)
     table_csv = csv_table(cells)
     written = [
         write_text(out / "table.md", table_md),
         write_text(out / "table.csv", table_csv),
-        write_text(out / "paired.md", markdown_paired(differences)),
+        write_text(out / "paired.md", paired_md),
         write_text(out / "paired.csv", csv_paired(differences)),
     ]
     figures = [
@@ -153,8 +170,8 @@ def build_report(
         "runs": runs,
         "table_md": table_md,
         "table_csv": table_csv,
-        "paired_md": markdown_paired(differences),
-        "skipped_pairs": skipped,
+        "paired_md": paired_md,
+        "skipped_pairs": not_paired,
         "files": written + figures,
         "figures": figures + [g for g in gates if g.suffix == ".png"],
     }

@@ -42,9 +42,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from fewshot.reporting.costs import COSTS_VERSION, CostsError, read_costs
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
-COSTS_VERSION = 1
 # overrides that change how long a line trains, not what a step costs
 LENGTH_KEYS = ("seed", "trainer.max_steps", "callbacks.cpu_budget.minutes")
 # overrides the measurement sets itself (a line's own value is dropped)
@@ -262,30 +263,6 @@ def measure_queue(
         "timed_steps": steps,
         "rows": list(measured.values()),
     }
-
-
-class CostsError(ValueError):
-    """A costs file that cannot be used: unreadable, or without a line that is asked for."""
-
-
-def read_costs(path: Path) -> dict[str, Any]:
-    """A costs file written by this script (a one-line error naming the file otherwise)."""
-    try:
-        costs = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise CostsError(
-            f"cannot read the costs file {path} ({err}); make it with python -m benchmarks.step_costs."
-        ) from err
-    rows = costs.get("rows") if isinstance(costs, dict) else None
-    if not isinstance(rows, list) or costs.get("version") != COSTS_VERSION:
-        raise CostsError(
-            f"{path} is not a costs file of version {COSTS_VERSION}; remake it with benchmarks.step_costs."
-        )
-    for row in rows:
-        cost = row.get("step_cpu_s")
-        if not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost <= 0:
-            raise CostsError(f"{path}: {row.get('lines')} has step_cpu_s {cost!r}, not a positive number.")
-    return costs
 
 
 def step_caps(runs: Sequence[Any], costs: dict[str, Any], reference_minutes: float) -> dict[str, int]:

@@ -4,10 +4,13 @@ Finds every ``results.json`` below the given folders and writes, into ``--out``:
 ``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
 in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
 spread; then each cell's CPU-minutes of training and whether a plateau or a cap ended it),
-``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best method
-against every other, plus any ``--pair A B`` and ``--against M``: M against every other method),
-``accuracy_vs_step.png``,
-``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the
+``paired.md`` / ``paired.csv`` (per-episode paired differences, and over training seeds where
+both rows have several: each setting's best method against every other, plus any
+``--pair A B`` and ``--against M``: M against every other method; a setting whose runs scored
+different test episodes is split into one column per episode set, never paired across),
+``accuracy_vs_cpu_time.png`` (time to accuracy, in reference CPU-minutes from
+``<folder>/reference_costs.json`` or ``--costs``, else in measured CPU-minutes, as its title
+says) and ``accuracy_vs_shots.png``; and draws the
 Meta-LSTM gate figure into every run folder with gate statistics. ``--wandb`` also logs the
 table and figures as one W&B run (offline). ``--readme README.md`` rewrites the block of that
 file marked for these runs with ``table.md`` (``fewshot.reporting.readme``). A single folder's
@@ -22,10 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
+from fewshot.reporting.costs import CostsError, ReferenceCosts, find_reference_costs
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference
-from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
+from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, without_costs
 from fewshot.reporting.readme import ReadmeBlockError, update_block
 from fewshot.reporting.runs import BadResultsError, NoRunsError, RunRecord, find_results, load_runs
 from fewshot.reporting.speed import speed_note
@@ -136,10 +140,30 @@ def write_text(path: Path, text: str) -> Path:
     return write_text_atomic(path, text)
 
 
+def costs_notes(runs: Sequence[RunRecord], costs: ReferenceCosts | None, paths: Sequence[Path]) -> list[str]:
+    """What the time-to-accuracy figure's time is, when it is not reference time for every row."""
+    if costs is None:
+        return [
+            "no reference_costs.json: accuracy_vs_cpu_time.png is in measured CPU minutes, which depend on each "
+            f"run's machine (python -m benchmarks.step_costs <queue> --out {paths[0]}/reference_costs.json makes one)"
+        ]
+    missing = without_costs(runs, costs)
+    return (
+        [f"{costs.source} has no cost for {', '.join(missing)}: not drawn in accuracy_vs_cpu_time.png"]
+        if missing
+        else []
+    )
+
+
 def build_report(
-    paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]] = (), against: Sequence[str] = ()
+    paths: Sequence[Path],
+    out: Path,
+    pairs: Sequence[Sequence[str]] = (),
+    against: Sequence[str] = (),
+    costs: ReferenceCosts | None = None,
 ) -> dict[str, object]:
-    """Write the table, paired tests and figures for the runs under ``paths``; return what was made."""
+    """Write the table, paired tests and figures for the runs under ``paths`` (time in reference
+    CPU-minutes with ``costs``); return what was made."""
     runs = load_runs(list(paths))
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
@@ -159,8 +183,7 @@ def build_report(
     figures = [
         f
         for f in (
-            plot_accuracy_vs_step(runs, out / "accuracy_vs_step.png"),
-            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png"),
+            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png", costs),
             plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png"),
         )
         if f is not None
@@ -172,6 +195,7 @@ def build_report(
         "table_csv": table_csv,
         "paired_md": paired_md,
         "skipped_pairs": not_paired,
+        "notes": costs_notes(runs, costs, paths),
         "files": written + figures,
         "figures": figures + [g for g in gates if g.suffix == ".png"],
     }
@@ -191,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme", type=Path, default=None, help="rewrite this Markdown file's block marked for these runs (README.md)"
     )
+    parser.add_argument(
+        "--costs",
+        type=Path,
+        default=None,
+        help="reference costs per step (benchmarks.step_costs; default: <folder>/reference_costs.json if present)",
+    )
     parser.add_argument("--wandb", action="store_true", help="log the table and figures as a W&B run")
     parser.add_argument("--wandb-project", default="fewshot")
     parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
@@ -205,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         args.pair = options.pair + args.pair
         args.readme = args.readme or options.readme
         check_writable_dir(out, create=False)  # before reading every run
-        report = build_report(args.paths, out, args.pair, args.against)
+        costs = find_reference_costs(args.paths, args.costs)
+        report = build_report(args.paths, out, args.pair, args.against, costs)
         if args.readme is not None:
             source = " ".join(str(p) for p in args.paths)
             changed = update_block(args.readme, source, str(report["table_md"]))
@@ -217,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         OutputPathError,
         ReadmeBlockError,
         ReportOptionsError,
+        CostsError,
         OSError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -225,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report["table_md"])
     print(report["paired_md"])
     for note in report["skipped_pairs"]:
-        print(f"note: skipped a pair: {note}")
+        print(f"note: not paired: {note}")
+    for note in report["notes"]:
+        print(f"note: {note}")
     for path in report["files"]:
         print(f"wrote {path}")
     for path in report["figures"]:

@@ -11,7 +11,9 @@ different test episodes is split into one column per episode set, never paired a
 ``accuracy_vs_cpu_time.png`` (time to accuracy, in reference CPU-minutes from
 ``<folder>/reference_costs.json`` or ``--costs``, else in measured CPU-minutes, as its title
 says) and ``accuracy_vs_shots.png``; and draws the
-Meta-LSTM gate figure into every run folder with gate statistics. ``--wandb`` also logs the
+Meta-LSTM gate figure into every run folder with gate statistics. ``--history "<setting>/<method>"``
+prints the committed versions of one row's results instead (``fewshot.reporting.history``).
+``--wandb`` also logs the
 table and figures as one W&B run (offline). ``--readme README.md`` rewrites the block of that
 file marked for these runs with ``table.md`` (``fewshot.reporting.readme``). A single folder's
 ``report.yaml`` gives its default options (``fewshot.reporting.options``).
@@ -27,6 +29,7 @@ from pathlib import Path
 from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
 from fewshot.reporting.costs import CostsError, ReferenceCosts, find_reference_costs
 from fewshot.reporting.gates import save_gate_figure
+from fewshot.reporting.history import row_history
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference
 from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, without_costs
@@ -221,12 +224,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="reference costs per step (benchmarks.step_costs; default: <folder>/reference_costs.json if present)",
     )
+    parser.add_argument(
+        "--history",
+        metavar="SETTING/METHOD",
+        default=None,
+        help='print the git history of one row\'s results (e.g. "omniglot 5-way 1-shot/Meta-LSTM"); no report',
+    )
     parser.add_argument("--wandb", action="store_true", help="log the table and figures as a W&B run")
     parser.add_argument("--wandb-project", default="fewshot")
     parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
     parser.add_argument("--wandb-online", action="store_true", help="log online instead of offline")
     args = parser.parse_args(argv)
     out = args.out or default_out(args.paths)
+    if args.history is not None:
+        try:
+            print(row_history(args.paths, args.history), end="")
+        except (NoRunsError, BadResultsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         options = read_folder_options(args.paths)
         if options.source is not None:

@@ -104,17 +104,17 @@ class StepCostTimer(pl.Callback):
         self.write(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Save what was read, with the trainer's validation schedule."""
+        """Save what was read, with the trainer's validation schedule of training."""
+        batches, interval = trainer.num_training_batches, trainer.val_check_batch
+        self.loop = {
+            "num_training_batches": batches if math.isfinite(batches) else None,
+            "val_check_batch": interval if interval is not None and math.isfinite(interval) else None,
+            "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
+        }
         self.write(trainer)
 
     def write(self, trainer: pl.Trainer) -> None:
-        """Write the readings and how often this trainer validates (in batches)."""
-        batches = trainer.num_training_batches
-        self.loop = {
-            "num_training_batches": batches if math.isfinite(batches) else None,
-            "val_check_batch": trainer.val_check_batch if math.isfinite(trainer.val_check_batch) else None,
-            "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-        }
+        """Write the readings and the validation schedule (once training has ended)."""
         payload = {"steps": self.steps, "validations": self.validations, "loop": self.loop}
         self.out.write_text(json.dumps(payload))
 

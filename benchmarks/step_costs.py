@@ -179,8 +179,10 @@ def measure_line(overrides: Sequence[str], warmup: int, steps: int, extra: Seque
     """Train a line for ``warmup + steps`` steps in this process and time it; its method and
     setting (as the report names them) and :func:`line_cost`."""
     from fewshot.interrupt import StopFlag
+    from fewshot.quiet import silence_library_noise
     from fewshot.training import build_run, check_before_work, method_name
 
+    silence_library_noise()
     with tempfile.TemporaryDirectory(prefix="step_costs_") as folder:
         readings_path = Path(folder) / "readings.json"
         timed = [

@@ -123,13 +123,15 @@ def tables_markdown(cells: Sequence[Cell]) -> str:
     """``table.md``: the accuracy table, which checkpoints were tested, the training table, and
     whether the runs' CPU speeds differed."""
     runs = [run for cell in cells for run in cell.runs]
+    first_run = {cell.setting: cell.runs[0] for cell in cells}
+    settings = list(dict.fromkeys(first_run[column].setting for column in ordered_settings(cells)))
     return (
         markdown_table(cells)
         + episode_set_note(cells)
         + checkpoint_note(cells)
         + "\n"
         + markdown_training(cells)
-        + speed_note(runs, ordered_settings(cells))
+        + speed_note(runs, settings)  # per setting, whatever its episode sets
     )
 
 

@@ -76,8 +76,8 @@ def test_a_one_seed_row_says_it_covers_episodes_only(tmp_path):
 
 
 def test_a_setting_scored_on_two_episode_sets_is_two_columns_and_never_paired_across(tmp_path, capsys):
-    write_run(tmp_path / "a", "ProtoNet", A, fingerprint="a" * 64)
-    write_run(tmp_path / "b", "MAML", B, fingerprint="b" * 64)
+    write_run(tmp_path / "a", "ProtoNet", A, fingerprint="a" * 64, hardware={"platform": "host-1"})
+    write_run(tmp_path / "b", "MAML", B, fingerprint="b" * 64, hardware={"platform": "host-2"})
     write_run(tmp_path / "c", "Baseline-NN", C, fingerprint="b" * 64)
     cells = build_cells(load_runs([tmp_path]))
     table = tables_markdown(cells).splitlines()
@@ -93,6 +93,8 @@ def test_a_setting_scored_on_two_episode_sets_is_two_columns_and_never_paired_ac
         "- toy 5-way 1-shot: toy 5-way 1-shot (episodes aaaaaaaa): ProtoNet; "
         "toy 5-way 1-shot (episodes bbbbbbbb): Baseline-NN, MAML"
     )
+    # the speed note still speaks of the setting as a whole
+    assert "- toy 5-way 1-shot: trained on 2 platforms: host-1 (ProtoNet seed 0); host-2 (MAML seed 0)" in table
     assert report_main([str(tmp_path), "--pair", "ProtoNet", "MAML", "--against", "ProtoNet"]) == 0
     paired = (tmp_path / "report" / "paired.md").read_text()
     rows = [line for line in paired.splitlines() if line.startswith("| toy")]

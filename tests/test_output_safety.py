@@ -114,11 +114,12 @@ def test_report_plots_are_real_pngs_written_through_the_atomic_helper(tmp_path, 
         return original(fig, path, **kwargs)
 
     monkeypatch.setattr("fewshot.reporting.plots.save_figure_atomic", spy)
-    write_run(tmp_path / "runs" / "a", "ProtoNet", A, val_history=[{"step": 1, "epoch": 0, "acc": 0.5, "ci95": 0.1}])
+    history = [{"step": 1, "epoch": 0, "acc": 0.5, "ci95": 0.1, "cpu_s": 30.0}]
+    write_run(tmp_path / "runs" / "a", "ProtoNet", A, val_history=history)
     write_run(tmp_path / "runs" / "b", "MAML", B)
     assert report_main([str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
-    assert saved == ["accuracy_vs_step.png"]
-    assert (tmp_path / "r" / "accuracy_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved == ["accuracy_vs_cpu_time.png"]
+    assert (tmp_path / "r" / "accuracy_vs_cpu_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- item 12: unwritable outputs, named before the work -------------------------------------------

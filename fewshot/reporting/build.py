@@ -4,11 +4,16 @@ Finds every ``results.json`` below the given folders and writes, into ``--out``:
 ``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
 in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
 spread; then each cell's CPU-minutes of training and whether a plateau or a cap ended it),
-``paired.md`` / ``paired.csv`` (per-episode paired differences: each setting's best method
-against every other, plus any ``--pair A B`` and ``--against M``: M against every other method),
-``accuracy_vs_step.png``,
-``accuracy_vs_cpu_time.png`` (time to accuracy) and ``accuracy_vs_shots.png``; and draws the
-Meta-LSTM gate figure into every run folder with gate statistics. ``--wandb`` also logs the
+``paired.md`` / ``paired.csv`` (per-episode paired differences, and over training seeds where
+both rows have several: each setting's best method against every other, plus any
+``--pair A B`` and ``--against M``: M against every other method; a setting whose runs scored
+different test episodes is split into one column per episode set, never paired across),
+``accuracy_vs_cpu_time.png`` (time to accuracy, in reference CPU-minutes from
+``<folder>/reference_costs.json`` or ``--costs``, else in measured CPU-minutes, as its title
+says) and ``accuracy_vs_shots.png``; and draws the
+Meta-LSTM gate figure into every run folder with gate statistics. ``--history "<setting>/<method>"``
+prints the committed versions of one row's results instead (``fewshot.reporting.history``).
+``--wandb`` also logs the
 table and figures as one W&B run (offline). ``--readme README.md`` rewrites the block of that
 file marked for these runs with ``table.md`` (``fewshot.reporting.readme``). A single folder's
 ``report.yaml`` gives its default options (``fewshot.reporting.options``).
@@ -22,10 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fewshot.io import OutputPathError, check_writable_dir, remove_stale_temporaries, write_text_atomic
+from fewshot.reporting.costs import CostsError, ReferenceCosts, find_reference_costs
 from fewshot.reporting.gates import save_gate_figure
+from fewshot.reporting.history import row_history
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
-from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, paired_difference
-from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, plot_accuracy_vs_step
+from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference
+from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, without_costs
 from fewshot.reporting.readme import ReadmeBlockError, update_block
 from fewshot.reporting.runs import (
     BadResultsError,
@@ -42,11 +49,13 @@ from fewshot.reporting.table import (
     checkpoint_note,
     csv_paired,
     csv_table,
+    episode_set_note,
     markdown_paired,
     markdown_table,
     markdown_training,
     method_sort_key,
     ordered_settings,
+    pair_cells,
     paired_against_best,
 )
 
@@ -63,36 +72,46 @@ def gate_figures(runs: Sequence[RunRecord]) -> list[Path]:
 
 
 def requested_pairs(
-    runs: Sequence[RunRecord], pairs: Sequence[Sequence[str]], skip_missing: bool = False
-) -> list[PairedDifference]:
-    """Paired differences for ``--pair A B`` in every setting where both methods ran."""
-    differences = []
+    cells: Sequence[Cell], pairs: Sequence[Sequence[str]], skip_missing: bool = False
+) -> tuple[list[PairedDifference], list[str]]:
+    """Paired differences for ``--pair A B`` in every column where both methods ran, and a note
+    for each setting where both ran but on different test episodes (other columns): never paired."""
+    differences, not_paired = [], []
     for a, b in pairs:
         found = False
-        for setting in sorted({r.setting for r in runs}):
-            runs_a = [r for r in runs if r.method == a and r.setting == setting]
-            runs_b = [r for r in runs if r.method == b and r.setting == setting]
-            if runs_a and runs_b:
-                differences.append(paired_difference(runs_a, runs_b))
-                found = True
+        for setting in sorted({c.runs[0].setting for c in cells}):
+            cells_a = [c for c in cells if c.method == a and c.runs[0].setting == setting]
+            cells_b = [c for c in cells if c.method == b and c.runs[0].setting == setting]
+            for cell_a in cells_a:
+                for cell_b in cells_b:
+                    found = True
+                    if cell_a.setting != cell_b.setting:
+                        set_a, set_b = (c.setting.removeprefix(setting).strip(" ()") for c in (cell_a, cell_b))
+                        not_paired.append(f"{setting}: {a} ({set_a}) and {b} ({set_b})")
+                        continue
+                    try:
+                        differences.append(pair_cells(cell_a, cell_b))
+                    except EpisodeMismatchError as err:
+                        not_paired.append(f"{setting}: {err}")
         if not found and not skip_missing:
-            methods = sorted({r.method for r in runs})
+            methods = sorted({c.method for c in cells})
             raise EpisodeMismatchError(
                 f"--pair {a} {b}: no setting has runs of both methods. Methods found: {', '.join(methods)}."
             )
-    return differences
+    return differences, not_paired
 
 
-def against_all(runs: Sequence[RunRecord], methods: Sequence[str]) -> list[PairedDifference]:
-    """Paired differences of each of ``methods`` against every other method, in every setting."""
-    found = {r.method for r in runs}
+def against_all(cells: Sequence[Cell], methods: Sequence[str]) -> tuple[list[PairedDifference], list[str]]:
+    """Paired differences of each of ``methods`` against every other method, in every column
+    (and the notes of :func:`requested_pairs`)."""
+    found = {c.method for c in cells}
     unknown = [m for m in methods if m not in found]
     if unknown:
         raise EpisodeMismatchError(
             f"--against {', '.join(unknown)}: no such method in these runs. Methods found: {', '.join(sorted(found))}."
         )
     pairs = [(a, b) for a in methods for b in sorted(found, key=method_sort_key) if b != a]
-    return requested_pairs(runs, pairs, skip_missing=True)
+    return requested_pairs(cells, pairs, skip_missing=True)
 
 
 def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifference]:
@@ -111,12 +130,15 @@ def tables_markdown(cells: Sequence[Cell]) -> str:
     """``table.md``: the accuracy table, which checkpoints were tested, the training table, and
     whether the runs' CPU speeds differed."""
     runs = [run for cell in cells for run in cell.runs]
+    first_run = {cell.setting: cell.runs[0] for cell in cells}
+    settings = list(dict.fromkeys(first_run[column].setting for column in ordered_settings(cells)))
     return (
         markdown_table(cells)
+        + episode_set_note(cells)
         + checkpoint_note(cells)
         + "\n"
         + markdown_training(cells)
-        + speed_note(runs, ordered_settings(cells))
+        + speed_note(runs, settings)  # per setting, whatever its episode sets
         + single_episode_note(runs)
     )
 
@@ -131,28 +153,51 @@ def write_text(path: Path, text: str) -> Path:
     return write_text_atomic(path, text)
 
 
+def costs_notes(runs: Sequence[RunRecord], costs: ReferenceCosts | None, paths: Sequence[Path]) -> list[str]:
+    """What the time-to-accuracy figure's time is, when it is not reference time for every row."""
+    if costs is None:
+        return [
+            "no reference_costs.json: accuracy_vs_cpu_time.png is in measured CPU minutes, which depend on each "
+            f"run's machine (python -m benchmarks.step_costs <queue> --out {paths[0]}/reference_costs.json makes one)"
+        ]
+    missing = without_costs(runs, costs)
+    return (
+        [f"{costs.source} has no cost for {', '.join(missing)}: not drawn in accuracy_vs_cpu_time.png"]
+        if missing
+        else []
+    )
+
+
 def build_report(
-    paths: Sequence[Path], out: Path, pairs: Sequence[Sequence[str]] = (), against: Sequence[str] = ()
+    paths: Sequence[Path],
+    out: Path,
+    pairs: Sequence[Sequence[str]] = (),
+    against: Sequence[str] = (),
+    costs: ReferenceCosts | None = None,
 ) -> dict[str, object]:
-    """Write the table, paired tests and figures for the runs under ``paths``; return what was made."""
+    """Write the table, paired tests and figures for the runs under ``paths`` (time in reference
+    CPU-minutes with ``costs``); return what was made."""
     runs = load_runs(list(paths))
     remove_stale_temporaries(out)  # what an earlier report killed while writing left
     cells = build_cells(runs)
     differences, skipped = paired_against_best(cells)
-    differences = unique_pairs(differences + requested_pairs(runs, pairs) + against_all(runs, against))
+    pairs_made, pairs_not_made = requested_pairs(cells, pairs)
+    against_made, against_not_made = against_all(cells, against)
+    differences = unique_pairs(differences + pairs_made + against_made)
+    not_paired = list(dict.fromkeys(skipped + pairs_not_made + against_not_made))
+    paired_md = markdown_paired(differences, not_paired)
     table_md = tables_markdown(cells)
     table_csv = csv_table(cells)
     written = [
         write_text(out / "table.md", table_md),
         write_text(out / "table.csv", table_csv),
-        write_text(out / "paired.md", markdown_paired(differences)),
+        write_text(out / "paired.md", paired_md),
         write_text(out / "paired.csv", csv_paired(differences)),
     ]
     figures = [
         f
         for f in (
-            plot_accuracy_vs_step(runs, out / "accuracy_vs_step.png"),
-            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png"),
+            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png", costs),
             plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png"),
         )
         if f is not None
@@ -162,8 +207,9 @@ def build_report(
         "runs": runs,
         "table_md": table_md,
         "table_csv": table_csv,
-        "paired_md": markdown_paired(differences),
-        "skipped_pairs": skipped,
+        "paired_md": paired_md,
+        "skipped_pairs": not_paired,
+        "notes": costs_notes(runs, costs, paths),
         "files": written + figures,
         "figures": figures + [g for g in gates if g.suffix == ".png"],
     }
@@ -183,12 +229,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme", type=Path, default=None, help="rewrite this Markdown file's block marked for these runs (README.md)"
     )
+    parser.add_argument(
+        "--costs",
+        type=Path,
+        default=None,
+        help="reference costs per step (benchmarks.step_costs; default: <folder>/reference_costs.json if present)",
+    )
+    parser.add_argument(
+        "--history",
+        metavar="SETTING/METHOD",
+        default=None,
+        help='print the git history of one row\'s results (e.g. "omniglot 5-way 1-shot/Meta-LSTM"); no report',
+    )
     parser.add_argument("--wandb", action="store_true", help="log the table and figures as a W&B run")
     parser.add_argument("--wandb-project", default="fewshot")
     parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
     parser.add_argument("--wandb-online", action="store_true", help="log online instead of offline")
     args = parser.parse_args(argv)
     out = args.out or default_out(args.paths)
+    if args.history is not None:
+        try:
+            print(row_history(args.paths, args.history), end="")
+        except (NoRunsError, BadResultsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         options = read_folder_options(args.paths)
         if options.source is not None:
@@ -197,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         args.pair = options.pair + args.pair
         args.readme = args.readme or options.readme
         check_writable_dir(out, create=False)  # before reading every run
-        report = build_report(args.paths, out, args.pair, args.against)
+        costs = find_reference_costs(args.paths, args.costs)
+        report = build_report(args.paths, out, args.pair, args.against, costs)
         if args.readme is not None:
             source = " ".join(str(p) for p in args.paths)
             changed = update_block(args.readme, source, str(report["table_md"]))
@@ -209,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         OutputPathError,
         ReadmeBlockError,
         ReportOptionsError,
+        CostsError,
         OSError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -217,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report["table_md"])
     print(report["paired_md"])
     for note in report["skipped_pairs"]:
-        print(f"note: skipped a pair: {note}")
+        print(f"note: not paired: {note}")
+    for note in report["notes"]:
+        print(f"note: {note}")
     for path in report["files"]:
         print(f"wrote {path}")
     for path in report["figures"]:

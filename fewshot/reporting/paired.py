@@ -1,8 +1,21 @@
-"""Paired comparison of two methods scored on the same test episodes."""
+"""Paired comparison of two methods scored on the same test episodes, over the episodes and,
+where both methods have several training seeds, over the seeds too.
+
+The episode interval is the paired one: per-episode differences of the seed-averaged accuracies,
+``1.96 * std / sqrt(episodes)``. It says how much other test episodes would move the difference,
+not how much another training seed would. Where both sides have at least two seeds, the seed
+interval is Welch's t-interval of the difference of their seeds' mean accuracies: every seed of
+one method against every seed of the other (the difference of the two seed means, with Welch's
+standard error), not seed k against seed k, since seed k of two methods are unrelated trainings
+(other models, other batches) and a pairing by seed number would tie the result to those labels.
+Welch's degrees of freedom are rounded down (a wider interval). A difference is significant
+when it is outside both intervals.
+"""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +23,7 @@ import torch
 
 from fewshot.evaluation.stats import mean_ci95
 from fewshot.reporting.runs import RunRecord
+from fewshot.reporting.trend import t_quantile_95
 
 
 class EpisodeMismatchError(ValueError):
@@ -17,8 +31,17 @@ class EpisodeMismatchError(ValueError):
 
 
 @dataclass(frozen=True)
+class SeedInterval:
+    """Welch's 95% t-interval of the difference of two methods' seed means."""
+
+    ci95: float
+    dof: int
+
+
+@dataclass(frozen=True)
 class PairedDifference:
-    """Mean per-episode accuracy difference ``a - b`` with its 95% CI and a two-sided p-value."""
+    """Mean per-episode accuracy difference ``a - b`` with its 95% CI over the test episodes and
+    a two-sided p-value; with several seeds on both sides, also its 95% CI over the seeds."""
 
     method_a: str
     method_b: str
@@ -27,11 +50,21 @@ class PairedDifference:
     mean: float
     ci95: float
     p_value: float
+    seeds_a: int = 1
+    seeds_b: int = 1
+    seed_interval: SeedInterval | None = None
+
+    @property
+    def covers_seeds(self) -> bool:
+        """Whether the comparison accounts for training seeds (several seeds on both sides)."""
+        return self.seed_interval is not None
 
     @property
     def significant(self) -> bool:
-        """Whether the 95% CI of the difference excludes zero."""
-        return abs(self.mean) > self.ci95
+        """Whether the difference is outside its 95% CI over episodes and, with several seeds on
+        both sides, outside its 95% CI over seeds too."""
+        beyond_seeds = self.seed_interval is None or abs(self.mean) > self.seed_interval.ci95
+        return abs(self.mean) > self.ci95 and beyond_seeds
 
 
 def episode_accuracies(runs: Sequence[RunRecord]) -> tuple[tuple[int, ...], torch.Tensor, str | None]:
@@ -66,12 +99,29 @@ def normal_two_sided_p(z: float) -> float:
     return math.erfc(abs(z) / math.sqrt(2.0))
 
 
+def welch_interval(acc_a: Sequence[float], acc_b: Sequence[float]) -> SeedInterval | None:
+    """Welch's 95% t-interval of ``mean(acc_a) - mean(acc_b)`` (one accuracy per training seed);
+    None unless both sides have at least two seeds. Degrees of freedom rounded down."""
+    n_a, n_b = len(acc_a), len(acc_b)
+    if n_a < 2 or n_b < 2:
+        return None
+    var_a = statistics.variance(acc_a) / n_a
+    var_b = statistics.variance(acc_b) / n_b
+    total = var_a + var_b
+    if total == 0.0:  # identical seeds on both sides: no spread to widen the interval by
+        return SeedInterval(0.0, n_a + n_b - 2)
+    dof = max(1, math.floor(total**2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))))
+    return SeedInterval(t_quantile_95(dof) * math.sqrt(total), dof)
+
+
 def paired_difference(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord]) -> PairedDifference:
     """Per-episode difference of method a minus method b over their shared test episodes.
 
     Each side may hold several runs (seeds) of one method; their per-episode accuracies are
     averaged first. The CI is ``1.96 * std(d) / sqrt(n)`` of the differences ``d``; the
     p-value is the normal approximation of the paired t-test (n is hundreds of episodes).
+    With two or more seeds on both sides, the seed interval is :func:`welch_interval` of the
+    seeds' test accuracies.
     """
     check_same_episodes(runs_a[0], runs_b[0])
     _, acc_a, _ = episode_accuracies(runs_a)
@@ -91,4 +141,7 @@ def paired_difference(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord]) 
         mean=mean,
         ci95=ci95,
         p_value=p_value,
+        seeds_a=len(runs_a),
+        seeds_b=len(runs_b),
+        seed_interval=welch_interval([r.acc for r in runs_a], [r.acc for r in runs_b]),
     )

@@ -1,9 +1,15 @@
-"""Report figures: validation accuracy over meta-training steps and CPU time, and test accuracy against shots."""
+"""Report figures: validation accuracy against time (reference CPU minutes from a costs file, or
+the measured ones), and test accuracy against shots.
+
+There is no figure against training steps: a step is a different amount of work per method
+(a batch of 32 images, a meta-batch of 32 tasks, one episode), which the reference minutes
+(steps x that method's cost per step) put on one scale."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +21,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from fewshot.io import save_figure_atomic  # noqa: E402
+from fewshot.reporting.costs import ReferenceCosts  # noqa: E402
 from fewshot.reporting.runs import RunRecord  # noqa: E402
 from fewshot.reporting.table import method_sort_key, setting_sort_key, split_variant  # noqa: E402
 
@@ -135,73 +142,161 @@ def use_log_axis(ax: plt.Axes) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def validation_curves_figure(
-    runs: Sequence[RunRecord], x_key: str, x_label: str, x_scale: float, x_log: bool = False
-) -> plt.Figure | None:
-    """Validation accuracy (with its 95% CI band) against ``x_key`` of each validation point
-    (times ``x_scale``, on a log axis with ``x_log``), one panel per setting and one line per run
-    (a method's seeds share its look and its legend entry); None when no run has a validation
-    history with that key."""
-    with_history = [r for r in runs if r.val_history and all(p.get(x_key) is not None for p in r.val_history)]
-    if not with_history:
-        return None
-    settings = panel_order(with_history)
-    styles = method_styles([r.method for r in runs])
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
-    handles: dict[str, Line2D] = {}
-    runs_per_method: dict[str, int] = {}
-    for ax, setting in zip(axes[0], settings):
-        panel = sorted(
-            (r for r in with_history if r.setting == setting), key=lambda r: (method_sort_key(r.method), r.seed)
-        )
-        for run in panel:
-            seeds = sum(r.method == run.method for r in panel)
-            runs_per_method[run.method] = max(runs_per_method.get(run.method, 0), seeds)
-            style = styles[run.method]
-            xs = [x_scale * p[x_key] for p in run.val_history]
-            acc = [100 * p["acc"] for p in run.val_history]
-            ci = [100 * (p.get("ci95") or 0.0) for p in run.val_history]
-            (line,) = ax.plot(
-                xs, acc, marker="o", markersize=3, linewidth=1.2, color=style.color, linestyle=style.linestyle
-            )
-            handles.setdefault(run.method, line)
-            ax.fill_between(
-                xs,
-                [a - c for a, c in zip(acc, ci)],
-                [a + c for a, c in zip(acc, ci)],
-                color=style.color,
-                alpha=0.15 / seeds,
-                linewidth=0,
-            )
-        ax.set(title=setting, xlabel=x_label, ylabel="validation accuracy (%)")
-        if x_log:
-            use_log_axis(ax)
-        ax.grid(alpha=0.3)
-    add_figure_legend(fig, handles, runs_per_method)
-    return fig
-
-
 def save_if_drawn(fig: plt.Figure | None, path: Path) -> Path | None:
     """Write ``fig`` to ``path`` (None when there was nothing to draw)."""
     return None if fig is None else save_figure(fig, path)
 
 
-def plot_accuracy_vs_step(runs: Sequence[RunRecord], path: Path) -> Path | None:
-    """Validation accuracy against meta-training step (None when no run has a history)."""
-    return save_if_drawn(validation_curves_figure(runs, "step", "meta-training step", 1.0), path)
+@dataclass(frozen=True)
+class Curve:
+    """One method's validation accuracy (mean over its seeds) against time in minutes."""
+
+    minutes: list[float]
+    acc: list[float]  # percent
+    ci95: list[float]  # percent, the mean of the seeds' intervals
+    seeds: int
 
 
-def time_to_accuracy_figure(runs: Sequence[RunRecord]) -> plt.Figure | None:
-    """Validation accuracy against the CPU minutes the run had used by then (training and
-    validations), on a log axis: cheap methods plateau in minutes, others run to a cap of hours."""
-    label = "CPU minutes used (training + validation, log scale)"
-    return validation_curves_figure(runs, "cpu_s", label, 1 / 60, x_log=True)
+def mean_curve(runs: Sequence[RunRecord], minutes_of: Callable[[RunRecord, dict], float | None]) -> Curve | None:
+    """The mean over seeds of the validations at the steps every seed validated, at the mean of
+    ``minutes_of(run, validation)``; None when a seed has no validation or no time for one."""
+    histories = [{int(p["step"]): p for p in run.val_history if p.get("step") is not None} for run in runs]
+    common = sorted(set.intersection(*(set(h) for h in histories))) if histories else []
+    minutes, acc, ci95 = [], [], []
+    for step in common:
+        times = [minutes_of(run, h[step]) for run, h in zip(runs, histories)]
+        if any(t is None or not math.isfinite(t) or t <= 0 for t in times):
+            return None
+        minutes.append(statistics.fmean(times))
+        acc.append(100 * statistics.fmean(h[step]["acc"] for h in histories))
+        ci95.append(100 * statistics.fmean(h[step].get("ci95") or 0.0 for h in histories))
+    return Curve(minutes, acc, ci95, len(runs)) if common else None
 
 
-def plot_accuracy_vs_cpu_time(runs: Sequence[RunRecord], path: Path) -> Path | None:
-    """The time-to-accuracy figure written to ``path`` (None when no run has CPU times in its
-    validation history: runs without a CPU budget callback)."""
-    return save_if_drawn(time_to_accuracy_figure(runs), path)
+def measured_minutes(_run: RunRecord, validation: dict) -> float | None:
+    """The CPU minutes a run had used at a validation (training and validations, its own machine)."""
+    cpu = validation.get("cpu_s")
+    return cpu / 60 if isinstance(cpu, (int, float)) else None
+
+
+def reference_minutes(costs: ReferenceCosts) -> Callable[[RunRecord, dict], float | None]:
+    """Minutes of the reference machine at a validation: steps x the run's row's cost per step."""
+
+    def minutes(run: RunRecord, validation: dict) -> float | None:
+        cost = costs.of(run.setting, run.method)
+        return None if cost is None else validation["step"] * cost / 60
+
+    return minutes
+
+
+def without_costs(runs: Sequence[RunRecord], costs: ReferenceCosts) -> list[str]:
+    """``method (setting)`` of every row with a validation history but no reference cost."""
+    rows = {(r.setting, r.method) for r in runs if r.val_history and costs.of(r.setting, r.method) is None}
+    return [f"{method} ({setting})" for setting, method in sorted(rows, key=lambda k: (k[0], method_sort_key(k[1])))]
+
+
+def method_curves(
+    runs: Sequence[RunRecord], minutes_of: Callable[[RunRecord, dict], float | None]
+) -> dict[tuple[str, str], Curve]:
+    """Each (setting, method)'s mean curve over its seeds, where it has one."""
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault((run.setting, run.method), []).append(run)
+    curves = {key: mean_curve(group, minutes_of) for key, group in groups.items()}
+    return {key: curve for key, curve in curves.items() if curve is not None}
+
+
+def draw_curve(ax: plt.Axes, curve: Curve, style: LineStyle, muted: bool = False) -> Line2D:
+    """One method's line (with its CI band), or a thin faint one as a reference (``muted``)."""
+    alpha, width, marker = (0.3, 0.9, None) if muted else (1.0, 1.4, "o")
+    (line,) = ax.plot(
+        curve.minutes,
+        curve.acc,
+        marker=marker,
+        markersize=3,
+        linewidth=width,
+        color=style.color,
+        linestyle="-" if muted else style.linestyle,
+        alpha=alpha,
+    )
+    if not muted:
+        low = [a - c for a, c in zip(curve.acc, curve.ci95)]
+        high = [a + c for a, c in zip(curve.acc, curve.ci95)]
+        ax.fill_between(curve.minutes, low, high, color=style.color, alpha=0.12, linewidth=0)
+    return line
+
+
+def time_to_accuracy_figure(runs: Sequence[RunRecord], costs: ReferenceCosts | None = None) -> plt.Figure | None:
+    """Validation accuracy (mean over seeds, 95% CI band) against time on a log axis, one panel
+    per setting and one line per method; named variants in a second row of panels, each over its
+    method's line drawn faint. With ``costs``, time is reference CPU-minutes (steps x the row's
+    cost per step on the reference machine, validations included: the same for every machine);
+    without, the CPU-minutes each run measured on its own machine, and the title says so. None
+    when no run has a curve."""
+    minutes_of = measured_minutes if costs is None else reference_minutes(costs)
+    curves = method_curves(runs, minutes_of)
+    if not curves:
+        return None
+    settings = [s for s in panel_order(runs) if any(key[0] == s for key in curves)]
+    has_variants = any(split_variant(m)[1] for _, m in curves)
+    styles = method_styles([m for _, m in curves])
+    fig, axes = plt.subplots(
+        2 if has_variants else 1, len(settings), figsize=(5.5 * len(settings), 4 * (1 + has_variants)), squeeze=False
+    )
+    handles: dict[str, Line2D] = {}
+    seeds: dict[str, int] = {}
+    for column, setting in enumerate(settings):
+        in_panel = sorted((m for s, m in curves if s == setting), key=method_sort_key)
+        for method in in_panel:
+            variant = bool(split_variant(method)[1])
+            curve = curves[(setting, method)]
+            handles.setdefault(method, draw_curve(axes[int(variant)][column], curve, styles[method]))
+            seeds[method] = max(seeds.get(method, 0), curve.seeds)
+            base = split_variant(method)[0]
+            if variant and (setting, base) in curves:
+                draw_curve(axes[1][column], curves[(setting, base)], styles[base], muted=True)
+        titles = [setting, f"{setting}: variants"]
+        for row, ax in enumerate(axes[:, column]):
+            ax.set(title=titles[row], ylabel="validation accuracy (%)")
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no named variant", ha="center", va="center", transform=ax.transAxes, color="grey")
+                ax.set_xticks([])
+                continue
+            ax.set_xlabel("reference CPU minutes (log scale)" if costs else "measured CPU minutes (log scale)")
+            use_log_axis(ax)
+            ax.grid(alpha=0.3)
+    title = time_title(costs, without_costs(runs, costs) if costs else [])
+    if has_variants:
+        fig.subplots_adjust(hspace=0.35)
+        title += "\nsecond row: the named variants, each over its method's line drawn faint"
+    fig.suptitle(title, fontsize=9)
+    add_figure_legend(fig, handles, seeds)
+    return fig
+
+
+def time_title(costs: ReferenceCosts | None, missing: Sequence[str]) -> str:
+    """What the time axis of the time-to-accuracy figure measures, and what it leaves out."""
+    if costs is None:
+        return (
+            "Time to accuracy in MEASURED CPU minutes (training + validations) of each run's own machine: "
+            "no reference_costs.json, so machines of different speeds are mixed\n"
+            "(python -m benchmarks.step_costs makes one; then time is steps x each method's cost per step)"
+        )
+    title = (
+        f"Time to accuracy in reference CPU minutes: steps x each method's CPU-s per step (validations included) "
+        f"on {costs.cpu}\n(from {costs.source.name}; the CPU time each run measured stays in its results.json)"
+    )
+    if missing:
+        title += "\nnot drawn, no reference cost: " + ", ".join(missing)
+    return title
+
+
+def plot_accuracy_vs_cpu_time(
+    runs: Sequence[RunRecord], path: Path, costs: ReferenceCosts | None = None
+) -> Path | None:
+    """The time-to-accuracy figure written to ``path`` (None when no run has a curve: no
+    validation history, or without ``costs`` no CPU times in it)."""
+    return save_if_drawn(time_to_accuracy_figure(runs, costs), path)
 
 
 Panel = tuple[str, int]  # (dataset, N-way) of the accuracy-against-shots figure

@@ -7,7 +7,7 @@ import io
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, episode_accuracies, paired_difference
 from fewshot.reporting.runs import BadResultsError, RunRecord
@@ -122,22 +122,72 @@ def mark_best(cells: Sequence[Cell]) -> list[Cell]:
         for cell in setting_cells:
             is_best = cell is top
             overlaps = not is_best and cell.acc + cell.ci95 >= top.acc - top.ci95
-            marked.append(
-                Cell(**{**cell.__dict__, "best": is_best, "overlaps_best": overlaps})  # frozen: rebuild
-            )
+            marked.append(replace(cell, best=is_best, overlaps_best=overlaps))
     return marked
 
 
+def episode_set(run: RunRecord) -> str:
+    """The test episodes a run was scored on: its fingerprint, or for a results file written
+    without one, ``unfingerprinted <count>``."""
+    return run.fingerprint or f"unfingerprinted {run.episodes}"
+
+
+def episode_set_label(key: str) -> str:
+    """A short name of an episode set for a column header: the fingerprint's first 8 characters."""
+    return key if key.startswith("unfingerprinted") else key[:8]
+
+
+def column_of_runs(groups: dict[tuple[str, str], list[RunRecord]]) -> dict[tuple[str, str], str]:
+    """The column of each (method, setting) group: the setting itself where every run of that
+    setting scored the same test episodes, else ``<setting> (episodes <set>)``, one column per set,
+    so that no column compares (bolds, pairs) methods scored on different episodes."""
+    sets_of: dict[str, set[str]] = {}
+    for (_, setting), group in groups.items():
+        sets_of.setdefault(setting, set()).add(episode_set(group[0]))
+    return {
+        (method, setting): setting
+        if len(sets_of[setting]) == 1
+        else f"{setting} (episodes {episode_set_label(episode_set(group[0]))})"
+        for (method, setting), group in groups.items()
+    }
+
+
 def build_cells(runs: Sequence[RunRecord]) -> list[Cell]:
-    """Every (method, setting) cell of the table, with best and overlap marks."""
-    cells = [make_cell(method, setting, group) for (method, setting), group in group_runs(runs).items()]
+    """Every (method, column) cell of the table, with best and overlap marks; a column is a
+    setting, split by test-episode set where its runs scored different episodes."""
+    groups = group_runs(runs)
+    columns = column_of_runs(groups)
+    cells = [make_cell(method, columns[(method, setting)], group) for (method, setting), group in groups.items()]
     return mark_best(cells)
 
 
 def ordered_settings(cells: Sequence[Cell]) -> list[str]:
-    """The table's columns in order."""
+    """The table's columns in order (a setting's episode-set columns side by side)."""
     firsts = {c.setting: c.runs[0] for c in cells}
-    return sorted(firsts, key=lambda s: setting_sort_key(firsts[s]))
+    return sorted(firsts, key=lambda s: (setting_sort_key(firsts[s]), s))
+
+
+def episode_set_note(cells: Sequence[Cell]) -> str:
+    """Lines under the table naming the settings whose runs scored different test episodes, and
+    which rows scored which (empty when every setting has one episode set)."""
+    split: dict[str, dict[str, list[str]]] = {}
+    for cell in cells:
+        first = cell.runs[0]
+        if cell.setting != first.setting:
+            split.setdefault(first.setting, {}).setdefault(cell.setting, []).append(cell.method)
+    if not split:
+        return ""
+    lines = [
+        "\nTest episodes differ within a setting, so it is split into one column per episode set; bold marks and "
+        "paired tests compare rows of one column only. To compare all, test every run on the same episodes (same "
+        "data config, data.eval_seed, data.n_query and data.test_episodes):"
+    ]
+    for setting, columns in split.items():
+        listed = "; ".join(
+            f"{column}: {', '.join(sorted(rows, key=method_sort_key))}" for column, rows in sorted(columns.items())
+        )
+        lines.append(f"- {setting}: {listed}")
+    return "\n".join(lines) + "\n"
 
 
 def ordered_methods(cells: Sequence[Cell]) -> list[str]:
@@ -296,8 +346,13 @@ def csv_table(cells: Sequence[Cell]) -> str:
     return out.getvalue()
 
 
+def pair_cells(a: Cell, b: Cell) -> PairedDifference:
+    """The paired difference of two cells of one column, named by that column."""
+    return replace(paired_difference(a.runs, b.runs), setting=a.setting)
+
+
 def paired_against_best(cells: Sequence[Cell]) -> tuple[list[PairedDifference], list[str]]:
-    """In every setting, the paired difference of the best method minus each other method,
+    """In every column, the paired difference of the best method minus each other method,
     and a note for each pair skipped because its runs scored different episodes."""
     differences, skipped = [], []
     for setting in ordered_settings(cells):
@@ -307,7 +362,7 @@ def paired_against_best(cells: Sequence[Cell]) -> tuple[list[PairedDifference], 
             if cell is best:
                 continue
             try:
-                differences.append(paired_difference(best.runs, cell.runs))
+                differences.append(pair_cells(best, cell))
             except EpisodeMismatchError as err:
                 skipped.append(str(err))
     return differences, skipped
@@ -318,36 +373,79 @@ def p_value_text(p: float) -> str:
     return "<1e-16" if p < 1e-16 else f"{p:.3g}"
 
 
-def markdown_paired(differences: Sequence[PairedDifference]) -> str:
-    """Paired differences as a Markdown table (percentage points, 95% CI, p-value)."""
+def seed_interval_text(d: PairedDifference) -> str:
+    """The seed column of a paired row: ``± 1.15 (2 df)``, or ``episodes only`` with one seed on a side."""
+    if d.seed_interval is None:
+        return "episodes only"
+    return f"± {100 * d.seed_interval.ci95:.2f} ({d.seed_interval.dof} df)"
+
+
+PAIRED_NOTE = (
+    "\na - b: the mean per-episode difference (each side's seeds averaged episode by episode) with its 95% CI "
+    "over the test episodes, and the paired test's p. over seeds: where both rows have several training seeds, "
+    "Welch's 95% t-interval of the difference of their seeds' mean accuracies (every seed of one against every "
+    "seed of the other: seed k of two methods are unrelated trainings, so seeds are not paired by number); "
+    "significant then needs the difference outside both intervals. episodes only: a side has one training seed, "
+    "so the CI, p and significant cover the test episodes only, not how much another training seed would change "
+    "the difference.\n"
+)
+
+
+def markdown_paired(differences: Sequence[PairedDifference], not_paired: Sequence[str] = ()) -> str:
+    """Paired differences as a Markdown table (percentage points, 95% CI over episodes and, with
+    several seeds on both sides, over seeds; p-value), then what the columns mean and the pairs
+    left out because their runs scored different test episodes."""
     lines = [
-        "| setting | a | b | episodes | a - b (points) | p | significant |",
-        "|---|---|---|---:|---:|---:|:---:|",
+        "| setting | a | b | episodes | seeds | a - b (points) | p | over seeds | significant |",
+        "|---|---|---|---:|---:|---:|---:|---:|:---:|",
     ]
     for d in differences:
         lines.append(
-            f"| {d.setting} | {d.method_a} | {d.method_b} | {d.episodes} | "
-            f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f} | {p_value_text(d.p_value)} | "
+            f"| {d.setting} | {d.method_a} | {d.method_b} | {d.episodes} | {d.seeds_a}, {d.seeds_b} | "
+            f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f} | {p_value_text(d.p_value)} | {seed_interval_text(d)} | "
             f"{'yes' if d.significant else 'no'} |"
         )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + PAIRED_NOTE
+    if not_paired:
+        text += "\nNot paired, scored on different test episodes:\n" + "".join(f"- {note}\n" for note in not_paired)
+    return text
 
 
 def csv_paired(differences: Sequence[PairedDifference]) -> str:
-    """Paired differences as CSV (numbers in [0, 1])."""
+    """Paired differences as CSV (numbers in [0, 1]; the seed interval empty with one seed on a side)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["setting", "method_a", "method_b", "episodes", "mean_diff", "ci95", "p_value", "significant"])
+    writer.writerow(
+        [
+            "setting",
+            "method_a",
+            "method_b",
+            "episodes",
+            "seeds_a",
+            "seeds_b",
+            "mean_diff",
+            "ci95",
+            "p_value",
+            "seed_ci95",
+            "seed_dof",
+            "significant",
+        ]
+    )
     for d in differences:
+        seeds = d.seed_interval
         writer.writerow(
             [
                 d.setting,
                 d.method_a,
                 d.method_b,
                 d.episodes,
+                d.seeds_a,
+                d.seeds_b,
                 f"{d.mean:.6f}",
                 f"{d.ci95:.6f}",
                 f"{d.p_value:.6g}",
+                "" if seeds is None else f"{seeds.ci95:.6f}",
+                "" if seeds is None else seeds.dof,
                 int(d.significant),
             ]
         )

@@ -9,13 +9,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
+from fewshot.reporting.build import main as report_main
+from fewshot.reporting.costs import CostsError, load_reference_costs
 from fewshot.reporting.plots import (
     accuracy_vs_shots_figure,
     method_styles,
     plot_accuracy_vs_cpu_time,
     row_major,
     time_to_accuracy_figure,
-    validation_curves_figure,
 )
 from fewshot.reporting.runs import load_runs
 from tests.reporting.test_report import A, B, write_run
@@ -73,19 +74,104 @@ def test_a_legend_reads_its_entries_row_by_row(n, columns):
     assert [i for row in layout for i in row] == items
 
 
-def test_seeds_share_one_look_and_one_legend_entry_and_panels_follow_the_table(tmp_path: Path):
-    for seed in range(3):
-        write_run(tmp_path / f"p{seed}", "ProtoNet", A, seed=seed, val_history=HISTORY)
-    write_run(tmp_path / "m", "MAML (meta-batch 4)", B, val_history=HISTORY)
+def costs_file(tmp_path: Path, rows: list[tuple[str, str, float]]) -> Path:
+    """A reference costs file with ``(method, setting, CPU-s per step)`` rows."""
+    path = tmp_path / "costs.json"
+    rows_json = [{"lines": [f"l{i}"], "method": m, "setting": s, "step_cpu_s": c} for i, (m, s, c) in enumerate(rows)]
+    path.write_text(json.dumps({"version": 1, "machine": {"cpu": "Test CPU 9000"}, "rows": rows_json}))
+    return path
+
+
+def test_one_line_per_method_the_mean_of_its_seeds_and_panels_follow_the_table(tmp_path: Path):
+    for seed in range(3):  # seed 2 validated at step 10 only: the mean is drawn where every seed validated
+        history = HISTORY[:1] if seed == 2 else [{**p, "acc": p["acc"] + 0.03 * seed} for p in HISTORY]
+        write_run(tmp_path / f"p{seed}", "ProtoNet", A, seed=seed, val_history=history)
+    write_run(tmp_path / "m", "MAML", B, val_history=HISTORY)
     write_run(tmp_path / "p20", "ProtoNet", A, n_way=20, val_history=HISTORY)
-    fig = validation_curves_figure(load_runs([tmp_path]), "cpu_s", "CPU minutes", 1 / 60)
+    fig = time_to_accuracy_figure(load_runs([tmp_path]))
     assert [ax.get_title() for ax in fig.axes] == ["toy 5-way 1-shot", "toy 20-way 1-shot"]
-    assert legend_texts(fig) == ["MAML (meta-batch 4)", "ProtoNet, 3 seeds"]
-    five_way = fig.axes[0].get_lines()
-    assert len(five_way) == 4 and len({(line.get_color(), line.get_linestyle()) for line in five_way}) == 2
-    assert five_way[0].get_xdata().tolist() == [1.0, 2.0]  # CPU seconds shown in minutes
-    assert fig.axes[0].get_xscale() == "linear"
+    assert legend_texts(fig) == ["MAML", "ProtoNet, 3 seeds"]
+    maml, protonet = fig.axes[0].get_lines()
+    assert protonet.get_xdata().tolist() == [1.0] and protonet.get_ydata().tolist() == pytest.approx(
+        [51.0]
+    )  # (50 + 53 + 50) / 3
+    assert maml.get_xdata().tolist() == [1.0, 2.0]  # CPU seconds shown in minutes
     plt.close(fig)
+
+
+def test_time_is_steps_times_the_reference_cost_per_step_when_a_costs_file_is_given(tmp_path: Path):
+    write_run(tmp_path / "a", "ProtoNet", A, val_history=HISTORY)  # steps 10 and 20
+    write_run(tmp_path / "b", "MAML", B, val_history=HISTORY)
+    costs = load_reference_costs(costs_file(tmp_path, [("ProtoNet", "toy 5-way 1-shot", 3.0)]))
+    fig = time_to_accuracy_figure(load_runs([tmp_path]), costs)
+    (ax,) = fig.axes
+    (line,) = ax.get_lines()  # MAML has no reference cost: left out, and the title says so
+    assert line.get_xdata().tolist() == [0.5, 1.0]  # 10 and 20 steps x 3 CPU-s, in minutes
+    assert ax.get_xlabel() == "reference CPU minutes (log scale)"
+    title = fig._suptitle.get_text()
+    assert "reference CPU minutes" in title and "Test CPU 9000" in title
+    assert "not drawn, no reference cost: MAML (toy 5-way 1-shot)" in title
+    plt.close(fig)
+
+
+def test_without_a_costs_file_the_figure_says_its_time_is_measured_on_each_runs_machine(tmp_path: Path, capsys):
+    write_run(tmp_path / "runs" / "a", "ProtoNet", A, val_history=HISTORY)
+    fig = time_to_accuracy_figure(load_runs([tmp_path / "runs"]))
+    assert fig.axes[0].get_xlabel() == "measured CPU minutes (log scale)"
+    assert "MEASURED CPU minutes" in fig._suptitle.get_text() and "no reference_costs.json" in fig._suptitle.get_text()
+    plt.close(fig)
+    assert report_main([str(tmp_path / "runs")]) == 0
+    assert (
+        "note: no reference_costs.json: accuracy_vs_cpu_time.png is in measured CPU minutes" in capsys.readouterr().out
+    )
+    # a folder's own reference_costs.json is used without being named
+    costs_file(tmp_path, [("ProtoNet", "toy 5-way 1-shot", 3.0)]).rename(tmp_path / "runs" / "reference_costs.json")
+    assert report_main([str(tmp_path / "runs")]) == 0
+    assert "measured CPU minutes" not in capsys.readouterr().out
+
+
+def test_variants_get_a_row_of_panels_of_their_own_over_their_method_drawn_faint(tmp_path: Path):
+    write_run(tmp_path / "a", "MAML", A, val_history=HISTORY)
+    write_run(tmp_path / "b", "MAML (meta-batch 4)", B, val_history=HISTORY)
+    write_run(tmp_path / "c", "ProtoNet", A, n_shot=5, val_history=HISTORY)
+    fig = time_to_accuracy_figure(load_runs([tmp_path]))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "toy 5-way 1-shot",
+        "toy 5-way 5-shot",
+        "toy 5-way 1-shot: variants",
+        "toy 5-way 5-shot: variants",
+    ]
+    top, _, variants, empty = fig.axes
+    assert len(top.get_lines()) == 1 and top.get_lines()[0].get_alpha() == 1.0
+    variant, faint_maml = variants.get_lines()
+    assert variant.get_linestyle() == "--" and faint_maml.get_alpha() == 0.3
+    assert variant.get_color() == faint_maml.get_color()
+    assert not empty.get_lines()
+    assert legend_texts(fig) == ["MAML", "MAML (meta-batch 4)", "ProtoNet"]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{", "cannot read the costs file"),
+        ('{"version": 1, "rows": [{"method": "M", "setting": "s", "step_cpu_s": -1}]}', "not a positive number"),
+        (
+            '{"version": 1, "rows": [{"method": "M", "setting": "s", "step_cpu_s": 1}, '
+            '{"method": "M", "setting": "s", "step_cpu_s": 2}]}',
+            "M in s has two costs",
+        ),
+    ],
+)
+def test_a_bad_costs_file_is_refused_naming_it(tmp_path: Path, capsys, content, problem):
+    path = tmp_path / "costs.json"
+    path.write_text(content)
+    with pytest.raises(CostsError, match=problem):
+        load_reference_costs(path)
+    write_run(tmp_path / "runs" / "a", "ProtoNet", A, val_history=HISTORY)
+    assert report_main([str(tmp_path / "runs"), "--costs", str(path)]) == 2
+    assert problem in capsys.readouterr().err
 
 
 def test_time_to_accuracy_figure_has_a_log_time_axis_in_minutes(tmp_path: Path):

@@ -64,8 +64,8 @@ def three_methods(tmp_path: Path) -> Path:
         "ProtoNet",
         A,
         val_history=[
-            {"step": 10, "epoch": 0, "acc": 0.5, "ci95": 0.1},
-            {"step": 20, "epoch": 1, "acc": 0.7, "ci95": 0.1},
+            {"step": 10, "epoch": 0, "acc": 0.5, "ci95": 0.1, "cpu_s": 30.0},
+            {"step": 20, "epoch": 1, "acc": 0.7, "ci95": 0.1, "cpu_s": 60.0},
         ],
     )
     write_run(tmp_path / "b", "MAML", B)
@@ -119,18 +119,18 @@ def test_paired_difference_matches_hand_computation(three_methods):
     assert diff.significant
 
 
-def test_report_writes_table_paired_csv_and_step_plot(three_methods, capsys):
+def test_report_writes_table_paired_csv_and_no_step_plot(three_methods, capsys):
     assert report_main([str(three_methods)]) == 0
     out = three_methods / "report"
     csv_lines = (out / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,setting,dataset,n_way,n_shot,acc,ci95,episodes,seeds")
     assert csv_lines[1].startswith("Baseline-NN,toy 5-way 1-shot,toy,5,1,0.200000,0.000000,4,1,,0,0,100,2.00")
     paired = (out / "paired.md").read_text()
-    assert "| toy 5-way 1-shot | ProtoNet | MAML | 4 | +30.00 ± 25.30 |" in paired
-    assert "| toy 5-way 1-shot | ProtoNet | Baseline-NN | 4 | +60.00 ± 16.00 |" in paired
-    assert (out / "accuracy_vs_step.png").stat().st_size > 5_000
+    assert "| toy 5-way 1-shot | ProtoNet | MAML | 4 | 1, 1 | +30.00 ± 25.30 |" in paired
+    assert "| toy 5-way 1-shot | ProtoNet | Baseline-NN | 4 | 1, 1 | +60.00 ± 16.00 |" in paired
+    assert not (out / "accuracy_vs_step.png").exists()  # a step is other work per method: time instead
     assert not (out / "accuracy_vs_shots.png").exists()  # one K per method: nothing to plot
-    assert not (out / "accuracy_vs_cpu_time.png").exists()  # no CPU time in the histories
+    assert (out / "accuracy_vs_cpu_time.png").stat().st_size > 5_000
     assert "**80.00 ± 16.00**" in capsys.readouterr().out
 
 
@@ -179,8 +179,10 @@ def test_against_tests_one_method_against_every_other(three_methods, capsys):
     assert report_main([str(three_methods), "--against", "MAML"]) == 0
     paired = (three_methods / "report" / "paired.md").read_text()
     # ProtoNet (the best) - MAML is already there: each pair once
-    assert paired.count("| MAML |") == 2 and "| toy 5-way 1-shot | ProtoNet | MAML | 4 | +30.00 ± 25.30 |" in paired
-    assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | +30.00 ± 19.60 |" in paired
+    assert (
+        paired.count("| MAML |") == 2 and "| toy 5-way 1-shot | ProtoNet | MAML | 4 | 1, 1 | +30.00 ± 25.30 |" in paired
+    )
+    assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | 1, 1 | +30.00 ± 19.60 |" in paired
     assert report_main([str(three_methods), "--against", "Nope"]) == 2
     assert "--against Nope: no such method" in capsys.readouterr().err
 
@@ -229,8 +231,11 @@ def test_report_refuses_to_pair_runs_on_different_episodes(tmp_path, capsys):
     runs = load_runs([tmp_path])
     with pytest.raises(EpisodeMismatchError, match="fingerprints differ.*same data config"):
         paired_difference(runs[:1], runs[1:])
-    assert report_main([str(tmp_path), "--pair", "ProtoNet", "MAML"]) == 2
-    assert "Cannot pair ProtoNet" in capsys.readouterr().err
+    # the report pairs nothing across them and says so (tests/reporting/test_paired_seeds.py)
+    assert report_main([str(tmp_path), "--pair", "ProtoNet", "MAML"]) == 0
+    assert (
+        "ProtoNet (episodes aaaaaaaa) and MAML (episodes bbbbbbbb)" in (tmp_path / "report" / "paired.md").read_text()
+    )
 
 
 def test_report_refuses_seeds_of_one_method_on_different_episodes(tmp_path, capsys):
@@ -278,7 +283,7 @@ def test_report_logs_table_and_figures_to_an_offline_wandb_run(three_methods, mo
     assert report_main([str(three_methods), "--wandb"]) == 0
     runs = list((three_methods / "report" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    keys = (b"comparison", b"figures/accuracy_vs_step", b"toy 5-way 1-shot/ProtoNet/acc")
+    keys = (b"comparison", b"figures/accuracy_vs_cpu_time", b"toy 5-way 1-shot/ProtoNet/acc")
     logged = wandb_run_bytes(runs[0], keys)
     for key in keys:
         assert key in logged
@@ -307,7 +312,6 @@ def test_multirun_of_two_methods_and_two_shots_is_reported_end_to_end(tmp_path, 
     assert table[7].startswith("| training: CPU time, stopped by, validation trend | embedded_tiny 5-way 1-shot |")
     assert all(", epoch cap" in cell for line in table[9:11] for cell in line.split("|")[2:4])
     assert (sweep / "report" / "accuracy_vs_shots.png").stat().st_size > 5_000
-    assert (sweep / "report" / "accuracy_vs_step.png").stat().st_size > 5_000
 
 
 def crafted(tmp_path: Path, change) -> Path:
@@ -357,7 +361,7 @@ def test_a_folders_report_yaml_gives_its_default_options(three_methods, tmp_path
     out = capsys.readouterr().out
     assert f"options from {three_methods / 'report.yaml'}: --against MAML --readme README.md" in out
     paired = (three_methods / "report" / "paired.md").read_text()
-    assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | +30.00 ± 19.60 |" in paired
+    assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | 1, 1 | +30.00 ± 19.60 |" in paired
     assert read_block(readme.read_text(), source) == (three_methods / "report" / "table.md").read_text()
     # the command line adds to them; a report over several folders reads no folder's options
     assert report_main([source, "--against", "Nope", "--out", str(tmp_path / "r2")]) == 2

@@ -29,6 +29,7 @@ from fewshot.io import (
     write_text_atomic,
 )
 from fewshot.reporting.checks import results_problems
+from fewshot.reporting.history import ReplacementError, check_replacement
 from fewshot.reporting.results import RESULTS_FILE
 from fewshot.reporting.runs import BadResultsError, NoRunsError, find_results
 
@@ -154,11 +155,12 @@ def check_replaceable(target: Path, source: Path, text: str, replace: bool) -> b
     return True
 
 
-def collect(paths: Sequence[Path], into: Path, replace: bool = False) -> list[Path]:
+def collect(paths: Sequence[Path], into: Path, replace: bool = False, reason: str | None = None) -> list[Path]:
     """Copy every tested run under ``paths`` into ``into`` without machine paths; refuse two
     runs that would land on the same place (same setting, method and seed), and a run that
-    would replace another already in ``into`` unless ``replace``. Nothing is written unless
-    every run can be."""
+    would replace another already in ``into`` unless ``replace``; a replaced result with other
+    test numbers needs a ``reason``, recorded in the new file (``replaces``). Nothing is written
+    unless every run can be."""
     planned: dict[Path, tuple[Path, str]] = {}
     for source in find_results(list(paths)):
         results = read_results(source)
@@ -175,6 +177,8 @@ def collect(paths: Sequence[Path], into: Path, replace: bool = False) -> list[Pa
         portable = strip_paths(results, machine_roots(results))
         # the run's folder name (a queue's run name): what `run_queue.py --skip-collected` matches
         portable.setdefault(RUN_NAME_KEY, source.parent.name)
+        if replace:
+            portable = check_replacement(target, portable, reason)
         planned[target] = (source, json_text(portable, sort_keys=True))
     if not planned:
         raise NoRunsError(f"No tested runs under {', '.join(map(str, paths))}.")
@@ -195,11 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replace a collected run of the same setting, method and seed (refused without it)",
     )
+    parser.add_argument(
+        "--reason",
+        help="why a replaced result's test numbers change (recorded as 'replaces' in the new results.json)",
+    )
     args = parser.parse_args(argv)
     try:
         check_writable_dir(args.into)
-        written = collect(args.paths, args.into, args.replace)
-    except (NoRunsError, BadResultsError, OutputPathError, UnsafePathError) as err:
+        written = collect(args.paths, args.into, args.replace, args.reason)
+    except (NoRunsError, BadResultsError, OutputPathError, UnsafePathError, ReplacementError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in written:

@@ -123,8 +123,16 @@ def test_a_collected_run_is_not_replaced_by_another_of_its_setting_method_and_se
         "collect into another folder.\n"
     )
     assert collected.read_text() == before
-    assert collect_main([str(tmp_path / "new"), "--into", str(into), "--replace"]) == 0
-    assert json.loads(collected.read_text())["test"]["acc"] == pytest.approx(0.2)
+    # other test numbers: --replace alone is refused, a reason is recorded in the new file
+    assert collect_main([str(tmp_path / "new"), "--into", str(into), "--replace"]) == 2
+    assert "replacing it needs a reason" in capsys.readouterr().err
+    assert collected.read_text() == before
+    reason = "preset changed: inner_loss_scale=official"
+    assert collect_main([str(tmp_path / "new"), "--into", str(into), "--replace", "--reason", reason]) == 0
+    replaced = json.loads(collected.read_text())
+    assert replaced["test"]["acc"] == pytest.approx(0.2)
+    assert replaced["replaces"]["acc"] == pytest.approx(0.467)
+    assert replaced["replaces"]["reason"] == reason
 
 
 def test_a_refused_run_leaves_every_other_run_of_the_command_unwritten(tmp_path):

@@ -275,6 +275,7 @@ def test_a_one_episode_test_writes_a_null_ci_and_the_report_says_why(tiny_config
     assert report_main([str(tmp_path / "results.json"), "--out", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "table.md").read_text()
     assert "No 95% CI for ProtoNet (embedded_tiny 5-way 1-shot): tested on 1 episode" in table
+    assert "± n/a" in table and "nan" not in table.lower().replace("n/a", "")
     assert "a confidence interval needs at least 2" in capsys.readouterr().out
 
 

@@ -164,7 +164,7 @@ def single_episode_note(runs: list[RunRecord]) -> str:
         return ""
     return (
         f"\nNo 95% CI for {', '.join(single)}: tested on 1 episode, and a confidence interval needs at least 2 "
-        "(ci95 is null in the results; the table shows nan). Test on more episodes (data.test_episodes).\n"
+        "(ci95 is null in the results; the table shows n/a). Test on more episodes (data.test_episodes).\n"
     )
 
 

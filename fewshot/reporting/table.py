@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, episode_accuracies, paired_difference
+from fewshot.reporting.results import format_accuracy
 from fewshot.reporting.runs import BadResultsError, RunRecord
 from fewshot.reporting.trend import Trend, mean_trend, trend_text, validation_trend
 
@@ -111,6 +112,11 @@ def make_cell(method: str, setting: str, runs: Sequence[RunRecord]) -> Cell:
     )
 
 
+def width(cell: Cell) -> float:
+    """A cell's CI half-width for the overlap test: 0 where one episode gives no interval (NaN)."""
+    return 0.0 if math.isnan(cell.ci95) else cell.ci95
+
+
 def mark_best(cells: Sequence[Cell]) -> list[Cell]:
     """Flag each setting's best cell and the cells whose CI overlaps it."""
     marked = []
@@ -121,7 +127,7 @@ def mark_best(cells: Sequence[Cell]) -> list[Cell]:
         top = max(setting_cells, key=lambda c: c.acc)
         for cell in setting_cells:
             is_best = cell is top
-            overlaps = not is_best and cell.acc + cell.ci95 >= top.acc - top.ci95
+            overlaps = not is_best and cell.acc + width(cell) >= top.acc - width(top)
             marked.append(replace(cell, best=is_best, overlaps_best=overlaps))
     return marked
 
@@ -199,7 +205,7 @@ def cell_text(cell: Cell | None, markdown: bool = True) -> str:
     """``acc ± ci`` in percent, with the seed spread for several seeds, bold where marked."""
     if cell is None:
         return "-"
-    text = f"{100 * cell.acc:.2f} ± {100 * cell.ci95:.2f}"
+    text = format_accuracy(cell.acc, cell.ci95)
     if cell.seed_std is not None:
         text += f" (sd {100 * cell.seed_std:.2f}, {len(cell.runs)} seeds)"
     return f"**{text}**" if markdown and cell.bold else text

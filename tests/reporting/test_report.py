@@ -411,3 +411,14 @@ def test_a_symlinked_run_folder_is_reported_and_a_looping_link_is_named(tmp_path
     assert report_main([str(runs), "--out", str(tmp_path / "report")]) == 0
     assert "2 run(s) found" in capsys.readouterr().out
     assert f"skipped {runs / 'b' / 'up'}: a link to {elsewhere.resolve()}, a folder it lies in" in caplog.text
+
+
+def test_a_one_episode_cell_without_interval_is_shown_as_n_a_and_a_tie_with_it_is_bold():
+    from fewshot.reporting.table import Cell, cell_text, mark_best
+
+    top = Cell("ProtoNet", "toy", (), acc=0.5, ci95=float("nan"), seed_std=None)
+    tied = Cell("MAML", "toy", (), acc=0.5 - 0.01, ci95=0.196, seed_std=None)
+    apart = Cell("Reptile", "toy", (), acc=0.2, ci95=0.05, seed_std=None)
+    marked = {c.method: c for c in mark_best([top, tied, apart])}
+    assert marked["ProtoNet"].best and marked["MAML"].overlaps_best and not marked["Reptile"].bold
+    assert "± n/a" in cell_text(marked["ProtoNet"])

@@ -61,6 +61,22 @@ def test_test_checkpoint_last_with_weights_trained_past_their_last_validation_ha
     assert results["val"] is None and results["val_last"] is not None
 
 
+def test_without_a_best_checkpoint_the_results_name_the_final_weights_and_their_validation(tiny_config):
+    # callbacks=none saves no best-on-validation checkpoint: the final weights are tested, and
+    # results.json must say so, with their own validation, not the best one of other weights
+    results = train(tiny_config("trainer.max_epochs=3", "data.train_episodes=2", "callbacks=none"))
+    assert results["test_checkpoint"] == "last" and results["checkpoint"] is None
+    history = results["val_history"]
+    assert history[-1]["acc"] < max(h["acc"] for h in history)  # else the next line tells nothing
+    assert results["val"]["acc"] == results["val_last"]["acc"] == history[-1]["acc"]
+
+
+def test_without_validation_the_results_name_the_final_weights_and_no_validation(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=2", "data.train_episodes=2", "+trainer.limit_val_batches=0"))
+    assert results["test_checkpoint"] == "last" and results["checkpoint"] is None
+    assert results["val"] is None and results["val_history"] == []
+
+
 def test_unknown_test_checkpoint_is_refused_before_training(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"test_checkpoint must be one of \['best', 'last'\], got 'final'"):
         train(tiny_config("test_checkpoint=final"))

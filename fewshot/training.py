@@ -328,6 +328,16 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     output_dir = check_writable_dir(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = checkpoint_to_start_from(cfg, output_dir)
+    commit = git_commit(Path(__file__).parent)
+    # the callbacks first: their options are refused before any data are read
+    callbacks = instantiate_group(cfg.get("callbacks")) + [
+        StoreConfigInCheckpoint(resolved),  # the same dict as `resolved`, completed below
+        RngStateInCheckpoint(),
+        CommitPerSegment(commit),
+    ]
+    callbacks.append(StopOnSignal(flag, last_checkpoint_path(output_dir)))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = without_progress_bars(callbacks)
 
     log.info("Building data <%s>", cfg.data.source._target_)
     datamodule: EpisodicDataModule = instantiate(cfg.data)
@@ -344,15 +354,6 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     shots = evaluation_shots(cfg, datamodule)
     if shots:
         method.score_shots(shots)
-    commit = git_commit(Path(__file__).parent)
-    callbacks = instantiate_group(cfg.get("callbacks")) + [
-        StoreConfigInCheckpoint(resolved),
-        RngStateInCheckpoint(),
-        CommitPerSegment(commit),
-    ]
-    callbacks.append(StopOnSignal(flag, last_checkpoint_path(output_dir)))
-    if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = without_progress_bars(callbacks)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     set_nonfinite_policy(method, cfg.get("nonfinite_loss", "stop"), trainer.world_size)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# the run configs, shipped in the package (Hydra's config root; `conf` at the top of a checkout links here)
+CONFIG_DIR = Path(__file__).with_name("conf")
 # config groups whose options are presets over the defaults (not part of the defaults tree)
 PRESET_GROUPS = ("experiment", "hparams_search", "debug")
 

@@ -20,19 +20,18 @@ import os
 import types
 import typing
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from fewshot.config_keys import CONFIG_DIR
 
 # typing's markers for "anything goes" and the origins of list-like and mapping-like annotations
 LIST_ORIGINS = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence, collections.abc.Iterable)
 MAPPING_ORIGINS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 UNION_ORIGINS = (typing.Union, types.UnionType)
 # the top-level config of a run: where a run key outside any constructor has its typed default
-PRIMARY_CONFIG = Path(__file__).with_name("conf") / "train.yaml"
-if not PRIMARY_CONFIG.is_file():  # a checkout whose configs are still beside the package
-    PRIMARY_CONFIG = Path(__file__).parents[1] / "conf" / "train.yaml"
+PRIMARY_CONFIG = CONFIG_DIR / "train.yaml"
 
 
 class ConfigTypeError(ValueError):

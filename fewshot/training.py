@@ -520,3 +520,9 @@ def objective(results: dict[str, Any], metric: str) -> float | None:
     section = results.get(stage) or {}
     value = section.get(key)
     return None if value is None else float(value)
+
+
+if __name__ == "__main__":  # python -m fewshot.training: the training command (fewshot-train, train.py)
+    from fewshot.cli import main
+
+    main()

@@ -19,7 +19,7 @@ from typing import Any
 from fewshot.io import OutputPathError, check_writable_dir, write_text_atomic
 from fewshot.reporting.checks import results_problems
 from fewshot.reporting.results import RESULTS_FILE
-from fewshot.reporting.runs import BadResultsError, NoRunsError, find_results
+from fewshot.reporting.runs import BadResultsError, NoRunsError, find_results, load_results
 
 PLACEHOLDERS = (("paths.output_dir", "<run>"), ("paths.data_dir", "<data>"), ("paths.root_dir", "<project>"))
 
@@ -71,7 +71,7 @@ def collect(paths: Sequence[Path], into: Path) -> list[Path]:
     runs that would land on the same place (same setting, method and seed)."""
     written: dict[Path, Path] = {}
     for source in find_results(list(paths)):
-        results = json.loads(source.read_text())
+        results = load_results(source)
         if not results.get("test"):
             continue
         problems = results_problems(results)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fewshot.data.folder import ImageFolder
 from fewshot.data.images import decode_image, decode_many, warn_constant_images
-from fewshot.predict import ImageFormat, build_episode
+from fewshot.predict import ImageFormat, read_queries
 
 SIZE = 16
 
@@ -123,17 +123,11 @@ def test_varied_images_raise_no_warning(recwarn):
 
 
 def test_predict_warns_about_blank_query_images_naming_them(tmp_path):
-    support = {}
-    for c in ("a", "b"):
-        path = tmp_path / "support" / c / "0.png"
-        path.parent.mkdir(parents=True)
-        Image.fromarray(np.random.default_rng(len(c)).integers(0, 256, (SIZE, SIZE), np.uint8)).save(path)
-        support[c] = [path]
     (tmp_path / "query").mkdir()
     drawn, blank = tmp_path / "query" / "drawn.png", tmp_path / "query" / "blank.png"
     ink_on_transparent("LA").save(drawn)
     Image.new("LA", (SIZE, SIZE), (255, 0)).save(blank)  # white ink, nothing opaque: blank on white
     image_format = ImageFormat(image_size=SIZE, channels=1, invert=False, mean=None, std=None)
     with pytest.warns(UserWarning, match=f"1 query images decode to a single flat colour.*{blank}") as record:
-        build_episode(support, [drawn, blank], image_format)
+        read_queries([drawn, blank], image_format)
     assert str(drawn) not in " ".join(str(w.message) for w in record)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from fewshot.reporting.build import build_report
 from fewshot.reporting.collect import main as collect_main
@@ -32,3 +35,16 @@ def test_two_runs_of_one_setting_method_and_seed_are_refused(tmp_path, capsys):
     write_run(tmp_path / "b", "ProtoNet", A)
     assert collect_main([str(tmp_path), "--into", str(tmp_path / "out")]) == 2
     assert "same setting, method and seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [('{"method": "ProtoNet", "test": {"acc"', "Cannot read .*results.json: "), ("[1, 2]", "holds a JSON list")],
+)
+def test_collect_reports_a_cut_or_non_object_results_file_in_one_line(tmp_path, capsys, content, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(content)
+    assert collect_main([str(run), "--into", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"error: .*{message}", err) and err.count("\n") == 1, err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,8 @@ def support_files(folder: Path) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise DataError(f"Support folder {folder} does not exist; pass support=<folder with one sub-folder per class>.")
     classes = find_class_folders(folder)
+    for name in classes:
+        check_utf8_name(name, "support class folder")
     if len(classes) < 2:
         raise DataError(f"Support folder {folder} has {len(classes)} class folder(s); a prediction needs at least 2.")
     n_shot = min(len(files) for files in classes.values())
@@ -125,7 +128,21 @@ def query_files(folder: Path) -> list[Path]:
         )
     if not files:
         raise DataError(f"Query folder {folder} holds no images; put the images to classify in it.")
+    for path in files:
+        check_utf8_name(path.relative_to(folder), "query file")
     return files
+
+
+def check_utf8_name(name: Path | str, what: str) -> None:
+    """Refuse a file or folder name that is not valid UTF-8 (it could not be written to the CSV)."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise DataError(
+            f"The {what} name {shown} is not valid UTF-8, so the predictions file could not name it; rename it "
+            "(e.g. `convmv -f latin1 -t utf-8`)."
+        ) from None
 
 
 def read_support(support: dict[str, list[Path]], image_format: ImageFormat) -> tuple[torch.Tensor, torch.Tensor]:

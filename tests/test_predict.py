@@ -198,3 +198,19 @@ def test_predict_keeps_no_graph_of_the_queries(tiny_config, query_folders, monke
         peaks[size] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peaks[23] < 2 * peaks[5], peaks
+
+
+def test_query_and_class_names_that_are_not_utf8_are_one_line_naming_them(tmp_path):
+    from fewshot.data.errors import DataError
+    from fewshot.predict import query_files, support_files
+
+    query = tmp_path / "query"
+    query.mkdir()
+    write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), query / "fine.png")
+    (query / "caf\udce9.png").write_bytes((query / "fine.png").read_bytes())  # b"caf\xe9.png": Latin-1
+    with pytest.raises(DataError, match=r"The query file name caf\\xe9.png is not valid UTF-8.*rename it"):
+        query_files(query)
+    for name in ("a", "caf\udce9"):
+        write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), tmp_path / "support" / name / "s.png")
+    with pytest.raises(DataError, match=r"support class folder name caf\\xe9 is not valid UTF-8"):
+        support_files(tmp_path / "support")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fewshot.data.errors import DataError
 from fewshot.data.folder import ImageFolder
 from fewshot.data.images import decode_image, decode_many, warn_constant_images
 from fewshot.predict import ImageFormat, read_queries
@@ -131,3 +132,10 @@ def test_predict_warns_about_blank_query_images_naming_them(tmp_path):
     with pytest.warns(UserWarning, match=f"1 query images decode to a single flat colour.*{blank}") as record:
         read_queries([drawn, blank], image_format)
     assert str(drawn) not in " ".join(str(w.message) for w in record)
+
+
+def test_an_image_larger_than_pillow_decodes_safely_is_one_line_naming_it(monkeypatch):
+    data = encode(Image.new("L", (64, 64), 128))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000: Pillow's DecompressionBombError
+    with pytest.raises(DataError, match=r"Cannot decode image huge.png: it has more pixels than Pillow decodes safely"):
+        decode_image(data, "huge.png", 1, SIZE)

@@ -204,3 +204,15 @@ def test_a_checkpoint_write_replaces_the_file_through_a_temporary_in_its_folder(
     ((src, dst),) = renames
     assert dst == target and src.parent == target.parent and src.name.endswith(TEMP_SUFFIX)
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_full_disk_while_a_run_saves_a_checkpoint_names_the_path_and_no_space_left(tmp_path, monkeypatch):
+    def full_disk(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    with pytest.raises(
+        OutputPathError, match=r"Cannot write .*checkpoints/.*\.ckpt: no space left on the device"
+    ) as info:
+        train(compose_config(RUN, tmp_path / "run"))
+    assert "\n" not in str(info.value)

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fewshot.config_keys import CONFIG_DIR
+from fewshot.runfolder import RunConfigError
 
 # typing's markers for "anything goes" and the origins of list-like and mapping-like annotations
 LIST_ORIGINS = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence, collections.abc.Iterable)
@@ -34,7 +35,7 @@ UNION_ORIGINS = (typing.Union, types.UnionType)
 PRIMARY_CONFIG = CONFIG_DIR / "train.yaml"
 
 
-class ConfigTypeError(ValueError):
+class ConfigTypeError(RunConfigError):
     """A config value of a type its key cannot take; the message names the key, the value and the fix."""
 
 

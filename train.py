@@ -1,47 +1,16 @@
-"""Train and test a few-shot method: `python train.py [overrides]` (see README)."""
+"""Train and test a few-shot method from a checkout: `python train.py [overrides]` (see README).
+
+The same command is ``fewshot-train`` once the package is installed (fewshot/cli.py); the configs
+live in ``fewshot/conf`` (``conf`` at the top of the checkout links to it).
+"""
 
 import os
-import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from fewshot.resolvers import register_resolvers
-
+# logs/ and the shared data folder beside this checkout, from whatever folder this is run
 os.environ.setdefault("FEWSHOT_PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
-register_resolvers()  # task_name: ${fewshot.task_name:train}, resolved while Hydra names the run folder
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the optimised metric for sweepers."""
-    from fewshot.config_keys import check_known_keys
-
-    hydra_cfg = HydraConfig.get()
-    check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, hydra_cfg.job.config_name)
-
-    from fewshot.interrupt import RunInterrupted, rerun_command, resume_command, resume_sweep_command, sweep_folder
-    from fewshot.training import objective, train
-
-    try:
-        return objective(train(cfg), cfg.get("optimized_metric", "val/acc"))
-    except RunInterrupted as stop:
-        if cfg.get("train", True) and hydra_cfg.mode == RunMode.MULTIRUN:
-            sweep = sweep_folder(hydra_cfg.runtime.output_dir, str(hydra_cfg.sweep.subdir))
-            command = resume_sweep_command(sys.argv[0], sys.argv[1:], sweep)
-            print(f"{stop} Continue the sweep with:\n  {command}", file=sys.stderr, flush=True)
-        elif cfg.get("train", True):
-            command = resume_command(sys.argv[0], hydra_cfg.overrides.task, hydra_cfg.runtime.output_dir)
-            print(f"{stop} Resume it with:\n  {command}", file=sys.stderr, flush=True)
-        else:
-            command = rerun_command(sys.argv[0], hydra_cfg.overrides.task)
-            print(f"{stop} A test-only run has no training to resume; run it again:\n  {command}", file=sys.stderr)
-        sys.exit(stop.exit_code)
-
+from fewshot.cli import main  # noqa: E402 - after the project root is known
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -22,8 +23,11 @@ class CpuTimeBudget(pl.Callback):
     """
 
     def __init__(self, minutes: float | None = None) -> None:
-        if minutes is not None and minutes <= 0:
-            raise ValueError(f"callbacks.cpu_budget.minutes must be positive (or null for no budget), got {minutes}.")
+        if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+            raise ValueError(
+                f"callbacks.cpu_budget.minutes must be positive and finite (minutes of CPU time, or null for no "
+                f"budget), got {minutes}; set e.g. callbacks.cpu_budget.minutes=60."
+            )
         self.minutes = minutes
         self.used_s = 0.0
         self.spent = False  # whether this budget stopped training

@@ -63,12 +63,15 @@ def load_checkpoint_file(
         return torch.load(ckpt_path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        detail = f" (it names {found.group(1)})" if found else ""
+        if not found:  # garbage, a truncated file or another format: not a torch checkpoint at all
+            raise CheckpointError(
+                f"Cannot read checkpoint {ckpt_path}: it is not a readable checkpoint (corrupt, truncated or not "
+                "a torch file). Use another checkpoint of the run, or one written by `python train.py`."
+            ) from err
         raise UnsafeCheckpointError(
             f"Refusing to load checkpoint {ckpt_path}: it contains Python objects other than tensors and plain "
-            f"data{detail}, and loading those could run code, so fewshot never executes them. Use a checkpoint "
-            "written by `python train.py`; if you made this file yourself and trust it, load it in Python with "
-            "torch.load(path, weights_only=False) and save only its tensors and plain values."
+            f"data (it names {found.group(1)}), and loading those could run code, so fewshot never executes "
+            "them. Use a checkpoint written by `python train.py`."
         ) from err
     except Exception as err:  # noqa: BLE001 - any other failure means a bad file
         raise CheckpointError(

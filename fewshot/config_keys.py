@@ -13,12 +13,14 @@ no torch, so a typo fails in a second.
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# the run configs, shipped in the package (Hydra's config root; `conf` at the top of a checkout links here)
+CONFIG_DIR = Path(__file__).with_name("conf")
 # config groups whose options are presets over the defaults (not part of the defaults tree)
 PRESET_GROUPS = ("experiment", "hparams_search", "debug")
 
@@ -50,18 +52,13 @@ def reference_overrides(choices: Mapping[str, str | None], task_overrides: Itera
 
 
 def target_parameters(node: Any) -> set[str]:
-    """Named constructor parameters of a config node's ``_target_`` (empty when it has none)."""
+    """Named constructor parameters of a config node's ``_target_`` (empty when it has none), with
+    those a subclass passes on through ``**kwargs`` to its base class."""
     if not isinstance(node, Mapping) or "_target_" not in node:
         return set()
-    from hydra.utils import get_object
+    from fewshot.config_types import parameters_of
 
-    try:
-        target = get_object(str(node["_target_"]))
-        signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return set()
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {name for name, p in signature.parameters.items() if p.kind in kinds and name != "self"}
+    return set(parameters_of(str(node["_target_"])))
 
 
 def node_at(tree: Mapping[str, Any], path: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,6 +18,19 @@ class PlateauStopping(EarlyStopping):
     plateau was reached does not train again, and the run's configured patience applies (a
     deliberate change needs ``resume_allow_changes=[callbacks.early_stopping.patience]``).
     """
+
+    def __init__(self, monitor: str, patience: int = 3, min_delta: float = 0.0, **kwargs: Any) -> None:
+        if patience < 1:
+            raise ValueError(
+                f"callbacks.early_stopping.patience must be at least 1 validation, got {patience}; "
+                "set e.g. callbacks.early_stopping.patience=10."
+            )
+        if not (math.isfinite(min_delta) and min_delta >= 0):
+            raise ValueError(
+                f"callbacks.early_stopping.min_delta must be a non-negative number, got {min_delta}; "
+                "set e.g. callbacks.early_stopping.min_delta=0.0."
+            )
+        super().__init__(monitor=monitor, patience=patience, min_delta=min_delta, **kwargs)
 
     @property
     def state_key(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ class PredictConfig:
     device: str = "cpu"
     # null: decode like the training data; true/false: force inverting pixel values
     invert: bool | None = None
+    # queries scored per forward call; null: an evaluation episode's (the checkpoint's n_way * n_query)
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ def support_files(folder: Path) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise DataError(f"Support folder {folder} does not exist; pass support=<folder with one sub-folder per class>.")
     classes = find_class_folders(folder)
+    for name in classes:
+        check_utf8_name(name, "support class folder")
     if len(classes) < 2:
         raise DataError(f"Support folder {folder} has {len(classes)} class folder(s); a prediction needs at least 2.")
     n_shot = min(len(files) for files in classes.values())
@@ -123,53 +128,103 @@ def query_files(folder: Path) -> list[Path]:
         )
     if not files:
         raise DataError(f"Query folder {folder} holds no images; put the images to classify in it.")
+    for path in files:
+        check_utf8_name(path.relative_to(folder), "query file")
     return files
 
 
-def build_episode(
-    support: dict[str, list[Path]], queries: list[Path], image_format: ImageFormat
-) -> tuple[Episode, list[str]]:
-    """A one-episode batch of the support (class-major, as sampled episodes) and the queries."""
+def check_utf8_name(name: Path | str, what: str) -> None:
+    """Refuse a file or folder name that is not valid UTF-8 (it could not be written to the CSV)."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise DataError(
+            f"The {what} name {shown} is not valid UTF-8, so the predictions file could not name it; rename it "
+            "(e.g. `convmv -f latin1 -t utf-8`)."
+        ) from None
+
+
+def read_support(support: dict[str, list[Path]], image_format: ImageFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support images ``[N*K, C, H, W]`` (class-major, as sampled episodes) and labels ``[N*K]``."""
     names = list(support)
     n_shot = len(next(iter(support.values())))
-    support_paths = [p for name in names for p in support[name]]
-    support_images = torch.stack([image_format.read(p) for p in support_paths])
-    warn_constant_images([str(p) for p in support_paths], list(support_images), "support images")
-    support_labels = torch.arange(len(names)).repeat_interleave(n_shot)
-    query_images = torch.stack([image_format.read(p) for p in queries])
-    warn_constant_images([str(p) for p in queries], list(query_images), "query images")
-    episode = Episode(
+    paths = [p for name in names for p in support[name]]
+    images = torch.stack([image_format.read(p) for p in paths])
+    warn_constant_images([str(p) for p in paths], list(images), "support images")
+    return images, torch.arange(len(names)).repeat_interleave(n_shot)
+
+
+def read_queries(paths: list[Path], image_format: ImageFormat) -> torch.Tensor:
+    """Query images ``[Q, C, H, W]``, with a warning naming any that decode to one flat colour."""
+    images = torch.stack([image_format.read(p) for p in paths])
+    warn_constant_images([str(p) for p in paths], list(images), "query images")
+    return images
+
+
+def build_episode(support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor) -> Episode:
+    """A one-episode batch of the support and a batch of queries (their labels are unknown: zeros)."""
+    return Episode(
         support_images=support_images[None],
         support_labels=support_labels[None],
         query_images=query_images[None],
-        query_labels=torch.zeros(1, len(queries), dtype=torch.long),  # unknown: never used to predict
-        n_way=len(names),
+        query_labels=torch.zeros(1, len(query_images), dtype=torch.long),  # never used to predict
+        n_way=int(support_labels.max()) + 1,
         index=torch.tensor([0]),
     )
-    return episode, names
 
 
 def adapt_and_predict(method: Any, episode: Episode) -> torch.Tensor:
-    """Class probabilities ``[N*Q, N]`` of the queries after adapting ``method`` to the support."""
+    """Class probabilities ``[Q, N]`` of the episode's queries after adapting ``method`` to its support.
+
+    Runs as evaluation does (``torch.no_grad``): a method that adapts by gradient steps turns
+    gradients on for its support itself, so no graph of the queries is kept.
+    """
     method.eval()
     device = next(iter(method.parameters())).device
-    with torch.enable_grad():  # adaptation-based methods take gradient steps on the support
+    with torch.no_grad():
         logits = method(episode.to(device))
-    return torch.softmax(logits.detach()[0].float(), dim=-1).cpu()
+    return torch.softmax(logits[0].float(), dim=-1).cpu()
+
+
+def query_batch_size(ckpt_path: str | Path) -> int:
+    """How many queries one forward call scores by default: those of an evaluation episode of the
+    checkpoint's data (``n_way * n_query``), the batch the method was tested with."""
+    data = checkpoint_config(ckpt_path).data
+    return int(data.n_way) * int(data.n_query)
 
 
 def predict_folders(
-    ckpt_path: str | Path, support: str | Path, query: str | Path, device: str = "cpu", invert: bool | None = None
+    ckpt_path: str | Path,
+    support: str | Path,
+    query: str | Path,
+    device: str = "cpu",
+    invert: bool | None = None,
+    batch_size: int | None = None,
 ) -> list[Prediction]:
-    """Load a checkpoint, adapt it to the support folder and label every query image."""
+    """Load a checkpoint, adapt it to the support folder and label every query image.
+
+    The queries are decoded and scored ``batch_size`` at a time (default :func:`query_batch_size`),
+    each batch with the whole support, so memory does not grow with the number of query files; a
+    method whose queries are scored independently gives the same labels for any batch size.
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or null, got {batch_size!r}; set e.g. batch_size=64.")
     image_format = ImageFormat.of_checkpoint(ckpt_path)
     if invert is not None:
         image_format = ImageFormat(**{**image_format.__dict__, "invert": invert})
     method = load(ckpt_path, map_location=device)
     queries = query_files(Path(query))
-    episode, names = build_episode(support_files(Path(support)), queries, image_format)
-    probabilities = adapt_and_predict(method, episode)
-    confidence, label = probabilities.max(dim=-1)
+    classes = support_files(Path(support))
+    names = list(classes)
+    support_images, support_labels = read_support(classes, image_format)
+    size = batch_size or query_batch_size(ckpt_path)
+    probabilities = []
+    for start in range(0, len(queries), size):
+        batch = queries[start : start + size]
+        images = read_queries(batch, image_format)
+        probabilities.append(adapt_and_predict(method, build_episode(support_images, support_labels, images)))
+    confidence, label = torch.cat(probabilities).max(dim=-1)
     root = Path(query)
     return [
         Prediction(file=str(path.relative_to(root)), label=names[int(k)], confidence=float(c))
@@ -218,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_writable_file(cfg.output)  # before loading and adapting
         check_not_an_input(cfg.output, input_files(cfg), "output=<file>, e.g. output=predictions.csv")
-        predictions = predict_folders(cfg.ckpt_path, cfg.support, cfg.query, cfg.device, cfg.invert)
+        predictions = predict_folders(cfg.ckpt_path, cfg.support, cfg.query, cfg.device, cfg.invert, cfg.batch_size)
         path = write_predictions(cfg.output, predictions)
     except (DataError, FileNotFoundError, ValueError, OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)

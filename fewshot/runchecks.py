@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
 from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
+from fewshot.config_types import check_value_types
 from fewshot.data.datamodule import is_int
 from fewshot.methods.scoring import MONITOR_MODES
 from fewshot.runfolder import RunConfigError
@@ -30,7 +31,9 @@ DATA_DEPENDENT_MODEL_KEYS = ("n_train_classes",)
 
 
 def check_run_config(cfg: DictConfig) -> None:
-    """Refuse bad top-level run keys before anything is built (item 9 of issue 17)."""
+    """Refuse bad run keys before anything is built: every key's type (``fewshot.config_types``),
+    then the ranges and combinations of the top-level ones (item 9 of issue 17)."""
+    check_value_types(cfg)
     seed = cfg.get("seed")
     if not is_int(seed) or seed < 0:
         raise RunConfigError(f"seed must be a non-negative integer, got {seed!r}; set e.g. seed=0.")
@@ -66,6 +69,7 @@ def check_run_config(cfg: DictConfig) -> None:
         )
     check_eval_shots(cfg)
     check_gradient_clipping(cfg)
+    check_training_ends(cfg)
     metric = str(cfg.get("optimized_metric") or "val/acc")
     stage, _, key = metric.partition("/")
     if stage not in METRIC_STAGES or not key:
@@ -119,6 +123,28 @@ def check_run_mode(cfg: DictConfig) -> None:
         )
     if ckpt and not os.path.isfile(ckpt):
         raise FileNotFoundError(f"Checkpoint {ckpt} not found; pass the path of a .ckpt written by train.py.")
+
+
+def check_training_ends(cfg: DictConfig) -> None:
+    """A training run has something that ends it: an epoch or step cap, a time or CPU budget, a plateau
+    (early stopping) or ``fast_dev_run``; ``trainer.max_epochs=-1`` alone would train forever."""
+    trainer = cfg.get("trainer") or {}
+    if not cfg.get("train", True) or trainer.get("fast_dev_run"):
+        return
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    callbacks = [entry for entry in (cfg.get("callbacks") or {}).values() if isinstance(entry, Mapping)]
+    budget = any(
+        str(e.get("_target_", "")).endswith("CpuTimeBudget") and e.get("minutes") is not None for e in callbacks
+    )
+    plateau = any(str(entry.get("_target_", "")).endswith(("EarlyStopping", "PlateauStopping")) for entry in callbacks)
+    endless_epochs = is_int(max_epochs) and max_epochs < 0
+    if endless_epochs and not (is_int(max_steps) and max_steps >= 0) and not trainer.get("max_time"):
+        if not budget and not plateau:
+            raise RunConfigError(
+                f"trainer.max_epochs={max_epochs} with no trainer.max_steps, trainer.max_time, "
+                "callbacks.cpu_budget.minutes or plateau stopping would train forever; set trainer.max_epochs=<n>, "
+                "trainer.max_steps=<n>, callbacks.cpu_budget.minutes=<n> or callbacks=plateau."
+            )
 
 
 def check_eval_shots(cfg: DictConfig) -> None:

@@ -166,25 +166,6 @@ def set_nonfinite_policy(method: EpisodicMethod, policy: str, world_size: int) -
     method.nonfinite.mode = policy
 
 
-def checkpoint_to_test(trainer: pl.Trainer, choice: str, output_dir: Path) -> str | None:
-    """The checkpoint a training run tests: the best on validation, or the final weights saved
-    as ``checkpoints/final.ckpt`` (``test_checkpoint=last``, the official Meta-LSTM protocol)."""
-    if choice == "last":
-        path = output_dir / "checkpoints" / FINAL_CHECKPOINT
-        trainer.save_checkpoint(path)
-        return str(path)
-    ckpt = best_checkpoint(trainer)
-    if ckpt is None:
-        log.warning("No best checkpoint was saved; testing the final weights.")
-    elif not Path(ckpt).is_file():
-        raise FileNotFoundError(
-            f"The best-on-validation checkpoint {ckpt} is missing (a run folder moved or copied without it?), "
-            "so the run cannot be tested with it. Put it back and test it with train=false ckpt_path=<it>; "
-            "checkpoints/last.ckpt holds the final weights."
-        )
-    return ckpt
-
-
 def stop_reason(trainer: pl.Trainer) -> str:
     """What ended training: ``plateau`` (early stopping on validation), ``cpu_budget``,
     ``max_time``, ``max_steps``, ``max_epochs``, or ``other`` (e.g. interrupted)."""
@@ -347,6 +328,16 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     output_dir = check_writable_dir(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = checkpoint_to_start_from(cfg, output_dir)
+    commit = git_commit(Path(__file__).parent)
+    # the callbacks first: their options are refused before any data are read
+    callbacks = instantiate_group(cfg.get("callbacks")) + [
+        StoreConfigInCheckpoint(resolved),  # the same dict as `resolved`, completed below
+        RngStateInCheckpoint(),
+        CommitPerSegment(commit),
+    ]
+    callbacks.append(StopOnSignal(flag, last_checkpoint_path(output_dir)))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = without_progress_bars(callbacks)
 
     log.info("Building data <%s>", cfg.data.source._target_)
     datamodule: EpisodicDataModule = instantiate(cfg.data)
@@ -364,15 +355,6 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     shots = evaluation_shots(cfg, datamodule)
     if shots:
         method.score_shots(shots)
-    commit = git_commit(Path(__file__).parent)
-    callbacks = instantiate_group(cfg.get("callbacks")) + [
-        StoreConfigInCheckpoint(resolved),
-        RngStateInCheckpoint(),
-        CommitPerSegment(commit),
-    ]
-    callbacks.append(StopOnSignal(flag, last_checkpoint_path(output_dir)))
-    if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = without_progress_bars(callbacks)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     set_nonfinite_policy(method, cfg.get("nonfinite_loss", "stop"), trainer.world_size)
@@ -397,13 +379,48 @@ def fit_and_validate(run: Run, flag: StopFlag) -> None:
         )
 
 
+def tested_weights(run: Run) -> str:
+    """Which weights a training run tests: ``test_checkpoint``, except that ``best`` becomes ``last``
+    (the final weights) when no best-on-validation checkpoint was saved (``callbacks=none``, or no
+    validation ran), so that results.json names the weights it scored."""
+    choice = run.cfg.get("test_checkpoint", "best")  # checked by check_before_work
+    if choice == "best" and best_checkpoint(run.trainer) is None:
+        return "last"
+    return choice
+
+
+def checkpoint_to_test(run: Run) -> str | None:
+    """The checkpoint a training run tests (see :func:`tested_weights`): the best on validation, or
+    the final weights, saved as ``checkpoints/final.ckpt`` when ``test_checkpoint=last`` asks for
+    them (the official Meta-LSTM protocol) and tested in memory when there is no best checkpoint."""
+    choice = run.cfg.get("test_checkpoint", "best")
+    if choice == "last":
+        path = run.output_dir / "checkpoints" / FINAL_CHECKPOINT
+        run.trainer.save_checkpoint(path)
+        return str(path)
+    ckpt = best_checkpoint(run.trainer)
+    if ckpt is None:
+        log.warning(
+            "No best-on-validation checkpoint was saved (callbacks=none, or no validation ran): testing the "
+            "final weights, recorded as test_checkpoint: last. Pass test_checkpoint=last to keep them as "
+            "checkpoints/final.ckpt."
+        )
+    elif not Path(ckpt).is_file():
+        raise FileNotFoundError(
+            f"The best-on-validation checkpoint {ckpt} is missing (a run folder moved or copied without it?), "
+            "so the run cannot be tested with it. Put it back and test it with train=false ckpt_path=<it>; "
+            "checkpoints/last.ckpt holds the final weights."
+        )
+    return ckpt
+
+
 def tested_validation(run: Run) -> dict[str, Any] | None:
-    """The validation summary of the weights the run tests: the best one (``test_checkpoint=best``);
-    with ``test_checkpoint=last`` the last one if training ended at it, else None (the final weights
+    """The validation summary of the weights the run tests (:func:`tested_weights`): the best one;
+    for the final weights the last one if training ended at it, else None (the final weights
     trained on after their last validation were never validated)."""
     scores = run.method.scores
     last = scores.results.get("val")
-    if not run.trains or run.cfg.get("test_checkpoint", "best") != "last":
+    if not run.trains or tested_weights(run) != "last":
         return scores.best or last
     validated_at = scores.history[-1]["step"] if scores.history else None
     return last if validated_at == int(run.trainer.global_step) else None
@@ -443,8 +460,7 @@ def training_results(run: Run) -> dict[str, Any]:
 def score_test_episodes(run: Run, flag: StopFlag) -> dict[str, Any]:
     """Test once, on the fixed test episodes: the checkpoint ``test_checkpoint`` picks after
     training, or the given one; the results' ``test``, ``checkpoint`` and ``test_checkpoint``."""
-    choice = run.cfg.get("test_checkpoint", "best")  # checked by check_before_work
-    ckpt = checkpoint_to_test(run.trainer, choice, run.output_dir) if run.trains else run.ckpt_path
+    ckpt = checkpoint_to_test(run) if run.trains else run.ckpt_path
     fit_or_test(
         lambda: run.trainer.test(
             run.method, datamodule=run.datamodule, ckpt_path=ckpt, weights_only=True, verbose=False
@@ -454,7 +470,7 @@ def score_test_episodes(run: Run, flag: StopFlag) -> dict[str, Any]:
     test = dict(run.method.scores.results["test"])
     test["fingerprint"] = run.datamodule.episode_fingerprint("test")
     test["acc_at"] = accuracy_at_prefixes(test["episode_acc"])
-    return {"test": test, "checkpoint": ckpt, "test_checkpoint": choice if run.trains else "given"}
+    return {"test": test, "checkpoint": ckpt, "test_checkpoint": tested_weights(run) if run.trains else "given"}
 
 
 def publish_results(run: Run, results: dict[str, Any]) -> None:
@@ -505,3 +521,9 @@ def objective(results: dict[str, Any], metric: str) -> float | None:
     section = results.get(stage) or {}
     value = section.get(key)
     return None if value is None else float(value)
+
+
+if __name__ == "__main__":  # python -m fewshot.training: the training command (fewshot-train, train.py)
+    from fewshot.cli import main
+
+    main()

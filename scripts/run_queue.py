@@ -49,8 +49,18 @@ def read_queue(path: Path) -> list[QueuedRun]:
     """The runs of a queue file, each with the ``@common`` overrides first."""
     common: list[str] = []
     runs = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        words = shlex.split(line, comments=True)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SystemExit(
+            f"{path}: cannot read the queue file ({reason}); pass a text file of '<name> <overrides>' lines."
+        ) from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as err:  # e.g. "No closing quotation"
+            raise SystemExit(f"{path}:{number}: {err}; close the quote (or escape it) on that line.") from None
         if not words:
             continue
         if words[0] == "@common":
@@ -244,8 +254,11 @@ def last_validation(folder: Path) -> str:
     """``val 83.6 at step 4499 (9 validations)`` from the run's CSV log, or ``""`` without one."""
     scores = []
     for metrics in sorted(folder.glob("**/metrics.csv")):
-        with metrics.open(newline="") as f:
-            scores += [(int(r["step"]), float(r["val/acc"])) for r in csv.DictReader(f) if r.get("val/acc")]
+        try:
+            with metrics.open(newline="") as f:
+                scores += [(int(r["step"]), float(r["val/acc"])) for r in csv.DictReader(f) if r.get("val/acc")]
+        except (OSError, ValueError, KeyError, csv.Error) as err:  # UnicodeDecodeError is a ValueError
+            return f"{metrics.relative_to(folder)} unreadable ({type(err).__name__})"
     if not scores:
         return ""
     step, acc = max(scores)
@@ -343,12 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parallel < 1 or args.stop_after_failures < 1:
         parser.error("--parallel and --stop-after-failures must be at least 1")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; pass the folder that holds (or will hold) the runs' folders")
     runs = read_queue(args.queue)
+    if not runs:
+        raise SystemExit(
+            f"{args.queue} lists no runs; add lines '<name> <overrides>' (see the queue files in scripts/)."
+        )
     collected = collected_runs(args.skip_collected)
     if args.status:
         print_status(runs, args.out, collected)
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"--out {args.out}: cannot create it ({err.strerror}); pass a folder you can write.") from None
     lock = threading.Lock()
     streak = FailureStreak(args.stop_after_failures)
     queue = QueueFile(args.queue, collected)

@@ -154,3 +154,93 @@ def test_predict_refuses_a_support_folder_with_one_class(tiny_config, tmp_path, 
         == 2
     )
     assert "at least 2" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def query_folders(tmp_path_factory):
+    """Support (5 classes, 1 shot) and 23 query PNGs of the tiny test classes."""
+    from tests.conftest import compose_config
+
+    root = tmp_path_factory.mktemp("folders")
+    cfg = compose_config(["debug=tiny", "trainer=cpu", "logger=none"], root / "unused")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    classes = datamodule.splits["test"]
+    for c, name in enumerate(classes.names[:5]):
+        write_png(classes.images[c][0], root / "support" / name / "a.png")
+        for q in range(1, 6):
+            if c * 5 + q <= 23:
+                write_png(classes.images[c][q], root / "query" / f"{name}_{q}.png")
+    return root / "support", root / "query"
+
+
+@pytest.mark.parametrize("method_name", ["protonet", "reptile", "meta_lstm", "matchingnet_fce"])
+def test_predictions_are_the_same_in_batches_and_each_forward_scores_at_most_a_batch(
+    method_name, tiny_config, query_folders, monkeypatch
+):
+    results = train(tiny_config(f"model={method_name}"))
+    support, query = query_folders
+    import fewshot.predict as predict_module
+
+    sizes, grad_modes = [], []
+    real = predict_module.adapt_and_predict
+
+    def spy(method, episode):
+        sizes.append(episode.query_images.shape[1])
+        probabilities = real(method, episode)
+        grad_modes.append(probabilities.requires_grad)
+        return probabilities
+
+    monkeypatch.setattr(predict_module, "adapt_and_predict", spy)
+    whole = predict_folders(results["checkpoint"], support, query, batch_size=1000)
+    assert sizes == [23]
+    sizes.clear()
+    batched = predict_folders(results["checkpoint"], support, query, batch_size=4)
+    assert sizes == [4] * 5 + [3]  # every forward call holds at most batch_size queries
+    assert [p.label for p in batched] == [p.label for p in whole]
+    assert [p.confidence for p in batched] == pytest.approx([p.confidence for p in whole], abs=1e-5)
+    assert not any(grad_modes)
+
+
+def test_predict_scores_an_evaluation_episode_of_queries_per_call_by_default(tiny_config, query_folders, monkeypatch):
+    results = train(tiny_config("data.n_query=2"))  # 5-way: 10 queries per evaluation episode
+    import fewshot.predict as predict_module
+
+    sizes = []
+    real = predict_module.adapt_and_predict
+    monkeypatch.setattr(
+        predict_module, "adapt_and_predict", lambda m, e: sizes.append(e.query_images.shape[1]) or real(m, e)
+    )
+    assert len(predict_folders(results["checkpoint"], *query_folders)) == 23
+    assert sizes == [10, 10, 3]
+
+
+def test_predict_keeps_no_graph_of_the_queries(tiny_config, query_folders, monkeypatch):
+    """Memory of one call does not grow with the queries it holds beyond their images: under no_grad
+    no activation of the query batch is kept for a backward."""
+    results = train(tiny_config("model=maml"))
+    import tracemalloc
+
+    peaks = {}
+    for size in (5, 23):
+        tracemalloc.start()
+        predict_folders(results["checkpoint"], *query_folders, batch_size=size)
+        peaks[size] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[23] < 2 * peaks[5], peaks
+
+
+def test_query_and_class_names_that_are_not_utf8_are_one_line_naming_them(tmp_path):
+    from fewshot.data.errors import DataError
+    from fewshot.predict import query_files, support_files
+
+    query = tmp_path / "query"
+    query.mkdir()
+    write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), query / "fine.png")
+    (query / "caf\udce9.png").write_bytes((query / "fine.png").read_bytes())  # b"caf\xe9.png": Latin-1
+    with pytest.raises(DataError, match=r"The query file name caf\\xe9.png is not valid UTF-8.*rename it"):
+        query_files(query)
+    for name in ("a", "caf\udce9"):
+        write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), tmp_path / "support" / name / "s.png")
+    with pytest.raises(DataError, match=r"support class folder name caf\\xe9 is not valid UTF-8"):
+        support_files(tmp_path / "support")

@@ -23,7 +23,13 @@ from fewshot.training import train
 from tests.conftest import PROJECT_ROOT
 
 # files the package needs at run time besides its Python modules
-RUNTIME_DATA = ("fewshot/methods/meta_lstm/native/lstm_ops.cpp",)
+RUNTIME_DATA = (
+    "fewshot/methods/meta_lstm/native/lstm_ops.cpp",
+    "fewshot/conf/train.yaml",
+    "fewshot/conf/model/meta_lstm.yaml",
+    "fewshot/conf/experiment/omniglot/meta_lstm_5w1s.yaml",
+    "fewshot/conf/hydra/launcher/slurm.yaml",
+)
 
 
 def tracked_checkout(into: Path) -> Path:
@@ -64,6 +70,34 @@ def test_wheel_ships_the_package_its_native_source_and_no_tests(wheel):
     assert not [n for n in names if n.startswith(("tests/", "conf/", "benchmarks/"))]
     top = {n.split("/")[0] for n in names}
     assert top == {"fewshot", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+    shipped = {n.removeprefix("fewshot/") for n in names if n.startswith("fewshot/conf/")}
+    in_checkout = {
+        str(p.relative_to(PROJECT_ROOT / "fewshot")) for p in (PROJECT_ROOT / "fewshot" / "conf").rglob("*.yaml")
+    }
+    assert shipped == in_checkout  # every config, and only one copy of each
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "fewshot-train = fewshot.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_checkouts_conf_is_the_packages_config_root():
+    conf = PROJECT_ROOT / "conf"
+    assert conf.is_symlink() and conf.resolve() == (PROJECT_ROOT / "fewshot" / "conf").resolve()
+    tracked = subprocess.run(["git", "ls-files", "-s", "conf"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if tracked.returncode == 0 and tracked.stdout:
+        assert tracked.stdout.startswith("120000 ")  # git stores it as a link, not a copy of the files
+
+
+def test_python_m_fewshot_training_is_the_training_command(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    shown = subprocess.run(
+        [sys.executable, "-m", "fewshot.training", "--cfg", "job", "model=maml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "_target_: fewshot.methods.maml.MAML" in shown.stdout
 
 
 INSTALLED_CHECKS = """
@@ -154,3 +188,33 @@ def test_installed_wheel_runs_the_native_path_load_predict_and_report(wheel, tin
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 10
     assert "Meta-LSTM" in (tmp_path / "report" / "table.md").read_text()
     assert "Meta-LSTM" in (tmp_path / "report_alias" / "table.md").read_text()
+
+
+def test_installed_wheel_trains_tests_and_reports_from_any_folder_with_the_console_script(wheel, tmp_path):
+    target = tmp_path / "installed"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "FEWSHOT_PROJECT_ROOT"}  # as a user's shell has it
+    env |= {"PYTHONPATH": str(target), "FEWSHOT_KERNEL_CACHE": str(tmp_path / "kernels"), "WANDB_MODE": "offline"}
+    overrides = ["debug=tiny", "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false"]
+    trained = subprocess.run(
+        [str(target / "bin" / "fewshot-train"), *overrides], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (results,) = (elsewhere / "logs" / "train" / "runs").glob("*/results.json")  # run folders under the cwd
+    assert "test" in results.read_text()
+    report = subprocess.run(
+        [sys.executable, "-m", "fewshot.reporting", str(results.parent), "--out", str(tmp_path / "report")],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "ProtoNet" in (tmp_path / "report" / "table.md").read_text()

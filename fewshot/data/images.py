@@ -67,6 +67,11 @@ def decode_image(data: bytes, where: str, channels: int, image_size: int | None,
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             converted = to_8bit(img).convert("L" if channels == 1 else "RGB")
+    except Image.DecompressionBombError as err:  # not an OSError: Pillow's guard against decompression bombs
+        raise DataError(
+            f"Cannot decode image {where}: it has more pixels than Pillow decodes safely "
+            f"({2 * (Image.MAX_IMAGE_PIXELS or 0)}); shrink it (the images are resized to a few dozen pixels anyway)."
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(
             f"Cannot decode image {where}: {err}. The file is corrupt, truncated or not an image; replace or delete it."

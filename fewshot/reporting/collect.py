@@ -9,7 +9,6 @@ regenerates tables and figures from the committed files alone.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from fewshot.io import (
 from fewshot.reporting.checks import results_problems
 from fewshot.reporting.history import ReplacementError, check_replacement
 from fewshot.reporting.results import RESULTS_FILE
-from fewshot.reporting.runs import BadResultsError, NoRunsError, find_results
+from fewshot.reporting.runs import BadResultsError, NoRunsError, find_results, load_results
 
 PLACEHOLDERS = (("paths.output_dir", "<run>"), ("paths.data_dir", "<data>"), ("paths.root_dir", "<project>"))
 HOME = "<home>"
@@ -123,14 +122,6 @@ def run_label(results: Mapping[str, Any], where: Path | str) -> str:
     return f"{where} ({f'run {name}, ' if name else ''}{score})"
 
 
-def read_results(path: Path) -> Any:
-    """The JSON of a results file; a clear error when it cannot be read."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise BadResultsError(f"Cannot read {path}: {err}. Delete it or rerun that job.") from err
-
-
 def check_replaceable(target: Path, source: Path, text: str, replace: bool) -> bool:
     """Whether ``target`` must be written: False when it already holds exactly ``text``.
 
@@ -147,10 +138,10 @@ def check_replaceable(target: Path, source: Path, text: str, replace: bool) -> b
             f"{source} is both a run to collect and where it would be collected to; collect into another folder."
         )
     if not replace:
-        kept = run_label(read_results(target), target)
+        kept = run_label(load_results(target), target)
         raise BadResultsError(
             f"{kept} already holds a run of the same setting, method and seed as "
-            f"{run_label(read_results(source), source)}; pass --replace to replace it, or collect into another folder."
+            f"{run_label(load_results(source), source)}; pass --replace to replace it, or collect into another folder."
         )
     return True
 
@@ -163,8 +154,8 @@ def collect(paths: Sequence[Path], into: Path, replace: bool = False, reason: st
     unless every run can be."""
     planned: dict[Path, tuple[Path, str]] = {}
     for source in find_results(list(paths)):
-        results = read_results(source)
-        if not isinstance(results, dict) or not results.get("test"):
+        results = load_results(source)
+        if not results.get("test"):
             continue
         problems = results_problems(results)
         if problems:

@@ -113,13 +113,25 @@ def find_results(paths: list[Path]) -> list[Path]:
     return found
 
 
-def read_run(path: Path) -> RunRecord | None:
-    """The run of one results file; None when the run did not test (train-only runs)."""
+def load_results(path: Path) -> dict[str, Any]:
+    """The JSON object of a results file, or a one-line BadResultsError (unreadable, cut, not an object)."""
     try:
         results = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadResultsError(f"Cannot read {path}: {err}. Delete it or rerun that job.") from err
-    test = results.get("test") if isinstance(results, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadResultsError(f"Cannot read {path}: {detail}. Delete it or rerun that job.") from err
+    if not isinstance(results, dict):
+        raise BadResultsError(
+            f"{path} holds a JSON {type(results).__name__}, not the object train.py writes; delete it or rerun "
+            "that job."
+        )
+    return results
+
+
+def read_run(path: Path) -> RunRecord | None:
+    """The run of one results file; None when the run did not test (train-only runs)."""
+    results = load_results(path)
+    test = results.get("test")
     if not test:
         return None
     problems = results_problems(results)

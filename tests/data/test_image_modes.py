@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fewshot.data.errors import DataError
 from fewshot.data.folder import ImageFolder
 from fewshot.data.images import decode_image, decode_many, warn_constant_images
-from fewshot.predict import ImageFormat, build_episode
+from fewshot.predict import ImageFormat, read_queries
 
 SIZE = 16
 
@@ -123,17 +124,18 @@ def test_varied_images_raise_no_warning(recwarn):
 
 
 def test_predict_warns_about_blank_query_images_naming_them(tmp_path):
-    support = {}
-    for c in ("a", "b"):
-        path = tmp_path / "support" / c / "0.png"
-        path.parent.mkdir(parents=True)
-        Image.fromarray(np.random.default_rng(len(c)).integers(0, 256, (SIZE, SIZE), np.uint8)).save(path)
-        support[c] = [path]
     (tmp_path / "query").mkdir()
     drawn, blank = tmp_path / "query" / "drawn.png", tmp_path / "query" / "blank.png"
     ink_on_transparent("LA").save(drawn)
     Image.new("LA", (SIZE, SIZE), (255, 0)).save(blank)  # white ink, nothing opaque: blank on white
     image_format = ImageFormat(image_size=SIZE, channels=1, invert=False, mean=None, std=None)
     with pytest.warns(UserWarning, match=f"1 query images decode to a single flat colour.*{blank}") as record:
-        build_episode(support, [drawn, blank], image_format)
+        read_queries([drawn, blank], image_format)
     assert str(drawn) not in " ".join(str(w.message) for w in record)
+
+
+def test_an_image_larger_than_pillow_decodes_safely_is_one_line_naming_it(monkeypatch):
+    data = encode(Image.new("L", (64, 64), 128))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000: Pillow's DecompressionBombError
+    with pytest.raises(DataError, match=r"Cannot decode image huge.png: it has more pixels than Pillow decodes safely"):
+        decode_image(data, "huge.png", 1, SIZE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from pathlib import Path
 
@@ -239,3 +240,16 @@ def test_a_symlinked_run_folder_is_collected_and_a_loop_is_named_and_skipped(tmp
     messages = "\n".join(caplog.messages)
     assert f"skipped {runs / 'a' / 'loop'}: a link to {runs.resolve()}, a folder it lies in" in messages
     assert f"skipped {runs / 'dangling'}: a link to {tmp_path / 'gone'}, which does not exist" in messages
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [('{"method": "ProtoNet", "test": {"acc"', "Cannot read .*results.json: "), ("[1, 2]", "holds a JSON list")],
+)
+def test_collect_reports_a_cut_or_non_object_results_file_in_one_line(tmp_path, capsys, content, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(content)
+    assert collect_main([str(run), "--into", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"error: .*{message}", err) and err.count("\n") == 1, err

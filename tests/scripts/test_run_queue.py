@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,34 @@ def test_a_run_named_dot_dot_never_claims_or_moves_the_parent_of_out(tmp_path):
     with pytest.raises(SystemExit, match="q.txt:1: the run's folder name is '..', which is not a plain folder name"):
         run_queue.main([str(queue), "--out", str(parent / "out"), "--python", sys.executable])
     assert sorted(p.name for p in parent.iterdir()) == [".hydra", "checkpoints", "csv"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda q: None, r"q.txt: cannot read the queue file \(No such file or directory\)"),
+        (lambda q: q.write_text("# only a comment\n\n"), r"q.txt lists no runs; add lines '<name> <overrides>'"),
+        (lambda q: q.write_text("a seed=0 variant='open\n"), r"q.txt:1: No closing quotation; close the quote"),
+        (lambda q: q.write_bytes(b"a seed=0 \xff\xfe\n"), r"q.txt: cannot read the queue file \(.*codec"),
+        (lambda q: (q.write_text("a seed=0\n"), (q.parent / "out").write_text("x")), r"--out .*out is a file"),
+    ],
+    ids=["missing", "empty", "unterminated quote", "not text", "out is a file"],
+)
+def test_a_broken_queue_or_out_folder_is_one_line_not_a_traceback(tmp_path, capsys, setup, message):
+    queue = tmp_path / "q.txt"
+    setup(queue)
+    with pytest.raises(SystemExit) as stop:
+        run_queue.main([str(queue), "--out", str(tmp_path / "out")])
+    text = str(stop.value.code) if stop.value.code != 2 else capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(message, text) and "\n" not in text, text
+
+
+def test_status_names_an_unreadable_metrics_file(tmp_path, capsys):
+    queue = write_queue(tmp_path / "q.txt", "a seed=0\n")
+    (tmp_path / "out" / "a" / "csv").mkdir(parents=True)
+    (tmp_path / "out" / "a" / "csv" / "metrics.csv").write_bytes(b"step,val/acc\n3,\xff\n")
+    assert run_queue.main([str(queue), "--out", str(tmp_path / "out"), "--status"]) == 0
+    assert "csv/metrics.csv unreadable (UnicodeDecodeError)" in capsys.readouterr().out
 
 
 def test_claim_skips_finished_failed_and_live_claims_and_takes_over_dead_ones(tmp_path):

@@ -146,6 +146,26 @@ def test_an_unreadable_last_checkpoint_names_the_earlier_one_to_resume_from(run_
     assert f"resume from it with ckpt_path={best} (and hydra.run.dir={run_copy})" in str(info.value)
 
 
+@pytest.mark.parametrize("content", [b"garbage\n", b"\x80\x02garbage", b"PK\x03\x04 not a torch zip"])
+def test_a_file_that_is_not_a_checkpoint_is_called_unreadable_never_unsafe(tmp_path, content):
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(content)  # e.g. `echo garbage > last.ckpt`
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.load_checkpoint_file(path)
+    message = str(info.value)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    assert f"Cannot read checkpoint {path}" in message
+    assert "not a readable checkpoint" in message or "not a checkpoint" in message
+    assert "could run code" not in message and "weights_only" not in message and "\n" not in message
+
+
+def test_the_refusal_of_a_crafted_checkpoint_never_suggests_loading_it_unsafely(trained, tmp_path):
+    crafted = crafted_checkpoint(trained, tmp_path / "crafted.ckpt", tmp_path / "pwned")
+    with pytest.raises(UnsafeCheckpointError, match=REFUSED) as info:
+        checkpoints.load_checkpoint_file(crafted)
+    assert "weights_only" not in str(info.value)
+
+
 def test_no_loadable_checkpoint_left_says_to_start_again(run_copy):
     for path in (run_copy / "checkpoints").iterdir():
         path.write_bytes(b"not a checkpoint")
@@ -184,3 +204,15 @@ def test_a_checkpoint_write_replaces_the_file_through_a_temporary_in_its_folder(
     ((src, dst),) = renames
     assert dst == target and src.parent == target.parent and src.name.endswith(TEMP_SUFFIX)
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_full_disk_while_a_run_saves_a_checkpoint_names_the_path_and_no_space_left(tmp_path, monkeypatch):
+    def full_disk(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    with pytest.raises(
+        OutputPathError, match=r"Cannot write .*checkpoints/.*\.ckpt: no space left on the device"
+    ) as info:
+        train(compose_config(RUN, tmp_path / "run"))
+    assert "\n" not in str(info.value)

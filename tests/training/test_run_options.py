@@ -61,6 +61,22 @@ def test_test_checkpoint_last_with_weights_trained_past_their_last_validation_ha
     assert results["val"] is None and results["val_last"] is not None
 
 
+def test_without_a_best_checkpoint_the_results_name_the_final_weights_and_their_validation(tiny_config):
+    # callbacks=none saves no best-on-validation checkpoint: the final weights are tested, and
+    # results.json must say so, with their own validation, not the best one of other weights
+    results = train(tiny_config("trainer.max_epochs=3", "data.train_episodes=2", "callbacks=none"))
+    assert results["test_checkpoint"] == "last" and results["checkpoint"] is None
+    history = results["val_history"]
+    assert history[-1]["acc"] < max(h["acc"] for h in history)  # else the next line tells nothing
+    assert results["val"]["acc"] == results["val_last"]["acc"] == history[-1]["acc"]
+
+
+def test_without_validation_the_results_name_the_final_weights_and_no_validation(tiny_config):
+    results = train(tiny_config("trainer.max_epochs=2", "data.train_episodes=2", "+trainer.limit_val_batches=0"))
+    assert results["test_checkpoint"] == "last" and results["checkpoint"] is None
+    assert results["val"] is None and results["val_history"] == []
+
+
 def test_unknown_test_checkpoint_is_refused_before_training(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"test_checkpoint must be one of \['best', 'last'\], got 'final'"):
         train(tiny_config("test_checkpoint=final"))
@@ -75,7 +91,7 @@ def test_variant_names_its_own_row_in_the_results(tiny_config):
 
 @pytest.mark.parametrize("variant", ["''", "'a (b)'", "3"])
 def test_bad_variant_is_refused_before_training(tiny_config, tmp_path, variant):
-    with pytest.raises(ValueError, match=r"variant must be a short name without parentheses"):
+    with pytest.raises(ValueError, match=r"variant must be (a short name without parentheses|null or a string)"):
         train(tiny_config(f"variant={variant}"))
     assert not (tmp_path / "checkpoints").exists()
 
@@ -186,3 +202,44 @@ def test_train_on_val_needs_the_final_weights_tested(tiny_config, tmp_path):
     classes, plain_classes = results["classes"], plain["classes"]
     assert classes["train"] == plain_classes["train"] + plain_classes["val"] and classes["val"] == plain_classes["val"]
     assert Path(results["checkpoint"]).name == "final.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["callbacks.cpu_budget.minutes=nan"], r"callbacks.cpu_budget.minutes must be positive and finite .* got nan"),
+        (["callbacks.cpu_budget.minutes=inf"], r"callbacks.cpu_budget.minutes must be positive and finite .* got inf"),
+        (["callbacks=plateau", "callbacks.early_stopping.patience=0"], "patience must be at least 1 validation, got 0"),
+        (["callbacks=plateau", "callbacks.early_stopping.min_delta=-0.1"], "min_delta must be a non-negative number"),
+        (["callbacks=plateau", "callbacks.early_stopping.patience=2.5"], "patience must be an integer, got 2.5"),
+        (["callbacks.speed_probe.repeats=0"], "speed_probe needs repeats >= 1"),
+    ],
+)
+def test_a_bad_callback_option_is_refused_before_the_data_are_read(
+    tiny_config, tmp_path, monkeypatch, overrides, message
+):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were read before the callback options were checked")
+
+    monkeypatch.setattr("fewshot.data.datamodule.EpisodicDataModule.setup", no_data)
+    with pytest.raises(Exception, match=message):
+        train(tiny_config(*overrides))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_endless_epochs_with_nothing_to_stop_them_are_refused(tiny_config):
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=-1 with no trainer.max_steps.*would train forever"):
+        train(tiny_config("trainer.max_epochs=-1"))
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        ["trainer.max_steps=2"],
+        ["callbacks.cpu_budget.minutes=0.001"],
+        ["callbacks=plateau", "callbacks.early_stopping.patience=1"],
+    ],
+)
+def test_endless_epochs_with_something_to_stop_them_train(tiny_config, stop):
+    results = train(tiny_config("trainer.max_epochs=-1", "data.train_episodes=2", *stop))
+    assert results["train"]["stopped_by"] in ("max_steps", "cpu_budget", "plateau")

@@ -192,3 +192,25 @@ def test_results_name_the_commit_the_run_was_built_from(tiny_config, monkeypatch
     commits = iter(["built-from", "changed-later"])
     monkeypatch.setattr("fewshot.training.git_commit", lambda *args, **kwargs: next(commits))
     assert train(tiny_config())["git_commit"] == "built-from"
+
+
+def test_train_py_reports_a_bad_input_in_one_line_without_a_traceback(tmp_path):
+    out = run_train("debug=tiny", "trainer=cpu", "data.n_way='5'", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: data.n_way must be an integer, got '5' (a string); set e.g. data.n_way=5."
+    ], out.stderr[-3000:]
+
+
+def test_a_wrapped_bad_input_is_found_and_a_bug_is_not():
+    from hydra.errors import InstantiationException
+
+    from fewshot.cli import user_error
+    from fewshot.data.errors import DataError
+
+    cause = DataError("data.n_way must be positive")
+    try:
+        raise InstantiationException("Error in call to target\nfull_key: data") from cause
+    except InstantiationException as wrapped:
+        assert user_error(wrapped) is cause
+    assert user_error(KeyError("a bug")) is None

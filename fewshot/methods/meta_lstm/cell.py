@@ -78,8 +78,8 @@ def meta_cell_step(
     """
     if use_native:
         return native.ops().meta_cell_forward(
-            h, theta_prev.contiguous(), grad.contiguous(), i_prev.contiguous(), f_prev.contiguous(),
-            weight.contiguous(), bias.contiguous(), feed_preactivation,
+            native.kernel_matrix(h), theta_prev.contiguous(), grad.contiguous(), i_prev.contiguous(),
+            f_prev.contiguous(), weight.contiguous(), bias.contiguous(), feed_preactivation,
         )  # fmt: skip
     hidden = h.shape[0]
     pre = torch.addmm(bias.unsqueeze(1), weight[:, :hidden], h)  # [2, n]
@@ -115,7 +115,7 @@ def meta_cell_step_backward(
     if use_native:
         d_outputs = [theta_prev.new_zeros(theta_prev.shape) if d is None else d.contiguous() for d in d_outputs]
         inputs = (t.contiguous() for t in (theta_prev, grad, i_prev, f_prev, i, f, weight))
-        return native.ops().meta_cell_backward(h, *inputs, feed_preactivation, *d_outputs)
+        return native.ops().meta_cell_backward(native.kernel_matrix(h), *inputs, feed_preactivation, *d_outputs)
     d_theta, d_i, d_f, d_state_i, d_state_f = d_outputs
     hidden = h.shape[0]
     gates, states = torch.stack([i, f]), torch.stack([i_prev, f_prev])
@@ -198,7 +198,7 @@ class MetaLearnerCell(nn.Module):
         backend: native.Backend = "auto",
     ) -> None:
         super().__init__()
-        native.check_backend(backend)
+        native.prepare(backend)
         self.backend = backend
         if feedback not in ("preactivation", "gate"):
             raise ValueError(f"feedback must be 'preactivation' or 'gate', got {feedback!r}.")

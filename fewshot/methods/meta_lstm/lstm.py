@@ -120,7 +120,7 @@ class _NativePointwise(_TorchPointwise):
     @staticmethod
     def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
         """As :meth:`_TorchPointwise.forward`."""
-        native.ops().lstm_gates_forward(gates, _rows_contiguous(c_prev), c, h, tanh_c)
+        native.ops().lstm_gates_forward(gates, native.kernel_matrix(c_prev), c, h, tanh_c)
 
     @staticmethod
     def backward(
@@ -133,15 +133,8 @@ class _NativePointwise(_TorchPointwise):
         dc_prev: Tensor | None,
     ) -> None:
         """As :meth:`_TorchPointwise.backward`."""
-        c_prev, dh, dc_next = (_rows_contiguous(t) for t in (c_prev, dh, dc_next))
+        c_prev, dh, dc_next = (native.kernel_matrix(t) for t in (c_prev, dh, dc_next))
         native.ops().lstm_gates_backward(gates, tanh_c, c_prev, dh, dc_next, d_pre, dc_prev)
-
-
-def _rows_contiguous(t: Tensor | None) -> Tensor | None:
-    """``t`` itself if its rows are contiguous, else a contiguous copy (e.g. broadcast gradients)."""
-    if t is None or t.shape[1] <= 1 or t.stride(1) == 1:
-        return t
-    return t.contiguous()
 
 
 def _matrix(buffer: Tensor, rows: int, m: int) -> Tensor:
@@ -391,7 +384,7 @@ class CoordinateLSTM(nn.Module):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        native.check_backend(backend)
+        native.prepare(backend)
         self.block_size = block_size
         self.differentiable_input = differentiable_input
         self.backend = backend

@@ -65,11 +65,11 @@ def applies(backend: Backend, *tensors: Tensor) -> bool:
         return False
     fits = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
     if backend == "auto":
-        return fits and load() is not None
+        return fits and available()
     if not fits:
         kinds = ", ".join(sorted({f"{t.dtype} on {t.device}" for t in tensors}))
         raise ValueError(f"backend='native' needs float32 tensors on the CPU, got {kinds}; use backend='auto'.")
-    if load() is None:
+    if not available():
         raise RuntimeError("backend='native': the native operators could not be built here (see the warning).")
     return True
 
@@ -150,9 +150,33 @@ def load() -> Path | None:
         return None
 
 
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """Whether the native operators can be used in this process."""
+    """Whether the native operators can be used in this process (building and loading them on the
+    first call; under ``torch.compile`` a constant of the trace, so a compiled forward never traces
+    the build: :func:`prepare` runs it when a module is built)."""
     return load() is not None
+
+
+def prepare(backend: Backend) -> None:
+    """Build and load the operators for a module of this ``backend`` when it is constructed, outside
+    any traced region (``torch.compile(..., fullgraph=True)`` of its forward only calls registered
+    operators); ``torch`` needs nothing. A failed build warns here; ``native`` refuses at the forward."""
+    check_backend(backend)
+    if backend != "torch" and available():
+        ops()
+
+
+def kernel_matrix(t: Tensor | None) -> Tensor | None:
+    """``t`` itself if the C++ operators take its layout (rows contiguous and not overlapping), else a
+    contiguous copy: any strides the torch operations accept, e.g. a broadcast gradient (strides
+    ``[0, 0]``) of a block of one coordinate."""
+    if t is None:
+        return t
+    rows, cols = t.shape
+    if (cols <= 1 or t.stride(1) == 1) and (rows <= 1 or t.stride(0) >= cols):
+        return t
+    return t.contiguous()
 
 
 def _register_fakes() -> None:
@@ -194,4 +218,16 @@ def ops() -> object:
     return torch.ops.fewshot
 
 
-__all__ = ["Backend", "applies", "available", "build", "cache_dir", "capability", "check_backend", "load", "ops"]
+__all__ = [
+    "Backend",
+    "applies",
+    "available",
+    "build",
+    "cache_dir",
+    "capability",
+    "check_backend",
+    "kernel_matrix",
+    "load",
+    "ops",
+    "prepare",
+]

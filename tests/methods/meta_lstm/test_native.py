@@ -13,7 +13,7 @@ import torch
 
 from fewshot.methods.meta_lstm import native
 from fewshot.methods.meta_lstm.cell import MetaLearnerCell
-from fewshot.methods.meta_lstm.lstm import CoordinateLSTM
+from fewshot.methods.meta_lstm.lstm import CPU_BLOCK_SIZE, CoordinateLSTM
 from fewshot.methods.meta_lstm.metalearner import MetaLearner, segment_moments
 from tests.methods.meta_lstm.test_lstm import unroll
 from tests.methods.meta_lstm.test_metalearner import random_episode, tiny_conv4
@@ -414,6 +414,66 @@ def test_opcheck_the_cpp_operators():
     torch.library.opcheck(
         ops.meta_cell_backward.default, (h, theta, grad, i_prev, f_prev, *gates2, weight, feed, *gradients)
     )
+
+
+# ---- Any strides the torch path takes: a broadcast upstream gradient on a block of one coordinate
+# (n = 1, or n = CPU_BLOCK_SIZE + 1 leaving a last block of one), a broadcast hidden state.
+
+
+@pytest.mark.parametrize("use_native", BACKENDS)
+@pytest.mark.parametrize("n", [1, CPU_BLOCK_SIZE + 1])
+def test_opcheck_lstm_step_backward_with_a_broadcast_gradient(use_native, n):
+    x, h, c, w_x, w_h, bias, *_ = lstm_step_args(use_native, keep=True)
+    hidden = w_h.shape[1]
+    x, h, c = torch.randn(2, n), torch.randn(hidden, n), torch.randn(hidden, n)
+    args = (x, h, c, w_x.detach(), w_h.detach(), bias.detach(), CPU_BLOCK_SIZE, use_native, True)
+    _, _, kept = torch.ops.fewshot.lstm_step(*args)
+    broadcast = torch.ones(()).expand(hidden, n)  # what h.sum().backward() sends: strides [0, 0]
+    backward = (*args[:6], kept, broadcast, broadcast, CPU_BLOCK_SIZE, use_native, True, True, True)
+    torch.library.opcheck(torch.ops.fewshot.lstm_step_backward.default, backward)
+    torch.library.opcheck(torch.ops.fewshot.lstm_step.default, (x, h.requires_grad_(), c, *args[3:]))
+
+
+@needs_native
+@pytest.mark.parametrize("n", [1, CPU_BLOCK_SIZE + 1])
+def test_native_backward_of_a_summed_output_matches_torch(n):
+    grads = {}
+    for backend in ("native", "torch"):
+        torch.manual_seed(0)
+        lstm = CoordinateLSTM(4, 3, backend=backend)
+        state = lstm(torch.randn(2, n), shared=torch.randn(2))
+        h, c = lstm(torch.randn(2, n), state, shared=torch.randn(2))
+        (h.sum() + c.sum()).backward()
+        grads[backend] = (lstm.weight.grad, lstm.bias.grad)
+    for native_grad, torch_grad in zip(*grads.values()):
+        torch.testing.assert_close(native_grad, torch_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_native", BACKENDS)
+def test_opcheck_meta_cell_step_with_a_broadcast_hidden_state(use_native):
+    h, *rest = cell_step_args(use_native, feed_preactivation=True)
+    broadcast = h.detach()[:, :1].expand_as(h).requires_grad_()  # strides [1, 0]
+    torch.library.opcheck(torch.ops.fewshot.meta_cell_step.default, (broadcast, *rest))
+
+
+# ---- torch.compile(fullgraph=True): the forward calls only registered operators (the build and
+# loading happen when the module is built).
+
+
+@pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_native), "auto", "torch"])
+def test_the_lstm_and_the_cell_compile_in_one_graph(backend):
+    torch.manual_seed(0)
+    lstm = CoordinateLSTM(4, 3, backend=backend)
+    cell = MetaLearnerCell(3, backend=backend)
+    x, shared, n = torch.randn(2, 40), torch.randn(2), 40
+    vectors = [torch.randn(n) for _ in range(4)]
+
+    def step(x, shared, *vectors):
+        h, _ = lstm(x, shared=shared)
+        return cell(h, *vectors).theta
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, shared, *vectors), step(x, shared, *vectors))
 
 
 # ---- The portable build: the whole file again on at::vec's scalar path.

@@ -1,0 +1,67 @@
+"""The training command: ``fewshot-train [overrides]`` (installed), ``python train.py`` (a checkout)
+or ``python -m fewshot.training``; Hydra composes the configs shipped in the package (``fewshot/conf``)."""
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fewshot.config_keys import CONFIG_DIR
+from fewshot.resolvers import register_resolvers
+
+register_resolvers()  # task_name: ${fewshot.task_name:train}, resolved while Hydra names the run folder
+
+
+# an absolute path: the same folder whether this module runs as a script, a module or a console script
+def user_error(err: BaseException) -> BaseException | None:
+    """The error, or the one it wraps (Hydra wraps a constructor's), that names a bad input and its fix:
+    printed as one line instead of a traceback; None for anything else (a bug keeps its traceback)."""
+    from fewshot.checkpoints import CheckpointError
+    from fewshot.config_keys import UnknownConfigKeyError
+    from fewshot.config_types import ConfigTypeError
+    from fewshot.data.errors import DataError
+    from fewshot.io import OutputPathError
+    from fewshot.runfolder import RunConfigError
+
+    kinds = (CheckpointError, ConfigTypeError, DataError, OutputPathError, RunConfigError, UnknownConfigKeyError)
+    while err is not None and not isinstance(err, kinds):
+        err = err.__cause__
+    return err
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the optimised metric for sweepers."""
+    from fewshot.config_keys import check_known_keys
+    from fewshot.interrupt import RunInterrupted, rerun_command, resume_command, resume_sweep_command, sweep_folder
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, hydra_cfg.job.config_name)
+        from fewshot.training import objective, train
+
+        return objective(train(cfg), cfg.get("optimized_metric", "val/acc"))
+    except RunInterrupted as stop:
+        if cfg.get("train", True) and hydra_cfg.mode == RunMode.MULTIRUN:
+            sweep = sweep_folder(hydra_cfg.runtime.output_dir, str(hydra_cfg.sweep.subdir))
+            command = resume_sweep_command(sys.argv[0], sys.argv[1:], sweep)
+            print(f"{stop} Continue the sweep with:\n  {command}", file=sys.stderr, flush=True)
+        elif cfg.get("train", True):
+            command = resume_command(sys.argv[0], hydra_cfg.overrides.task, hydra_cfg.runtime.output_dir)
+            print(f"{stop} Resume it with:\n  {command}", file=sys.stderr, flush=True)
+        else:
+            command = rerun_command(sys.argv[0], hydra_cfg.overrides.task)
+            print(f"{stop} A test-only run has no training to resume; run it again:\n  {command}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except Exception as err:  # noqa: BLE001 - a bad input is one line; anything else is re-raised
+        found = user_error(err)
+        if found is None:
+            raise
+        print(f"error: {found}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import collections.abc
 import enum
 import functools
 import inspect
+import json
 import numbers
 import os
 import types
@@ -272,8 +273,8 @@ def message(key: str, value: Any, annotation: Any, default: Any) -> str:
     """The one-line error for a key of the wrong type."""
     kinds = {bool: "a bool", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
     kind = kinds.get(type(value), f"a {type(value).__name__}")
-    quoted = f"'{value}'" if isinstance(value, str) else OmegaConf.to_yaml({"v": value}).strip().removeprefix("v: ")
-    quoted = quoted.replace("\n", " ")
+    plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    quoted = f"'{value}'" if isinstance(value, str) else json.dumps(plain, default=str).replace("NaN", "nan")
     return f"{key} must be {describe(annotation)}, got {quoted} ({kind}); set e.g. {key}={example(annotation, default)}"
 
 

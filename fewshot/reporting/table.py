@@ -226,8 +226,8 @@ def checkpoint_note(cells: Sequence[Cell]) -> str:
         return "\nEvery run was tested with its best-on-validation checkpoint.\n"
     listed = ", ".join(f"{method} ({which})" for method, which in other)
     return (
-        "\nTested checkpoint: best on validation, except " + listed + " (last = the final weights, the protocol "
-        "of that method's paper).\n"
+        "\nTested checkpoint: best on validation, except " + listed + " (last = the final weights: the run's "
+        "test_checkpoint=last, or no best-on-validation checkpoint was saved).\n"
     )
 
 

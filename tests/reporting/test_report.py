@@ -98,8 +98,8 @@ def test_table_says_which_checkpoint_each_method_tested(tmp_path):
     write_run(tmp_path / "c", "MAML", C)  # written before the key existed: the best was tested
     cells = build_cells(load_runs([tmp_path]))
     assert checkpoint_note(cells) == (
-        "\nTested checkpoint: best on validation, except Meta-LSTM (last) (last = the final weights, the protocol "
-        "of that method's paper).\n"
+        "\nTested checkpoint: best on validation, except Meta-LSTM (last) (last = the final weights: the run's "
+        "test_checkpoint=last, or no best-on-validation checkpoint was saved).\n"
     )
     rows = {line.split(",")[0]: line.split(",") for line in csv_table(cells).splitlines()}
     column = rows["method"].index("test_checkpoint")

@@ -274,7 +274,9 @@ def message(key: str, value: Any, annotation: Any, default: Any) -> str:
     kinds = {bool: "a bool", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
     kind = kinds.get(type(value), f"a {type(value).__name__}")
     plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    quoted = f"'{value}'" if isinstance(value, str) else json.dumps(plain, default=str).replace("NaN", "nan")
+    # shown in JSON's syntax (a message, not a file: NaN is allowed here)
+    shown = json.JSONEncoder(default=str).encode(plain).replace("NaN", "nan")
+    quoted = f"'{value}'" if isinstance(value, str) else shown
     return f"{key} must be {describe(annotation)}, got {quoted} ({kind}); set e.g. {key}={example(annotation, default)}"
 
 

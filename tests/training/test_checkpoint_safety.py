@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 
 import fewshot
 import fewshot.io as io_module
@@ -91,10 +92,18 @@ def test_resume_loads_through_lightnings_checkpoint_io_with_weights_only_true(ru
 def test_predict_refuses_a_crafted_checkpoint_without_running_it(trained, tmp_path, capsys):
     marker = tmp_path / "pwned"
     crafted = crafted_checkpoint(trained, tmp_path / "crafted.ckpt", marker)
-    for name in ("a", "b"):
+    for name in ("a", "b"):  # a valid support set: the checkpoint is what must be refused
         (tmp_path / "support" / name).mkdir(parents=True)
+        Image.new("L", (28, 28), 255 if name == "a" else 0).save(tmp_path / "support" / name / "0.png")
+    (tmp_path / "query").mkdir()
+    Image.new("L", (28, 28), 255).save(tmp_path / "query" / "q.png")
     code = predict_main(
-        [f"ckpt_path={crafted}", f"support={tmp_path / 'support'}", f"query={tmp_path}", f"output={tmp_path / 'p.csv'}"]
+        [
+            f"ckpt_path={crafted}",
+            f"support={tmp_path / 'support'}",
+            f"query={tmp_path / 'query'}",
+            f"output={tmp_path / 'p.csv'}",
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err

@@ -14,9 +14,11 @@ says) and ``accuracy_vs_shots.png``; and draws the
 Meta-LSTM gate figure into every run folder with gate statistics. ``--history "<setting>/<method>"``
 prints the committed versions of one row's results instead (``fewshot.reporting.history``).
 ``--wandb`` also logs the
-table and figures as one W&B run (offline). ``--readme README.md`` rewrites the block of that
-file marked for these runs with ``table.md`` (``fewshot.reporting.readme``). A single folder's
-``report.yaml`` gives its default options (``fewshot.reporting.options``).
+table and figures as one W&B run (offline). ``--page docs/results.md`` rewrites the block of that
+file marked for these runs with ``table.md``, ``paired.md`` and the figures; ``--readme README.md``
+the block of that file with the accuracy table and a link to the page (``fewshot.reporting.readme``).
+Rows are ordered and figures coloured by ``fewshot/reporting/methods.yaml`` (``fewshot.reporting.display``).
+A single folder's ``report.yaml`` gives its default options (``fewshot.reporting.options``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from pathlib import Path
 
 from fewshot.io import OutputPathError, check_writable_dir, remove_stale_temporaries, write_text_atomic
 from fewshot.reporting.costs import CostsError, ReferenceCosts, find_reference_costs
+from fewshot.reporting.display import DEFAULT_DISPLAY, MethodDisplay
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.history import row_history
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference
 from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, without_costs
-from fewshot.reporting.readme import ReadmeBlockError, update_block
+from fewshot.reporting.readme import ReadmeBlockError, check_block, link_from, page_block, readme_block, update_block
 from fewshot.reporting.runs import (
     BadResultsError,
     NoRunsError,
@@ -53,10 +56,10 @@ from fewshot.reporting.table import (
     markdown_paired,
     markdown_table,
     markdown_training,
-    method_sort_key,
     ordered_settings,
     pair_cells,
     paired_against_best,
+    setting_sort_key,
 )
 
 __all__ = ["NoRunsError", "find_results", "gate_figures", "main", "requested_pairs"]
@@ -101,7 +104,9 @@ def requested_pairs(
     return differences, not_paired
 
 
-def against_all(cells: Sequence[Cell], methods: Sequence[str]) -> tuple[list[PairedDifference], list[str]]:
+def against_all(
+    cells: Sequence[Cell], methods: Sequence[str], display: MethodDisplay = DEFAULT_DISPLAY
+) -> tuple[list[PairedDifference], list[str]]:
     """Paired differences of each of ``methods`` against every other method, in every column
     (and the notes of :func:`requested_pairs`)."""
     found = {c.method for c in cells}
@@ -110,7 +115,7 @@ def against_all(cells: Sequence[Cell], methods: Sequence[str]) -> tuple[list[Pai
         raise EpisodeMismatchError(
             f"--against {', '.join(unknown)}: no such method in these runs. Methods found: {', '.join(sorted(found))}."
         )
-    pairs = [(a, b) for a in methods for b in sorted(found, key=method_sort_key) if b != a]
+    pairs = [(a, b) for a in methods for b in sorted(found, key=display.sort_key) if b != a]
     return requested_pairs(cells, pairs, skip_missing=True)
 
 
@@ -126,19 +131,19 @@ def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifferen
     return kept
 
 
-def tables_markdown(cells: Sequence[Cell]) -> str:
+def tables_markdown(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
     """``table.md``: the accuracy table, which checkpoints were tested, the training table, and
     whether the runs' CPU speeds differed."""
     runs = [run for cell in cells for run in cell.runs]
     first_run = {cell.setting: cell.runs[0] for cell in cells}
     settings = list(dict.fromkeys(first_run[column].setting for column in ordered_settings(cells)))
     return (
-        markdown_table(cells)
-        + episode_set_note(cells)
-        + checkpoint_note(cells)
+        markdown_table(cells, display)
+        + episode_set_note(cells, display)
+        + checkpoint_note(cells, display)
         + "\n"
-        + markdown_training(cells)
-        + speed_note(runs, settings)  # per setting, whatever its episode sets
+        + markdown_training(cells, display)
+        + speed_note(runs, settings, display)  # per setting, whatever its episode sets
         + single_episode_note(runs)
     )
 
@@ -174,20 +179,21 @@ def build_report(
     pairs: Sequence[Sequence[str]] = (),
     against: Sequence[str] = (),
     costs: ReferenceCosts | None = None,
+    display: MethodDisplay = DEFAULT_DISPLAY,
 ) -> dict[str, object]:
     """Write the table, paired tests and figures for the runs under ``paths`` (time in reference
-    CPU-minutes with ``costs``); return what was made."""
+    CPU-minutes with ``costs``; rows and colours by ``display``); return what was made."""
     runs = load_runs(list(paths))
     remove_stale_temporaries(out)  # what an earlier report killed while writing left
     cells = build_cells(runs)
-    differences, skipped = paired_against_best(cells)
+    differences, skipped = paired_against_best(cells, display)
     pairs_made, pairs_not_made = requested_pairs(cells, pairs)
-    against_made, against_not_made = against_all(cells, against)
+    against_made, against_not_made = against_all(cells, against, display)
     differences = unique_pairs(differences + pairs_made + against_made)
     not_paired = list(dict.fromkeys(skipped + pairs_not_made + against_not_made))
     paired_md = markdown_paired(differences, not_paired)
-    table_md = tables_markdown(cells)
-    table_csv = csv_table(cells)
+    table_md = tables_markdown(cells, display)
+    table_csv = csv_table(cells, display)
     written = [
         write_text(out / "table.md", table_md),
         write_text(out / "table.csv", table_csv),
@@ -197,8 +203,8 @@ def build_report(
     figures = [
         f
         for f in (
-            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png", costs),
-            plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png"),
+            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png", costs, display),
+            plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png", display),
         )
         if f is not None
     ]
@@ -206,13 +212,52 @@ def build_report(
     return {
         "runs": runs,
         "table_md": table_md,
+        "accuracy_md": markdown_table(cells, display),
         "table_csv": table_csv,
         "paired_md": paired_md,
         "skipped_pairs": not_paired,
         "notes": costs_notes(runs, costs, paths),
         "files": written + figures,
         "figures": figures + [g for g in gates if g.suffix == ".png"],
+        "report_figures": figures,
+        "gate_figures": labelled_gate_figures(runs, display),
     }
+
+
+FIGURE_TITLES = {
+    "accuracy_vs_cpu_time.png": "Validation accuracy against time (time to accuracy)",
+    "accuracy_vs_shots.png": "Test accuracy against shots",
+}
+
+
+def labelled_gate_figures(runs: Sequence[RunRecord], display: MethodDisplay) -> list[tuple[str, Path]]:
+    """``(setting, method seed s)`` and the gate figure of every run with gate statistics, in table order."""
+    gated = sorted(
+        (r for r in runs if r.gates), key=lambda r: (setting_sort_key(r), display.sort_key(r.method), r.seed)
+    )
+    return [(f"{r.setting}, {r.method} seed {r.seed}", r.run_dir / "gates.png") for r in gated]
+
+
+def write_documents(report: dict, source: str, readme: Path | None, page: Path | None, out: Path) -> list[str]:
+    """Rewrite the blocks marked for ``source`` in the results page (every table, paired test and
+    figure) and the README (the accuracy table and a link to the page, else to ``table.md``);
+    return what happened to each. Both files are checked for their markers before either is written."""
+    for path in (p for p in (page, readme) if p is not None):
+        check_block(path, source)
+    done = []
+    if page is not None:
+        figures = [(FIGURE_TITLES.get(f.name, f.stem), link_from(page, f)) for f in report["report_figures"]]
+        gates = [(label, link_from(page, f)) for label, f in report["gate_figures"]]
+        block = page_block(str(report["table_md"]), str(report["paired_md"]), figures, gates)
+        done.append(
+            f"{'updated' if update_block(page, source, block) else 'unchanged'}: the results of {source} in {page}"
+        )
+    if readme is not None:
+        details = link_from(readme, page if page is not None else out / "table.md")
+        block = readme_block(str(report["accuracy_md"]), details)
+        changed = update_block(readme, source, block)
+        done.append(f"{'updated' if changed else 'unchanged'}: the table of {source} in {readme}")
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         "--against", action="append", default=[], metavar="M", help="also test method M against every other method"
     )
     parser.add_argument(
-        "--readme", type=Path, default=None, help="rewrite this Markdown file's block marked for these runs (README.md)"
+        "--readme",
+        type=Path,
+        default=None,
+        help="rewrite this Markdown file's block marked for these runs with the accuracy table (README.md)",
+    )
+    parser.add_argument(
+        "--page",
+        type=Path,
+        default=None,
+        help="rewrite this Markdown file's block marked for these runs with every table and figure (docs/results.md)",
     )
     parser.add_argument(
         "--costs",
@@ -261,13 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         args.against = list(dict.fromkeys(options.against + args.against))
         args.pair = options.pair + args.pair
         args.readme = args.readme or options.readme
+        args.page = args.page or options.page
+        source = " ".join(str(p) for p in args.paths)
+        for document in (d for d in (args.page, args.readme) if d is not None):
+            check_block(document, source)  # before the report is made
         check_writable_dir(out, create=False)  # before reading every run
         costs = find_reference_costs(args.paths, args.costs)
-        report = build_report(args.paths, out, args.pair, args.against, costs)
-        if args.readme is not None:
-            source = " ".join(str(p) for p in args.paths)
-            changed = update_block(args.readme, source, str(report["table_md"]))
-            print(f"{'updated' if changed else 'unchanged'}: the table of {source} in {args.readme}")
+        report = build_report(args.paths, out, args.pair, args.against, costs, options.display)
+        for line in write_documents(report, source, args.readme, args.page, out):
+            print(line)
     except (
         NoRunsError,
         BadResultsError,

@@ -3,12 +3,15 @@
 
 ``results/omniglot/report.yaml``::
 
-    against: [Meta-LSTM]   # --against: these methods paired against every other
-    readme: README.md      # --readme: the Markdown file whose marked block is rewritten
-    pair: []               # --pair A B: extra pairs, e.g. [[ProtoNet, MAML]]
+    against: [Meta-LSTM]     # --against: these methods paired against every other
+    readme: README.md        # --readme: the Markdown file whose marked block gets the accuracy table
+    page: docs/results.md    # --page: the Markdown file whose marked block gets every table and figure
+    pair: []                 # --pair A B: extra pairs, e.g. [[ProtoNet, MAML]]
+    methods:                 # optional: row order and figure colours, replacing fewshot/reporting/methods.yaml
+      - {name: ProtoNet, colour: tab:orange}
 
 Options on the command line add to these (``--against``, ``--pair``) or replace them
-(``--readme``). The file is read with ``yaml.safe_load``: data only.
+(``--readme``, ``--page``). The file is read with ``yaml.safe_load``: data only.
 """
 
 from __future__ import annotations
@@ -19,12 +22,29 @@ from typing import Any
 
 import yaml
 
+from fewshot.reporting.display import DEFAULT_DISPLAY, MethodDisplay, MethodDisplayError, with_methods
+
 OPTIONS_FILE = "report.yaml"
-KNOWN = ("against", "readme", "pair")
+KNOWN = ("against", "readme", "page", "pair", "methods")
 
 
 class ReportOptionsError(ValueError):
     """A ``report.yaml`` that cannot be used: not YAML, unknown keys or values of the wrong type."""
+
+
+def project_file(path: Path, key: str, value: object, example: str) -> Path | None:
+    """A Markdown file named in ``report.yaml`` (``readme``, ``page``): a path inside the project, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ReportOptionsError(f"{path}: {key} must be a file name, e.g. {example}; got {value!r}.")
+    if Path(value).is_absolute() or ".." in Path(value).parts or value.startswith("~"):
+        # a path from a file's content stays inside the project: pass any other file with --readme / --page
+        raise ReportOptionsError(
+            f"{path}: {key} must be a path inside the project (relative, no ..), e.g. {example}; got {value!r}; "
+            f"pass another file on the command line with --{key}."
+        )
+    return Path(value)
 
 
 @dataclass(frozen=True)
@@ -35,11 +55,15 @@ class FolderOptions:
     readme: Path | None = None
     pair: list[list[str]] = field(default_factory=list)
     source: Path | None = None  # the report.yaml they came from
+    page: Path | None = None
+    display: MethodDisplay = DEFAULT_DISPLAY
 
     def as_arguments(self) -> str:
         """The same options as command-line arguments, for the log line."""
         words = [f"--against {m}" for m in self.against] + [f"--pair {a} {b}" for a, b in self.pair]
-        return " ".join(words + ([f"--readme {self.readme}"] if self.readme else []))
+        words += [f"--readme {self.readme}"] if self.readme else []
+        words += [f"--page {self.page}"] if self.page else []
+        return " ".join(words + (["(its own methods list)"] if self.display is not DEFAULT_DISPLAY else []))
 
 
 def is_string_list(value: Any) -> bool:
@@ -61,17 +85,15 @@ def read_folder_options(paths: list[Path]) -> FolderOptions:
     unknown = sorted(set(data) - set(KNOWN))
     if unknown:
         raise ReportOptionsError(f"{path}: unknown keys {unknown}; the keys are {', '.join(KNOWN)}.")
-    against, readme, pair = data.get("against") or [], data.get("readme"), data.get("pair") or []
+    against, pair = data.get("against") or [], data.get("pair") or []
     if not is_string_list(against):
         raise ReportOptionsError(f"{path}: against must be a list of method names, e.g. [Meta-LSTM]; got {against!r}.")
-    if readme is not None and not isinstance(readme, str):
-        raise ReportOptionsError(f"{path}: readme must be a file name, e.g. README.md; got {readme!r}.")
-    if readme is not None and (Path(readme).is_absolute() or ".." in Path(readme).parts or readme.startswith("~")):
-        # a path from a file's content stays inside the project: pass any other file with --readme
-        raise ReportOptionsError(
-            f"{path}: readme must be a path inside the project (relative, no ..), e.g. README.md; got {readme!r}; "
-            "pass another file on the command line with --readme."
-        )
+    readme = project_file(path, "readme", data.get("readme"), "README.md")
+    page = project_file(path, "page", data.get("page"), "docs/results.md")
     if not isinstance(pair, list) or not all(is_string_list(p) and len(p) == 2 for p in pair):
         raise ReportOptionsError(f"{path}: pair must be a list of [A, B] method pairs; got {pair!r}.")
-    return FolderOptions(against, Path(readme) if readme else None, pair, path)
+    try:
+        display = with_methods(data["methods"], str(path)) if "methods" in data else DEFAULT_DISPLAY
+    except MethodDisplayError as err:
+        raise ReportOptionsError(str(err)) from None
+    return FolderOptions(against, readme, pair, path, page, display)

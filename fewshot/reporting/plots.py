@@ -22,8 +22,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from fewshot.io import save_figure_atomic  # noqa: E402
 from fewshot.reporting.costs import ReferenceCosts  # noqa: E402
+from fewshot.reporting.display import DEFAULT_DISPLAY, MethodDisplay, split_variant  # noqa: E402
 from fewshot.reporting.runs import RunRecord  # noqa: E402
-from fewshot.reporting.table import method_sort_key, setting_sort_key, split_variant  # noqa: E402
+from fewshot.reporting.table import setting_sort_key  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -45,38 +46,11 @@ class LineStyle:
     linestyle: str
 
 
-# Every known method keeps its colour whatever else a report holds (tab20 indices: even = dark,
-# odd = the light tone of the same hue), and related methods share a hue.
-METHOD_COLOURS = {
-    "Baseline-NN": 0,
-    "Baseline-finetune": 1,
-    "ProtoNet": 2,
-    "MatchingNet": 4,
-    "MatchingNet-FCE": 5,
-    "Meta-LSTM": 6,
-    "MAML": 8,
-    "FOMAML": 9,
-    "Reptile": 10,
-    "Siamese": 12,
-    "Meta-SGD": 16,
-    "FO-Meta-SGD": 17,
-}
-# other methods take the colours no known method has, then those of the known methods absent
-SPARE_COLOURS = (18, 14, 3, 7, 11, 13, 15, 19)
-
-
-def method_styles(methods: Sequence[str]) -> dict[str, LineStyle]:
-    """One look per method: a fixed colour per known method (other methods the free ones), and
+def method_styles(methods: Sequence[str], display: MethodDisplay = DEFAULT_DISPLAY) -> dict[str, LineStyle]:
+    """One look per method: its colour from the display's data (other methods the spare ones), and
     each variant ``M (v)`` in M's colour with its own line style, so variants read as their method's."""
-    ordered = sorted(set(methods), key=method_sort_key)
-    bases = list(dict.fromkeys(split_variant(m)[0] for m in ordered))
-    palette = matplotlib.colormaps["tab20"].colors
-    absent = [index for base, index in METHOD_COLOURS.items() if base not in bases]
-    free = iter(SPARE_COLOURS + tuple(absent))
-    colour_of = {}
-    for number, base in enumerate(bases):
-        index = METHOD_COLOURS.get(base)
-        colour_of[base] = palette[index if index is not None else next(free, number % len(palette))]
+    ordered = sorted(set(methods), key=display.sort_key)
+    colour_of = display.colour_of(list(dict.fromkeys(split_variant(m)[0] for m in ordered)))
     styles = {}
     variants_drawn: dict[str, int] = {}  # per base method; the sort puts a method's variants after it
     for method in ordered:
@@ -101,9 +75,14 @@ def legend_labels(runs_per_method: dict[str, int]) -> dict[str, str]:
     return {m: f"{m}, {n} seeds" if n > 1 else m for m, n in runs_per_method.items()}
 
 
-def add_figure_legend(fig: plt.Figure, handles: dict[str, Line2D], runs_per_method: dict[str, int]) -> None:
+def add_figure_legend(
+    fig: plt.Figure,
+    handles: dict[str, Line2D],
+    runs_per_method: dict[str, int],
+    display: MethodDisplay = DEFAULT_DISPLAY,
+) -> None:
     """One legend for all panels, below them, one entry per method in table order."""
-    ordered = sorted(handles, key=method_sort_key)
+    ordered = sorted(handles, key=display.sort_key)
     labels = legend_labels(runs_per_method)
     rows = math.ceil(len(ordered) / (2 + 2 * len(fig.axes)))
     columns = math.ceil(len(ordered) / rows)  # rows as even as they can be
@@ -189,10 +168,12 @@ def reference_minutes(costs: ReferenceCosts) -> Callable[[RunRecord, dict], floa
     return minutes
 
 
-def without_costs(runs: Sequence[RunRecord], costs: ReferenceCosts) -> list[str]:
+def without_costs(
+    runs: Sequence[RunRecord], costs: ReferenceCosts, display: MethodDisplay = DEFAULT_DISPLAY
+) -> list[str]:
     """``method (setting)`` of every row with a validation history but no reference cost."""
     rows = {(r.setting, r.method) for r in runs if r.val_history and costs.of(r.setting, r.method) is None}
-    return [f"{method} ({setting})" for setting, method in sorted(rows, key=lambda k: (k[0], method_sort_key(k[1])))]
+    return [f"{method} ({setting})" for setting, method in sorted(rows, key=lambda k: (k[0], display.sort_key(k[1])))]
 
 
 def method_curves(
@@ -226,7 +207,9 @@ def draw_curve(ax: plt.Axes, curve: Curve, style: LineStyle, muted: bool = False
     return line
 
 
-def time_to_accuracy_figure(runs: Sequence[RunRecord], costs: ReferenceCosts | None = None) -> plt.Figure | None:
+def time_to_accuracy_figure(
+    runs: Sequence[RunRecord], costs: ReferenceCosts | None = None, display: MethodDisplay = DEFAULT_DISPLAY
+) -> plt.Figure | None:
     """Validation accuracy (mean over seeds, 95% CI band) against time on a log axis, one panel
     per setting and one line per method; named variants in a second row of panels, each over its
     method's line drawn faint. With ``costs``, time is reference CPU-minutes (steps x the row's
@@ -239,14 +222,14 @@ def time_to_accuracy_figure(runs: Sequence[RunRecord], costs: ReferenceCosts | N
         return None
     settings = [s for s in panel_order(runs) if any(key[0] == s for key in curves)]
     has_variants = any(split_variant(m)[1] for _, m in curves)
-    styles = method_styles([m for _, m in curves])
+    styles = method_styles([m for _, m in curves], display)
     fig, axes = plt.subplots(
         2 if has_variants else 1, len(settings), figsize=(5.5 * len(settings), 4 * (1 + has_variants)), squeeze=False
     )
     handles: dict[str, Line2D] = {}
     seeds: dict[str, int] = {}
     for column, setting in enumerate(settings):
-        in_panel = sorted((m for s, m in curves if s == setting), key=method_sort_key)
+        in_panel = sorted((m for s, m in curves if s == setting), key=display.sort_key)
         for method in in_panel:
             variant = bool(split_variant(method)[1])
             curve = curves[(setting, method)]
@@ -265,12 +248,12 @@ def time_to_accuracy_figure(runs: Sequence[RunRecord], costs: ReferenceCosts | N
             ax.set_xlabel("reference CPU minutes (log scale)" if costs else "measured CPU minutes (log scale)")
             use_log_axis(ax)
             ax.grid(alpha=0.3)
-    title = time_title(costs, without_costs(runs, costs) if costs else [])
+    title = time_title(costs, without_costs(runs, costs, display) if costs else [])
     if has_variants:
         fig.subplots_adjust(hspace=0.35)
         title += "\nsecond row: the named variants, each over its method's line drawn faint"
     fig.suptitle(title, fontsize=9)
-    add_figure_legend(fig, handles, seeds)
+    add_figure_legend(fig, handles, seeds, display)
     return fig
 
 
@@ -292,11 +275,11 @@ def time_title(costs: ReferenceCosts | None, missing: Sequence[str]) -> str:
 
 
 def plot_accuracy_vs_cpu_time(
-    runs: Sequence[RunRecord], path: Path, costs: ReferenceCosts | None = None
+    runs: Sequence[RunRecord], path: Path, costs: ReferenceCosts | None = None, display: MethodDisplay = DEFAULT_DISPLAY
 ) -> Path | None:
     """The time-to-accuracy figure written to ``path`` (None when no run has a curve: no
     validation history, or without ``costs`` no CPU times in it)."""
-    return save_if_drawn(time_to_accuracy_figure(runs, costs), path)
+    return save_if_drawn(time_to_accuracy_figure(runs, costs, display), path)
 
 
 Panel = tuple[str, int]  # (dataset, N-way) of the accuracy-against-shots figure
@@ -319,18 +302,18 @@ def shot_points(runs: Sequence[RunRecord]) -> dict[tuple[str, Panel], dict[int, 
     }
 
 
-def accuracy_vs_shots_figure(runs: Sequence[RunRecord]) -> plt.Figure | None:
+def accuracy_vs_shots_figure(runs: Sequence[RunRecord], display: MethodDisplay = DEFAULT_DISPLAY) -> plt.Figure | None:
     """Test accuracy (95% CI error bars) against K, one panel per dataset and N, one line per
     method; None when no method was scored at more than one K."""
     points = {key: p for key, p in shot_points(runs).items() if len(p) > 1}
     if not points:
         return None
     panels = sorted({panel for _, panel in points})
-    styles = method_styles([method for method, _ in points])
+    styles = method_styles([method for method, _ in points], display)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     handles: dict[str, Line2D] = {}
     for ax, panel in zip(axes[0], panels):
-        for method, _ in sorted((k for k in points if k[1] == panel), key=lambda k: method_sort_key(k[0])):
+        for method, _ in sorted((k for k in points if k[1] == panel), key=lambda k: display.sort_key(k[0])):
             shots = sorted(points[(method, panel)])
             acc = [100 * points[(method, panel)][k][0] for k in shots]
             ci = [100 * points[(method, panel)][k][1] for k in shots]
@@ -340,10 +323,12 @@ def accuracy_vs_shots_figure(runs: Sequence[RunRecord]) -> plt.Figure | None:
         ax.set(title=f"{panel[0]} {panel[1]}-way", xlabel="shots per class (K)", ylabel="test accuracy (%)")
         ax.set_xticks(sorted({k for (m, p), v in points.items() if p == panel for k in v}))
         ax.grid(alpha=0.3)
-    add_figure_legend(fig, handles, {m: 1 for m in handles})
+    add_figure_legend(fig, handles, {m: 1 for m in handles}, display)
     return fig
 
 
-def plot_accuracy_vs_shots(runs: Sequence[RunRecord], path: Path) -> Path | None:
+def plot_accuracy_vs_shots(
+    runs: Sequence[RunRecord], path: Path, display: MethodDisplay = DEFAULT_DISPLAY
+) -> Path | None:
     """The accuracy-against-shots figure written to ``path`` (None when there is nothing to draw)."""
-    return save_if_drawn(accuracy_vs_shots_figure(runs), path)
+    return save_if_drawn(accuracy_vs_shots_figure(runs, display), path)

@@ -6,8 +6,8 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from fewshot.reporting.display import DEFAULT_DISPLAY, MethodDisplay
 from fewshot.reporting.runs import RunRecord
-from fewshot.reporting.table import method_sort_key
 
 # Probe medians (of runs, or of a run's first and second half) further apart than this factor mean
 # a CPU-second bought different work. One probe varies by up to 1.7x on the busy 2-core reference
@@ -65,7 +65,7 @@ def setting_speed_line(setting: str, runs: Sequence[RunRecord], spread: float = 
     return line
 
 
-def platform_line(setting: str, runs: Sequence[RunRecord]) -> str | None:
+def platform_line(setting: str, runs: Sequence[RunRecord], display: MethodDisplay = DEFAULT_DISPLAY) -> str | None:
     """A line naming which runs of a setting trained on which platform, where there were several
     (two hosts of one cloud can differ twice in speed: CPU-minute caps then buy different work)."""
     by_platform: dict[str, list[RunRecord]] = {}
@@ -76,7 +76,7 @@ def platform_line(setting: str, runs: Sequence[RunRecord]) -> str | None:
         return None
     groups = []
     for platform, group in sorted(by_platform.items(), key=lambda item: -len(item[1])):
-        ordered = sorted(group, key=lambda r: (method_sort_key(r.method), r.seed))
+        ordered = sorted(group, key=lambda r: (display.sort_key(r.method), r.seed))
         groups.append(f"{platform} ({', '.join(run_label(r) for r in ordered)})")
     return f"- {setting}: trained on {len(by_platform)} platforms: " + "; ".join(groups)
 
@@ -106,17 +106,17 @@ def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord], spread:
     return line
 
 
-def speed_note(runs: Sequence[RunRecord], settings: Sequence[str]) -> str:
+def speed_note(runs: Sequence[RunRecord], settings: Sequence[str], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
     """The report's note on CPU speed per setting: the probes' figures, the platforms where there were
     several, and the seeds of one method whose CPU-seconds per step differ; empty where there is
     nothing to say."""
     lines = []
     for setting in settings:
         in_setting = [r for r in runs if r.setting == setting]
-        for line in (setting_speed_line(setting, in_setting), platform_line(setting, in_setting)):
+        for line in (setting_speed_line(setting, in_setting), platform_line(setting, in_setting, display)):
             if line is not None:
                 lines.append(line)
-        for method in sorted({r.method for r in in_setting}, key=method_sort_key):
+        for method in sorted({r.method for r in in_setting}, key=display.sort_key):
             pace_line = seed_pace_line(setting, method, [r for r in in_setting if r.method == method])
             if pace_line is not None:
                 lines.append(pace_line)

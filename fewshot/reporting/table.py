@@ -9,26 +9,11 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from fewshot.reporting.display import DEFAULT_DISPLAY, MethodDisplay
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference, episode_accuracies, paired_difference
 from fewshot.reporting.results import format_accuracy
 from fewshot.reporting.runs import BadResultsError, RunRecord
 from fewshot.reporting.trend import Trend, mean_trend, trend_text, validation_trend
-
-# The order of Ravi & Larochelle's Table 1, then the later methods; others follow alphabetically.
-METHOD_ORDER = (
-    "Baseline-finetune",
-    "Baseline-NN",
-    "Siamese",
-    "MatchingNet",
-    "MatchingNet-FCE",
-    "Meta-LSTM",
-    "MAML",
-    "FOMAML",
-    "Meta-SGD",
-    "FO-Meta-SGD",
-    "Reptile",
-    "ProtoNet",
-)
 
 
 @dataclass(frozen=True)
@@ -53,20 +38,6 @@ class Cell:
     def bold(self) -> bool:
         """Marked as the paper does: the best, and every result whose CI overlaps the best's."""
         return self.best or self.overlaps_best
-
-
-def split_variant(method: str) -> tuple[str, str]:
-    """``"MAML (meta-batch 4)"`` -> ``("MAML", "meta-batch 4")``; a plain method has variant ``""``."""
-    base, _, variant = method.partition(" (")
-    return base, variant.removesuffix(")")
-
-
-def method_sort_key(method: str) -> tuple[int, str, str]:
-    """Position of a method in the table (paper order first; a variant ``M (v)`` right after ``M``)."""
-    base, variant = split_variant(method)
-    if base in METHOD_ORDER:
-        return (METHOD_ORDER.index(base), "", variant.lower())
-    return (len(METHOD_ORDER), base.lower(), variant.lower())
 
 
 def setting_sort_key(run: RunRecord) -> tuple[str, int, int]:
@@ -173,7 +144,7 @@ def ordered_settings(cells: Sequence[Cell]) -> list[str]:
     return sorted(firsts, key=lambda s: (setting_sort_key(firsts[s]), s))
 
 
-def episode_set_note(cells: Sequence[Cell]) -> str:
+def episode_set_note(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
     """Lines under the table naming the settings whose runs scored different test episodes, and
     which rows scored which (empty when every setting has one episode set)."""
     split: dict[str, dict[str, list[str]]] = {}
@@ -190,15 +161,15 @@ def episode_set_note(cells: Sequence[Cell]) -> str:
     ]
     for setting, columns in split.items():
         listed = "; ".join(
-            f"{column}: {', '.join(sorted(rows, key=method_sort_key))}" for column, rows in sorted(columns.items())
+            f"{column}: {', '.join(sorted(rows, key=display.sort_key))}" for column, rows in sorted(columns.items())
         )
         lines.append(f"- {setting}: {listed}")
     return "\n".join(lines) + "\n"
 
 
-def ordered_methods(cells: Sequence[Cell]) -> list[str]:
+def ordered_methods(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> list[str]:
     """The table's rows in order."""
-    return sorted({c.method for c in cells}, key=method_sort_key)
+    return sorted({c.method for c in cells}, key=display.sort_key)
 
 
 def cell_text(cell: Cell | None, markdown: bool = True) -> str:
@@ -216,11 +187,11 @@ def tested_checkpoints(cell: Cell) -> str:
     return "+".join(sorted({run.test_checkpoint for run in cell.runs}))
 
 
-def checkpoint_note(cells: Sequence[Cell]) -> str:
+def checkpoint_note(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
     """A line under the table naming the methods tested with other than the best-on-validation weights."""
     other = sorted(
         {(c.method, tested_checkpoints(c)) for c in cells if tested_checkpoints(c) != "best"},
-        key=lambda m: method_sort_key(m[0]),
+        key=lambda m: display.sort_key(m[0]),
     )
     if not other:
         return "\nEvery run was tested with its best-on-validation checkpoint.\n"
@@ -231,7 +202,9 @@ def checkpoint_note(cells: Sequence[Cell]) -> str:
     )
 
 
-def method_by_setting(cells: Sequence[Cell], corner: str, text: Callable[[Cell | None], str]) -> str:
+def method_by_setting(
+    cells: Sequence[Cell], corner: str, text: Callable[[Cell | None], str], display: MethodDisplay = DEFAULT_DISPLAY
+) -> str:
     """A Markdown grid, one row per method and one column per setting, each entry ``text(cell)``
     (``None`` where a method has no run in a setting); ``corner`` heads the method column."""
     settings = ordered_settings(cells)
@@ -240,14 +213,14 @@ def method_by_setting(cells: Sequence[Cell], corner: str, text: Callable[[Cell |
         f"| {corner} | " + " | ".join(settings) + " |",
         "|---|" + "---:|" * len(settings),
     ]
-    for method in ordered_methods(cells):
+    for method in ordered_methods(cells, display):
         lines.append(f"| {method} | " + " | ".join(text(index.get((method, s))) for s in settings) + " |")
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(cells: Sequence[Cell]) -> str:
+def markdown_table(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
     """The method x setting table in Markdown (best and CI-overlapping results in bold)."""
-    return method_by_setting(cells, "method", cell_text)
+    return method_by_setting(cells, "method", cell_text, display)
 
 
 # what ended a run's training (results.json train.stopped_by), as the training table says it
@@ -282,11 +255,11 @@ def training_text(cell: Cell | None) -> str:
     return f"{text}, {trend}" if trend else text
 
 
-def markdown_training(cells: Sequence[Cell]) -> str:
+def markdown_training(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
     """CPU-minutes of training, what ended it ("plateau": early stopping on validation
     accuracy; "CPU cap": the budget ran out first) and the validation trend (accuracy points
     per 10 CPU-minutes over the second half of the run's validations), per method and setting."""
-    return method_by_setting(cells, "training: CPU time, stopped by, validation trend", training_text)
+    return method_by_setting(cells, "training: CPU time, stopped by, validation trend", training_text, display)
 
 
 CSV_COLUMNS = (
@@ -313,13 +286,13 @@ CSV_COLUMNS = (
 )
 
 
-def csv_table(cells: Sequence[Cell]) -> str:
+def csv_table(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
     """One CSV row per cell, with the numbers in [0, 1] and the training budget of its runs."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     order = {s: i for i, s in enumerate(ordered_settings(cells))}
-    for cell in sorted(cells, key=lambda c: (order[c.setting], method_sort_key(c.method))):
+    for cell in sorted(cells, key=lambda c: (order[c.setting], display.sort_key(c.method))):
         first = cell.runs[0]
         cpu = [r.train["cpu_s"] for r in cell.runs if isinstance(r.train.get("cpu_s"), (int, float))]
         cpu = [c for c in cpu if math.isfinite(c)]
@@ -357,14 +330,16 @@ def pair_cells(a: Cell, b: Cell) -> PairedDifference:
     return replace(paired_difference(a.runs, b.runs), setting=a.setting)
 
 
-def paired_against_best(cells: Sequence[Cell]) -> tuple[list[PairedDifference], list[str]]:
+def paired_against_best(
+    cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY
+) -> tuple[list[PairedDifference], list[str]]:
     """In every column, the paired difference of the best method minus each other method,
     and a note for each pair skipped because its runs scored different episodes."""
     differences, skipped = [], []
     for setting in ordered_settings(cells):
         in_setting = [c for c in cells if c.setting == setting]
         best = next(c for c in in_setting if c.best)
-        for cell in sorted(in_setting, key=lambda c: method_sort_key(c.method)):
+        for cell in sorted(in_setting, key=lambda c: display.sort_key(c.method)):
             if cell is best:
                 continue
             try:

@@ -11,7 +11,7 @@ import pytest
 from fewshot.evaluation.stats import mean_ci95
 from fewshot.reporting.build import main as report_main
 from fewshot.reporting.paired import EpisodeMismatchError, paired_difference
-from fewshot.reporting.readme import read_block
+from fewshot.reporting.readme import read_block, readme_block
 from fewshot.reporting.results import format_accuracy
 from fewshot.reporting.runs import load_runs
 from fewshot.reporting.table import build_cells, checkpoint_note, csv_table, markdown_table, markdown_training
@@ -187,16 +187,55 @@ def test_against_tests_one_method_against_every_other(three_methods, capsys):
     assert "--against Nope: no such method" in capsys.readouterr().err
 
 
-def test_readme_block_is_rewritten_with_the_reports_table(three_methods, tmp_path, capsys):
+def marked(source: str, content: str = "old\n") -> str:
+    """A Markdown file with a block marked for ``source`` between a heading and a tail."""
+    return f"# x\n<!-- report {source}: begin -->\n{content}<!-- report {source}: end -->\ntail\n"
+
+
+def test_readme_block_is_rewritten_with_the_accuracy_table_and_a_link_to_the_rest(three_methods, tmp_path, capsys):
     readme = tmp_path / "README.md"
     source = str(three_methods)
-    readme.write_text(f"# x\n<!-- report {source}: begin -->\nold\n<!-- report {source}: end -->\ntail\n")
+    readme.write_text(marked(source))
     assert report_main([source, "--readme", str(readme)]) == 0
-    table = (three_methods / "report" / "table.md").read_text()
-    assert readme.read_text() == f"# x\n<!-- report {source}: begin -->\n{table}<!-- report {source}: end -->\ntail\n"
-    assert read_block(readme.read_text(), source) == table
+    table = markdown_table(build_cells(load_runs([three_methods])))
+    link = "[report/table.md](report/table.md)"  # no page: the report's own table.md, relative to the README
+    block = f"{table}\nHow each run trained and stopped, tested checkpoints, paired tests, figures: {link}.\n"
+    assert readme.read_text() == marked(source, block)
     assert report_main([source, "--readme", str(readme)]) == 0
     assert "unchanged" in capsys.readouterr().out
+
+
+def test_the_page_gets_every_table_paired_test_and_figure_and_the_readme_links_to_it(three_methods, tmp_path, capsys):
+    source = str(three_methods)
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    readme.write_text(marked(source))
+    page.write_text(marked(source))
+    assert report_main([source, "--readme", str(readme), "--page", str(page)]) == 0
+    report = three_methods / "report"
+    expected = (
+        (report / "table.md").read_text()
+        + "\n### Paired tests\n\n"
+        + (report / "paired.md").read_text()
+        + "\n### Figures\n\n"
+        + "![Validation accuracy against time (time to accuracy)](../report/accuracy_vs_cpu_time.png)\n\n"
+    )
+    assert page.read_text() == marked(source, expected)
+    assert read_block(readme.read_text(), source) == readme_block(
+        markdown_table(build_cells(load_runs([three_methods]))), "docs/results.md"
+    )
+    out = capsys.readouterr().out
+    assert f"updated: the results of {source} in {page}" in out and f"updated: the table of {source} in {readme}" in out
+
+
+def test_a_page_without_the_markers_is_refused_before_anything_is_written(three_methods, tmp_path, capsys):
+    readme, page = tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text(marked(str(three_methods)))
+    page.write_text("# no markers\n")
+    assert report_main([str(three_methods), "--readme", str(readme), "--page", str(page)]) == 2
+    assert f"{page}: no block marked '<!-- report {three_methods}: begin" in capsys.readouterr().err
+    assert page.read_text() == "# no markers\n" and readme.read_text() == marked(str(three_methods))
+    assert not (three_methods / "report").exists()
 
 
 def test_readme_without_the_markers_is_refused_naming_them(three_methods, tmp_path, capsys):
@@ -355,13 +394,17 @@ def test_a_folders_report_yaml_gives_its_default_options(three_methods, tmp_path
     readme = tmp_path / "README.md"
     source = str(three_methods)
     readme.write_text(f"<!-- report {source}: begin -->\nold\n<!-- report {source}: end -->\n")
-    (three_methods / "report.yaml").write_text("against: [MAML]\nreadme: README.md\n")
+    (tmp_path / "results.md").write_text(readme.read_text())
+    (three_methods / "report.yaml").write_text("against: [MAML]\nreadme: README.md\npage: results.md\n")
     assert report_main([source]) == 0
     out = capsys.readouterr().out
-    assert f"options from {three_methods / 'report.yaml'}: --against MAML --readme README.md" in out
+    assert f"options from {three_methods / 'report.yaml'}: --against MAML --readme README.md --page results.md" in out
     paired = (three_methods / "report" / "paired.md").read_text()
     assert "| toy 5-way 1-shot | MAML | Baseline-NN | 4 | 1, 1 | +30.00 ± 19.60 |" in paired
-    assert read_block(readme.read_text(), source) == (three_methods / "report" / "table.md").read_text()
+    table = (three_methods / "report" / "table.md").read_text()
+    assert read_block(readme.read_text(), source).startswith(table.split("\n\n")[0])
+    assert "[results.md](results.md)" in read_block(readme.read_text(), source)
+    assert read_block((tmp_path / "results.md").read_text(), source).startswith(table)
     # the command line adds to them; a report over several folders reads no folder's options
     assert report_main([source, "--against", "Nope", "--out", str(tmp_path / "r2")]) == 2
     captured = capsys.readouterr()
@@ -375,14 +418,24 @@ def test_a_folders_report_yaml_gives_its_default_options(three_methods, tmp_path
     "text, problem",
     [
         ("against: [MAML\n", "is not valid YAML"),
-        ("- MAML\n", "must be a mapping of against, readme, pair; got list"),
-        ("agains: [MAML]\n", "unknown keys ['agains']; the keys are against, readme, pair"),
+        ("- MAML\n", "must be a mapping of against, readme, page, pair, methods; got list"),
+        ("agains: [MAML]\n", "unknown keys ['agains']; the keys are against, readme, page, pair, methods"),
         ("against: MAML\n", "against must be a list of method names, e.g. [Meta-LSTM]; got 'MAML'"),
         ("readme: [a, b]\n", "readme must be a file name"),
         # issue 37, item 1: a path from a file's content stays inside the project
         ("readme: ../../elsewhere/README.md\n", "readme must be a path inside the project (relative, no ..)"),
         ("readme: /etc/README.md\n", "readme must be a path inside the project"),
         ("readme: ~/README.md\n", "readme must be a path inside the project"),
+        ("page: [a]\n", "page must be a file name, e.g. docs/results.md"),
+        ("page: ../results.md\n", "page must be a path inside the project (relative, no ..)"),
+        ("methods: ProtoNet\n", "methods must be a non-empty list of {name: ..., colour: ...}"),
+        ("methods: []\n", "methods must be a non-empty list"),
+        ("methods: [{name: ProtoNet}]\n", "each method is {name: <table name>, colour: <matplotlib colour>}"),
+        ("methods: [{name: ProtoNet, colour: nocolour}]\n", "ProtoNet: colour 'nocolour' is not a matplotlib colour"),
+        (
+            "methods: [{name: MAML, colour: red}, {name: MAML, colour: blue}]\n",
+            "method 'MAML' is listed twice; list each method once",
+        ),
         ("pair: [[ProtoNet]]\n", "pair must be a list of [A, B] method pairs"),
     ],
 )

@@ -818,3 +818,16 @@ def test_14_a_run_folder_that_refuses_writes_is_named_and_left_unlocked(tmp_path
     reason = io_module.FIXES[errno_code]
     assert str(refused.value) == unwritable_message(kind, folder, reason)
     assert not folder.exists() and callback.locks == []  # the claim made the folder and let it go again
+
+
+def test_14_a_default_time_stamped_run_folder_that_cannot_be_made_is_named_with_its_fix(tmp_path):
+    """The default folder (``${now:...}``, claimed with a suffix when taken) gets the same check as an explicit one."""
+    (tmp_path / "logs").write_text("x")  # where the log folder should be
+    config = hydra_run_config(tmp_path / "unused")
+    config.hydra.run.dir = f"{tmp_path}/logs/{SHARED_TIME_NAME}"
+    callback = ProtectExistingRuns()
+    with pytest.raises(SystemExit) as refused:
+        callback.on_run_start(config)
+    folder = tmp_path / "logs" / time.strftime("%Y-%m-%d")
+    assert str(refused.value) == unwritable_message("run", folder, A_FILE_IN_THE_PATH)
+    assert callback.locks == [] and (tmp_path / "logs").read_text() == "x"

@@ -18,8 +18,10 @@ Two runs (or sweeps) never share a folder: each claims its folder by an exclusiv
 ``<folder>/.fewshot-run.lock`` (:class:`FolderLock`) held for its whole life, and checks the
 folder for another run while it holds the lock. A run given the same ``hydra.run.dir`` as one
 that runs now is refused; a time-stamped folder (the default ``${now:...}`` names) that is taken,
-by a run started in the same second, gets a suffix instead (``<time>_1``, ``<time>_2``, ...). This
-module imports no torch (it runs before every run).
+by a run started in the same second, gets a suffix instead (``<time>_1``, ``<time>_2``, ...). A
+folder the run cannot write in (read-only, a file in its path, a full disk) is named with its fix
+here, before Hydra writes its log and ``.hydra`` there. This module imports no torch (it runs
+before every run).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from fewshot.io import FIXES, OutputPathError, check_writable_dir
 
 # what a run leaves in its folder; inside the task .hydra is this run's own (Hydra wrote it)
 RUN_MARKERS = ("results.json", "checkpoints")
@@ -130,7 +134,7 @@ class FolderLock:
     def take(cls, folder: Path) -> FolderLock | None:
         """Lock ``folder`` (created if missing) for this process; None when another process holds it.
 
-        A folder that cannot be made or written gets no lock: the run's own output checks name
+        A folder that cannot be made or written gets no lock: :func:`check_folder_writable` names
         that problem with its fix, before any work."""
         created = not folder.exists()
         path = folder / LOCK_FILE
@@ -225,6 +229,18 @@ def lock_or_refuse(folder: Path, what: str, fix: str) -> FolderLock:
     return lock
 
 
+def check_folder_writable(folder: Path, kind: str) -> None:
+    """Exit with one line naming the ``run`` (or ``sweep``) folder and the fix unless this process can write in it."""
+    try:
+        check_writable_dir(folder)
+    except OutputPathError as err:
+        reason = FIXES.get(err.errno or 0) or f"{os.strerror(err.errno or 0).lower()}: check the path and the disk"
+        raise SystemExit(
+            f"Error: The {kind} folder {folder} is not writable ({reason}). "
+            f"Choose another with hydra.{kind}.dir=<folder>."
+        ) from err
+
+
 def quoted_override(key: str, value: str) -> str:
     """``key='value'`` with the value quoted for Hydra's override parser."""
     escaped = value.replace("\\", "\\\\").replace("'", "\\'")
@@ -266,13 +282,15 @@ class ProtectExistingRuns(Callback):
         self.release_all()
 
     def claim(self, folder: Path, kind: str, check: Callable[[Path], Any], claimed: bool) -> Any:
-        """Lock ``folder`` (a ``run`` or ``sweep`` folder) unless it is ``claimed`` already, then
-        ``check(folder)`` (it exits on a problem) while no other run can start there; what it returns."""
+        """Lock ``folder`` (a ``run`` or ``sweep`` folder) unless it is ``claimed`` already, make sure
+        it can be written, then ``check(folder)`` (it exits on a problem) while no other run can start
+        there; what it returns."""
         if not claimed:
             check(folder)  # before creating a lock file in another run's folder
             fix = f"give this {kind} its own folder (drop hydra.{kind}.dir: the default is a new timestamped folder)"
             self.hold(lock_or_refuse(folder, f"{kind} folder", fix))
         try:
+            check_folder_writable(folder, kind)
             return check(folder)  # again: now no other run can start there
         except SystemExit:
             self.release_all()

@@ -14,8 +14,8 @@ trains the marker holds the training process's id, so a killed queue leaves its 
 claimed until they end. The queue file is read again before
 each run starts: lines added, removed or reordered while the queue works take effect at its next
 pick. ``--skip-collected results/omniglot`` leaves out the runs already collected there (their
-``run_name``), so a fresh machine runs only what the committed results lack. ``--status`` prints
-where each run stands and starts nothing.
+``run_name``; symlinked folders followed, as the report does), so a fresh machine runs only what
+the committed results lack. ``--status`` prints where each run stands and starts nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot.io import UnsafePathError, safe_name
+from fewshot.reporting.walk import files_below
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +194,7 @@ def collected_runs(folders: list[Path]) -> dict[str, Path]:
     for folder in folders:
         if not folder.is_dir():
             raise SystemExit(f"--skip-collected {folder}: no such folder (a results folder, e.g. results/omniglot).")
-        for results in sorted(folder.rglob("results.json")):
+        for results in sorted(files_below(folder, "results.json")):  # symlinked folders too, as the report
             try:
                 name = json.loads(results.read_text()).get("run_name")
             except (OSError, ValueError) as err:

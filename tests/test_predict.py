@@ -244,3 +244,41 @@ def test_query_and_class_names_that_are_not_utf8_are_one_line_naming_them(tmp_pa
         write_png(torch.zeros(1, 8, 8, dtype=torch.uint8), tmp_path / "support" / name / "s.png")
     with pytest.raises(DataError, match=r"support class folder name caf\\xe9 is not valid UTF-8"):
         support_files(tmp_path / "support")
+
+
+def test_baseline_finetune_predicts_the_same_in_batches_and_writes_every_query(
+    tiny_config, query_folders, tmp_path, monkeypatch
+):
+    """Issue 37, item 17 for the method that fine-tunes a copy of its network per call: each batch
+    adapts to the whole support from the same start, so 23 queries in batches of 4 get the labels
+    and confidences of one call over all of them, and the CSV holds every query."""
+    # two pre-training steps, a fixed fine-tuning (no grid search); lr 0.5: the queries get more than one label
+    fixed = ["model.grid=null", "model.finetune_lr=0.5", "model.finetune_decay=0.0", "model.finetune_updates=3"]
+    short = ["trainer.max_steps=2", "test_checkpoint=last", "data.test_episodes=1"]
+    results = train(tiny_config("model=baseline_finetune", *short, *fixed))
+    support, query = query_folders
+    import fewshot.predict as predict_module
+
+    sizes, grad_modes = [], []
+    real = predict_module.adapt_and_predict
+
+    def spy(method, episode):
+        sizes.append(episode.query_images.shape[1])
+        probabilities = real(method, episode)
+        grad_modes.append(probabilities.requires_grad)
+        return probabilities
+
+    monkeypatch.setattr(predict_module, "adapt_and_predict", spy)
+    whole = predict_folders(results["checkpoint"], support, query, batch_size=1000)
+    assert sizes == [23]
+    sizes.clear()
+    out = tmp_path / "predictions.csv"
+    args = [f"ckpt_path={results['checkpoint']}", f"support={support}", f"query={query}", f"output={out}"]
+    assert predict_main([*args, "batch_size=4"]) == 0
+    assert sizes == [4] * 5 + [3]
+    rows = read_csv(out)
+    assert [r["file"] for r in rows] == [p.file for p in whole] == sorted(p.name for p in query.iterdir())
+    assert [r["prediction"] for r in rows] == [p.label for p in whole]
+    assert [float(r["confidence"]) for r in rows] == pytest.approx([p.confidence for p in whole], abs=2e-6)
+    assert len({p.label for p in whole}) > 1  # fine-tuned, not one class for everything
+    assert not any(grad_modes)

@@ -62,6 +62,19 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return found
 
 
+@pytest.fixture(scope="module")
+def installed_wheel(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the wheel is installed into (``pip install --target``, no dependencies), once for the module."""
+    target = tmp_path_factory.mktemp("installed")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    return target
+
+
 def test_wheel_ships_the_package_its_native_source_and_no_tests(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     entry_points = ("fewshot/reporting/__main__.py", "fewshot/report.py")  # python -m fewshot.reporting, its alias
@@ -139,7 +152,7 @@ def write_pngs(images, folder: Path, stem: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
-def test_installed_wheel_runs_the_native_path_load_predict_and_report(wheel, tiny_config, tmp_path):
+def test_installed_wheel_runs_the_native_path_load_predict_and_report(installed_wheel, tiny_config, tmp_path):
     results = train(tiny_config("model=meta_lstm"))
     cfg = tiny_config()
     datamodule = instantiate(cfg.data)
@@ -148,14 +161,7 @@ def test_installed_wheel_runs_the_native_path_load_predict_and_report(wheel, tin
     for c, name in enumerate(classes.names[:5]):
         write_pngs(classes.images[c][:1], tmp_path / "support" / name, "s")
         write_pngs(classes.images[c][1:3], tmp_path / "query", f"{name}_")
-
-    target = tmp_path / "installed"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        capture_output=True,
-        text=True,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+    target = installed_wheel
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {
@@ -190,14 +196,8 @@ def test_installed_wheel_runs_the_native_path_load_predict_and_report(wheel, tin
     assert "Meta-LSTM" in (tmp_path / "report_alias" / "table.md").read_text()
 
 
-def test_installed_wheel_trains_tests_and_reports_from_any_folder_with_the_console_script(wheel, tmp_path):
-    target = tmp_path / "installed"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        capture_output=True,
-        text=True,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+def test_installed_wheel_trains_tests_and_reports_from_any_folder_with_the_console_script(installed_wheel, tmp_path):
+    target = installed_wheel
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "FEWSHOT_PROJECT_ROOT"}  # as a user's shell has it

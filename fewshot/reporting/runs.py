@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fewshot.reporting.checks import results_problems
 from fewshot.reporting.results import RESULTS_FILE
+from fewshot.reporting.walk import files_below
 
 log = logging.getLogger(__name__)
 
@@ -70,30 +70,6 @@ class RunRecord:
         return self.path.parent
 
 
-def results_below(root: Path) -> Iterator[Path]:
-    """Every ``results.json`` below ``root``, symlinked folders followed; each folder is walked
-    once, and a link that loops back to a folder it lies in, or whose target is missing, is
-    skipped with a warning naming it."""
-    walked = {os.path.realpath(root)}
-    for here, dirnames, filenames in os.walk(root, followlinks=True):
-        real_here = os.path.realpath(here)
-        kept = []
-        for name in sorted(dirnames):
-            real = os.path.realpath(os.path.join(here, name))
-            if real == real_here or real_here.startswith(real.rstrip(os.sep) + os.sep):
-                log.warning("skipped %s: a link to %s, a folder it lies in (it would loop)", Path(here, name), real)
-            elif real not in walked:  # another link to a folder walked already: its files are found there
-                walked.add(real)
-                kept.append(name)
-        dirnames[:] = kept
-        for name in filenames:
-            path = Path(here, name)
-            if path.is_symlink() and not path.exists():
-                log.warning("skipped %s: a link to %s, which does not exist", path, os.readlink(path))
-            elif name == RESULTS_FILE:
-                yield path
-
-
 def find_results(paths: list[Path]) -> list[Path]:
     """Every ``results.json`` in or below ``paths`` (symlinked run folders followed, each file
     once), sorted; a clear error when there is none."""
@@ -102,7 +78,7 @@ def find_results(paths: list[Path]) -> list[Path]:
         raise NoRunsError(f"{', '.join(map(str, missing))} does not exist; pass a run or multirun folder of train.py.")
     by_real: dict[str, Path] = {}
     for path in paths:
-        for found_file in [path] if path.is_file() else results_below(path):
+        for found_file in [path] if path.is_file() else files_below(path, RESULTS_FILE):
             by_real.setdefault(os.path.realpath(found_file), found_file)
     found = sorted(by_real.values())
     if not found:

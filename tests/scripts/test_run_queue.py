@@ -300,3 +300,25 @@ def test_an_attempt_that_never_validated_is_set_aside_and_a_resumable_one_is_kep
     (tmp_path / ".hydra").mkdir()
     assert run_queue.set_aside_unresumable_attempt(tmp_path) == []  # resumed, not set aside
     assert (tmp_path / ".hydra").is_dir() and not (tmp_path / "attempt-3").exists()
+
+
+def test_skip_collected_follows_symlinked_results_folders_once_and_names_a_loop(tmp_path, caplog):
+    """Issue 37, item 10 for the queue: collected runs are found through symlinked folders, as the report and
+    collect find them (one walk, fewshot.reporting.walk); a link back to a folder it lies in is skipped by name."""
+    elsewhere = tmp_path / "elsewhere" / "omniglot_5w1s" / "protonet"
+    for seed, name in ((0, "a"), (1, "b")):
+        (elsewhere / f"seed{seed}").mkdir(parents=True)
+        (elsewhere / f"seed{seed}" / "results.json").write_text(json.dumps({"run_name": name}))
+    results = tmp_path / "results"
+    (results / "omniglot_5w1s").mkdir(parents=True)
+    (results / "omniglot_5w1s" / "protonet").symlink_to(elsewhere, target_is_directory=True)
+    (results / "again").symlink_to(elsewhere / "seed0", target_is_directory=True)  # a reached twice
+    (elsewhere / "seed1" / "up").symlink_to(elsewhere, target_is_directory=True)  # a loop
+    (elsewhere / "seed1" / "back").symlink_to(results, target_is_directory=True)  # the walk's start: walked already
+    found = run_queue.collected_runs([results])
+    assert found == {
+        "a": results / "again" / "results.json",
+        "b": results / "omniglot_5w1s" / "protonet" / "seed1" / "results.json",
+    }
+    loop = results / "omniglot_5w1s" / "protonet" / "seed1" / "up"
+    assert f"skipped {loop}: a link to {elsewhere.resolve()}, a folder it lies in" in caplog.text

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from hydra.core.utils import setup_globals
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from fewshot import io as io_module
 from fewshot.checkpoints import read_checkpoint
 from fewshot.config_keys import UnknownConfigKeyError, check_known_keys, reference_overrides
 from fewshot.data.datamodule import EpisodicDataModule
@@ -722,3 +725,109 @@ def test_3_a_folder_that_cannot_be_made_gets_no_lock_and_is_left_to_the_runs_own
     assert lock is not None and lock.fd is None
     lock.release()
     assert (tmp_path / "file").read_text() == "x"
+
+
+# --- issue 37, item 14: a run folder this process cannot write is named with its fix, before Hydra writes there ---
+
+
+def unwritable_message(kind: str, folder: Path, reason: str) -> str:
+    """The one line a run (or sweep) prints for a ``folder`` it cannot write in."""
+    return (
+        f"Error: The {kind} folder {folder} is not writable ({reason}). Choose another with hydra.{kind}.dir=<folder>."
+    )
+
+
+PERMISSION_DENIED = "permission denied: fix the folder's permissions or write somewhere you may write"
+A_FILE_IN_THE_PATH = "a part of the path is a file, not a folder: pass another path or move that file"
+
+
+def run_entry_point(*args: str, cwd: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``[prefix] python train.py args`` to its end, stdout and stderr captured, whatever its exit status."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    command = [*prefix, sys.executable, str(PROJECT_ROOT / "train.py"), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def bound_by_permissions(folder: Path) -> tuple[str, ...]:
+    """A command prefix under which ``folder``'s permission bits bind the process: nothing for a user;
+    for root (whom chmod does not stop) setpriv dropping its capabilities. Skips where neither works."""
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("runs as root, whom chmod does not stop, and setpriv (to drop root's capabilities) is missing")
+        prefix = (setpriv, "--inh-caps=-all", "--bounding-set=-all")
+    probe = [*prefix, sys.executable, "-c", "import os, sys; sys.exit(os.access(sys.argv[1], os.W_OK))", str(folder)]
+    if subprocess.run(probe).returncode != 0:
+        pytest.skip(f"{folder} stays writable after chmod 0o555 for this user")
+    return prefix
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An empty folder with mode 0o555 (made writable again afterwards, so it can be removed)."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_14_a_read_only_run_folder_ends_with_one_line_naming_it_before_hydra_writes(read_only_folder, tmp_path, sweep):
+    prefix = bound_by_permissions(read_only_folder)
+    kind = "sweep" if sweep else "run"
+    mode = ["-m", "seed=1,2"] if sweep else []
+    done = run_entry_point(*mode, *TINY, f"hydra.{kind}.dir={read_only_folder}", cwd=tmp_path, prefix=prefix)
+    assert done.returncode == 1
+    assert done.stderr.strip() == unwritable_message(kind, read_only_folder, PERMISSION_DENIED)
+    assert list(read_only_folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_14_a_run_folder_below_a_file_ends_with_one_line_naming_it_before_hydra_writes(tmp_path, sweep):
+    """Fails for root as for anyone: a regular file stands where a folder of the path should be."""
+    (tmp_path / "notes.txt").write_text("x")
+    folder = tmp_path / "notes.txt" / "run"
+    kind = "sweep" if sweep else "run"
+    mode = ["-m", "seed=1,2"] if sweep else []
+    done = run_entry_point(*mode, *TINY, f"hydra.{kind}.dir={folder}", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == unwritable_message(kind, folder, A_FILE_IN_THE_PATH)
+    assert (tmp_path / "notes.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("errno_code", [errno.EACCES, errno.EROFS, errno.ENOSPC], ids=["denied", "read-only", "full"])
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_14_a_run_folder_that_refuses_writes_is_named_and_left_unlocked(tmp_path, monkeypatch, errno_code, sweep):
+    """The folder's write check fails as in a read-only, denied or full folder (chmod does not stop root)."""
+    real_open = os.open
+
+    def refuse_probe(path, flags, *args):
+        if ".fewshot-write-check" in str(path):
+            raise OSError(errno_code, os.strerror(errno_code), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_probe)
+    folder, kind = tmp_path / "out", "sweep" if sweep else "run"
+    callback = ProtectExistingRuns()
+    start = callback.on_multirun_start if sweep else callback.on_run_start
+    config = hydra_sweep_config(folder) if sweep else hydra_run_config(folder)
+    with pytest.raises(SystemExit) as refused:
+        start(config)
+    reason = io_module.FIXES[errno_code]
+    assert str(refused.value) == unwritable_message(kind, folder, reason)
+    assert not folder.exists() and callback.locks == []  # the claim made the folder and let it go again
+
+
+def test_14_a_default_time_stamped_run_folder_that_cannot_be_made_is_named_with_its_fix(tmp_path):
+    """The default folder (``${now:...}``, claimed with a suffix when taken) gets the same check as an explicit one."""
+    (tmp_path / "logs").write_text("x")  # where the log folder should be
+    config = hydra_run_config(tmp_path / "unused")
+    config.hydra.run.dir = f"{tmp_path}/logs/{SHARED_TIME_NAME}"
+    callback = ProtectExistingRuns()
+    with pytest.raises(SystemExit) as refused:
+        callback.on_run_start(config)
+    folder = tmp_path / "logs" / time.strftime("%Y-%m-%d")
+    assert str(refused.value) == unwritable_message("run", folder, A_FILE_IN_THE_PATH)
+    assert callback.locks == [] and (tmp_path / "logs").read_text() == "x"

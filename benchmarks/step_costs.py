@@ -13,9 +13,12 @@ forward, backward and optimiser step, as training runs them) plus one validation
 amortised over the steps between two validations of that line (one validation is run after
 the timed steps when none fell inside them). Lines that differ only in ``seed``,
 ``trainer.max_steps`` or ``callbacks.cpu_budget.minutes`` do the same work per step and are
-measured once. The costs file names the CPU, the platform and torch's threads (run it with one
-thread, ``OMP_NUM_THREADS=1``, as the queue trains). Only the ratios between lines matter: a
-reference CPU-minute is a CPU-minute of that machine.
+measured once; so are lines that differ only in a ``--same-work`` key (a variant's switch that
+does not change what a step computes, e.g. ``model.grad_scale``), which then get one cap: a
+variant trains as long as its method, and a repeated measurement's noise cannot split them.
+The costs file names the CPU, the platform and torch's threads (run it with one thread,
+``OMP_NUM_THREADS=1``, as the queue trains). Only the ratios between lines matter: a reference
+CPU-minute is a CPU-minute of that machine.
 
 Caps: ``--reference-minutes M`` gives each line ``floor(60 M / step cost)`` steps, the work that
 M minutes of the reference machine do; ``--write-queue`` writes the queue with every line's
@@ -71,9 +74,10 @@ def without_keys(overrides: Sequence[str], keys: Sequence[str]) -> tuple[str, ..
     return tuple(o for o in overrides if override_key(o) not in keys)
 
 
-def work_key(overrides: Sequence[str]) -> tuple[str, ...]:
-    """What decides a line's work per step: its overrides less seed and training length."""
-    return without_keys(overrides, LENGTH_KEYS)
+def work_key(overrides: Sequence[str], same_work: Sequence[str] = ()) -> tuple[str, ...]:
+    """What decides a line's work per step: its overrides less seed, training length and the
+    ``same_work`` keys (those that name a variant without changing what a step computes)."""
+    return without_keys(overrides, (*LENGTH_KEYS, *same_work))
 
 
 class StepCostTimer(pl.Callback):
@@ -237,12 +241,17 @@ def machine() -> dict[str, Any]:
 
 
 def measure_queue(
-    runs: Sequence[Any], warmup: int, steps: int, extra: Sequence[str] = (), log: Any = print
+    runs: Sequence[Any],
+    warmup: int,
+    steps: int,
+    extra: Sequence[str] = (),
+    log: Any = print,
+    same_work: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The costs file of a queue's runs: each distinct line's work measured once, in queue order."""
     measured: dict[tuple[str, ...], dict[str, Any]] = {}
     for run in runs:
-        key = work_key(run.overrides)
+        key = work_key(run.overrides, same_work)
         if key in measured:
             measured[key]["lines"].append(run.name)
             continue
@@ -263,6 +272,7 @@ def measure_queue(
         "machine": machine(),
         "warmup_steps": warmup,
         "timed_steps": steps,
+        "same_work_keys": list(same_work),
         "rows": list(measured.values()),
     }
 
@@ -318,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--override", action="append", default=[], help="an extra override for every line")
+    parser.add_argument(
+        "--same-work",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an override key that names a variant without changing a step's work (e.g. model.grad_scale): "
+        "lines that differ only in such keys share one measurement, and so one cap; repeatable",
+    )
     parser.add_argument("--reference-minutes", type=float, help="print each line's step cap for this budget")
     parser.add_argument("--write-queue", type=Path, help="write the queue capped in steps here")
     args = parser.parse_args(argv)
@@ -336,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in runs if r.name in args.lines]
     try:
         if args.out is not None:
-            costs = measure_queue(runs, args.warmup, args.steps, args.override)
+            costs = measure_queue(runs, args.warmup, args.steps, args.override, same_work=args.same_work)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(costs, indent=2) + "\n")
             print(f"wrote {args.out} ({costs['machine']['cpu']}, {costs['machine']['torch_threads']} thread(s))")

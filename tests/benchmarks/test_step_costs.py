@@ -129,3 +129,35 @@ def test_a_capped_queue_line_run_twice_reproduces_its_test_accuracies_exactly(tm
     assert first["test"]["acc"] == second["test"]["acc"]
     assert first["test"]["episode_acc"] == second["test"]["episode_acc"]
     assert first["test"]["fingerprint"] == second["test"]["fingerprint"]
+
+
+def test_lines_that_differ_only_in_a_same_work_key_share_one_measurement_and_one_cap(monkeypatch):
+    base = ("experiment=x", "seed=0")
+    variant = ("experiment=x", "seed=0", "model.grad_scale=mean", "variant='gradient as mean'")
+    other_work = ("experiment=x", "seed=0", "data.meta_batch_size=4", "variant='meta-batch 4'")
+    same_work = ("model.grad_scale", "variant")
+    assert step_costs.work_key(variant) != step_costs.work_key(base)
+    assert step_costs.work_key(variant, same_work) == step_costs.work_key(base, same_work)
+    assert step_costs.work_key(other_work, same_work) != step_costs.work_key(base, same_work)
+
+    Run = step_costs.load_run_queue().QueuedRun
+    measured = []
+
+    def fake_measure(overrides, warmup, steps, extra=()):
+        measured.append(tuple(overrides))
+        return {
+            "method": "M",
+            "setting": "s",
+            "step_cpu_s": 1.0,
+            "train_step_cpu_s": 1.0,
+            "validation_cpu_s": 0.0,
+            "steps_per_validation": None,
+        }
+
+    monkeypatch.setattr(step_costs, "measure_line", fake_measure)
+    costs = step_costs.measure_queue(
+        [Run("b", base), Run("v", variant), Run("o", other_work)], 1, 2, log=lambda _: None, same_work=same_work
+    )
+    assert measured == [base, other_work]
+    assert [row["lines"] for row in costs["rows"]] == [["b", "v"], ["o"]]
+    assert costs["same_work_keys"] == ["model.grad_scale", "variant"]

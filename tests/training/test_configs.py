@@ -126,8 +126,6 @@ RESTORING_KEYS = {
         ["experiment=omniglot/reptile_5w1s", "+trainer.val_check_interval=10", "data.val_episodes=1"],
         {"trainer.val_check_interval": 10, "data.val_episodes": 1},
     ),
-    "Meta-LSTM 20-way training queries": (["experiment=omniglot/meta_lstm_20w1s", "data.train_n_query=null"],
-                                          {"data.train_n_query": None, "data.n_query": 15}),
     "Meta-LSTM Omniglot validation cadence": (
         ["experiment=omniglot/meta_lstm_5w1s", "trainer.check_val_every_n_epoch=2"],
         {"trainer.check_val_every_n_epoch": 2, "data.train_episodes": 500},

@@ -13,6 +13,12 @@ from fewshot.models.init import initialise
 # "valid": a 2x2 max-pool drops an odd last row/column (floor: 84 -> 42 -> 21 -> 10 -> 5);
 # "same": it keeps it, pooling it alone (ceil, TensorFlow's padding='same': 84 -> 42 -> 21 -> 11 -> 6)
 POOL_PADDINGS = ("valid", "same")
+# how a block halves the map: a 2x2 max-pool after a stride-1 conv, or the conv itself with stride 2
+# and TensorFlow's padding='SAME' (cbfinn/maml's and openai/supervised-reptile's Omniglot networks)
+DOWNSAMPLES = ("maxpool", "stride")
+# how the last map becomes the feature vector: flattened (C * H * W), or its spatial mean (C), as
+# cbfinn/maml's Omniglot network (tf.reduce_mean over the map)
+READOUTS = ("flatten", "mean")
 
 
 class ShiftOnlyBatchNorm2d(nn.BatchNorm2d):
@@ -59,6 +65,32 @@ def pooled_side(side: int, pool_padding: str = "valid") -> int:
     return math.ceil(side / 2) if pool_padding == "same" else side // 2
 
 
+def block_side(side: int, downsample: str = "maxpool", pool_padding: str = "valid") -> int:
+    """Height (= width) after one conv block: its max-pool's, or ceil(side / 2) for a stride-2 'SAME' conv."""
+    return math.ceil(side / 2) if downsample == "stride" else pooled_side(side, pool_padding)
+
+
+def tf_same_padding(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
+    """TensorFlow's padding='SAME' on one side of length ``size``: (before, after), the odd pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameStridedConv2d(nn.Conv2d):
+    """A stride-2 convolution padded as TensorFlow's ``padding='SAME'``: the output side is
+    ceil(side / 2), and an odd total padding puts its extra row (column) at the bottom (right),
+    e.g. 28 -> 14 pads 0 above and 1 below, where PyTorch's ``padding=1`` would pad 1 and 1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=2, padding=0)
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``[B, out_channels, ceil(H / 2), ceil(W / 2)]``."""
+        top, bottom = tf_same_padding(input.shape[-2], self.kernel_size[0], self.stride[0])
+        left, right = tf_same_padding(input.shape[-1], self.kernel_size[1], self.stride[1])
+        return super().forward(F.pad(input, (left, right, top, bottom)))
+
+
 def conv_block(
     in_channels: int,
     out_channels: int,
@@ -67,21 +99,23 @@ def conv_block(
     dropout: float = 0.0,
     bn_scale: bool = True,
     pool_padding: str = "valid",
+    downsample: str = "maxpool",
 ) -> nn.Sequential:
-    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool (-> Dropout when ``dropout > 0``)."""
-    layers = [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        batch_norm(out_channels, bn_momentum, bn_eps, scale=bn_scale),
-        nn.ReLU(inplace=False),
-        nn.MaxPool2d(2, ceil_mode=pool_padding == "same"),
-    ]
+    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool (-> Dropout when ``dropout > 0``);
+    with ``downsample="stride"``, 3x3 stride-2 'SAME' conv -> BatchNorm -> ReLU (-> Dropout)."""
+    if downsample == "stride":
+        conv, pool = SameStridedConv2d(in_channels, out_channels), []
+    else:
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        pool = [nn.MaxPool2d(2, ceil_mode=pool_padding == "same")]
+    layers = [conv, batch_norm(out_channels, bn_momentum, bn_eps, scale=bn_scale), nn.ReLU(inplace=False), *pool]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
 class Conv4(nn.Module):
-    """Four conv blocks, flattened, with an optional linear head.
+    """Four conv blocks, flattened (or averaged over the map), with an optional linear head.
 
     As an embedding (``n_classes=None``) it is the ProtoNet / Matching Network encoder; with
     ``n_classes`` it is the Meta-LSTM / MAML learner. It has no hidden state and no in-place
@@ -92,6 +126,9 @@ class Conv4(nn.Module):
     ``bn_scale=False`` leaves out the batch-norm weight (gamma), as ``tf.contrib.layers.batch_norm``
     (cbfinn/maml). ``pool_padding`` is ``"valid"`` (PyTorch's floor) or ``"same"`` (ceil, as
     TensorFlow's ``padding='same'`` in openai/supervised-reptile: 84x84 -> 6x6, 28x28 -> 2x2).
+    ``downsample="stride"`` halves the map by stride-2 'SAME' convolutions instead of max-pools
+    (28x28 -> 14 -> 7 -> 4 -> 2), as the Omniglot networks of cbfinn/maml and openai/supervised-reptile;
+    ``readout="mean"`` averages the last map over its positions (``hidden`` features), as cbfinn/maml's.
     ``init`` and ``head_init`` choose the initialisation scheme (:mod:`fewshot.models.init`), drawn
     here, at construction, from torch's global generator.
 
@@ -109,6 +146,8 @@ class Conv4(nn.Module):
         dropout: float = 0.0,
         bn_scale: bool = True,
         pool_padding: str = "valid",
+        downsample: str = "maxpool",
+        readout: str = "flatten",
         init: str = "torch",
         head_init: str | None = None,
     ) -> None:
@@ -116,26 +155,42 @@ class Conv4(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Conv4 dropout must be in [0, 1), got {dropout}.")
         check_choice("Conv4 pool_padding", pool_padding, POOL_PADDINGS)
-        block = {"bn_momentum": bn_momentum, "bn_eps": bn_eps, "dropout": dropout, "bn_scale": bn_scale}
+        check_choice("Conv4 downsample", downsample, DOWNSAMPLES)
+        check_choice("Conv4 readout", readout, READOUTS)
+        if downsample == "stride" and pool_padding != "valid":
+            raise ValueError(
+                f"Conv4 pool_padding={pool_padding!r} has no max-pool to act on with downsample='stride'; "
+                "leave pool_padding at 'valid'."
+            )
+        block = {
+            "bn_momentum": bn_momentum,
+            "bn_eps": bn_eps,
+            "dropout": dropout,
+            "bn_scale": bn_scale,
+            "pool_padding": pool_padding,
+            "downsample": downsample,
+        }
         self.features = nn.Sequential(
-            conv_block(in_channels, hidden, **block, pool_padding=pool_padding),
-            conv_block(hidden, hidden, **block, pool_padding=pool_padding),
-            conv_block(hidden, hidden, **block, pool_padding=pool_padding),
-            conv_block(hidden, hidden, **block, pool_padding=pool_padding),
+            conv_block(in_channels, hidden, **block),
+            conv_block(hidden, hidden, **block),
+            conv_block(hidden, hidden, **block),
+            conv_block(hidden, hidden, **block),
         )
         side = image_size
         for _ in range(4):
-            side = pooled_side(side, pool_padding)
+            side = block_side(side, downsample, pool_padding)
         if side < 1:
             raise ValueError(f"Conv4 needs images of at least 16x16, got {image_size}x{image_size}.")
-        self.embedding_dim = hidden * side * side
+        self.readout = readout
+        self.embedding_dim = hidden if readout == "mean" else hidden * side * side
         self.head = nn.Linear(self.embedding_dim, n_classes) if n_classes else None
         self.out_features = n_classes or self.embedding_dim
         initialise(self, init, self.head, head_init)
 
     def embed(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W]`` -> flattened features ``[B, embedding_dim]``."""
-        return self.features(x).flatten(1)
+        """``[B, C, H, W]`` -> features ``[B, embedding_dim]``: the last map flattened or averaged."""
+        maps = self.features(x)
+        return maps.mean((2, 3)) if self.readout == "mean" else maps.flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Embedding, or logits when the model has a head."""
@@ -163,12 +218,17 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
-    "ShiftOnlyBatchNorm2d",
+    "DOWNSAMPLES",
     "POOL_PADDINGS",
+    "READOUTS",
+    "SameStridedConv2d",
+    "ShiftOnlyBatchNorm2d",
     "Conv4",
     "batch_norm",
+    "block_side",
     "conv_block",
     "count_parameters",
     "layer_names",
     "pooled_side",
+    "tf_same_padding",
 ]

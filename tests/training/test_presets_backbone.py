@@ -1,9 +1,10 @@
-"""Every preset's Conv-4 options (initialisation, batch-norm form, pooling), each with its source.
+"""Every preset's Conv-4 options (initialisation, batch-norm form, down-sampling), each with its source.
 
 A preset whose source is an official code builds that code's network: cbfinn/maml (Glorot weights,
-batch norm without gamma, eps 1e-3; N(0, 1) output layer on Omniglot), openai/supervised-reptile
-(Glorot weights, eps 1e-3; 'same' max-pooling on Mini-ImageNet), twitter/meta-learning-lstm
-(torch7's batch-norm gamma ~ U(0, 1)). Every other preset keeps PyTorch's defaults.
+batch norm without gamma, eps 1e-3; on Omniglot stride-2 convolutions, the map's mean and an N(0, 1)
+output layer), openai/supervised-reptile (Glorot weights, eps 1e-3; stride-2 convolutions on Omniglot,
+'same' max-pooling on Mini-ImageNet), twitter/meta-learning-lstm (torch7's batch-norm gamma ~ U(0, 1)).
+Every other preset keeps PyTorch's defaults.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ NICHOL_MODEL = "openai/supervised-reptile models.py"
 NICHOL_WEIGHTS = NICHOL_MODEL + " (tf.layers.conv2d / dense: default glorot_uniform kernels, zero biases)"
 NICHOL_BN = NICHOL_MODEL + " (tf.layers.batch_normalization: epsilon=1e-3, scale=True)"
 NICHOL_POOL = NICHOL_MODEL + " MiniImageNetModel (max_pooling2d(out, 2, 2, padding='same'))"
+NICHOL_STRIDE = NICHOL_MODEL + " OmniglotModel (conv2d(out, 64, 3, strides=2, padding='same'), flattened)"
+FINN_STRIDE = "cbfinn/maml utils.py conv_block (main.py --max_pool=False: tf.nn.conv2d stride 2, 'SAME')"
+FINN_MEAN = "cbfinn/maml maml.py forward_conv, non-Mini-ImageNet branch (tf.reduce_mean(hidden4, [1, 2]))"
+FINN_MAXPOOL = "cbfinn/maml main.py Mini-ImageNet usage (--max_pool=True), utils.py (tf.nn.max_pool 'VALID')"
 TORCH7_BN = "torch7 nn BatchNormalization:reset (weight:uniform(), bias:zero())"
 TORCH7_OK = "torch7 nn SpatialConvolution / Linear:reset U(+-1/sqrt(fan_in)) = PyTorch's default"
 RAVI_BN_EPS = "twitter/meta-learning-lstm SpatialBatchNormalization(n, 1e-3)"
@@ -49,26 +54,34 @@ def backbone_pins(key: str, **values: tuple[Any, str]) -> Pins:
         "head_init": (None, DEFAULT),
         "bn_scale": (True, DEFAULT),
         "pool_padding": ("valid", DEFAULT),
+        "downsample": ("maxpool", DEFAULT),
+        "readout": ("flatten", DEFAULT),
     }
     pins.update(values)
     return {f"model.{key}.{option}": value for option, value in pins.items()}
 
 
 def maml(dataset: str) -> Pins:
-    head = ("normal", FINN_HEAD) if dataset == "omniglot" else (None, FINN_WEIGHTS + " (w5: fc_initializer)")
+    if dataset == "omniglot":
+        network = {
+            "head_init": ("normal", FINN_HEAD),
+            "downsample": ("stride", FINN_STRIDE),
+            "readout": ("mean", FINN_MEAN),
+        }
+    else:
+        network = {"head_init": (None, FINN_WEIGHTS + " (w5: fc_initializer)"), "downsample": ("maxpool", FINN_MAXPOOL)}
     return backbone_pins(
-        "learner", init=("xavier", FINN_WEIGHTS), head_init=head, bn_scale=(False, FINN_BN), bn_eps=(0.001, FINN_BN)
+        "learner", init=("xavier", FINN_WEIGHTS), bn_scale=(False, FINN_BN), bn_eps=(0.001, FINN_BN), **network
     )
 
 
 def reptile(dataset: str) -> Pins:
-    pool = ("same", NICHOL_POOL) if dataset == "miniimagenet" else ("valid", "ours (docs/reproduce.md, Deviations)")
+    if dataset == "miniimagenet":
+        network = {"pool_padding": ("same", NICHOL_POOL), "downsample": ("maxpool", NICHOL_POOL)}
+    else:
+        network = {"downsample": ("stride", NICHOL_STRIDE), "readout": ("flatten", NICHOL_STRIDE)}
     return backbone_pins(
-        "learner",
-        init=("xavier", NICHOL_WEIGHTS),
-        bn_scale=(True, NICHOL_BN),
-        bn_eps=(0.001, NICHOL_BN),
-        pool_padding=pool,
+        "learner", init=("xavier", NICHOL_WEIGHTS), bn_scale=(True, NICHOL_BN), bn_eps=(0.001, NICHOL_BN), **network
     )
 
 
@@ -121,10 +134,29 @@ def test_omniglot_maml_learner_has_no_bn_gamma_and_a_standard_normal_head(tmp_pa
         "features.0.1.bias",
     ]
     assert learner.features[0][1].eps == 0.001
+    x = torch.rand(2, 1, 28, 28)
+    assert [learner.features[: i + 1](x).shape[-1] for i in range(4)] == [14, 7, 4, 2]  # strided, no pooling
+    assert learner.embed(x).shape == (2, 64)  # the mean of the 2 x 2 x 64 map
     assert learner.head.weight.shape == (20, 64)
     assert learner.head.weight.std().item() == pytest.approx(1.0, abs=0.1)
     conv = learner.features[1][0].weight
     assert conv.abs().max() <= (6 / (2 * 64 * 9)) ** 0.5
+
+
+@pytest.mark.parametrize("preset", ["omniglot/reptile_5w1s", "omniglot/reptile_20w5s"])
+def test_omniglot_reptile_learner_is_strided_with_256_features(preset: str, tmp_path: Path):
+    learner = instantiate(compose_config([f"experiment={preset}"], tmp_path).model.learner)
+    x = torch.rand(2, 1, 28, 28)
+    assert [learner.features[: i + 1](x).shape[-1] for i in range(4)] == [14, 7, 4, 2]
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in learner.modules())
+    assert learner.head.in_features == 256  # 2 x 2 x 64, flattened
+    assert learner(x).shape == (2, learner.head.out_features)
+
+
+def test_mini_imagenet_maml_learner_max_pools_to_5x5_and_flattens(tmp_path: Path):
+    learner = instantiate(compose_config(["experiment=miniimagenet/maml_5w1s"], tmp_path).model.learner)
+    assert learner.head.in_features == 800  # 5 x 5 x 32 (maml.py w5: dim_hidden*5*5)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in learner.modules()) == 4
 
 
 def test_mini_imagenet_reptile_learner_has_1152_features(tmp_path: Path):

@@ -1,10 +1,12 @@
 """Every config option composes, and every experiment preset builds its method."""
 
+import re
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -26,7 +28,9 @@ def test_experiment_preset_composes_and_builds_its_method(experiment, tmp_path: 
     cfg = compose_config([f"experiment={experiment}"], tmp_path)
     method = instantiate(cfg.model)
     assert isinstance(method, EpisodicMethod)
-    assert cfg.data.n_way >= 2 and cfg.data.n_shot >= 1
+    n_way, n_shot = (int(n) for n in re.fullmatch(r".*_(\d+)w(\d+)s", experiment).groups())
+    assert (cfg.data.n_way, cfg.data.n_shot) == (n_way, n_shot), "a preset's setting is the one its name says"
+    assert HydraConfig.get().runtime.choices.setting == f"{n_way}w{n_shot}s"
     if experiment.startswith("omniglot/"):  # 20 drawers per character
         datamodule = instantiate(cfg.data)
         for spec in (datamodule.train_spec, datamodule.eval_spec):

@@ -13,9 +13,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from fewshot.data.episode import Episode
+from fewshot.evaluation.scoring import EVAL_STAGES, EpisodeScores, shot_stage
 from fewshot.evaluation.stats import episode_accuracy
-from fewshot.methods.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
-from fewshot.methods.scoring import EVAL_STAGES, EpisodeScores, shot_stage
+from fewshot.run.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -61,7 +61,7 @@ class EpisodicMethod(pl.LightningModule):
     # is defined): only that step can skip a NaN/inf meta-batch (nonfinite_loss=skip)
     uses_shared_training_step: ClassVar[bool] = True
     # the model keys with which the method clips its own gradients, e.g. ("grad_clip_norm",): a run
-    # that sets one of them and trainer.gradient_clip_val too is refused (fewshot.runchecks)
+    # that sets one of them and trainer.gradient_clip_val too is refused (fewshot.run.checks)
     own_gradient_clipping: ClassVar[tuple[str, ...]] = ()
 
     # -- run state set from outside ------------------------------------------------------------

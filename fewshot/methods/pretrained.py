@@ -77,7 +77,7 @@ class PretrainedClassifier(EpisodicMethod):
         if self.classifier is None:
             raise ValueError(
                 f"{type(self).__name__} needs n_train_classes to train its classifier head; "
-                "train through fewshot.training.train, which sets it from the data."
+                "train through fewshot.run.training.train, which sets it from the data."
             )
         logits = self.classifier(self.backbone(batch.images))
         loss = F.cross_entropy(logits, batch.labels)

@@ -32,7 +32,7 @@ def test_readme_table_equals_the_report_of_the_committed_results(source):
     expected = tables_markdown(build_cells(load_runs([folder])))
     assert read_block(README.read_text(), source) == expected, (
         f"README's table of {source} is not what the report prints; "
-        f"regenerate it: python -m fewshot.report {source} --readme README.md"
+        f"regenerate it: python -m fewshot.reporting {source} --readme README.md"
     )
 
 

@@ -11,11 +11,11 @@
 """
 
 from fewshot.methods.meta_lstm.cell import CellOutput, MetaLearnerCell, cell_update
-from fewshot.methods.meta_lstm.flat import FlatLayout
-from fewshot.methods.meta_lstm.lstm import CoordinateLSTM
 from fewshot.methods.meta_lstm.metalearner import Adaptation, GateStats, MetaLearner, MetaLoss
 from fewshot.methods.meta_lstm.method import MetaLSTM
-from fewshot.methods.meta_lstm.preprocess import preprocess
+from fewshot.nn.flat import FlatLayout
+from fewshot.nn.lstm import CoordinateLSTM
+from fewshot.nn.preprocess import preprocess
 
 __all__ = [
     "Adaptation",

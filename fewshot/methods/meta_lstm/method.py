@@ -12,7 +12,7 @@ from fewshot.data.episode import Episode
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 from fewshot.methods.meta_lstm.cell import Feedback
 from fewshot.methods.meta_lstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
-from fewshot.methods.meta_lstm.native import Backend
+from fewshot.nn.native import Backend
 
 
 def summarise_gate_runs(values: Tensor, layers: tuple[str, ...]) -> dict:
@@ -139,7 +139,7 @@ class MetaLSTM(EpisodicMethod):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Global gradient-norm clipping at ``grad_clip_norm`` (official 0.25); with it null, the
-        Trainer's ``gradient_clip_val`` if set (a run setting both is refused: fewshot.runchecks)."""
+        Trainer's ``gradient_clip_val`` if set (a run setting both is refused: fewshot.run.checks)."""
         value = self.grad_clip_norm if self.grad_clip_norm is not None else gradient_clip_val
         if value:
             self.clip_gradients(

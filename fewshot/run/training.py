@@ -19,23 +19,9 @@ from pytorch_lightning.callbacks import EarlyStopping, ProgressBar, Timer
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from fewshot.allocator import retain_freed_memory
-from fewshot.budget import CpuTimeBudget
-from fewshot.checkpoints import (
-    CONFIG_KEY,
-    StoreConfigInCheckpoint,
-    check_checkpoint_fits,
-    read_checkpoint,
-    resumable_checkpoint,
-)
 from fewshot.data.datamodule import EpisodicDataModule
-from fewshot.interrupt import RunInterrupted, StopFlag, StopOnSignal, stop_on_signals
 from fewshot.io import check_writable_dir
-from fewshot.loggers import ResumableCSVLogger
 from fewshot.methods.base import EpisodicMethod
-from fewshot.methods.nonfinite import NONFINITE_POLICIES
-from fewshot.provenance import CommitPerSegment
-from fewshot.quiet import silence_library_noise
 from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
     RESULTS_FILE,
@@ -46,10 +32,23 @@ from fewshot.reporting.results import (
     run_title,
     write_results,
 )
-from fewshot.reproducibility import RngStateInCheckpoint
-from fewshot.runchecks import check_resume_config, check_run_config
-from fewshot.runfolder import check_test_only_folder, holds_trained_state, in_sweep_job
-from fewshot.speed_probe import CpuSpeedProbe
+from fewshot.run.callbacks.budget import CpuTimeBudget
+from fewshot.run.callbacks.provenance import CommitPerSegment
+from fewshot.run.callbacks.rng_state import RngStateInCheckpoint
+from fewshot.run.callbacks.speed_probe import CpuSpeedProbe
+from fewshot.run.checkpoint import (
+    CONFIG_KEY,
+    StoreConfigInCheckpoint,
+    check_checkpoint_fits,
+    read_checkpoint,
+    resumable_checkpoint,
+)
+from fewshot.run.checks import check_resume_config, check_run_config
+from fewshot.run.folder import check_test_only_folder, holds_trained_state, in_sweep_job
+from fewshot.run.loggers import ResumableCSVLogger
+from fewshot.run.nonfinite import NONFINITE_POLICIES
+from fewshot.run.process import retain_freed_memory, silence_library_noise
+from fewshot.run.signals import RunInterrupted, StopFlag, StopOnSignal, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ def finish_wandb() -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test the configured method on the configured data; return the results.
 
-    Raises RunInterrupted when SIGTERM/SIGINT stopped the run (see fewshot.interrupt).
+    Raises RunInterrupted when SIGTERM/SIGINT stopped the run (see fewshot.run.signals).
     """
     silence_library_noise()
     try:
@@ -258,7 +257,7 @@ def check_before_work(cfg: DictConfig) -> None:
 
 def check_continuation(ckpt_path: str | None, resolved: dict[str, Any], cfg: DictConfig) -> tuple[int, int] | None:
     """When training continues a checkpoint, refuse a config that differs from the checkpoint's
-    (fewshot.runchecks.check_resume_config); return the checkpoint's (epoch, global step)."""
+    (fewshot.run.checks.check_resume_config); return the checkpoint's (epoch, global step)."""
     if not ckpt_path or not cfg.get("train", True) or not Path(ckpt_path).is_file():
         return None
     checkpoint = read_checkpoint(ckpt_path)
@@ -523,7 +522,7 @@ def objective(results: dict[str, Any], metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-if __name__ == "__main__":  # python -m fewshot.training: the training command (fewshot-train, train.py)
+if __name__ == "__main__":  # python -m fewshot.run.training: the training command (fewshot-train, train.py)
     from fewshot.cli import main
 
     main()

@@ -16,22 +16,22 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
-from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
-from fewshot.config_types import check_value_types
 from fewshot.data.datamodule import is_int
-from fewshot.methods.scoring import MONITOR_MODES
-from fewshot.runfolder import RunConfigError
+from fewshot.evaluation.scoring import MONITOR_MODES
+from fewshot.run.checkpoint import LIGHTNING_CKPT_NAMES
+from fewshot.run.config_types import check_value_types
+from fewshot.run.folder import RunConfigError
 
 # which weights a training run tests (the top-level ``test_checkpoint`` key)
 TEST_CHECKPOINTS = ("best", "last")
 # the stages of results.json a sweeper's ``optimized_metric`` (``<stage>/<key>``) can read
 METRIC_STAGES = ("val", "val_last", "test")
-# model arguments filled in from the data when the config leaves them null (fewshot.training)
+# model arguments filled in from the data when the config leaves them null (fewshot.run.training)
 DATA_DEPENDENT_MODEL_KEYS = ("n_train_classes",)
 
 
 def check_run_config(cfg: DictConfig) -> None:
-    """Refuse bad run keys before anything is built: every key's type (``fewshot.config_types``),
+    """Refuse bad run keys before anything is built: every key's type (``fewshot.run.config_types``),
     then the ranges and combinations of the top-level ones (item 9 of issue 17)."""
     check_value_types(cfg)
     seed = cfg.get("seed")
@@ -217,8 +217,8 @@ def moved_with_run_folder(stored: Any, current: Any, stored_dir: Any, current_di
 # our drop-in successors of Lightning classes (the same checkpoint state under the same key): a run
 # checkpointed by the one resumes with the other
 DROP_IN_SUCCESSORS = {
-    "pytorch_lightning.callbacks.ModelCheckpoint": "fewshot.run_checkpoint.RunFolderCheckpoint",
-    "pytorch_lightning.callbacks.EarlyStopping": "fewshot.plateau.PlateauStopping",
+    "pytorch_lightning.callbacks.ModelCheckpoint": "fewshot.run.callbacks.model_checkpoint.RunFolderCheckpoint",
+    "pytorch_lightning.callbacks.EarlyStopping": "fewshot.run.callbacks.plateau.PlateauStopping",
 }
 
 

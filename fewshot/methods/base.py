@@ -104,6 +104,16 @@ class EpisodicMethod(pl.LightningModule):
         """Extra results of an evaluation stage, kept beside its accuracy (none by default)."""
         return {}
 
+    def check_head_matches_way(self, n_outputs: int | None, n_way: int) -> None:
+        """Refuse an episode whose N differs from the learner head's ``n_outputs`` (None skips the check):
+        the one check of the methods that need a fixed N (``needs_fixed_n_way``)."""
+        if n_outputs is not None and n_outputs != n_way:
+            raise ValueError(
+                f"{self.display_name}'s learner outputs {n_outputs} logits but the episode is {n_way}-way; build "
+                f"the learner with n_classes={n_way} (model.learner.n_classes: ${{data.n_way}}) and keep "
+                "data.train_n_way equal to data.n_way (or null)."
+            )
+
     # -- training -----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         """Refuse training episodes whose N differs from evaluation's when the method needs one N."""

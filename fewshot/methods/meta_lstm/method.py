@@ -84,17 +84,9 @@ class MetaLSTM(EpisodicMethod):
 
     display_name = "Meta-LSTM"
 
-    def check_way(self, episode: Episode) -> None:
-        """The learner's head has ``n_way`` outputs: refuse other episode shapes clearly."""
-        if self.n_way is not None and episode.n_way != self.n_way:
-            raise ValueError(
-                f"Meta-LSTM's learner has {self.n_way} outputs but the episode is {episode.n_way}-way; "
-                "set data.train_n_way equal to data.n_way (or null) and build the learner with n_classes=${data.n_way}."
-            )
-
     def adapt_and_predict(self, episode: Episode) -> tuple[Tensor, Tensor, list[GateStats]]:
         """Meta-loss (mean over the meta-batch), query logits ``[B, N*Q, N]``, gate stats."""
-        self.check_way(episode)
+        self.check_head_matches_way(self.n_way, episode.n_way)
         losses, logits, gates = [], [], []
         for single in episode.unbatch():
             result = self.metalearner.meta_loss(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,9 @@ from fewshot.data.episode import Episode
 from fewshot.evaluation.scoring import EVAL_STAGES, EpisodeScores, shot_stage
 from fewshot.evaluation.stats import episode_accuracy
 from fewshot.run.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
+
+if TYPE_CHECKING:
+    from fewshot.data.datamodule import EpisodicDataModule
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -47,8 +51,9 @@ class EpisodicMethod(pl.LightningModule):
 
     What a method must define: ``forward``. What it may (see CONTRIBUTING.md, "Adding a
     method"): ``display_name``, ``needs_fixed_n_way``, ``train_batches``, ``own_gradient_clipping``, ``episode_loss``,
-    its own ``training_step``, ``eval_logits`` (to collect per-episode extras while scoring)
-    and ``stage_metrics`` (extra results of a stage, e.g. Meta-LSTM gates).
+    its own ``training_step``, ``eval_logits`` (to collect per-episode extras while scoring),
+    ``stage_metrics`` (extra results of a stage, e.g. Meta-LSTM gates), ``fill_from_data`` (arguments
+    only the data tell) and ``save_figures`` (its own figures of a tested run).
     """
 
     # -- what a method may declare (class attributes) -----------------------------------------
@@ -102,6 +107,17 @@ class EpisodicMethod(pl.LightningModule):
 
     def stage_metrics(self, stage: str) -> dict[str, Any]:
         """Extra results of an evaluation stage, kept beside its accuracy (none by default)."""
+        return {}
+
+    def save_figures(self, results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+        """Draw the method's own figures of a tested run (its ``results``) into ``output_dir``; return each
+        figure's image by name, the key it is logged under (none by default)."""
+        return {}
+
+    def fill_from_data(self, datamodule: EpisodicDataModule) -> dict[str, Any]:
+        """Take what only the loaded data tell (called once the data are set up, before any weights are
+        loaded); return the constructor arguments so filled, which the run's config keeps so that
+        ``fewshot.load`` rebuilds the same method (none by default)."""
         return {}
 
     def check_head_matches_way(self, n_outputs: int | None, n_way: int) -> None:

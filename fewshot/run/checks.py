@@ -26,8 +26,6 @@ from fewshot.run.folder import RunConfigError
 TEST_CHECKPOINTS = ("best", "last")
 # the stages of results.json a sweeper's ``optimized_metric`` (``<stage>/<key>``) can read
 METRIC_STAGES = ("val", "val_last", "test")
-# model arguments filled in from the data when the config leaves them null (fewshot.run.training)
-DATA_DEPENDENT_MODEL_KEYS = ("n_train_classes",)
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -244,8 +242,8 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
     ``stored`` is the resolved config kept in the checkpoint, ``current`` the run's. Keys in the
     run's ``resume_may_change`` (budgets, where things are written, test-time options) and in
     ``resume_allow_changes`` (the user's deliberate exceptions) may differ; model arguments the
-    data fill in (null in the config) are compared after filling; two spellings of one existing
-    path are the same value.
+    data fill in (``fill_from_data``) are compared as filled; two spellings of one existing path are
+    the same value.
     """
     own = ["resume_may_change", "resume_allow_changes"]  # the mechanism's own keys
     allowed = [*own, *current.get("resume_may_change", []), *current.get("resume_allow_changes", [])]
@@ -259,9 +257,6 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
         if same_existing_path(value_at(stored, key), value_at(current, key)):
             continue
         if key.endswith("._target_") and succeeded_by(value_at(stored, key), value_at(current, key)):
-            continue
-        section, _, name = key.partition(".")
-        if section == "model" and name in DATA_DEPENDENT_MODEL_KEYS and value_at(current, key) is None:
             continue
         differing.append(key)
     if differing:

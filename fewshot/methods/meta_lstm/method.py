@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,6 +84,17 @@ class MetaLSTM(EpisodicMethod):
         self.gate_results: dict[str, dict] = {}
 
     display_name = "Meta-LSTM"
+
+    def save_figures(self, results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+        """The gate figure of the test episodes (``gates.png``/``.pdf``), when the results hold their gates."""
+        gates = results["test"].get("gates")
+        if not gates:
+            return {}
+        from fewshot.reporting.gates import save_gate_figure  # matplotlib: only when a figure is drawn
+        from fewshot.reporting.results import run_title
+
+        png, _ = save_gate_figure(gates, output_dir, run_title(results))
+        return {"gates": png}
 
     def adapt_and_predict(self, episode: Episode) -> tuple[Tensor, Tensor, list[GateStats]]:
         """Meta-loss (mean over the meta-batch), query logits ``[B, N*Q, N]``, gate stats."""

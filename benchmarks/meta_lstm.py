@@ -15,7 +15,7 @@ turn so that all see the same machine. The episode is split into:
 * meta forward: the rest of the forward (preprocessing, LSTM, cell, gate statistics),
 * meta backward: ``loss.backward()`` (query backward + backward through the unrolled meta-learner).
 
-Every process keeps its freed memory, as ``train.py`` does (:mod:`fewshot.allocator`);
+Every process keeps its freed memory, as ``train.py`` does (:mod:`fewshot.run.process`);
 ``--return-freed-memory`` leaves glibc's default, which hands the meta-graph back to the OS after
 every episode and faults it in again on the next.
 
@@ -56,10 +56,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from fewshot.allocator import retain_freed_memory
 from fewshot.io import write_json_atomic
 from fewshot.methods.meta_lstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
+from fewshot.run.process import retain_freed_memory
 
 
 @dataclass(frozen=True)

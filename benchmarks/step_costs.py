@@ -130,7 +130,7 @@ def compose_line(overrides: Sequence[str], output_dir: Path) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from fewshot.resolvers import register_resolvers
+    from fewshot.run.resolvers import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -182,9 +182,9 @@ def line_cost(readings: dict[str, Any], warmup: int) -> dict[str, float]:
 def measure_line(overrides: Sequence[str], warmup: int, steps: int, extra: Sequence[str] = ()) -> dict[str, Any]:
     """Train a line for ``warmup + steps`` steps in this process and time it; its method and
     setting (as the report names them) and :func:`line_cost`."""
-    from fewshot.interrupt import StopFlag
-    from fewshot.quiet import silence_library_noise
-    from fewshot.training import build_run, check_before_work, method_name
+    from fewshot.run.process import silence_library_noise
+    from fewshot.run.signals import StopFlag
+    from fewshot.run.training import build_run, check_before_work, method_name
 
     silence_library_noise()
     with tempfile.TemporaryDirectory(prefix="step_costs_") as folder:

@@ -20,7 +20,7 @@ those of the configuration people run) on random 5-way 1-shot episodes with 15 q
   ``benchmarks.maml``; Meta-LSTM: ``T`` x learner forward + backward on the support set +
   query forward (+ backward when training); fine-tune: the same number of SGD steps of
   backbone + head on the support set, plus the query forward); the ratio is ours / floor;
-* the process keeps freed memory, as ``train.py`` does (``fewshot.allocator``;
+* the process keeps freed memory, as ``train.py`` does (``fewshot.run.process``;
   ``--return-freed-memory`` leaves glibc's default);
 * **peak memory**: peak resident memory (``VmHWM``) of a child process that builds the
   method and runs one training step and one evaluation episode; it includes Python, torch and
@@ -50,11 +50,11 @@ from torch.func import functional_call
 
 from benchmarks.common import time_pair, write_json
 from benchmarks.maml import Setting, floor_step, random_episode
-from fewshot.allocator import retain_freed_memory
 from fewshot.data.classification import LabelledImages
 from fewshot.data.episode import Episode
 from fewshot.methods.baseline_finetune import FinetuneSettings
 from fewshot.methods.inner_loop import batch_statistics
+from fewshot.run.process import retain_freed_memory
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 N_WAY, N_SHOT, N_QUERY, SIZE = 5, 1, 15, 28

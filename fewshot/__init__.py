@@ -12,6 +12,6 @@ if TYPE_CHECKING:
 
 def load(ckpt_path: str, map_location: Any = "cpu") -> pl.LightningModule:
     """Rebuild a trained method from a checkpoint written by ``train.py`` (eval mode)."""
-    from fewshot.checkpoints import load as load_checkpoint
+    from fewshot.run.checkpoint import load as load_checkpoint
 
     return load_checkpoint(ckpt_path, map_location)

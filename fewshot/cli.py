@@ -1,5 +1,5 @@
 """The training command: ``fewshot-train [overrides]`` (installed), ``python train.py`` (a checkout)
-or ``python -m fewshot.training``; Hydra composes the configs shipped in the package (``fewshot/conf``)."""
+or ``python -m fewshot.run.training``; Hydra composes the configs shipped in the package (``fewshot/conf``)."""
 
 import sys
 
@@ -8,8 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fewshot.config_keys import CONFIG_DIR
-from fewshot.resolvers import register_resolvers
+from fewshot.run.config_keys import CONFIG_DIR
+from fewshot.run.resolvers import register_resolvers
 
 register_resolvers()  # task_name: ${fewshot.task_name:train}, resolved while Hydra names the run folder
 
@@ -18,12 +18,12 @@ register_resolvers()  # task_name: ${fewshot.task_name:train}, resolved while Hy
 def user_error(err: BaseException) -> BaseException | None:
     """The error, or the one it wraps (Hydra wraps a constructor's), that names a bad input and its fix:
     printed as one line instead of a traceback; None for anything else (a bug keeps its traceback)."""
-    from fewshot.checkpoints import CheckpointError
-    from fewshot.config_keys import UnknownConfigKeyError
-    from fewshot.config_types import ConfigTypeError
     from fewshot.data.errors import DataError
     from fewshot.io import OutputPathError
-    from fewshot.runfolder import RunConfigError
+    from fewshot.run.checkpoint import CheckpointError
+    from fewshot.run.config_keys import UnknownConfigKeyError
+    from fewshot.run.config_types import ConfigTypeError
+    from fewshot.run.folder import RunConfigError
 
     kinds = (CheckpointError, ConfigTypeError, DataError, OutputPathError, RunConfigError, UnknownConfigKeyError)
     while err is not None and not isinstance(err, kinds):
@@ -34,13 +34,13 @@ def user_error(err: BaseException) -> BaseException | None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers."""
-    from fewshot.config_keys import check_known_keys
-    from fewshot.interrupt import RunInterrupted, rerun_command, resume_command, resume_sweep_command, sweep_folder
+    from fewshot.run.config_keys import check_known_keys
+    from fewshot.run.signals import RunInterrupted, rerun_command, resume_command, resume_sweep_command, sweep_folder
 
     hydra_cfg = HydraConfig.get()
     try:
         check_known_keys(cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task, hydra_cfg.job.config_name)
-        from fewshot.training import objective, train
+        from fewshot.run.training import objective, train
 
         return objective(train(cfg), cfg.get("optimized_metric", "val/acc"))
     except RunInterrupted as stop:

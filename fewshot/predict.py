@@ -25,12 +25,12 @@ from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fewshot.checkpoints import checkpoint_config, load
 from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
 from fewshot.data.folder import find_class_folders, is_ignored_name, walk_folders
 from fewshot.data.images import decode_image, is_image_name, warn_constant_images
 from fewshot.io import OutputPathError, check_not_an_input, check_writable_file, write_text_atomic
+from fewshot.run.checkpoint import checkpoint_config, load
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from hydra.utils import instantiate
 from torch import Tensor
 
 import fewshot
-from fewshot.checkpoints import checkpoint_config
 from fewshot.data.episode import Episode
 from fewshot.methods.maml import MAML
+from fewshot.run.checkpoint import checkpoint_config
 
 
 def head_names(method: MAML) -> set[str]:

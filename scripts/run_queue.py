@@ -270,7 +270,7 @@ def last_validation(folder: Path) -> str:
 def checkpoint_cpu_minutes(folder: Path) -> str:
     """``5.2 of 60 CPU-min at the last checkpoint`` from ``checkpoints/last.ckpt``, or ``""``
     without a readable one or a CPU budget in it."""
-    from fewshot.checkpoints import CONFIG_KEY, read_checkpoint  # torch: only for --status
+    from fewshot.run.checkpoint import CONFIG_KEY, read_checkpoint  # torch: only for --status
 
     try:
         checkpoint = read_checkpoint(folder / "checkpoints" / "last.ckpt")

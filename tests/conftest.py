@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from fewshot.data.classes import ClassImages
-from fewshot.resolvers import register_resolvers
+from fewshot.run.resolvers import register_resolvers
 
 register_resolvers()
 

@@ -1,6 +1,6 @@
 """The bad-input catalogue (issue 7): every bad input gives a clear error, nothing is silently wrong.
 
-Each case goes through the path a user takes (``python train.py``, ``fewshot.training.train(cfg)``,
+Each case goes through the path a user takes (``python train.py``, ``fewshot.run.training.train(cfg)``,
 ``python -m fewshot.reporting``, ``fewshot.load`` or a dataset loader) and checks the error's type
 and that its message names both the problem and the fix.
 
@@ -49,12 +49,12 @@ from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue
 
 import fewshot
-from fewshot.checkpoints import checkpoint_config
 from fewshot.data.errors import DataError
 from fewshot.data.folder import ImageFolder
 from fewshot.methods.base import EpisodicMethod, NonFiniteLossError
 from fewshot.reporting.build import main as report_main
-from fewshot.training import train
+from fewshot.run.checkpoint import checkpoint_config
+from fewshot.run.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
 from tests.data.fakes import (
     make_image_folder,

@@ -28,7 +28,7 @@ from fewshot.predict import main as predict_main
 from fewshot.reporting.build import main as report_main
 from fewshot.reporting.collect import collect
 from fewshot.reporting.results import write_results
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
 from tests.reporting.test_report import A, B, write_run
 
@@ -189,7 +189,7 @@ def test_train_names_a_run_folder_that_is_a_file_before_building_anything(tmp_pa
     def no_data(*args, **kwargs):
         raise AssertionError("data was built before the run folder was checked")
 
-    monkeypatch.setattr("fewshot.training.instantiate", no_data)
+    monkeypatch.setattr("fewshot.run.training.instantiate", no_data)
     with pytest.raises(OutputPathError, match=f"Cannot write into {run_dir}: it is a file, not a folder"):
         train(compose_config(["debug=tiny", "trainer=cpu", "logger=none"], run_dir))
 

@@ -15,7 +15,7 @@ from PIL import Image
 from fewshot.data.episode import Episode
 from fewshot.predict import main as predict_main
 from fewshot.predict import predict_folders
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import omniglot_root, requires_omniglot
 

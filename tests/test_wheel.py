@@ -19,12 +19,12 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import PROJECT_ROOT
 
 # files the package needs at run time besides its Python modules
 RUNTIME_DATA = (
-    "fewshot/methods/meta_lstm/native/lstm_ops.cpp",
+    "fewshot/nn/native/lstm_ops.cpp",
     "fewshot/conf/train.yaml",
     "fewshot/conf/model/meta_lstm.yaml",
     "fewshot/conf/experiment/omniglot/meta_lstm_5w1s.yaml",
@@ -77,8 +77,8 @@ def installed_wheel(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_wheel_ships_the_package_its_native_source_and_no_tests(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    entry_points = ("fewshot/reporting/__main__.py", "fewshot/report.py")  # python -m fewshot.reporting, its alias
-    for needed in (*RUNTIME_DATA, "fewshot/__init__.py", "fewshot/methods/meta_lstm/native.py", *entry_points):
+    entry_points = ("fewshot/reporting/__main__.py",)  # python -m fewshot.reporting
+    for needed in (*RUNTIME_DATA, "fewshot/__init__.py", "fewshot/nn/native.py", *entry_points):
         assert needed in names, f"{needed} is missing from {wheel.name}"
     assert not [n for n in names if n.startswith(("tests/", "conf/", "benchmarks/"))]
     top = {n.split("/")[0] for n in names}
@@ -103,7 +103,7 @@ def test_the_checkouts_conf_is_the_packages_config_root():
 def test_python_m_fewshot_training_is_the_training_command(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     shown = subprocess.run(
-        [sys.executable, "-m", "fewshot.training", "--cfg", "job", "model=maml"],
+        [sys.executable, "-m", "fewshot.run.training", "--cfg", "job", "model=maml"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -119,7 +119,7 @@ import sys
 from pathlib import Path
 import torch
 import fewshot
-from fewshot.methods.meta_lstm import native
+from fewshot.nn import native
 
 target, ckpt, support, query, predictions, run_dir, report = sys.argv[1:]
 assert Path(fewshot.__file__).resolve().is_relative_to(Path(target).resolve()), fewshot.__file__
@@ -140,7 +140,6 @@ def run_module(name, *args):
 
 run_module("fewshot.predict", f"ckpt_path={ckpt}", f"support={support}", f"query={query}", f"output={predictions}")
 run_module("fewshot.reporting", run_dir, "--out", report)
-run_module("fewshot.report", run_dir, "--out", report + "_alias")  # the old command still works
 """
 
 
@@ -193,7 +192,6 @@ def test_installed_wheel_runs_the_native_path_load_predict_and_report(installed_
     assert "loaded MetaLSTM" in done.stdout
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 10
     assert "Meta-LSTM" in (tmp_path / "report" / "table.md").read_text()
-    assert "Meta-LSTM" in (tmp_path / "report_alias" / "table.md").read_text()
 
 
 def test_installed_wheel_trains_tests_and_reports_from_any_folder_with_the_console_script(installed_wheel, tmp_path):

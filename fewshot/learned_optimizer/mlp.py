@@ -17,7 +17,7 @@ from torch.func import functional_call, vmap
 
 from fewshot.learned_optimizer.errors import ConfigError, check_positive
 from fewshot.learned_optimizer.images import ImageClassification
-from fewshot.methods.meta_lstm.flat import FlatLayout
+from fewshot.nn.flat import FlatLayout
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 

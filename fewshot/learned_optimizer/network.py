@@ -7,7 +7,7 @@ hidden and cell state per coordinate), on its own preprocessed gradient:
     h^1_t = LSTM_1(x_t, h^1_{t-1}),  h^2_t = LSTM_2(h^1_t, h^2_{t-1})
     g_t = output_scale * (w . h^2_t + b),           theta_{t+1} = theta_t + g_t
 
-The LSTM layers are this project's fused coordinate-wise LSTM (``fewshot.methods.meta_lstm.lstm``), the
+The LSTM layers are this project's fused coordinate-wise LSTM (``fewshot.nn.lstm``), the
 same layer 1 as the Meta-Learner LSTM's, and the preprocessing is its ``preprocess``. The
 gradient enters as a constant (the paper drops second derivatives), so the meta-gradient flows
 through the states and the updates only.
@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from fewshot.learned_optimizer.errors import check_positive
-from fewshot.methods.meta_lstm.lstm import CoordinateLSTM, State
-from fewshot.methods.meta_lstm.preprocess import preprocess
+from fewshot.nn.lstm import CoordinateLSTM, State
+from fewshot.nn.preprocess import preprocess
 
 LSTMState = tuple[State, ...] | None
 """One ``(h, c)`` per layer, each ``[H, B * P]``; ``None`` for the zero initial state."""

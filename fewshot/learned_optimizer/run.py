@@ -23,7 +23,7 @@ from fewshot.learned_optimizer.plots import save_curves_figure
 from fewshot.learned_optimizer.problem import Problem
 from fewshot.learned_optimizer.report import final_row, markdown_table, write_curves_csv
 from fewshot.reporting.results import RESULTS_FILE, git_commit, hardware, write_results
-from fewshot.training import instantiate_group
+from fewshot.run.training import instantiate_group
 
 log = logging.getLogger(__name__)
 

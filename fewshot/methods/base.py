@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -13,9 +14,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from fewshot.data.episode import Episode
+from fewshot.evaluation.scoring import EVAL_STAGES, EpisodeScores, shot_stage
 from fewshot.evaluation.stats import episode_accuracy
-from fewshot.methods.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
-from fewshot.methods.scoring import EVAL_STAGES, EpisodeScores, shot_stage
+from fewshot.run.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
+
+if TYPE_CHECKING:
+    from fewshot.data.datamodule import EpisodicDataModule
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -47,8 +51,9 @@ class EpisodicMethod(pl.LightningModule):
 
     What a method must define: ``forward``. What it may (see CONTRIBUTING.md, "Adding a
     method"): ``display_name``, ``needs_fixed_n_way``, ``train_batches``, ``own_gradient_clipping``, ``episode_loss``,
-    its own ``training_step``, ``eval_logits`` (to collect per-episode extras while scoring)
-    and ``stage_metrics`` (extra results of a stage, e.g. Meta-LSTM gates).
+    its own ``training_step``, ``eval_logits`` (to collect per-episode extras while scoring),
+    ``stage_metrics`` (extra results of a stage, e.g. Meta-LSTM gates), ``fill_from_data`` (arguments
+    only the data tell) and ``save_figures`` (its own figures of a tested run).
     """
 
     # -- what a method may declare (class attributes) -----------------------------------------
@@ -61,7 +66,7 @@ class EpisodicMethod(pl.LightningModule):
     # is defined): only that step can skip a NaN/inf meta-batch (nonfinite_loss=skip)
     uses_shared_training_step: ClassVar[bool] = True
     # the model keys with which the method clips its own gradients, e.g. ("grad_clip_norm",): a run
-    # that sets one of them and trainer.gradient_clip_val too is refused (fewshot.runchecks)
+    # that sets one of them and trainer.gradient_clip_val too is refused (fewshot.run.checks)
     own_gradient_clipping: ClassVar[tuple[str, ...]] = ()
 
     # -- run state set from outside ------------------------------------------------------------
@@ -103,6 +108,27 @@ class EpisodicMethod(pl.LightningModule):
     def stage_metrics(self, stage: str) -> dict[str, Any]:
         """Extra results of an evaluation stage, kept beside its accuracy (none by default)."""
         return {}
+
+    def save_figures(self, results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+        """Draw the method's own figures of a tested run (its ``results``) into ``output_dir``; return each
+        figure's image by name, the key it is logged under (none by default)."""
+        return {}
+
+    def fill_from_data(self, datamodule: EpisodicDataModule) -> dict[str, Any]:
+        """Take what only the loaded data tell (called once the data are set up, before any weights are
+        loaded); return the constructor arguments so filled, which the run's config keeps so that
+        ``fewshot.load`` rebuilds the same method (none by default)."""
+        return {}
+
+    def check_head_matches_way(self, n_outputs: int | None, n_way: int) -> None:
+        """Refuse an episode whose N differs from the learner head's ``n_outputs`` (None skips the check):
+        the one check of the methods that need a fixed N (``needs_fixed_n_way``)."""
+        if n_outputs is not None and n_outputs != n_way:
+            raise ValueError(
+                f"{self.display_name}'s learner outputs {n_outputs} logits but the episode is {n_way}-way; build "
+                f"the learner with n_classes={n_way} (model.learner.n_classes: ${{data.n_way}}) and keep "
+                "data.train_n_way equal to data.n_way (or null)."
+            )
 
     # -- training -----------------------------------------------------------------------------
     def on_fit_start(self) -> None:

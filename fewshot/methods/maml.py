@@ -73,22 +73,6 @@ def with_scaled_gradient(loss: Tensor, factor: float) -> Tensor:
     return loss.detach() + factor * (loss - loss.detach())
 
 
-def check_head_matches_way(n_outputs: int | None, n_way: int, method: str) -> None:
-    """The learner's head must have exactly one output per class of the episode.
-
-    Args:
-        n_outputs: the learner's number of outputs (its ``out_features``, or the last
-            dimension of its logits); None skips the check.
-        n_way: N of the episode.
-        method: the method's name, for the message.
-    """
-    if n_outputs is not None and n_outputs != n_way:
-        raise ValueError(
-            f"{method}'s learner outputs {n_outputs} logits but the episode is {n_way}-way; "
-            f"build the learner with n_classes={n_way} (model.learner.n_classes: ${{data.n_way}})."
-        )
-
-
 class MAML(EpisodicMethod):
     """Model-Agnostic Meta-Learning: meta-learn an initialisation ``theta`` such that a few
     gradient steps on a task's support set give weights that classify its queries well.
@@ -331,7 +315,7 @@ class MAML(EpisodicMethod):
         """Adapt to each task of the meta-batch (a plain loop, or ``vmap``, see
         ``task_batching``) and return the query logits ``[B, N*Q, N]``; in training they carry
         the graph for the meta-gradient."""
-        check_head_matches_way(getattr(self.learner, "out_features", None), episode.n_way, self.display_name)
+        self.check_head_matches_way(getattr(self.learner, "out_features", None), episode.n_way)
         meta_train = self.training
         steps = self.inner_steps if meta_train else self.eval_inner_steps
         if self.task_batching == "vmap":
@@ -347,7 +331,7 @@ class MAML(EpisodicMethod):
                     )
                 ]
             )
-        check_head_matches_way(logits.shape[-1], episode.n_way, self.display_name)
+        self.check_head_matches_way(logits.shape[-1], episode.n_way)
         return logits if meta_train else logits.detach()
 
     def episode_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
@@ -374,4 +358,4 @@ def lr_key(name: str) -> str:
     return name.replace(".", "__")
 
 
-__all__ = ["MAML", "check_head_matches_way", "official_cross_entropy", "with_scaled_gradient"]
+__all__ = ["MAML", "official_cross_entropy", "with_scaled_gradient"]

@@ -3,12 +3,15 @@ classifier over all meta-training classes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from fewshot.data.classification import LabelledImages
+from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
 
@@ -44,8 +47,8 @@ class PretrainedClassifier(EpisodicMethod):
         backbone: embedding network ``[B, C, H, W] -> [B, D]`` with an ``out_features`` (D)
             attribute, e.g. ``Conv4(n_classes=None)``.
         optimizer: optimiser partial, bound to the parameters in ``configure_optimizers``.
-        n_train_classes: number of meta-training classes (the head's outputs); the training
-            entry point fills it in from the data. None builds no head (evaluation only).
+        n_train_classes: number of meta-training classes (the head's outputs); None takes it from
+            the data (``fill_from_data``), or builds no head when the method is used without data.
         scheduler: optional scheduler partial, stepped after every optimiser step.
     """
 
@@ -68,6 +71,14 @@ class PretrainedClassifier(EpisodicMethod):
         self.n_train_classes = n_train_classes
         self.classifier = nn.Linear(backbone.out_features, n_train_classes) if n_train_classes else None
 
+    def fill_from_data(self, datamodule: EpisodicDataModule) -> dict[str, Any]:
+        """Build the classifier head over the data's meta-training classes when ``n_train_classes`` is null."""
+        if self.n_train_classes is not None:
+            return {}
+        self.n_train_classes = datamodule.n_train_classes
+        self.classifier = nn.Linear(self.backbone.out_features, self.n_train_classes)
+        return {"n_train_classes": self.n_train_classes}
+
     def forward(self, episode: Episode) -> Tensor:
         """Adapt to each support set and return query logits ``[B, N*Q, N]``."""
         raise NotImplementedError
@@ -77,7 +88,7 @@ class PretrainedClassifier(EpisodicMethod):
         if self.classifier is None:
             raise ValueError(
                 f"{type(self).__name__} needs n_train_classes to train its classifier head; "
-                "train through fewshot.training.train, which sets it from the data."
+                "train through fewshot.run.training.train, which sets it from the data (fill_from_data)."
             )
         logits = self.classifier(self.backbone(batch.images))
         loss = F.cross_entropy(logits, batch.labels)

@@ -23,7 +23,6 @@ from fewshot.methods.inner_loop import (
     optimizer_adapt,
     resolve_inner_steps,
 )
-from fewshot.methods.maml import check_head_matches_way
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 BN_MODES = ("transductive", "non_transductive")
@@ -221,7 +220,7 @@ class Reptile(EpisodicMethod):
         Returns:
             One adapted weight dict per task and the query logits ``[B, N*Q, N]``.
         """
-        check_head_matches_way(getattr(self.learner, "out_features", None), episode.n_way, "Reptile")
+        self.check_head_matches_way(getattr(self.learner, "out_features", None), episode.n_way)
         steps = self.inner_steps if meta_train else self.eval_inner_steps
         batch_size = self.inner_batch_size if meta_train else self.eval_inner_batch_size
         transductive = meta_train or self.bn_mode == "transductive"
@@ -236,7 +235,7 @@ class Reptile(EpisodicMethod):
             adapted.append(phi)
             logits.append(task_logits)
         stacked = torch.stack(logits)
-        check_head_matches_way(stacked.shape[-1], episode.n_way, "Reptile")
+        self.check_head_matches_way(stacked.shape[-1], episode.n_way)
         return adapted, stacked
 
     def forward(self, episode: Episode) -> Tensor:

@@ -48,7 +48,7 @@ class RunRecord:
     # which weights were tested: "best" (on validation) or "last" (the final weights); results
     # files written before the run key existed tested the best
     test_checkpoint: str = "best"
-    # the CPU speed probe's measurements (fewshot.speed_probe); None for runs made before it existed
+    # the CPU speed probe's measurements (fewshot.run.callbacks.speed_probe); None for runs made before it existed
     speed_probe: dict[str, Any] | None = None
     # ``platform.platform()`` where the run trained (kernel build included: it tells hosts apart)
     platform: str | None = None

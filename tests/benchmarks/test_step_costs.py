@@ -8,7 +8,7 @@ import json
 import pytest
 
 from benchmarks import step_costs
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 
 TINY = ["debug=tiny", "trainer=cpu", "model=protonet"]

@@ -3,7 +3,7 @@
 import torch
 
 from fewshot.learned_optimizer.network import LSTMOptimizer
-from fewshot.methods.meta_lstm.preprocess import preprocess
+from fewshot.nn.preprocess import preprocess
 
 
 def test_update_has_the_gradient_shape_and_a_state_per_layer_and_coordinate():

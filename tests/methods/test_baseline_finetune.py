@@ -20,7 +20,7 @@ from fewshot.evaluation.stats import episode_accuracy
 from fewshot.methods.baseline_finetune import BaselineFinetune, FinetuneGrid, FinetuneSettings
 from fewshot.models.conv4 import Conv4
 from fewshot.reporting.results import RESULTS_FILE
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.methods.test_pretrained import Flat, batched, random_episode, single_episode
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 import fewshot
 from fewshot.methods.baseline_nn import BaselineNearestNeighbour, nearest_neighbour_logits
 from fewshot.reporting.results import RESULTS_FILE
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.methods.test_pretrained import Flat, batched, single_episode
 from tests.pixel_nn import pixel_nn_accuracy

@@ -7,10 +7,16 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import get_class
 
 from fewshot.methods.base import EpisodicMethod
+from fewshot.methods.maml import MAML
+from fewshot.methods.meta_lstm import MetaLSTM
+from fewshot.methods.reptile import Reptile
+from fewshot.models.conv4 import Conv4
 from tests.conftest import PROJECT_ROOT, compose_config
+from tests.methods.test_maml import random_episode
 
 MODEL_CONFIGS = sorted((PROJECT_ROOT / "conf" / "model").glob("*.yaml"))
 
@@ -52,3 +58,12 @@ def test_display_name_is_the_class_name_unless_the_method_sets_one():
     assert Unnamed(optimizer=None).display_name == "Unnamed"
     names = {method_class(c).__name__: method_class(c) for c in MODEL_CONFIGS}
     assert names["BaselineNearestNeighbour"].display_name == "Baseline-NN"
+
+
+@pytest.mark.parametrize("cls", [MAML, Reptile, MetaLSTM])
+def test_a_fixed_way_method_refuses_an_episode_of_another_n_with_the_one_shared_check(cls):
+    method = cls(Conv4(1, 8, 28, n_classes=4), torch.optim.Adam)
+    assert cls.needs_fixed_n_way
+    expected = f"{method.display_name}'s learner outputs 4 logits but the episode is 5-way; build the learner with "
+    with pytest.raises(ValueError, match=expected + r"n_classes=5 \(model.learner.n_classes"):
+        method(random_episode(n_way=5))

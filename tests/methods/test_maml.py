@@ -14,7 +14,7 @@ from fewshot.data.episode import Episode
 from fewshot.methods.inner_loop import module_state, sgd_adapt
 from fewshot.methods.maml import MAML
 from fewshot.models.conv4 import Conv4
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.methods.test_protonet_learning import SHORT_RUN, pixel_nn_on_test_episodes
 

@@ -18,7 +18,7 @@ from fewshot.methods.matchingnet import (
     episode_batch_norm,
 )
 from fewshot.models.conv4 import Conv4
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.helpers import assert_batched_equals_per_episode
 from tests.methods.test_protonet_learning import learned_and_pixel_nn_accuracy

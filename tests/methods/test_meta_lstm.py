@@ -9,7 +9,7 @@ import torch
 
 import fewshot
 from fewshot.reporting.build import main as report_main
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 
 META_LSTM = ["model=meta_lstm", "model.n_steps=3", "model.learner.hidden=8"]

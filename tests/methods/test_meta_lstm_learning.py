@@ -3,7 +3,7 @@ neighbour and the untrained meta-learner on the same test episodes."""
 
 import pytest
 
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.helpers import requires_omniglot
 from tests.methods.test_protonet_learning import pixel_nn_on_test_episodes

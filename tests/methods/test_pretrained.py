@@ -75,6 +75,24 @@ def test_training_without_n_train_classes_raises_a_clear_error():
         method.training_step(LabelledImages(torch.rand(2, 1, 16, 16), torch.tensor([0, 1])), 0)
 
 
+class TrainClasses:
+    """The one thing a datamodule tells a pre-trained baseline: its number of meta-training classes."""
+
+    n_train_classes = 9
+
+
+def test_the_head_is_built_over_the_datas_training_classes_by_the_method_itself():
+    torch.manual_seed(0)
+    method = BaselineNearestNeighbour(Conv4(1, 8, 16), torch.optim.SGD)
+    assert method.classifier is None
+    assert method.fill_from_data(TrainClasses()) == {"n_train_classes": 9}  # kept in the run's config
+    assert method.n_train_classes == 9 and method.classifier.out_features == 9
+    torch.manual_seed(0)
+    given = BaselineNearestNeighbour(Conv4(1, 8, 16), torch.optim.SGD, n_train_classes=9)
+    assert torch.equal(given.classifier.weight, method.classifier.weight)  # the same draw as built in __init__
+    assert given.fill_from_data(TrainClasses()) == {}  # a configured number is kept
+
+
 def test_torch7_sgd_decay_is_a_per_step_learning_rate_decay():
     assert [inverse_time_lr(0.1, 1.0, t) for t in range(3)] == pytest.approx([0.1, 0.05, 0.1 / 3])
     method = BaselineNearestNeighbour(

@@ -3,7 +3,7 @@
 import pytest
 from hydra.utils import instantiate
 
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.helpers import requires_omniglot
 from tests.pixel_nn import pixel_nn_accuracy

@@ -21,7 +21,7 @@ from fewshot.methods.inner_loop import (
 )
 from fewshot.methods.reptile import INNER_STATE_KEY, Reptile, linear_factor, reptile_gradients
 from fewshot.models.conv4 import Conv4
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.methods.test_maml import random_episode
 from tests.methods.test_protonet_learning import SHORT_RUN, pixel_nn_on_test_episodes

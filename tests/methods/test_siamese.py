@@ -12,7 +12,7 @@ from fewshot.data.episode import Episode
 from fewshot.methods.siamese import SiameseNetwork, class_scores, pair_loss, pair_targets
 from fewshot.models.conv4 import Conv4
 from fewshot.models.koch import KochNet
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.helpers import assert_batched_equals_per_episode
 from tests.methods.test_protonet_learning import learned_and_pixel_nn_accuracy

@@ -15,7 +15,7 @@ from fewshot.reporting.build import build_report
 from fewshot.reporting.collect import ABSOLUTE_PATH, collect, strip_paths
 from fewshot.reporting.collect import main as collect_main
 from fewshot.reporting.runs import BadResultsError
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.reporting.test_report import A, B, C, write_run
 
 

@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from fewshot.config_keys import check_known_keys
 from fewshot.reporting.costs import read_costs
+from fewshot.run.config_keys import check_known_keys
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT
 from tests.scripts.test_run_queue import run_queue  # the script, loaded once
 

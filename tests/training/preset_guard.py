@@ -25,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from fewshot.resolvers import register_resolvers
+from fewshot.run.resolvers import register_resolvers
 
 register_resolvers()
 

@@ -14,11 +14,11 @@ from PIL import Image
 
 import fewshot
 import fewshot.io as io_module
-from fewshot import checkpoints
-from fewshot.checkpoints import AtomicCheckpointIO, CheckpointError, UnsafeCheckpointError
 from fewshot.io import TEMP_SUFFIX, OutputPathError
 from fewshot.predict import main as predict_main
-from fewshot.training import train
+from fewshot.run import checkpoint as checkpoints
+from fewshot.run.checkpoint import AtomicCheckpointIO, CheckpointError, UnsafeCheckpointError
+from fewshot.run.training import train
 from tests.conftest import compose_config
 
 RUN = ["debug=tiny", "trainer=cpu", "logger=none", "model=protonet", "trainer.max_epochs=2"]

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import fewshot.training
-from fewshot.config_types import check_value_types, wrong_types
-from fewshot.training import train
+import fewshot.run.training
+from fewshot.run.config_types import check_value_types, wrong_types
+from fewshot.run.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
 
 BASE = ["debug=tiny", "trainer=cpu", "logger=none"]
@@ -85,7 +85,7 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise WorkStarted
 
-    monkeypatch.setattr(fewshot.training, "build_run", refuse)
+    monkeypatch.setattr(fewshot.run.training, "build_run", refuse)
 
 
 @pytest.mark.parametrize(("model", "key", "wrong"), list(cases()))

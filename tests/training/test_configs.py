@@ -44,7 +44,7 @@ def test_experiment_preset_composes_and_builds_its_method(experiment, tmp_path: 
 )
 def test_experiment_preset_sets_only_known_keys(preset):
     """Every preset passes the unknown-key check of train.py (issue 17, item 8)."""
-    from fewshot.config_keys import check_known_keys
+    from fewshot.run.config_keys import check_known_keys
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
 
 # pretrained is only the shared base of the two pre-trained baselines and refuses to be built

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.data.fakes import make_mini_imagenet
 from tests.helpers import omniglot_root

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import compose_config
 from tests.training.crash import TrainingKilled
 
@@ -111,10 +111,10 @@ def test_ddp_with_two_cpu_processes_scores_the_test_episodes_like_one_process(me
 def test_a_resumed_run_records_the_commit_of_each_stretch_of_training(tmp_path, monkeypatch):
     overrides = RUN + METHODS["protonet"]
     crash = ["+callbacks.crash._target_=tests.training.crash.CrashAfterStep", "+callbacks.crash.step=5"]
-    monkeypatch.setattr("fewshot.training.git_commit", lambda *args, **kwargs: "aaa")
+    monkeypatch.setattr("fewshot.run.training.git_commit", lambda *args, **kwargs: "aaa")
     with pytest.raises(TrainingKilled):
         train(compose_config(overrides + crash, tmp_path))  # last.ckpt after the first epoch, step 3
-    monkeypatch.setattr("fewshot.training.git_commit", lambda *args, **kwargs: "bbb-dirty")
+    monkeypatch.setattr("fewshot.run.training.git_commit", lambda *args, **kwargs: "bbb-dirty")
     resumed = train(compose_config(overrides + ["resume=true", "resume_allow_changes=[callbacks.crash]"], tmp_path))
     assert resumed["git_commit"] == "bbb-dirty"
     assert resumed["git_commits"] == [{"commit": "aaa", "from_step": 0}, {"commit": "bbb-dirty", "from_step": 3}]
@@ -189,7 +189,7 @@ def test_a_resume_may_raise_the_patience_of_a_run_the_plateau_stopped(tmp_path):
 
 
 def test_a_run_checkpointed_by_lightnings_own_callbacks_resumes_with_ours(tmp_path):
-    # runs started before fewshot.run_checkpoint / fewshot.plateau existed name Lightning's classes
+    # runs started before our RunFolderCheckpoint / PlateauStopping existed name Lightning's classes
     overrides = [*RUN, *METHODS["protonet"], "callbacks=plateau"]
     older = [
         "callbacks.model_checkpoint._target_=pytorch_lightning.callbacks.ModelCheckpoint",

@@ -33,15 +33,15 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from fewshot import io as io_module
-from fewshot.checkpoints import read_checkpoint
-from fewshot.config_keys import UnknownConfigKeyError, check_known_keys, reference_overrides
 from fewshot.data.datamodule import EpisodicDataModule
 from fewshot.data.errors import DataError
-from fewshot.interrupt import rerun_command, resume_command, resume_sweep_command, sweep_folder
-from fewshot.loggers import ResumableCSVLogger
-from fewshot.runchecks import check_resume_config
-from fewshot.runfolder import LOCK_FILE, FolderLock, ProtectExistingRuns, RunConfigError
-from fewshot.training import objective, train
+from fewshot.run.checkpoint import read_checkpoint
+from fewshot.run.checks import check_resume_config
+from fewshot.run.config_keys import UnknownConfigKeyError, check_known_keys, reference_overrides
+from fewshot.run.folder import LOCK_FILE, FolderLock, ProtectExistingRuns, RunConfigError
+from fewshot.run.loggers import ResumableCSVLogger
+from fewshot.run.signals import rerun_command, resume_command, resume_sweep_command, sweep_folder
+from fewshot.run.training import objective, train
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
 TINY = ["debug=tiny", "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false"]

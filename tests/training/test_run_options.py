@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot.budget import CpuTimeBudget
-from fewshot.training import train
+from fewshot.run.callbacks.budget import CpuTimeBudget
+from fewshot.run.training import train
 
 
 def test_eval_shots_scores_each_k_on_the_same_test_episodes(tiny_config):

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from fewshot.resolvers import register_resolvers
+from fewshot.run.resolvers import register_resolvers
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT
 
 register_resolvers()

@@ -12,7 +12,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 import fewshot
 from fewshot.data.errors import DataError
-from fewshot.training import train
+from fewshot.run.training import train
 from tests.conftest import PROJECT_ROOT, compose_config
 from tests.helpers import wandb_run_bytes
 
@@ -190,7 +190,7 @@ def test_wandb_offline_runs_of_one_sweep_share_a_group_and_log_results(tmp_path)
 def test_results_name_the_commit_the_run_was_built_from(tiny_config, monkeypatch):
     # a checkout changed while a long run trains must not relabel the run with the new commit
     commits = iter(["built-from", "changed-later"])
-    monkeypatch.setattr("fewshot.training.git_commit", lambda *args, **kwargs: next(commits))
+    monkeypatch.setattr("fewshot.run.training.git_commit", lambda *args, **kwargs: next(commits))
     assert train(tiny_config())["git_commit"] == "built-from"
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from fewshot.methods.meta_lstm import native
+from fewshot.nn import native
 
 Feedback = Literal["preactivation", "gate"]
 
@@ -185,7 +185,7 @@ class MetaLearnerCell(nn.Module):
             starts close to plain gradient descent with a small learning rate.
         feedback: what is fed back as the previous gate (see the module docstring).
         backend: ``"native"``, ``"torch"`` or ``"auto"``, as for
-            :class:`~fewshot.methods.meta_lstm.lstm.CoordinateLSTM`.
+            :class:`~fewshot.nn.lstm.CoordinateLSTM`.
     """
 
     def __init__(

@@ -57,11 +57,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fewshot.methods.meta_lstm.cell import CellOutput, Feedback, MetaLearnerCell, cell_update
-from fewshot.methods.meta_lstm.flat import FlatLayout
-from fewshot.methods.meta_lstm.lstm import CoordinateLSTM, State
-from fewshot.methods.meta_lstm.native import Backend
-from fewshot.methods.meta_lstm.preprocess import preprocess
 from fewshot.models.conv4 import layer_names as conv4_layer_names
+from fewshot.nn.flat import FlatLayout
+from fewshot.nn.lstm import CoordinateLSTM, State
+from fewshot.nn.native import Backend
+from fewshot.nn.preprocess import preprocess
 
 BNMode = Literal["batch", "support"]
 GradScale = Literal["official", "mean"]

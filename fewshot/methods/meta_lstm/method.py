@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from fewshot.data.episode import Episode
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 from fewshot.methods.meta_lstm.cell import Feedback
 from fewshot.methods.meta_lstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
-from fewshot.methods.meta_lstm.native import Backend
+from fewshot.nn.native import Backend
 
 
 def summarise_gate_runs(values: Tensor, layers: tuple[str, ...]) -> dict:
@@ -84,17 +85,20 @@ class MetaLSTM(EpisodicMethod):
 
     display_name = "Meta-LSTM"
 
-    def check_way(self, episode: Episode) -> None:
-        """The learner's head has ``n_way`` outputs: refuse other episode shapes clearly."""
-        if self.n_way is not None and episode.n_way != self.n_way:
-            raise ValueError(
-                f"Meta-LSTM's learner has {self.n_way} outputs but the episode is {episode.n_way}-way; "
-                "set data.train_n_way equal to data.n_way (or null) and build the learner with n_classes=${data.n_way}."
-            )
+    def save_figures(self, results: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+        """The gate figure of the test episodes (``gates.png``/``.pdf``), when the results hold their gates."""
+        gates = results["test"].get("gates")
+        if not gates:
+            return {}
+        from fewshot.reporting.gates import save_gate_figure  # matplotlib: only when a figure is drawn
+        from fewshot.reporting.results import run_title
+
+        png, _ = save_gate_figure(gates, output_dir, run_title(results))
+        return {"gates": png}
 
     def adapt_and_predict(self, episode: Episode) -> tuple[Tensor, Tensor, list[GateStats]]:
         """Meta-loss (mean over the meta-batch), query logits ``[B, N*Q, N]``, gate stats."""
-        self.check_way(episode)
+        self.check_head_matches_way(self.n_way, episode.n_way)
         losses, logits, gates = [], [], []
         for single in episode.unbatch():
             result = self.metalearner.meta_loss(
@@ -139,7 +143,7 @@ class MetaLSTM(EpisodicMethod):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Global gradient-norm clipping at ``grad_clip_norm`` (official 0.25); with it null, the
-        Trainer's ``gradient_clip_val`` if set (a run setting both is refused: fewshot.runchecks)."""
+        Trainer's ``gradient_clip_val`` if set (a run setting both is refused: fewshot.run.checks)."""
         value = self.grad_clip_norm if self.grad_clip_norm is not None else gradient_clip_val
         if value:
             self.clip_gradients(

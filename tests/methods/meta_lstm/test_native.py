@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshot.methods.meta_lstm import native
 from fewshot.methods.meta_lstm.cell import MetaLearnerCell
-from fewshot.methods.meta_lstm.lstm import CPU_BLOCK_SIZE, CoordinateLSTM
 from fewshot.methods.meta_lstm.metalearner import MetaLearner, segment_moments
-from tests.methods.meta_lstm.test_lstm import unroll
+from fewshot.nn import native
+from fewshot.nn.lstm import CPU_BLOCK_SIZE, CoordinateLSTM
 from tests.methods.meta_lstm.test_metalearner import random_episode, tiny_conv4
+from tests.nn.test_lstm import unroll
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C++ compiler: native operators cannot be built")
 N = 5000  # coordinates; block_size 1536 leaves a ragged last block

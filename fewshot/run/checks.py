@@ -16,22 +16,20 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig
 
-from fewshot.checkpoints import LIGHTNING_CKPT_NAMES
-from fewshot.config_types import check_value_types
 from fewshot.data.datamodule import is_int
-from fewshot.methods.scoring import MONITOR_MODES
-from fewshot.runfolder import RunConfigError
+from fewshot.evaluation.scoring import MONITOR_MODES
+from fewshot.run.checkpoint import LIGHTNING_CKPT_NAMES
+from fewshot.run.config_types import check_value_types
+from fewshot.run.folder import RunConfigError
 
 # which weights a training run tests (the top-level ``test_checkpoint`` key)
 TEST_CHECKPOINTS = ("best", "last")
 # the stages of results.json a sweeper's ``optimized_metric`` (``<stage>/<key>``) can read
 METRIC_STAGES = ("val", "val_last", "test")
-# model arguments filled in from the data when the config leaves them null (fewshot.training)
-DATA_DEPENDENT_MODEL_KEYS = ("n_train_classes",)
 
 
 def check_run_config(cfg: DictConfig) -> None:
-    """Refuse bad run keys before anything is built: every key's type (``fewshot.config_types``),
+    """Refuse bad run keys before anything is built: every key's type (``fewshot.run.config_types``),
     then the ranges and combinations of the top-level ones (item 9 of issue 17)."""
     check_value_types(cfg)
     seed = cfg.get("seed")
@@ -217,8 +215,8 @@ def moved_with_run_folder(stored: Any, current: Any, stored_dir: Any, current_di
 # our drop-in successors of Lightning classes (the same checkpoint state under the same key): a run
 # checkpointed by the one resumes with the other
 DROP_IN_SUCCESSORS = {
-    "pytorch_lightning.callbacks.ModelCheckpoint": "fewshot.run_checkpoint.RunFolderCheckpoint",
-    "pytorch_lightning.callbacks.EarlyStopping": "fewshot.plateau.PlateauStopping",
+    "pytorch_lightning.callbacks.ModelCheckpoint": "fewshot.run.callbacks.model_checkpoint.RunFolderCheckpoint",
+    "pytorch_lightning.callbacks.EarlyStopping": "fewshot.run.callbacks.plateau.PlateauStopping",
 }
 
 
@@ -244,8 +242,8 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
     ``stored`` is the resolved config kept in the checkpoint, ``current`` the run's. Keys in the
     run's ``resume_may_change`` (budgets, where things are written, test-time options) and in
     ``resume_allow_changes`` (the user's deliberate exceptions) may differ; model arguments the
-    data fill in (null in the config) are compared after filling; two spellings of one existing
-    path are the same value.
+    data fill in (``fill_from_data``) are compared as filled; two spellings of one existing path are
+    the same value.
     """
     own = ["resume_may_change", "resume_allow_changes"]  # the mechanism's own keys
     allowed = [*own, *current.get("resume_may_change", []), *current.get("resume_allow_changes", [])]
@@ -259,9 +257,6 @@ def check_resume_config(stored: Mapping[str, Any], current: Mapping[str, Any], c
         if same_existing_path(value_at(stored, key), value_at(current, key)):
             continue
         if key.endswith("._target_") and succeeded_by(value_at(stored, key), value_at(current, key)):
-            continue
-        section, _, name = key.partition(".")
-        if section == "model" and name in DATA_DEPENDENT_MODEL_KEYS and value_at(current, key) is None:
             continue
         differing.append(key)
     if differing:

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.methods.meta_lstm.flat import FlatLayout
 from fewshot.models.conv4 import Conv4, layer_names
+from fewshot.nn.flat import FlatLayout
 
 
 def test_flatten_and_unflatten_round_trip_with_views():

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from fewshot.speed_probe import CpuSpeedProbe, probe_cpu_ms
-from fewshot.training import train
+from fewshot.run.callbacks.speed_probe import CpuSpeedProbe, probe_cpu_ms
+from fewshot.run.training import train
 from tests.conftest import compose_config
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 import time
@@ -13,43 +12,40 @@ from typing import Any, TypeVar
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ProgressBar, Timer
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from fewshot.allocator import retain_freed_memory
-from fewshot.budget import CpuTimeBudget
-from fewshot.checkpoints import (
-    CONFIG_KEY,
-    StoreConfigInCheckpoint,
-    check_checkpoint_fits,
-    read_checkpoint,
-    resumable_checkpoint,
-)
 from fewshot.data.datamodule import EpisodicDataModule
-from fewshot.interrupt import RunInterrupted, StopFlag, StopOnSignal, stop_on_signals
 from fewshot.io import check_writable_dir
-from fewshot.loggers import ResumableCSVLogger
 from fewshot.methods.base import EpisodicMethod
-from fewshot.methods.nonfinite import NONFINITE_POLICIES
-from fewshot.provenance import CommitPerSegment
-from fewshot.quiet import silence_library_noise
-from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.results import (
     RESULTS_FILE,
     accuracy_at_prefixes,
     git_commit,
     hardware,
     print_results,
-    run_title,
     write_results,
 )
-from fewshot.reproducibility import RngStateInCheckpoint
-from fewshot.runchecks import check_resume_config, check_run_config
-from fewshot.runfolder import check_test_only_folder, holds_trained_state, in_sweep_job
-from fewshot.speed_probe import CpuSpeedProbe
+from fewshot.run.callbacks.budget import CpuTimeBudget
+from fewshot.run.callbacks.provenance import CommitPerSegment
+from fewshot.run.callbacks.rng_state import RngStateInCheckpoint
+from fewshot.run.callbacks.speed_probe import CpuSpeedProbe
+from fewshot.run.checkpoint import (
+    CONFIG_KEY,
+    StoreConfigInCheckpoint,
+    check_checkpoint_fits,
+    read_checkpoint,
+    resumable_checkpoint,
+)
+from fewshot.run.checks import check_resume_config, check_run_config
+from fewshot.run.folder import check_test_only_folder, holds_trained_state, in_sweep_job
+from fewshot.run.loggers import ResumableCSVLogger
+from fewshot.run.nonfinite import NONFINITE_POLICIES
+from fewshot.run.process import retain_freed_memory, silence_library_noise
+from fewshot.run.signals import RunInterrupted, StopFlag, StopOnSignal, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +108,6 @@ def without_progress_bars(callbacks: list[Any]) -> list[Any]:
     """The callbacks minus progress bars (for ``trainer.enable_progress_bar=false``, which
     Lightning refuses to combine with a progress-bar callback)."""
     return [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
-
-
-def data_dependent_arguments(model_cfg: DictConfig, datamodule: EpisodicDataModule) -> dict[str, Any]:
-    """Arguments only the loaded data can tell (e.g. ``n_train_classes`` of a pre-trained
-    baseline's classifier head), passed when the method's constructor asks for them."""
-    target = get_class(model_cfg._target_)
-    wanted = inspect.signature(target.__init__).parameters
-    available = {"n_train_classes": lambda: datamodule.n_train_classes}
-    return {name: get() for name, get in available.items() if name in wanted and model_cfg.get(name) is None}
 
 
 def evaluation_shots(cfg: DictConfig, datamodule: EpisodicDataModule) -> list[int]:
@@ -239,7 +226,7 @@ def finish_wandb() -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test the configured method on the configured data; return the results.
 
-    Raises RunInterrupted when SIGTERM/SIGINT stopped the run (see fewshot.interrupt).
+    Raises RunInterrupted when SIGTERM/SIGINT stopped the run (see fewshot.run.signals).
     """
     silence_library_noise()
     try:
@@ -258,7 +245,7 @@ def check_before_work(cfg: DictConfig) -> None:
 
 def check_continuation(ckpt_path: str | None, resolved: dict[str, Any], cfg: DictConfig) -> tuple[int, int] | None:
     """When training continues a checkpoint, refuse a config that differs from the checkpoint's
-    (fewshot.runchecks.check_resume_config); return the checkpoint's (epoch, global step)."""
+    (fewshot.run.checks.check_resume_config); return the checkpoint's (epoch, global step)."""
     if not ckpt_path or not cfg.get("train", True) or not Path(ckpt_path).is_file():
         return None
     checkpoint = read_checkpoint(ckpt_path)
@@ -344,9 +331,8 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     datamodule.setup()
     flag.raise_if_set()
     log.info("Building method <%s>", cfg.model._target_)
-    extra = data_dependent_arguments(cfg.model, datamodule)
-    method: EpisodicMethod = instantiate(cfg.model, **extra)
-    resolved["model"].update(extra)  # so that fewshot.load rebuilds the same method
+    method: EpisodicMethod = instantiate(cfg.model)
+    resolved["model"].update(method.fill_from_data(datamodule))  # so that fewshot.load rebuilds the same method
     if ckpt_path:  # another method or architecture first: that message shows shapes and settings
         check_checkpoint_fits(ckpt_path, method, resolved["model"])
     continued = check_continuation(ckpt_path, resolved, cfg)
@@ -479,7 +465,7 @@ def publish_results(run: Run, results: dict[str, Any]) -> None:
     if "test" in results:
         print_results([results])
         log.info("Results written to %s", path)
-        log_gate_figure(results, run.output_dir, run.loggers)
+        log_figures(run, results)
         log_results_table(results, run.loggers)
     elif run.validates_checkpoint:
         print_results([results], stage="val")
@@ -503,16 +489,14 @@ def train_and_test(cfg: DictConfig, flag: StopFlag | None = None) -> dict[str, A
     return results
 
 
-def log_gate_figure(results: dict[str, Any], output_dir: Path, loggers: list[Any]) -> None:
-    """Draw the Meta-LSTM gate figure into the run folder and log it to W&B when W&B is on."""
-    gates = results["test"].get("gates")
-    if not gates:
-        return
-    png, _ = save_gate_figure(gates, output_dir, run_title(results))
-    log.info("Gate figure written to %s", png)
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            lg.log_image(key="gates", images=[str(png)])
+def log_figures(run: Run, results: dict[str, Any]) -> None:
+    """Draw the method's own figures (its ``save_figures``, e.g. the Meta-LSTM's gates) into the run folder
+    and log them to W&B when W&B is on."""
+    for key, png in run.method.save_figures(results, run.output_dir).items():
+        log.info("Figure %s written to %s", key, png)
+        for lg in run.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_image(key=key, images=[str(png)])
 
 
 def objective(results: dict[str, Any], metric: str) -> float | None:
@@ -523,7 +507,7 @@ def objective(results: dict[str, Any], metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-if __name__ == "__main__":  # python -m fewshot.training: the training command (fewshot-train, train.py)
+if __name__ == "__main__":  # python -m fewshot.run.training: the training command (fewshot-train, train.py)
     from fewshot.cli import main
 
     main()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fewshot.run_checkpoint import RunFolderCheckpoint, moved_state, rebased
+from fewshot.run.callbacks.model_checkpoint import RunFolderCheckpoint, moved_state, rebased
 
 BEST = "epoch002-valacc0.9000.ckpt"
 
@@ -90,7 +90,7 @@ def test_state_key_is_lightnings_so_older_checkpoints_load():
 def test_drop_in_successors_are_subclasses_of_the_lightning_classes_they_replace():
     from hydra.utils import get_class
 
-    from fewshot.runchecks import DROP_IN_SUCCESSORS
+    from fewshot.run.checks import DROP_IN_SUCCESSORS
 
     for lightnings, ours in DROP_IN_SUCCESSORS.items():
         assert issubclass(get_class(ours), get_class(lightnings)) and get_class(ours) is not get_class(lightnings)

@@ -15,7 +15,7 @@ The gate rows of ``W`` are ordered ``(i, f, o, g)`` like the official Torch code
 three blocks). ``forward`` is the fused step: one registered operator, ``fewshot::lstm_step``
 (:func:`lstm_step`, with its backward ``fewshot::lstm_step_backward`` registered for autograd),
 that walks the coordinates in blocks; its pointwise maths runs in the C++ operators of
-:mod:`fewshot.methods.meta_lstm.native` (CPU, float32) or as torch operations.
+:mod:`fewshot.nn.native` (CPU, float32) or as torch operations.
 ``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check that they
 all agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
 """
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-from fewshot.methods.meta_lstm import native
+from fewshot.nn import native
 
 State = tuple[Tensor, Tensor]
 Backend = native.Backend
@@ -115,7 +115,7 @@ class _TorchPointwise:
 
 
 class _NativePointwise(_TorchPointwise):
-    """The same maths, one pass per direction, in the C++ operators of :mod:`fewshot.methods.meta_lstm.native`."""
+    """The same maths, one pass per direction, in the C++ operators of :mod:`fewshot.nn.native`."""
 
     @staticmethod
     def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:

@@ -1,4 +1,4 @@
-"""task_name is derived from the chosen experiment (fewshot/resolvers.py)."""
+"""task_name is derived from the chosen experiment (fewshot/run/resolvers.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from fewshot.resolvers import TASK_NAME_RESOLVER, register_resolvers, task_name_of
+from fewshot.run.resolvers import TASK_NAME_RESOLVER, register_resolvers, task_name_of
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
 EXPERIMENTS = sorted(

@@ -21,13 +21,45 @@ from fewshot.io import output_error, temporary_for
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "fewshot_config"
-# ``ckpt_path`` values Lightning resolves itself instead of reading a file (refused: fewshot.runchecks)
+# ``ckpt_path`` values Lightning resolves itself instead of reading a file (refused: fewshot.run.checks)
 LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
-# modules renamed after checkpoints naming them were written (the old paths still import): old -> new
+# modules moved or renamed after configs and checkpoints naming them were written: old -> new. The one
+# mapping for old paths (no alias modules): every ``_target_`` of a stored config goes through it when read.
 MOVED_MODULES = {
     "fewshot.methods.nearest_neighbour": "fewshot.methods.baseline_nn",
     "fewshot.methods.finetune": "fewshot.methods.baseline_finetune",
     "fewshot.methods.matching": "fewshot.methods.matchingnet",
+    "fewshot.metalstm": "fewshot.methods.meta_lstm",
+    "fewshot.metalstm.cell": "fewshot.methods.meta_lstm.cell",
+    "fewshot.metalstm.metalearner": "fewshot.methods.meta_lstm.metalearner",
+    "fewshot.metalstm.lstm": "fewshot.nn.lstm",
+    "fewshot.metalstm.flat": "fewshot.nn.flat",
+    "fewshot.metalstm.native": "fewshot.nn.native",
+    "fewshot.metalstm.preprocess": "fewshot.nn.preprocess",
+    "fewshot.methods.meta_lstm.lstm": "fewshot.nn.lstm",
+    "fewshot.methods.meta_lstm.flat": "fewshot.nn.flat",
+    "fewshot.methods.meta_lstm.native": "fewshot.nn.native",
+    "fewshot.methods.meta_lstm.preprocess": "fewshot.nn.preprocess",
+    "fewshot.methods.scoring": "fewshot.evaluation.scoring",
+    "fewshot.methods.nonfinite": "fewshot.run.nonfinite",
+    "fewshot.report": "fewshot.reporting.build",
+    "fewshot.training": "fewshot.run.training",
+    "fewshot.runchecks": "fewshot.run.checks",
+    "fewshot.config_keys": "fewshot.run.config_keys",
+    "fewshot.config_types": "fewshot.run.config_types",
+    "fewshot.runfolder": "fewshot.run.folder",
+    "fewshot.checkpoints": "fewshot.run.checkpoint",
+    "fewshot.interrupt": "fewshot.run.signals",
+    "fewshot.loggers": "fewshot.run.loggers",
+    "fewshot.allocator": "fewshot.run.process",
+    "fewshot.quiet": "fewshot.run.process",
+    "fewshot.resolvers": "fewshot.run.resolvers",
+    "fewshot.budget": "fewshot.run.callbacks.budget",
+    "fewshot.plateau": "fewshot.run.callbacks.plateau",
+    "fewshot.speed_probe": "fewshot.run.callbacks.speed_probe",
+    "fewshot.run_checkpoint": "fewshot.run.callbacks.model_checkpoint",
+    "fewshot.provenance": "fewshot.run.callbacks.provenance",
+    "fewshot.reproducibility": "fewshot.run.callbacks.rng_state",
 }
 
 
@@ -90,6 +122,7 @@ def read_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
             f"{ckpt_path} is not a fewshot checkpoint (no stored config); "
             "use a checkpoint written by `python train.py`."
         )
+    checkpoint[CONFIG_KEY] = current_targets(checkpoint[CONFIG_KEY])
     return checkpoint
 
 
@@ -109,7 +142,7 @@ def check_checkpoint_fits(
     was trained with, or another checkpoint) instead of a raw state-dict mismatch dump.
 
     Args:
-        ckpt_path: the ``ckpt_path`` of the run (a file: ``fewshot.runchecks`` refuses Lightning's names).
+        ckpt_path: the ``ckpt_path`` of the run (a file: ``fewshot.run.checks`` refuses Lightning's names).
         method: the method built from the run's config.
         model_config: the run's resolved ``model`` config.
     """
@@ -120,7 +153,7 @@ def check_checkpoint_fits(
     )
     fix = (
         "Pass the model=/experiment= settings the checkpoint was trained with "
-        "(`fewshot.checkpoints.checkpoint_config(path).model` shows them), or a checkpoint of the configured method."
+        "(`fewshot.run.checkpoint.checkpoint_config(path).model` shows them), or a checkpoint of the configured method."
     )
     if trained != configured:
         raise ValueError(f"Checkpoint {ckpt_path} holds a {trained} but the config builds a {configured}. {fix}")
@@ -139,6 +172,18 @@ def current_target(target: str) -> str:
     """``target`` (a dotted ``_target_``) with a module that has moved replaced by its new path."""
     module, dot, name = target.rpartition(".")
     return f"{MOVED_MODULES.get(module, module)}{dot}{name}"
+
+
+def current_targets(config: Any) -> Any:
+    """A stored config (nested dicts and lists) with every ``_target_`` naming a moved module renamed."""
+    if isinstance(config, Mapping):
+        return {
+            key: current_target(value) if key == "_target_" and isinstance(value, str) else current_targets(value)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [current_targets(value) for value in config]
+    return config
 
 
 def state_dict_mismatches(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fewshot.data.episode import Episode
+from fewshot.evaluation.scoring import EpisodeScores, shot_stage
 from fewshot.methods.base import EpisodicMethod
-from fewshot.methods.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
-from fewshot.methods.scoring import EpisodeScores, shot_stage
+from fewshot.run.nonfinite import NonFiniteLossError, NonFiniteLossPolicy
 
 
 def batch(indices: list[int], n_way: int = 2, n_shot: int = 3, n_query: int = 2) -> Episode:

@@ -5,7 +5,7 @@ The coordinate-wise LSTM step's pointwise maths (gate activations, cell update a
 backward) touches every one of the ~10^5 coordinates about fifteen times as separate torch
 operations, each a full pass over memory; the C++ kernels do each direction in one pass, on
 torch's thread pool and ``at::vec`` vectors. They register ``torch.ops.fewshot.*`` operators
-(``TORCH_LIBRARY``); :mod:`~fewshot.methods.meta_lstm.lstm` and
+(``TORCH_LIBRARY``); :mod:`~fewshot.nn.lstm` and
 :mod:`~fewshot.methods.meta_lstm.cell` wrap them into the autograd-visible operators.
 
 The build (``torch.utils.cpp_extension``, ninja and a C++ compiler) is cached under

@@ -6,7 +6,7 @@ annotation of that constructor's parameter (``data.n_way`` against ``EpisodicDat
 ``n_way: int``, ``trainer.max_epochs`` against Lightning's ``Optional[int]``), and a run key
 outside any constructor (``seed``, ``eval.shots``, ``paths.*``) against the type of its default in
 the primary config file. Interpolations are checked at the key they come from. Ranges stay with
-the constructors (and ``fewshot.runchecks``); this module only judges types.
+the constructors (and ``fewshot.run.checks``); this module only judges types.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fewshot.config_keys import CONFIG_DIR
-from fewshot.runfolder import RunConfigError
+from fewshot.run.config_keys import CONFIG_DIR
+from fewshot.run.folder import RunConfigError
 
 # typing's markers for "anything goes" and the origins of list-like and mapping-like annotations
 LIST_ORIGINS = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence, collections.abc.Iterable)

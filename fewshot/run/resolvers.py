@@ -41,7 +41,7 @@ def experiment_task_name(default: str, *, _root_: DictConfig) -> str:
 def monitor_mode(monitor: str) -> str:
     """``${fewshot.monitor_mode:<monitor>}``: ``max`` for ``val/acc``, ``min`` for ``val/loss`` (the
     callbacks' ``mode`` for the run's ``monitor``)."""
-    from fewshot.methods.scoring import MONITOR_MODES
+    from fewshot.evaluation.scoring import MONITOR_MODES
 
     if monitor not in MONITOR_MODES:
         raise ValueError(f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}; set e.g. monitor=val/acc.")

@@ -1,6 +1,6 @@
 // CPU kernels of the Meta-Learner LSTM's pointwise maths, registered as torch operators
 // (fewshot::lstm_gates_forward, fewshot::lstm_gates_backward, fewshot::meta_cell_forward,
-// fewshot::meta_cell_backward); built on first use by fewshot/methods/meta_lstm/native.py.
+// fewshot::meta_cell_backward); built on first use by fewshot/nn/native.py.
 //
 // Tensors are coordinate-last matrices [rows, m] whose rows are contiguous (stride(1) == 1, any
 // row stride); a step's gates are the rows (i, f, o, g) of one [4H, m] block. Loops run on

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # the run configs, shipped in the package (Hydra's config root; `conf` at the top of a checkout links here)
-CONFIG_DIR = Path(__file__).with_name("conf")
+CONFIG_DIR = Path(__file__).parent.parent / "conf"
 # config groups whose options are presets over the defaults (not part of the defaults tree)
 PRESET_GROUPS = ("experiment", "hparams_search", "debug")
 
@@ -56,7 +56,7 @@ def target_parameters(node: Any) -> set[str]:
     those a subclass passes on through ``**kwargs`` to its base class."""
     if not isinstance(node, Mapping) or "_target_" not in node:
         return set()
-    from fewshot.config_types import parameters_of
+    from fewshot.run.config_types import parameters_of
 
     return set(parameters_of(str(node["_target_"])))
 

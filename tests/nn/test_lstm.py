@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fewshot.methods.meta_lstm.lstm import CoordinateLSTM
+from fewshot.nn.lstm import CoordinateLSTM
 
 N = 1000  # coordinates; block_size 384 leaves a ragged last block
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fewshot.methods.meta_lstm.preprocess import preprocess
+from fewshot.nn.preprocess import preprocess
 
 P = 10.0
 

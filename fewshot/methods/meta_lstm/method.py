@@ -10,6 +10,7 @@ from torchmetrics import CatMetric
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.meta_lstm import native
 from fewshot.methods.meta_lstm.cell import Feedback
 from fewshot.methods.meta_lstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
 from fewshot.methods.meta_lstm.native import Backend
@@ -64,6 +65,8 @@ class MetaLSTM(EpisodicMethod):
         grad_scale: GradScale = "official",
     ) -> None:
         super().__init__(optimizer, scheduler)
+        native.select(backend)  # a process setting: what the operators' CPU kernels run
+        self.backend = backend
         self.metalearner = MetaLearner(
             learner,
             n_steps=n_steps,
@@ -73,7 +76,6 @@ class MetaLSTM(EpisodicMethod):
             eval_bn=eval_bn,
             fused=fused,
             feedback=feedback,
-            backend=backend,
             checkpoint=checkpoint,
             grad_scale=grad_scale,
         )

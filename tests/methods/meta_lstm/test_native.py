@@ -511,3 +511,18 @@ def test_the_portable_build_passes_these_tests(tmp_path):
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary, summary
     assert list(tmp_path.glob("fewshot_lstm_ops_default_*.so"))
+
+
+def test_model_backend_is_the_process_switch():
+    """``model.backend`` selects what the CPU kernels run for the whole process (also the backward,
+    which Lightning runs outside the method's own calls)."""
+    from functools import partial
+
+    from fewshot.methods.meta_lstm.method import MetaLSTM
+
+    with native.selected("auto"):
+        MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), n_steps=1, backend="torch")
+        assert not native.applies(torch.zeros(2))
+        with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"):
+            MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), n_steps=1, backend="fast")
+    assert native.select("auto") == "auto"

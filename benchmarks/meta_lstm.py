@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from fewshot.io import write_json_atomic
 from fewshot.methods.meta_lstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
+from fewshot.nn import native
 from fewshot.run.process import retain_freed_memory
 
 
@@ -128,13 +129,8 @@ MEMORY_STEPS = (5, 12, 50)
 def build(shape: Shape, variant: str, device: torch.device) -> MetaLearner:
     """The meta-learner of ``shape`` in the code path ``variant`` (see the module docstring)."""
     learner = Conv4(shape.in_channels, shape.hidden, shape.image_size, shape.n_way, shape.bn_momentum, 1e-3)
-    meta = MetaLearner(
-        learner,
-        n_steps=shape.n_steps,
-        fused=variant != "reference",
-        backend="torch" if variant == "torch" else "auto",
-        checkpoint=variant == "checkpoint",
-    )
+    native.select("torch" if variant == "torch" else "auto")  # each variant runs in a process of its own
+    meta = MetaLearner(learner, n_steps=shape.n_steps, fused=variant != "reference", checkpoint=variant == "checkpoint")
     return meta.to(device).train()
 
 

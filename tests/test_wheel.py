@@ -125,7 +125,7 @@ target, ckpt, support, query, predictions, run_dir, report = sys.argv[1:]
 assert Path(fewshot.__file__).resolve().is_relative_to(Path(target).resolve()), fewshot.__file__
 assert native.SOURCE.is_file(), native.SOURCE
 assert native.load() is not None, "the native kernels did not build from the installed source"
-assert native.applies("auto", torch.zeros(2)), "the Meta-LSTM would not take its native path"
+assert native.applies(torch.zeros(2)), "the Meta-LSTM would not take its native path"
 print("loaded", type(fewshot.load(ckpt)).__name__)
 
 

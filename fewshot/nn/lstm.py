@@ -14,8 +14,9 @@ Equations, per coordinate, with input ``x_t`` (preprocessed loss and gradient):
 The gate rows of ``W`` are ordered ``(i, f, o, g)`` like the official Torch code (one sigmoid over
 three blocks). ``forward`` is the fused step: one registered operator, ``fewshot::lstm_step``
 (:func:`lstm_step`, with its backward ``fewshot::lstm_step_backward`` registered for autograd),
-that walks the coordinates in blocks; its pointwise maths runs in the C++ operators of
-:mod:`fewshot.nn.native` (CPU, float32) or as torch operations.
+that walks the coordinates in blocks. Each has a composite implementation in torch operations
+(any device and dtype) and a CPU kernel whose pointwise maths runs in the C++ kernels of
+:mod:`fewshot.nn.native` where :func:`~fewshot.nn.native.applies`.
 ``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check that they
 all agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
 """
@@ -31,7 +32,6 @@ from torch.autograd.function import FunctionCtx
 from fewshot.nn import native
 
 State = tuple[Tensor, Tensor]
-Backend = native.Backend
 
 CPU_BLOCK_SIZE = 32768
 
@@ -115,12 +115,12 @@ class _TorchPointwise:
 
 
 class _NativePointwise(_TorchPointwise):
-    """The same maths, one pass per direction, in the C++ operators of :mod:`fewshot.nn.native`."""
+    """The same maths, one pass per direction, in the C++ kernels of :mod:`fewshot.nn.native`."""
 
     @staticmethod
     def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
         """As :meth:`_TorchPointwise.forward`."""
-        native.ops().lstm_gates_forward(gates, native.kernel_matrix(c_prev), c, h, tanh_c)
+        native.kernels().lstm_gates_forward(gates, native.kernel_matrix(c_prev), c, h, tanh_c)
 
     @staticmethod
     def backward(
@@ -134,7 +134,7 @@ class _NativePointwise(_TorchPointwise):
     ) -> None:
         """As :meth:`_TorchPointwise.backward`."""
         c_prev, dh, dc_next = (native.kernel_matrix(t) for t in (c_prev, dh, dc_next))
-        native.ops().lstm_gates_backward(gates, tanh_c, c_prev, dh, dc_next, d_pre, dc_prev)
+        native.kernels().lstm_gates_backward(gates, tanh_c, c_prev, dh, dc_next, d_pre, dc_prev)
 
 
 def _matrix(buffer: Tensor, rows: int, m: int) -> Tensor:
@@ -148,8 +148,9 @@ def _blocks(n: int, block_size: int) -> Iterator[tuple[slice, int]]:
         yield slice(start, stop), stop - start
 
 
-def _pointwise(use_native: bool) -> type[_TorchPointwise]:
-    return _NativePointwise if use_native else _TorchPointwise
+def _native_or_torch(*tensors: Tensor) -> type[_TorchPointwise]:
+    """The CPU kernels' pointwise maths: the C++ kernels where they apply to ``tensors``."""
+    return _NativePointwise if native.applies(*tensors) else _TorchPointwise
 
 
 @torch.library.custom_op("fewshot::lstm_step", mutates_args=())
@@ -161,23 +162,43 @@ def lstm_step(
     w_h: Tensor,
     bias: Tensor,
     block_size: int,
-    use_native: bool,
     keep: bool,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """One coordinate-wise LSTM step on coordinate-last tensors: ``(h, c, kept)``.
+    """One coordinate-wise LSTM step on coordinate-last tensors: ``(h, c, kept)``; this is the
+    composite implementation (torch operations), the CPU kernel below runs :func:`_lstm_step` with
+    the C++ pointwise maths.
 
     ``x [F_x, n]``, ``h``, ``c`` ``[H, n]`` (``None``: zeros), ``w_x [4H, F_x]``, ``w_h [4H, H]``,
     ``bias [4H]``. The coordinates are walked in blocks of ``block_size``; per block,
     ``[x; h; 1]`` is gathered into one buffer, so that a single matrix product gives the gate
-    pre-activations (bias included). The pointwise maths runs in the C++ operators
-    (``use_native``) or as torch operations. With ``keep``, ``kept`` holds what the backward
+    pre-activations (bias included). With ``keep``, ``kept`` holds what the backward
     needs, per block: the activated gates ``[4H, m]``, ``tanh(c) [H, m]`` and ``[x; h; 1]``
     (one allocation per block: glibc serves requests above 32 MB with fresh pages every time);
     without it (inference, or checkpointing: the backward recomputes them) it is empty.
     """
+    return _lstm_step(_TorchPointwise, x, h, c, w_x, w_h, bias, block_size, keep)
+
+
+@lstm_step.register_kernel("cpu")
+def _(x, h, c, w_x, w_h, bias, block_size, keep):
+    pointwise = _native_or_torch(x, w_x, w_h, bias)
+    return _lstm_step(pointwise, x, h, c, w_x, w_h, bias, block_size, keep)
+
+
+def _lstm_step(
+    pointwise: type[_TorchPointwise],
+    x: Tensor,
+    h: Tensor | None,
+    c: Tensor | None,
+    w_x: Tensor,
+    w_h: Tensor,
+    bias: Tensor,
+    block_size: int,
+    keep: bool,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """:func:`lstm_step` with the given pointwise maths."""
     hidden, n = w_h.shape[1], x.shape[1]
     block = min(block_size, n)
-    pointwise = _pointwise(use_native)
     weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
     rows = _input_rows(x, h)
     workspace = _Workspace(x, 4 * hidden, rows, block)
@@ -195,7 +216,7 @@ def lstm_step(
 
 
 @lstm_step.register_fake
-def _(x, h, c, w_x, w_h, bias, block_size, use_native, keep):
+def _(x, h, c, w_x, w_h, bias, block_size, keep):
     hidden, n = w_h.shape[1], x.shape[1]
     block = min(block_size, n)
     rows = _input_rows(x, h)
@@ -218,20 +239,47 @@ def lstm_step_backward(
     dh: Tensor | None,
     dc_next: Tensor | None,
     block_size: int,
-    use_native: bool,
     need_x: bool,
     need_h: bool,
     need_c: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`lstm_step`: ``(dx, dh_prev, dc_prev, dweight)`` with ``dweight =
     [dW_x, dW_h, db]`` (``[4H, F_x (+ H) + 1]``); a gradient not asked for (``need_*``) is an
-    empty tensor. Empty ``kept`` (checkpointing): the gates are recomputed block by block."""
+    empty tensor. Empty ``kept`` (checkpointing): the gates are recomputed block by block.
+    The composite implementation; the CPU kernel below runs the C++ pointwise maths."""
+    args = (x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c)
+    return _lstm_step_backward(_TorchPointwise, *args)
+
+
+@lstm_step_backward.register_kernel("cpu")
+def _(x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c):
+    pointwise = _native_or_torch(x, w_x, w_h, bias)
+    args = (x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c)
+    return _lstm_step_backward(pointwise, *args)
+
+
+def _lstm_step_backward(
+    pointwise: type[_TorchPointwise],
+    x: Tensor,
+    h: Tensor | None,
+    c: Tensor | None,
+    w_x: Tensor,
+    w_h: Tensor,
+    bias: Tensor,
+    kept: list[Tensor],
+    dh: Tensor | None,
+    dc_next: Tensor | None,
+    block_size: int,
+    need_x: bool,
+    need_h: bool,
+    need_c: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`lstm_step_backward` with the given pointwise maths."""
     hidden, n, n_x = w_h.shape[1], x.shape[1], x.shape[0]
     need_h, need_c = need_h and h is not None, need_c and c is not None
     if dh is None:
         dh = x.new_zeros(hidden, n)
     block = min(block_size, n)
-    pointwise = _pointwise(use_native)
     weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
     if not kept:  # checkpointing: recompute the gates block by block
         rows = (4 * hidden, hidden, _input_rows(x, h), hidden, hidden)
@@ -264,7 +312,7 @@ def lstm_step_backward(
 
 
 @lstm_step_backward.register_fake
-def _(x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, use_native, need_x, need_h, need_c):
+def _(x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c):
     hidden, n = w_h.shape[1], x.shape[1]
     need_h, need_c = need_h and h is not None, need_c and c is not None
     dx = x.new_empty(x.shape) if need_x else x.new_empty(0)
@@ -274,11 +322,11 @@ def _(x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, use_native, need_x
 
 
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
-    x, h, c, w_x, w_h, bias, block_size, use_native, _keep = inputs
+    x, h, c, w_x, w_h, bias, block_size, _keep = inputs
     kept = output[2]
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(*kept)
-    ctx.block_size, ctx.use_native, ctx.n_kept = block_size, use_native, len(kept)
+    ctx.block_size, ctx.n_kept = block_size, len(kept)
     ctx.has_h, ctx.has_c = h is not None, c is not None
     ctx.save_for_backward(x, h, c, w_x, w_h, bias, *kept)
 
@@ -286,10 +334,10 @@ def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
 def _backward(ctx: FunctionCtx, dh: Tensor | None, dc_next: Tensor | None, _kept: list | None) -> tuple:
     x, h, c, w_x, w_h, bias, *kept = ctx.saved_tensors
     if dh is None and dc_next is None:
-        return (None,) * 9
+        return (None,) * 8
     need = ctx.needs_input_grad
     dx, dh_prev, dc_prev, dweight = lstm_step_backward(
-        x, h, c, w_x, w_h, bias, kept, dh, dc_next, ctx.block_size, ctx.use_native, need[0], need[1], need[2]
+        x, h, c, w_x, w_h, bias, kept, dh, dc_next, ctx.block_size, need[0], need[1], need[2]
     )
     n_x = x.shape[0]
     dw_x, dw_h, dbias = dweight[:, :n_x], dweight[:, n_x:-1], dweight[:, -1]
@@ -300,7 +348,6 @@ def _backward(ctx: FunctionCtx, dh: Tensor | None, dc_next: Tensor | None, _kept
         dw_x if need[3] else None,
         dw_h if need[4] and h is not None else None,
         dbias if need[5] else None,
-        None,
         None,
         None,
     )
@@ -365,9 +412,6 @@ class CoordinateLSTM(nn.Module):
         differentiable_input: backpropagate into the per-coordinate input ``x`` (a stacked
             layer fed by the hidden state below); by default ``x`` is a constant (preprocessed
             gradients), and a gradient reaching it is an error.
-        backend: the pointwise maths: ``"native"`` (C++ operators built on first use, CPU float32),
-            ``"torch"`` (torch operations, any device and dtype), or ``"auto"``: native where
-            it applies and builds, torch otherwise.
         checkpoint: keep only each step's inputs for the backward and recompute the gates there
             (``H`` + 3 floats per coordinate and step instead of ``6H`` + 3, about one more
             forward pass of time); for long unrolls.
@@ -380,14 +424,12 @@ class CoordinateLSTM(nn.Module):
         init_range: float = 0.01,
         block_size: int | None = None,
         differentiable_input: bool = False,
-        backend: Backend = "auto",
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        native.prepare(backend)
+        native.prepare()
         self.block_size = block_size
         self.differentiable_input = differentiable_input
-        self.backend = backend
         self.checkpoint = checkpoint
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -428,10 +470,9 @@ class CoordinateLSTM(nn.Module):
                 "The coordinate-wise LSTM treats its per-coordinate input as a constant; "
                 "build it with differentiable_input=True to backpropagate into the input."
             )
-        use_native = native.applies(self.backend, x, self.weight)
         block_size = self.block_size or (CPU_BLOCK_SIZE if x.device.type == "cpu" else x.shape[1])
         keep = torch.is_grad_enabled() and not self.checkpoint
-        h_new, c_new, _ = torch.ops.fewshot.lstm_step(x, h, c, w_x, w_h, bias, block_size, use_native, keep)
+        h_new, c_new, _ = torch.ops.fewshot.lstm_step(x, h, c, w_x, w_h, bias, block_size, keep)
         return h_new, c_new
 
     def reference(self, x: Tensor, state: State | None = None) -> State:

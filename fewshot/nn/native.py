@@ -1,12 +1,15 @@
-"""The Meta-LSTM's C++ operators (``native/lstm_ops.cpp``), built on first use, and the one
-place that decides between them and torch operations.
+"""The Meta-LSTM's C++ kernels (``native/lstm_ops.cpp``), built on first use, and the one place
+that decides whether a CPU kernel of the Meta-LSTM's operators runs them.
 
 The coordinate-wise LSTM step's pointwise maths (gate activations, cell update and their
 backward) touches every one of the ~10^5 coordinates about fifteen times as separate torch
-operations, each a full pass over memory; the C++ kernels do each direction in one pass, on
-torch's thread pool and ``at::vec`` vectors. They register ``torch.ops.fewshot.*`` operators
-(``TORCH_LIBRARY``); :mod:`~fewshot.nn.lstm` and
-:mod:`~fewshot.methods.meta_lstm.cell` wrap them into the autograd-visible operators.
+operations; the C++ kernels do each direction in one pass, on torch's thread pool and ``at::vec``
+vectors. They are a Python extension module, not torch operators: the registered operators are
+``fewshot::lstm_step`` (:mod:`~fewshot.nn.lstm`) and ``fewshot::meta_cell_step``
+(:mod:`~fewshot.methods.meta_lstm.cell`), each with its backward. Each has a default (composite)
+implementation in torch operations, for any device and dtype, and a CPU kernel
+(``register_kernel("cpu")``) that calls these kernels where :func:`applies` (float32, built,
+not switched off) and the composite maths otherwise; the dispatcher picks by device.
 
 The build (``torch.utils.cpp_extension``, ninja and a C++ compiler) is cached under
 ``$FEWSHOT_KERNEL_CACHE`` (default ``~/.cache/fewshot/kernels``), keyed by the source, torch's
@@ -14,13 +17,16 @@ version, the flags and this CPU, and moved into place only once complete. ``at::
 the instruction set torch itself uses here (``torch.backends.cpu.get_cpu_capability()``;
 ``$FEWSHOT_CPU_CAPABILITY`` overrides it, e.g. ``DEFAULT`` for the portable scalar path).
 
-Where the build fails, :func:`load` returns ``None`` and says why once; the Meta-LSTM then runs
-the same maths as torch operations (``backend="torch"``).
+Where the build fails, :func:`load` returns ``None`` and says why once; the CPU kernels then run
+the composite maths. :func:`select` (``model.backend``) and :func:`selected` (a context manager)
+switch the C++ kernels off (``torch``) or insist on them (``native``): the one switch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import shutil
@@ -28,8 +34,11 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -44,8 +53,10 @@ CAPABILITY_FLAGS = {  # as torch.compile's C++ backend builds at::vec for each l
 }
 
 Backend = Literal["auto", "native", "torch"]
-"""Pointwise maths of the Meta-Learner: ``native`` (the C++ operators: CPU, float32), ``torch``
-(torch operations: any device and dtype) or ``auto`` (native where it applies and builds)."""
+"""What the CPU kernels run: ``native`` (the C++ kernels: float32 only), ``torch`` (the composite
+torch operations) or ``auto`` (native where it applies and builds)."""
+
+_selected: Backend = "auto"
 
 
 def check_backend(backend: str) -> None:
@@ -54,23 +65,44 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}.")
 
 
-def applies(backend: Backend, *tensors: Tensor) -> bool:
-    """Whether ``backend`` runs the C++ operators on these tensors (the one place that decides).
+def select(backend: Backend) -> Backend:
+    """Choose, for this process, what the CPU kernels run (see :data:`Backend`); returns the previous
+    choice. ``native`` is refused here if the kernels cannot be built."""
+    global _selected
+    check_backend(backend)
+    if backend == "native" and not available():
+        raise RuntimeError("backend='native': the native operators could not be built here (see the warning).")
+    if backend != "torch":
+        available()  # build and load now, outside any traced region
+    previous, _selected = _selected, backend
+    return previous
+
+
+@contextmanager
+def selected(backend: Backend) -> Iterator[None]:
+    """:func:`select` ``backend`` inside the ``with`` block only (e.g. ``torch`` to run the composite
+    maths on the CPU, as the equivalence tests do)."""
+    previous = select(backend)
+    try:
+        yield
+    finally:
+        select(previous)
+
+
+def applies(*tensors: Tensor) -> bool:
+    """Whether a CPU kernel runs the C++ kernels on these (CPU) tensors: the one place that decides.
 
     Raises:
-        ValueError: ``native`` asked for tensors it cannot take (not float32, or not on the CPU).
-        RuntimeError: ``native`` asked for but the operators cannot be built here.
+        ValueError: ``native`` is selected and a tensor is not float32.
     """
-    if backend == "torch":
+    if _selected == "torch":
         return False
-    fits = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-    if backend == "auto":
+    fits = all(t.dtype == torch.float32 for t in tensors)
+    if _selected == "auto":
         return fits and available()
     if not fits:
-        kinds = ", ".join(sorted({f"{t.dtype} on {t.device}" for t in tensors}))
-        raise ValueError(f"backend='native' needs float32 tensors on the CPU, got {kinds}; use backend='auto'.")
-    if not available():
-        raise RuntimeError("backend='native': the native operators could not be built here (see the warning).")
+        kinds = ", ".join(sorted({str(t.dtype) for t in tensors}))
+        raise ValueError(f"backend='native' needs float32 tensors, got {kinds}; use backend='auto'.")
     return True
 
 
@@ -99,8 +131,8 @@ def build(target_dir: Path | None = None, level: str | None = None) -> Path:
     """Compile the operators for the ``at::vec`` level (default :func:`capability`), or find them
     in the cache; returns the shared library's path (not loaded: see :func:`load`).
 
-    The compiler runs in a child process (``torch.utils.cpp_extension.load`` also loads what it
-    builds, and a process can hold only one library registering ``fewshot``'s operators).
+    The compiler runs in a child process (``torch.utils.cpp_extension.load`` also imports what it
+    builds; the parent imports the finished file from the cache, see :func:`load`).
 
     Raises:
         RuntimeError: no C++ compiler, or the build failed (with the compiler's message).
@@ -121,7 +153,7 @@ def build(target_dir: Path | None = None, level: str | None = None) -> Path:
         script = (
             "import sys; from torch.utils import cpp_extension; "
             "cpp_extension.load(sys.argv[1], [sys.argv[2]], extra_cflags=sys.argv[4:], build_directory=sys.argv[3], "
-            "is_python_module=False)"
+            "is_python_module=True)"
         )
         command = [sys.executable, "-c", script, name, str(SOURCE), tmp, *flags]
         # ninja from pip (a dependency) lives beside the interpreter, on PATH only in an activated env
@@ -135,11 +167,11 @@ def build(target_dir: Path | None = None, level: str | None = None) -> Path:
 
 @cache
 def load() -> Path | None:
-    """Build and load the operators once per process: their library, or ``None`` (with one
+    """Build and import the kernels once per process: their library, or ``None`` (with one
     warning that says why) if they cannot be built."""
     try:
         library = build()
-        torch.ops.load_library(str(library))
+        _import(library)
         return library
     except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as error:
         warnings.warn(
@@ -150,21 +182,43 @@ def load() -> Path | None:
         return None
 
 
-@torch.compiler.assume_constant_result
+_module: ModuleType | None = None
+
+
+def _import(library: Path) -> None:
+    """Import the extension module built at ``library`` (its module name is the file's stem)."""
+    global _module
+    loader = importlib.machinery.ExtensionFileLoader(library.stem, str(library))
+    spec = importlib.util.spec_from_file_location(library.stem, library, loader=loader)
+    if spec is None:
+        raise ImportError(f"cannot import {library}")
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    _module = module
+
+
 def available() -> bool:
-    """Whether the native operators can be used in this process (building and loading them on the
-    first call; under ``torch.compile`` a constant of the trace, so a compiled forward never traces
-    the build: :func:`prepare` runs it when a module is built)."""
+    """Whether the C++ kernels can be used in this process (building and loading them on the first
+    call; a module runs :func:`prepare` when it is built, so that this happens there)."""
     return load() is not None
 
 
-def prepare(backend: Backend) -> None:
-    """Build and load the operators for a module of this ``backend`` when it is constructed, outside
-    any traced region (``torch.compile(..., fullgraph=True)`` of its forward only calls registered
-    operators); ``torch`` needs nothing. A failed build warns here; ``native`` refuses at the forward."""
-    check_backend(backend)
-    if backend != "torch" and available():
-        ops()
+def prepare() -> None:
+    """Build and load the kernels when a module is constructed, outside any traced region (a
+    failed build warns here); ``torch.compile(..., fullgraph=True)`` of its forward only sees the
+    registered operators, whose kernels are opaque to it."""
+    available()
+
+
+def kernels() -> ModuleType:
+    """The C++ kernels (an extension module).
+
+    Raises:
+        RuntimeError: they cannot be built here.
+    """
+    if load() is None or _module is None:
+        raise RuntimeError("the native Meta-LSTM operators could not be built here (see the warning)")
+    return _module
 
 
 def kernel_matrix(t: Tensor | None) -> Tensor | None:
@@ -179,45 +233,6 @@ def kernel_matrix(t: Tensor | None) -> Tensor | None:
     return t.contiguous()
 
 
-def _register_fakes() -> None:
-    """Shapes of the C++ operators' results without running them (``torch.compile``, ``opcheck``)."""
-
-    @torch.library.register_fake("fewshot::lstm_gates_forward")
-    def _(gates, c_prev, c, h, tanh_c) -> None:
-        return None
-
-    @torch.library.register_fake("fewshot::lstm_gates_backward")
-    def _(gates, tanh_c, c_prev, dh, dc_next, d_pre, dc_prev) -> None:
-        return None
-
-    @torch.library.register_fake("fewshot::meta_cell_forward")
-    def _(h, theta, grad, i_prev, f_prev, weight, bias, feed_preactivation):
-        return tuple(torch.empty_like(theta) for _ in range(5))
-
-    @torch.library.register_fake("fewshot::meta_cell_backward")
-    def _(h, theta, grad, i_prev, f_prev, i_gate, f_gate, weight, feed_preactivation, *d_outputs):
-        vectors = tuple(torch.empty_like(theta) for _ in range(3))
-        return (torch.empty_like(h), *vectors, weight.new_empty(weight.shape), weight.new_empty(2))
-
-
-_fakes_registered = False
-
-
-def ops() -> object:
-    """``torch.ops.fewshot`` with the C++ operators loaded and their fake kernels registered.
-
-    Raises:
-        RuntimeError: the operators cannot be built here.
-    """
-    global _fakes_registered
-    if load() is None:
-        raise RuntimeError("the native Meta-LSTM operators could not be built here (see the warning)")
-    if not _fakes_registered:
-        _register_fakes()
-        _fakes_registered = True
-    return torch.ops.fewshot
-
-
 __all__ = [
     "Backend",
     "applies",
@@ -227,7 +242,9 @@ __all__ = [
     "capability",
     "check_backend",
     "kernel_matrix",
+    "kernels",
     "load",
-    "ops",
     "prepare",
+    "select",
+    "selected",
 ]

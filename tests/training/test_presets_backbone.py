@@ -169,7 +169,7 @@ def test_meta_lstm_c0_starts_from_torch7_gammas(tmp_path: Path):
     """The learned initialisation c0 is taken from the learner after its torch7 initialisation."""
     torch.manual_seed(0)
     learner = instantiate(compose_config(["experiment=miniimagenet/meta_lstm_5w1s"], tmp_path).model.learner)
-    meta = MetaLearner(learner, n_steps=1, backend="torch")
+    meta = MetaLearner(learner, n_steps=1)
     start = meta.layout.unflatten(meta.c0.detach())
     gammas = torch.cat([start[f"features.{i}.1.weight"] for i in range(4)])
     assert gammas.numel() == 4 * 32

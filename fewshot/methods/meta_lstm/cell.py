@@ -56,8 +56,7 @@ def cell_update(theta_prev: Tensor, grad: Tensor, input_gate: Tensor, forget_gat
     return forget_gate * theta_prev - input_gate * grad
 
 
-@torch.library.custom_op("fewshot::meta_cell_step", mutates_args=())
-def meta_cell_step(
+def _meta_cell_step_composite(
     h: Tensor,
     theta_prev: Tensor,
     grad: Tensor,
@@ -66,7 +65,6 @@ def meta_cell_step(
     weight: Tensor,
     bias: Tensor,
     feed_preactivation: bool,
-    use_native: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The cell's step as one operator: ``(theta_t, i_t, f_t, i_state, f_state)``, each ``[n]``.
 
@@ -74,13 +72,9 @@ def meta_cell_step(
     (rows ``W_I``, ``W_F``), ``bias [2]``. Plain autograd records about ten nodes per step and
     keeps their inputs; this keeps ``h``, ``theta_{t-1}``, the previous gate states and the two
     gates, and its backward (:func:`meta_cell_step_backward`) writes each gradient once (the
-    learner gradient ``grad`` is a constant). ``use_native``: the C++ operators, else torch ones.
+    learner gradient ``grad`` is a constant). This is the composite implementation (torch
+    operations, any device and dtype); the CPU kernel below runs the C++ kernel where it applies.
     """
-    if use_native:
-        return native.ops().meta_cell_forward(
-            native.kernel_matrix(h), theta_prev.contiguous(), grad.contiguous(), i_prev.contiguous(),
-            f_prev.contiguous(), weight.contiguous(), bias.contiguous(), feed_preactivation,
-        )  # fmt: skip
     hidden = h.shape[0]
     pre = torch.addmm(bias.unsqueeze(1), weight[:, :hidden], h)  # [2, n]
     pre.addcmul_(weight[:, hidden : hidden + 1], theta_prev).addcmul_(
@@ -91,13 +85,25 @@ def meta_cell_step(
     return cell_update(theta_prev, grad, i, f), i, f, state_i.clone(), state_f.clone()
 
 
+meta_cell_step = torch.library.custom_op("fewshot::meta_cell_step", mutates_args=())(_meta_cell_step_composite)
+
+
+@meta_cell_step.register_kernel("cpu")
+def _(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation):
+    if not native.applies(h, theta_prev, weight, bias):
+        return _meta_cell_step_composite(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation)
+    return native.kernels().meta_cell_forward(
+        native.kernel_matrix(h), theta_prev.contiguous(), grad.contiguous(), i_prev.contiguous(),
+        f_prev.contiguous(), weight.contiguous(), bias.contiguous(), feed_preactivation,
+    )  # fmt: skip
+
+
 @meta_cell_step.register_fake
-def _(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation, use_native):
+def _(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation):
     return tuple(torch.empty_like(theta_prev) for _ in range(5))
 
 
-@torch.library.custom_op("fewshot::meta_cell_step_backward", mutates_args=())
-def meta_cell_step_backward(
+def _meta_cell_step_backward_composite(
     h: Tensor,
     theta_prev: Tensor,
     grad: Tensor,
@@ -107,15 +113,10 @@ def meta_cell_step_backward(
     f: Tensor,
     weight: Tensor,
     feed_preactivation: bool,
-    use_native: bool,
     d_outputs: list[Tensor | None],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`meta_cell_step` from those of its five outputs (``None``: zero):
-    ``(d_h, d_theta_prev, d_i_prev, d_f_prev, d_weight, d_bias)``."""
-    if use_native:
-        d_outputs = [theta_prev.new_zeros(theta_prev.shape) if d is None else d.contiguous() for d in d_outputs]
-        inputs = (t.contiguous() for t in (theta_prev, grad, i_prev, f_prev, i, f, weight))
-        return native.ops().meta_cell_backward(native.kernel_matrix(h), *inputs, feed_preactivation, *d_outputs)
+    ``(d_h, d_theta_prev, d_i_prev, d_f_prev, d_weight, d_bias)``; the composite implementation."""
     d_theta, d_i, d_f, d_state_i, d_state_f = d_outputs
     hidden = h.shape[0]
     gates, states = torch.stack([i, f]), torch.stack([i_prev, f_prev])
@@ -148,27 +149,42 @@ def meta_cell_step_backward(
     return d_h, d_theta_prev, d_pre[0] * w_state[0], d_pre[1] * w_state[1], d_weight, d_pre.sum(1)
 
 
+meta_cell_step_backward = torch.library.custom_op("fewshot::meta_cell_step_backward", mutates_args=())(
+    _meta_cell_step_backward_composite
+)
+
+
+@meta_cell_step_backward.register_kernel("cpu")
+def _(h, theta_prev, grad, i_prev, f_prev, i, f, weight, feed_preactivation, d_outputs):
+    if not native.applies(h, theta_prev, weight):
+        args = (h, theta_prev, grad, i_prev, f_prev, i, f, weight, feed_preactivation, d_outputs)
+        return _meta_cell_step_backward_composite(*args)
+    d_outputs = [theta_prev.new_zeros(theta_prev.shape) if d is None else d.contiguous() for d in d_outputs]
+    inputs = (t.contiguous() for t in (theta_prev, grad, i_prev, f_prev, i, f, weight))
+    return native.kernels().meta_cell_backward(native.kernel_matrix(h), *inputs, feed_preactivation, *d_outputs)
+
+
 @meta_cell_step_backward.register_fake
-def _(h, theta_prev, grad, i_prev, f_prev, i, f, weight, feed_preactivation, use_native, d_outputs):
+def _(h, theta_prev, grad, i_prev, f_prev, i, f, weight, feed_preactivation, d_outputs):
     vectors = tuple(torch.empty_like(theta_prev) for _ in range(3))
     return (torch.empty_like(h), *vectors, torch.empty_like(weight), weight.new_empty(2))
 
 
 def _setup_cell_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
-    h, theta_prev, grad, i_prev, f_prev, weight, _bias, feed_preactivation, use_native = inputs
+    h, theta_prev, grad, i_prev, f_prev, weight, _bias, feed_preactivation = inputs
     ctx.set_materialize_grads(False)
-    ctx.feed_preactivation, ctx.use_native = feed_preactivation, use_native
+    ctx.feed_preactivation = feed_preactivation
     ctx.save_for_backward(h, theta_prev, grad, i_prev, f_prev, output[1], output[2], weight)
 
 
 def _cell_backward(ctx: FunctionCtx, *d_outputs: Tensor | None) -> tuple[Tensor | None, ...]:
     if all(d is None for d in d_outputs):
-        return (None,) * 9
+        return (None,) * 8
     h, theta_prev, grad, i_prev, f_prev, i, f, weight = ctx.saved_tensors
     grads = meta_cell_step_backward(
-        h, theta_prev, grad, i_prev, f_prev, i, f, weight, ctx.feed_preactivation, ctx.use_native, list(d_outputs)
+        h, theta_prev, grad, i_prev, f_prev, i, f, weight, ctx.feed_preactivation, list(d_outputs)
     )
-    return (*grads[:2], None, *grads[2:], None, None)
+    return (*grads[:2], None, *grads[2:], None)
 
 
 meta_cell_step.register_autograd(_cell_backward, setup_context=_setup_cell_context)
@@ -184,8 +200,6 @@ class MetaLearnerCell(nn.Module):
         input_bias_range: ``b_I`` starts uniform in this range (small input gate), so the cell
             starts close to plain gradient descent with a small learning rate.
         feedback: what is fed back as the previous gate (see the module docstring).
-        backend: ``"native"``, ``"torch"`` or ``"auto"``, as for
-            :class:`~fewshot.nn.lstm.CoordinateLSTM`.
     """
 
     def __init__(
@@ -195,11 +209,9 @@ class MetaLearnerCell(nn.Module):
         forget_bias_range: tuple[float, float] = (4.0, 5.0),
         input_bias_range: tuple[float, float] = (-5.0, -4.0),
         feedback: Feedback = "preactivation",
-        backend: native.Backend = "auto",
     ) -> None:
         super().__init__()
-        native.prepare(backend)
-        self.backend = backend
+        native.prepare()
         if feedback not in ("preactivation", "gate"):
             raise ValueError(f"feedback must be 'preactivation' or 'gate', got {feedback!r}.")
         self.hidden_size = hidden_size
@@ -235,12 +247,9 @@ class MetaLearnerCell(nn.Module):
         weight = torch.stack([self.weight_i, self.weight_f])  # [2, H + 2]
         bias = torch.cat([self.bias_i, self.bias_f])
         grad = grad.detach()  # a constant (gradient independence)
-        use_native = native.applies(self.backend, h, weight)
         feed_preactivation = self.feedback == "preactivation"
         return CellOutput(
-            *torch.ops.fewshot.meta_cell_step(
-                h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation, use_native
-            )
+            *torch.ops.fewshot.meta_cell_step(h, theta_prev, grad, i_prev, f_prev, weight, bias, feed_preactivation)
         )
 
     def reference(self, h: Tensor, theta_prev: Tensor, grad: Tensor, i_prev: Tensor, f_prev: Tensor) -> CellOutput:

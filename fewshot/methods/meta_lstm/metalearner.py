@@ -60,7 +60,6 @@ from fewshot.methods.meta_lstm.cell import CellOutput, Feedback, MetaLearnerCell
 from fewshot.models.conv4 import layer_names as conv4_layer_names
 from fewshot.nn.flat import FlatLayout
 from fewshot.nn.lstm import CoordinateLSTM, State
-from fewshot.nn.native import Backend
 from fewshot.nn.preprocess import preprocess
 
 BNMode = Literal["batch", "support"]
@@ -144,8 +143,6 @@ class MetaLearner(nn.Module):
             (same function, slower; for tests).
         layers: parameter name -> layer name for the gate statistics; by default
             ``conv4.layer_names(learner)``.
-        backend: pointwise maths of the fused path: ``"native"`` (C++ operators built on first
-            use; CPU, float32), ``"torch"``, or ``"auto"`` (native where it applies and builds).
         checkpoint: recompute the LSTM gates in the backward instead of keeping them: about a
             third of the meta-graph's memory per step, for some more time (long unrolls).
         grad_scale: the learner gradient fed to the meta-learner: ``"official"`` (that of the
@@ -164,7 +161,6 @@ class MetaLearner(nn.Module):
         feedback: Feedback = "preactivation",
         fused: bool = True,
         layers: Mapping[str, str] | None = None,
-        backend: Backend = "auto",
         checkpoint: bool = False,
         grad_scale: GradScale = "official",
     ) -> None:
@@ -190,8 +186,8 @@ class MetaLearner(nn.Module):
         self.gate_layers, self.segment_sizes = self.layout.segments(layers or conv4_layer_names(learner))
 
         self.c0 = nn.Parameter(self.layout.flatten(dict(learner.named_parameters())).detach().clone())
-        self.lstm = CoordinateLSTM(input_size=4, hidden_size=hidden_size, backend=backend, checkpoint=checkpoint)
-        self.cell = MetaLearnerCell(hidden_size=hidden_size, feedback=feedback, backend=backend)
+        self.lstm = CoordinateLSTM(input_size=4, hidden_size=hidden_size, checkpoint=checkpoint)
+        self.cell = MetaLearnerCell(hidden_size=hidden_size, feedback=feedback)
 
         self._buffer_names = tuple(name for name, _ in learner.named_buffers())
         for k, (_, buffer) in enumerate(learner.named_buffers()):
@@ -338,7 +334,7 @@ class MetaLearner(nn.Module):
         return (
             f"n_coords={self.layout.n_coords}, n_steps={self.n_steps}, train_bn={self.train_bn!r}, "
             f"eval_bn={self.eval_bn!r}, grad_scale={self.grad_scale!r}, fused={self.fused}, "
-            f"backend={self.lstm.backend!r}, checkpoint={self.lstm.checkpoint}"
+            f"checkpoint={self.lstm.checkpoint}"
         )
 
 

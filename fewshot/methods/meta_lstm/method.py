@@ -13,6 +13,7 @@ from fewshot.data.episode import Episode
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
 from fewshot.methods.meta_lstm.cell import Feedback
 from fewshot.methods.meta_lstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
+from fewshot.nn import native
 from fewshot.nn.native import Backend
 
 
@@ -65,6 +66,8 @@ class MetaLSTM(EpisodicMethod):
         grad_scale: GradScale = "official",
     ) -> None:
         super().__init__(optimizer, scheduler)
+        native.select(backend)  # a process setting: what the operators' CPU kernels run
+        self.backend = backend
         self.metalearner = MetaLearner(
             learner,
             n_steps=n_steps,
@@ -74,7 +77,6 @@ class MetaLSTM(EpisodicMethod):
             eval_bn=eval_bn,
             fused=fused,
             feedback=feedback,
-            backend=backend,
             checkpoint=checkpoint,
             grad_scale=grad_scale,
         )

@@ -1,6 +1,7 @@
-// CPU kernels of the Meta-Learner LSTM's pointwise maths, registered as torch operators
-// (fewshot::lstm_gates_forward, fewshot::lstm_gates_backward, fewshot::meta_cell_forward,
-// fewshot::meta_cell_backward); built on first use by fewshot/nn/native.py.
+// CPU kernels of the Meta-Learner LSTM's pointwise maths, a Python extension module (functions
+// lstm_gates_forward, lstm_gates_backward, meta_cell_forward, meta_cell_backward), not torch
+// operators: the operators are fewshot::lstm_step and fewshot::meta_cell_step (and their
+// backwards), whose CPU kernels call these; built on first use by fewshot/nn/native.py.
 //
 // Tensors are coordinate-last matrices [rows, m] whose rows are contiguous (stride(1) == 1, any
 // row stride); a step's gates are the rows (i, f, o, g) of one [4H, m] block. Loops run on
@@ -11,7 +12,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <torch/library.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <optional>
@@ -416,24 +417,13 @@ std::string vector_isa() {
 
 }  // namespace
 
-TORCH_LIBRARY(fewshot, m) {
-  m.def("lstm_gates_forward(Tensor(a!) gates, Tensor? c_prev, Tensor(b!) c, Tensor(c!) h, Tensor(d!)? tanh_c) -> ()");
-  m.def(
-      "lstm_gates_backward(Tensor gates, Tensor tanh_c, Tensor? c_prev, Tensor dh, Tensor? dc_next, "
-      "Tensor(a!) d_pre, Tensor(b!)? dc_prev) -> ()");
-  m.def(
-      "meta_cell_forward(Tensor h, Tensor theta, Tensor grad, Tensor i_prev, Tensor f_prev, Tensor weight, "
-      "Tensor bias, bool feed_preactivation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "meta_cell_backward(Tensor h, Tensor theta, Tensor grad, Tensor i_prev, Tensor f_prev, Tensor i_gate, "
-      "Tensor f_gate, Tensor weight, bool feed_preactivation, Tensor d_theta, Tensor d_i, Tensor d_f, "
-      "Tensor d_state_i, Tensor d_state_f) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("vector_isa() -> str", &vector_isa);
-}
-
-TORCH_LIBRARY_IMPL(fewshot, CPU, m) {
-  m.impl("lstm_gates_forward", &lstm_gates_forward);
-  m.impl("lstm_gates_backward", &lstm_gates_backward);
-  m.impl("meta_cell_forward", &meta_cell_forward);
-  m.impl("meta_cell_backward", &meta_cell_backward);
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using pybind11::arg;
+  m.def("lstm_gates_forward", &lstm_gates_forward, "activate the gates in place; write c, h and tanh(c)",
+        arg("gates"), arg("c_prev"), arg("c"), arg("h"), arg("tanh_c"));
+  m.def("lstm_gates_backward", &lstm_gates_backward, "pre-activation gradient and dc_prev", arg("gates"),
+        arg("tanh_c"), arg("c_prev"), arg("dh"), arg("dc_next"), arg("d_pre"), arg("dc_prev"));
+  m.def("meta_cell_forward", &meta_cell_forward, "the meta-learner cell's step");
+  m.def("meta_cell_backward", &meta_cell_backward, "gradients of meta_cell_forward");
+  m.def("vector_isa", &vector_isa, "the at::vec instruction set of this build");
 }

@@ -1,5 +1,6 @@
-"""The native C++ operators compute the same function as the torch operations they replace,
-refuse bad inputs with clear errors, and pass torch's operator checks."""
+"""The native C++ kernels compute the same function as the torch operations they replace,
+refuse bad inputs with clear errors, and the operators whose CPU kernels run them (composite
+implementation elsewhere) pass torch's operator checks."""
 
 from __future__ import annotations
 
@@ -28,13 +29,13 @@ def activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pre-activations are ``x``: the kept gates are sigmoid, sigmoid, sigmoid, tanh)."""
     gates = x.to(torch.float32).reshape(1, -1).repeat(4, 1)
     c, h, tanh_c = (torch.empty(1, gates.shape[1]) for _ in range(3))
-    native.ops().lstm_gates_forward(gates, None, c, h, tanh_c)
+    native.kernels().lstm_gates_forward(gates, None, c, h, tanh_c)
     return gates[0], gates[3]
 
 
 @needs_native
 def test_the_build_uses_the_chosen_instruction_set():
-    assert torch.ops.fewshot.vector_isa() == native.capability().lower()
+    assert native.kernels().vector_isa() == native.capability().lower()
 
 
 @needs_native
@@ -59,11 +60,11 @@ def test_activations_propagate_nan_and_saturate_at_infinity():
 
 @needs_native
 def test_native_lstm_step_propagates_nan_with_and_without_autograd():
-    lstm = CoordinateLSTM(4, 20, backend="native")
+    lstm = CoordinateLSTM(4, 20)
     x = torch.randn(2, 300)
     x[1, 123] = float("nan")
     for grad in (False, True):
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), native.selected("native"):
             h, c = lstm(x, lstm(torch.randn(2, 300), shared=torch.randn(2)), shared=torch.randn(2))
         assert h[:, 123].isnan().all() and c[:, 123].isnan().all()
         assert h.isnan().sum() == 20 and c.isnan().sum() == 20
@@ -73,7 +74,7 @@ def test_native_lstm_step_propagates_nan_with_and_without_autograd():
 def test_inference_step_matches_the_training_forward():
     """No autograd (nothing kept) and autograd (gates kept) give the same values."""
     torch.manual_seed(5)
-    lstm = CoordinateLSTM(4, 20, block_size=1536, backend="native")
+    lstm = CoordinateLSTM(4, 20, block_size=1536)
     with torch.no_grad():
         for p in lstm.parameters():
             p.uniform_(-0.5, 0.5)
@@ -81,7 +82,7 @@ def test_inference_step_matches_the_training_forward():
     runs = []
     for grad in (False, True):
         state = None
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), native.selected("native"):
             for x, s in zip(xs, shared, strict=True):
                 state = lstm(x, state, shared=s)
         runs.append(tuple(t.detach() for t in state))
@@ -90,17 +91,19 @@ def test_inference_step_matches_the_training_forward():
 
 
 def lstm_run(backend: str, checkpoint: bool, seed: int = 0):
-    """Values and gradients of three chained steps with large weights (every path matters)."""
+    """Values and gradients of three chained steps with large weights (every path matters), with
+    the CPU kernels running ``backend``."""
     torch.manual_seed(seed)
-    lstm = CoordinateLSTM(4, 20, block_size=1536, backend=backend, checkpoint=checkpoint)
+    lstm = CoordinateLSTM(4, 20, block_size=1536, checkpoint=checkpoint)
     with torch.no_grad():
         for p in lstm.parameters():
             p.uniform_(-0.5, 0.5)
     xs = [torch.randn(2, N) for _ in range(3)]
     shared = [torch.randn(2) for _ in range(3)]
     readouts = [torch.randn(20, N) for _ in range(3)]
-    loss, h, c = unroll(lstm, xs, shared, True, readouts)
-    loss.backward()
+    with native.selected(backend):
+        loss, h, c = unroll(lstm, xs, shared, True, readouts)
+        loss.backward()
     return h.detach(), c.detach(), [p.grad.clone() for p in lstm.parameters()]
 
 
@@ -136,20 +139,21 @@ def assert_same_lstm_run(ours, reference):
 @needs_native
 def test_native_lstm_takes_broadcast_output_gradients():
     """``h.sum().backward()`` hands the step an expanded (stride-0) gradient."""
-    lstm = CoordinateLSTM(4, 3, backend="native")
+    lstm = CoordinateLSTM(4, 3)
     x, shared = torch.randn(2, 50), torch.randn(2)
-    lstm(x, shared=shared)[0].sum().backward()
-    broadcast = [p.grad.clone() for p in lstm.parameters()]
-    lstm.zero_grad()
-    h = lstm(x, shared=shared)[0]
-    h.backward(torch.ones_like(h))
+    with native.selected("native"):
+        lstm(x, shared=shared)[0].sum().backward()
+        broadcast = [p.grad.clone() for p in lstm.parameters()]
+        lstm.zero_grad()
+        h = lstm(x, shared=shared)[0]
+        h.backward(torch.ones_like(h))
     for a, b in zip(broadcast, (p.grad for p in lstm.parameters()), strict=True):
         assert torch.equal(a, b) and a.abs().max() > 0
 
 
 def cell_run(backend: str, feedback: str, dtype=torch.float32):
     torch.manual_seed(3)
-    cell = MetaLearnerCell(20, feedback=feedback, backend=backend)
+    cell = MetaLearnerCell(20, feedback=feedback)
     with torch.no_grad():  # leave the saturated initial regime so every path matters
         for p in cell.parameters():
             p.uniform_(-0.5, 0.5)
@@ -159,11 +163,12 @@ def cell_run(backend: str, feedback: str, dtype=torch.float32):
     theta = torch.randn(n).to(dtype).requires_grad_(True)
     grad = torch.randn(n).to(dtype)
     states = [torch.randn(n).to(dtype).requires_grad_(True) for _ in range(2)]
-    out = cell(h, theta, grad, *states)
-    weights = [torch.randn(n).to(dtype) for _ in range(5)]
-    loss = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
-    leaves = [h, theta, *states, *cell.parameters()]
-    return [o.detach() for o in out], torch.autograd.grad(loss, leaves)
+    with native.selected(backend):
+        out = cell(h, theta, grad, *states)
+        weights = [torch.randn(n).to(dtype) for _ in range(5)]
+        loss = sum((o * w).sum() for o, w in zip(out, weights, strict=True))
+        leaves = [h, theta, *states, *cell.parameters()]
+        return [o.detach() for o in out], torch.autograd.grad(loss, leaves)
 
 
 @needs_native
@@ -179,9 +184,9 @@ def test_native_cell_matches_the_reference_step(feedback):
 
 @pytest.mark.parametrize("feedback", ["preactivation", "gate"])
 def test_fused_torch_cell_matches_the_plain_reference(feedback):
-    """The cell's hand-written backward (torch backend) against autograd through ``reference``."""
+    """The cell's hand-written backward (composite, float64) against autograd through ``reference``."""
     torch.manual_seed(4)
-    cell = MetaLearnerCell(6, feedback=feedback, backend="torch").double()
+    cell = MetaLearnerCell(6, feedback=feedback).double()
     with torch.no_grad():
         for p in cell.parameters():
             p.uniform_(-0.5, 0.5)
@@ -205,10 +210,11 @@ def test_meta_gradients_agree_between_backends():
     grads, gates = {}, {}
     for backend in ("native", "torch"):
         torch.manual_seed(0)
-        meta = MetaLearner(tiny_conv4(), n_steps=3, backend=backend)
-        loss = meta.meta_loss(*episode).loss
-        grads[backend] = (loss.detach(), torch.autograd.grad(loss, list(meta.parameters())))
-        gates[backend] = meta.meta_loss(*episode).gates.values
+        meta = MetaLearner(tiny_conv4(), n_steps=3)
+        with native.selected(backend):
+            loss = meta.meta_loss(*episode).loss
+            grads[backend] = (loss.detach(), torch.autograd.grad(loss, list(meta.parameters())))
+            gates[backend] = meta.meta_loss(*episode).gates.values
     (l1, g1), (l2, g2) = grads["native"], grads["torch"]
     torch.testing.assert_close(l1, l2)
     for a, b in zip(g1, g2, strict=True):
@@ -219,17 +225,19 @@ def test_meta_gradients_agree_between_backends():
 
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"):
-        CoordinateLSTM(4, 3, backend="fast")
-    with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"):
-        MetaLearnerCell(3, backend="cuda")
+        native.select("fast")
+    with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"), native.selected("cuda"):
+        pass
+    assert native.select("auto") == "auto"  # nothing was changed by the refusals
 
 
+@needs_native
 def test_native_backend_refuses_float64_and_auto_falls_back():
-    lstm = CoordinateLSTM(4, 3, backend="native").double()
-    with pytest.raises(ValueError, match="float32 tensors on the CPU"):
-        lstm(torch.randn(2, 10, dtype=torch.float64), shared=torch.randn(2, dtype=torch.float64))
-    lstm.backend = "auto"
-    h, _ = lstm(torch.randn(2, 10, dtype=torch.float64), shared=torch.randn(2, dtype=torch.float64))
+    lstm = CoordinateLSTM(4, 3).double()
+    x, shared = torch.randn(2, 10, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    with native.selected("native"), pytest.raises(ValueError, match="needs float32 tensors, got torch.float64"):
+        lstm(x, shared=shared)
+    h, _ = lstm(x, shared=shared)
     assert h.dtype == torch.float64
 
 
@@ -247,12 +255,13 @@ def no_compiler(monkeypatch, tmp_path):
 def test_without_a_compiler_auto_warns_once_and_uses_torch(no_compiler):
     with pytest.warns(UserWarning, match=r"Native Meta-LSTM operators unavailable.*no C\+\+ compiler.*backend=torch"):
         assert native.load() is None
-    lstm = CoordinateLSTM(4, 3, backend="auto")
+    lstm = CoordinateLSTM(4, 3)
     h, c = lstm(torch.randn(2, 10), shared=torch.randn(2))
     assert h.shape == c.shape == (3, 10)
-    strict = CoordinateLSTM(4, 3, backend="native")
     with pytest.raises(RuntimeError, match="could not be built"):
-        strict(torch.randn(2, 10), shared=torch.randn(2))
+        native.select("native")
+    with pytest.raises(RuntimeError, match="could not be built"):
+        native.kernels()
 
 
 @needs_native
@@ -316,7 +325,7 @@ def test_the_gate_operators_refuse_bad_inputs(name, bad, message):
     inputs = gate_inputs()
     inputs[name] = bad(inputs[name])
     with pytest.raises(RuntimeError, match=message):
-        native.ops().lstm_gates_forward(**inputs)
+        native.kernels().lstm_gates_forward(**inputs)
 
 
 @needs_native
@@ -324,11 +333,11 @@ def test_the_gate_backward_refuses_mismatched_gradients():
     hidden, m = 3, 40
     args = dict(gates=torch.rand(4 * hidden, m), tanh_c=torch.rand(hidden, m), c_prev=None, dc_next=None)
     with pytest.raises(RuntimeError, match=r"dh must be \[3, 40\]"):
-        native.ops().lstm_gates_backward(
+        native.kernels().lstm_gates_backward(
             **args, dh=torch.rand(hidden, m + 1), d_pre=torch.empty(4 * hidden, m), dc_prev=None
         )
     with pytest.raises(RuntimeError, match="d_pre must be float32"):
-        native.ops().lstm_gates_backward(
+        native.kernels().lstm_gates_backward(
             **args, dh=torch.rand(hidden, m), d_pre=torch.empty(4 * hidden, m, dtype=torch.float64), dc_prev=None
         )
 
@@ -338,7 +347,7 @@ def test_the_cell_operators_refuse_bad_inputs():
     hidden, n = 4, 30
     h, weight, bias = torch.randn(hidden, n), torch.randn(2, hidden + 2), torch.randn(2)
     vectors = [torch.randn(n) for _ in range(4)]
-    cell = native.ops().meta_cell_forward
+    cell = native.kernels().meta_cell_forward
     with pytest.raises(RuntimeError, match=r"weight must be \[2, 6\]"):
         cell(h, *vectors, torch.randn(2, hidden + 1), bias, True)
     with pytest.raises(RuntimeError, match=r"theta must be \[30\]"):
@@ -351,68 +360,78 @@ def test_the_cell_operators_refuse_bad_inputs():
         cell(h, *vectors, weight, torch.randn(3), True)
 
 
-def test_native_refuses_tensors_on_another_device():
-    with pytest.raises(ValueError, match="float32 tensors on the CPU, got torch.float32 on meta"):
-        native.applies("native", torch.empty(3, device="meta"))
-    assert not native.applies("auto", torch.empty(3, device="meta"))
+def test_only_registered_operators_carry_the_fewshot_namespace():
+    """One operator per step and direction; the C++ kernels are not operators of their own."""
+    ops = {name for name in dir(torch.ops.fewshot) if not name.startswith("_") and name != "name"}
+    assert ops >= {"lstm_step", "lstm_step_backward", "meta_cell_step", "meta_cell_step_backward"}
+    assert not ops & {"lstm_gates_forward", "lstm_gates_backward", "meta_cell_forward", "meta_cell_backward"}
+
+
+def test_other_devices_take_the_composite_implementation():
+    """Dispatch sends tensors on another device past the CPU kernel, even with ``native`` selected."""
+    lstm, cell = CoordinateLSTM(4, 3).to("meta"), MetaLearnerCell(3).to("meta")
+    with native.selected("auto"):
+        h, c = lstm(torch.randn(2, 10, device="meta"), shared=torch.randn(2, device="meta"))
+        theta = cell(h, *(torch.empty(10, device="meta") for _ in range(4))).theta
+    assert h.device.type == c.device.type == theta.device.type == "meta" and theta.shape == (10,)
 
 
 # ---- torch.library.opcheck: schema, fake (meta) kernels, autograd registration.
 
 
-def lstm_step_args(use_native: bool, keep: bool, with_state: bool = True):
+def lstm_step_args(keep: bool, with_state: bool = True):
     torch.manual_seed(0)
     hidden, n = 3, 70
     x = torch.randn(2, n)
     h, c = (torch.randn(hidden, n, requires_grad=True) for _ in range(2)) if with_state else (None, None)
     w_x, w_h = torch.randn(4 * hidden, 2, requires_grad=True), torch.randn(4 * hidden, hidden, requires_grad=True)
-    return (x, h, c, w_x, w_h, torch.randn(4 * hidden, requires_grad=True), 32, use_native, keep)
+    return (x, h, c, w_x, w_h, torch.randn(4 * hidden, requires_grad=True), 32, keep)
 
 
-def cell_step_args(use_native: bool, feed_preactivation: bool):
+def cell_step_args(feed_preactivation: bool):
     torch.manual_seed(0)
     hidden, n = 4, 50
     h = torch.randn(hidden, n, requires_grad=True)
     theta, i_prev, f_prev = (torch.randn(n, requires_grad=True) for _ in range(3))
     weight, bias = torch.randn(2, hidden + 2, requires_grad=True), torch.randn(2, requires_grad=True)
-    return (h, theta, torch.randn(n), i_prev, f_prev, weight, bias, feed_preactivation, use_native)
+    return (h, theta, torch.randn(n), i_prev, f_prev, weight, bias, feed_preactivation)
 
 
-BACKENDS = [pytest.param(True, marks=needs_native, id="native"), pytest.param(False, id="torch")]
+BACKENDS = [pytest.param("native", marks=needs_native), "torch"]
 
 
-@pytest.mark.parametrize("use_native", BACKENDS)
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """What the operators' CPU kernels run during the test: the C++ kernels or the composite maths."""
+    with native.selected(request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize(("keep", "with_state"), [(True, True), (False, True), (True, False)])
-def test_opcheck_lstm_step(use_native, keep, with_state):
-    torch.library.opcheck(torch.ops.fewshot.lstm_step.default, lstm_step_args(use_native, keep, with_state))
+def test_opcheck_lstm_step(backend, keep, with_state):
+    torch.library.opcheck(torch.ops.fewshot.lstm_step.default, lstm_step_args(keep, with_state))
 
 
-@pytest.mark.parametrize("use_native", BACKENDS)
 @pytest.mark.parametrize("feed_preactivation", [True, False])
-def test_opcheck_meta_cell_step(use_native, feed_preactivation):
-    torch.library.opcheck(torch.ops.fewshot.meta_cell_step.default, cell_step_args(use_native, feed_preactivation))
+def test_opcheck_meta_cell_step(backend, feed_preactivation):
+    torch.library.opcheck(torch.ops.fewshot.meta_cell_step.default, cell_step_args(feed_preactivation))
 
 
-@needs_native
-def test_opcheck_the_cpp_operators():
-    ops = native.ops()
-    inputs = gate_inputs()
-    torch.library.opcheck(ops.lstm_gates_forward.default, tuple(inputs.values()))
-    hidden, m = 3, 40
-    gates, tanh_c = torch.rand(4 * hidden, m), torch.rand(hidden, m) * 2 - 1
-    backward = (gates, tanh_c, torch.randn(hidden, m), torch.randn(hidden, m), torch.randn(hidden, m))
-    torch.library.opcheck(
-        ops.lstm_gates_backward.default, (*backward, torch.empty(4 * hidden, m), torch.empty(hidden, m))
+def test_opcheck_the_backward_operators(backend):
+    x, h, c, w_x, w_h, bias, *_ = (t.detach() if isinstance(t, torch.Tensor) else t for t in lstm_step_args(True))
+    _, _, kept = torch.ops.fewshot.lstm_step(x, h, c, w_x, w_h, bias, 32, True)
+    dh, dc = torch.randn_like(h), torch.randn_like(c)
+    backward = (x, h, c, w_x, w_h, bias, kept, dh, dc, 32, True, True, True)
+    torch.library.opcheck(torch.ops.fewshot.lstm_step_backward.default, backward)
+    h, theta, grad, i_prev, f_prev, weight, _, feed = (
+        t.detach() if isinstance(t, torch.Tensor) else t for t in cell_step_args(True)
     )
-    h, theta, grad, i_prev, f_prev, weight, bias, feed, _ = (
-        t.detach() if isinstance(t, torch.Tensor) else t for t in cell_step_args(True, True)
-    )
-    torch.library.opcheck(ops.meta_cell_forward.default, (h, theta, grad, i_prev, f_prev, weight, bias, feed))
     n = theta.shape[0]
-    gradients = [torch.randn(n) for _ in range(5)]
-    gates2 = [torch.rand(n) for _ in range(2)]
+    gates = [torch.rand(n) for _ in range(2)]
+    gradients = [torch.randn(n) for _ in range(4)] + [None]
     torch.library.opcheck(
-        ops.meta_cell_backward.default, (h, theta, grad, i_prev, f_prev, *gates2, weight, feed, *gradients)
+        torch.ops.fewshot.meta_cell_step_backward.default,
+        (h, theta, grad, i_prev, f_prev, *gates, weight, feed, gradients),
     )
 
 
@@ -420,16 +439,15 @@ def test_opcheck_the_cpp_operators():
 # (n = 1, or n = CPU_BLOCK_SIZE + 1 leaving a last block of one), a broadcast hidden state.
 
 
-@pytest.mark.parametrize("use_native", BACKENDS)
 @pytest.mark.parametrize("n", [1, CPU_BLOCK_SIZE + 1])
-def test_opcheck_lstm_step_backward_with_a_broadcast_gradient(use_native, n):
-    x, h, c, w_x, w_h, bias, *_ = lstm_step_args(use_native, keep=True)
+def test_opcheck_lstm_step_backward_with_a_broadcast_gradient(backend, n):
+    x, h, c, w_x, w_h, bias, *_ = lstm_step_args(keep=True)
     hidden = w_h.shape[1]
     x, h, c = torch.randn(2, n), torch.randn(hidden, n), torch.randn(hidden, n)
-    args = (x, h, c, w_x.detach(), w_h.detach(), bias.detach(), CPU_BLOCK_SIZE, use_native, True)
+    args = (x, h, c, w_x.detach(), w_h.detach(), bias.detach(), CPU_BLOCK_SIZE, True)
     _, _, kept = torch.ops.fewshot.lstm_step(*args)
     broadcast = torch.ones(()).expand(hidden, n)  # what h.sum().backward() sends: strides [0, 0]
-    backward = (*args[:6], kept, broadcast, broadcast, CPU_BLOCK_SIZE, use_native, True, True, True)
+    backward = (*args[:6], kept, broadcast, broadcast, CPU_BLOCK_SIZE, True, True, True)
     torch.library.opcheck(torch.ops.fewshot.lstm_step_backward.default, backward)
     torch.library.opcheck(torch.ops.fewshot.lstm_step.default, (x, h.requires_grad_(), c, *args[3:]))
 
@@ -440,18 +458,18 @@ def test_native_backward_of_a_summed_output_matches_torch(n):
     grads = {}
     for backend in ("native", "torch"):
         torch.manual_seed(0)
-        lstm = CoordinateLSTM(4, 3, backend=backend)
-        state = lstm(torch.randn(2, n), shared=torch.randn(2))
-        h, c = lstm(torch.randn(2, n), state, shared=torch.randn(2))
-        (h.sum() + c.sum()).backward()
+        lstm = CoordinateLSTM(4, 3)
+        with native.selected(backend):
+            state = lstm(torch.randn(2, n), shared=torch.randn(2))
+            h, c = lstm(torch.randn(2, n), state, shared=torch.randn(2))
+            (h.sum() + c.sum()).backward()
         grads[backend] = (lstm.weight.grad, lstm.bias.grad)
     for native_grad, torch_grad in zip(*grads.values()):
         torch.testing.assert_close(native_grad, torch_grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("use_native", BACKENDS)
-def test_opcheck_meta_cell_step_with_a_broadcast_hidden_state(use_native):
-    h, *rest = cell_step_args(use_native, feed_preactivation=True)
+def test_opcheck_meta_cell_step_with_a_broadcast_hidden_state(backend):
+    h, *rest = cell_step_args(feed_preactivation=True)
     broadcast = h.detach()[:, :1].expand_as(h).requires_grad_()  # strides [1, 0]
     torch.library.opcheck(torch.ops.fewshot.meta_cell_step.default, (broadcast, *rest))
 
@@ -460,11 +478,10 @@ def test_opcheck_meta_cell_step_with_a_broadcast_hidden_state(use_native):
 # loading happen when the module is built).
 
 
-@pytest.mark.parametrize("backend", [pytest.param("native", marks=needs_native), "auto", "torch"])
 def test_the_lstm_and_the_cell_compile_in_one_graph(backend):
     torch.manual_seed(0)
-    lstm = CoordinateLSTM(4, 3, backend=backend)
-    cell = MetaLearnerCell(3, backend=backend)
+    lstm = CoordinateLSTM(4, 3)
+    cell = MetaLearnerCell(3)
     x, shared, n = torch.randn(2, 40), torch.randn(2), 40
     vectors = [torch.randn(n) for _ in range(4)]
 
@@ -494,3 +511,18 @@ def test_the_portable_build_passes_these_tests(tmp_path):
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary, summary
     assert list(tmp_path.glob("fewshot_lstm_ops_default_*.so"))
+
+
+def test_model_backend_is_the_process_switch():
+    """``model.backend`` selects what the CPU kernels run for the whole process (also the backward,
+    which Lightning runs outside the method's own calls)."""
+    from functools import partial
+
+    from fewshot.methods.meta_lstm.method import MetaLSTM
+
+    with native.selected("auto"):
+        MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), n_steps=1, backend="torch")
+        assert not native.applies(torch.zeros(2))
+        with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"):
+            MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), n_steps=1, backend="fast")
+    assert native.select("auto") == "auto"

@@ -174,12 +174,9 @@ def query_folders(tmp_path_factory):
     return root / "support", root / "query"
 
 
-@pytest.mark.parametrize("method_name", ["protonet", "reptile", "meta_lstm", "matchingnet_fce"])
-def test_predictions_are_the_same_in_batches_and_each_forward_scores_at_most_a_batch(
-    method_name, tiny_config, query_folders, monkeypatch
-):
-    results = train(tiny_config(f"model={method_name}"))
-    support, query = query_folders
+@pytest.fixture
+def forward_spy(monkeypatch):
+    """Records, for every forward call of predict, its number of queries and whether its output keeps a graph."""
     import fewshot.predict as predict_module
 
     sizes, grad_modes = [], []
@@ -192,6 +189,16 @@ def test_predictions_are_the_same_in_batches_and_each_forward_scores_at_most_a_b
         return probabilities
 
     monkeypatch.setattr(predict_module, "adapt_and_predict", spy)
+    return sizes, grad_modes
+
+
+@pytest.mark.parametrize("method_name", ["protonet", "reptile", "meta_lstm", "matchingnet_fce"])
+def test_predictions_are_the_same_in_batches_and_each_forward_scores_at_most_a_batch(
+    method_name, tiny_config, query_folders, forward_spy
+):
+    results = train(tiny_config(f"model={method_name}"))
+    support, query = query_folders
+    sizes, grad_modes = forward_spy
     whole = predict_folders(results["checkpoint"], support, query, batch_size=1000)
     assert sizes == [23]
     sizes.clear()
@@ -247,7 +254,7 @@ def test_query_and_class_names_that_are_not_utf8_are_one_line_naming_them(tmp_pa
 
 
 def test_baseline_finetune_predicts_the_same_in_batches_and_writes_every_query(
-    tiny_config, query_folders, tmp_path, monkeypatch
+    tiny_config, query_folders, tmp_path, forward_spy
 ):
     """Issue 37, item 17 for the method that fine-tunes a copy of its network per call: each batch
     adapts to the whole support from the same start, so 23 queries in batches of 4 get the labels
@@ -257,18 +264,7 @@ def test_baseline_finetune_predicts_the_same_in_batches_and_writes_every_query(
     short = ["trainer.max_steps=2", "test_checkpoint=last", "data.test_episodes=1"]
     results = train(tiny_config("model=baseline_finetune", *short, *fixed))
     support, query = query_folders
-    import fewshot.predict as predict_module
-
-    sizes, grad_modes = [], []
-    real = predict_module.adapt_and_predict
-
-    def spy(method, episode):
-        sizes.append(episode.query_images.shape[1])
-        probabilities = real(method, episode)
-        grad_modes.append(probabilities.requires_grad)
-        return probabilities
-
-    monkeypatch.setattr(predict_module, "adapt_and_predict", spy)
+    sizes, grad_modes = forward_spy
     whole = predict_folders(results["checkpoint"], support, query, batch_size=1000)
     assert sizes == [23]
     sizes.clear()

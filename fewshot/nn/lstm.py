@@ -33,128 +33,76 @@ from fewshot.nn import native
 
 State = tuple[Tensor, Tensor]
 
-CPU_BLOCK_SIZE = 32768
+CPU_BLOCK_SIZE = 2048
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 
 
-class _TorchPointwise:
-    """The step's pointwise maths as torch operations, in place into preallocated buffers
-    (fresh multi-megabyte tensors cost page faults comparable to the arithmetic)."""
-
-    @staticmethod
-    def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
-        """Activate ``gates [4H, m]`` (rows i, f, o, g) in place; write ``c``, ``h`` and, unless
-        ``None``, ``tanh(c)``."""
-        hidden = c.shape[0]
-        gates[: 3 * hidden].sigmoid_()
-        gates[3 * hidden :].tanh_()
-        i, f, o, g = gates.chunk(4)
-        torch.mul(i, g, out=c)
-        if c_prev is not None:
-            c.addcmul_(f, c_prev)
-        if tanh_c is None:
-            torch.tanh(c, out=h).mul_(o)
-            return
-        torch.tanh(c, out=tanh_c)
-        torch.mul(o, tanh_c, out=h)
-
-    @classmethod
-    def step(
-        cls,
-        weight: Tensor,
-        x: Tensor,
-        h: Tensor | None,
-        c_prev: Tensor | None,
-        c: Tensor,
-        h_out: Tensor,
-        kept: tuple[Tensor, Tensor, Tensor] | None,
-        workspace: _Workspace,
-    ) -> None:
-        """A forward step on one block of ``m`` coordinates: write ``c`` and ``h_out``; with ``kept =
-        (gates [4H, m], tanh_c [H, m], inputs [F_x (+ H) + 1, m])`` also what the backward needs
-        (activated gates, ``tanh(c)`` and the gathered ``[x; h; 1]``), else only scratch is used."""
-        m = x.shape[1]
-        inputs = workspace.inputs(m) if kept is None else kept[2]
-        gates = workspace.gates(m) if kept is None else kept[0]
-        _gather(inputs, x, h)
-        torch.mm(weight, inputs, out=gates)
-        cls.forward(gates, c_prev, c, h_out, None if kept is None else kept[1])
-
-    @staticmethod
-    def backward(
-        gates: Tensor,
-        tanh_c: Tensor,
-        c_prev: Tensor | None,
-        dh: Tensor,
-        dc_next: Tensor | None,
-        d_pre: Tensor,
-        dc_prev: Tensor | None,
-    ) -> None:
-        """From activated ``gates`` and ``tanh(c)``: the pre-activation gradient ``d_pre [4H, m]``
-        and ``dc_prev = dc * f`` (unless ``None``)."""
-        hidden = tanh_c.shape[0]
-        i, f, o, g = gates.chunk(4)
-        di, df, do, dg = d_pre.chunk(4)
-        torch.mul(dh, tanh_c, out=do)
-        dc = torch.mul(dh, o, out=dg)  # dg's rows are free until the end: borrow them for dc
-        _tanh_backward(dc, tanh_c, grad_input=dc)
-        if dc_next is not None:
-            dc.add_(dc_next)
-        torch.mul(dc, g, out=di)
-        if c_prev is not None:
-            torch.mul(dc, c_prev, out=df)
-        else:
-            df.zero_()
-        if dc_prev is not None:
-            torch.mul(dc, f, out=dc_prev)
-        dg.mul_(i)
-        _sigmoid_backward(d_pre[: 3 * hidden], gates[: 3 * hidden], grad_input=d_pre[: 3 * hidden])
-        _tanh_backward(dg, g, grad_input=dg)
+def _pointwise_forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
+    """Activate ``gates [4H, m]`` (rows i, f, o, g) in place; write ``c``, ``h`` and, unless ``None``,
+    ``tanh(c)``: the step's pointwise maths as torch operations, into preallocated buffers."""
+    hidden = c.shape[0]
+    gates[: 3 * hidden].sigmoid_()
+    gates[3 * hidden :].tanh_()
+    i, f, o, g = gates.chunk(4)
+    torch.mul(i, g, out=c)
+    if c_prev is not None:
+        c.addcmul_(f, c_prev)
+    if tanh_c is None:
+        torch.tanh(c, out=h).mul_(o)
+        return
+    torch.tanh(c, out=tanh_c)
+    torch.mul(o, tanh_c, out=h)
 
 
-class _NativePointwise(_TorchPointwise):
-    """The same maths, one pass per direction, in the C++ kernels of :mod:`fewshot.nn.native`."""
+def _pointwise_backward(
+    gates: Tensor,
+    tanh_c: Tensor,
+    c_prev: Tensor | None,
+    dh: Tensor,
+    dc_next: Tensor | None,
+    d_pre: Tensor,
+    dc_prev: Tensor | None,
+) -> None:
+    """From activated ``gates`` and ``tanh(c)``: the pre-activation gradient ``d_pre [4H, m]`` and
+    ``dc_prev = dc * f`` (unless ``None``)."""
+    hidden = tanh_c.shape[0]
+    i, f, o, g = gates.chunk(4)
+    di, df, do, dg = d_pre.chunk(4)
+    torch.mul(dh, tanh_c, out=do)
+    dc = torch.mul(dh, o, out=dg)  # dg's rows are free until the end: borrow them for dc
+    _tanh_backward(dc, tanh_c, grad_input=dc)
+    if dc_next is not None:
+        dc.add_(dc_next)
+    torch.mul(dc, g, out=di)
+    if c_prev is not None:
+        torch.mul(dc, c_prev, out=df)
+    else:
+        df.zero_()
+    if dc_prev is not None:
+        torch.mul(dc, f, out=dc_prev)
+    dg.mul_(i)
+    _sigmoid_backward(d_pre[: 3 * hidden], gates[: 3 * hidden], grad_input=d_pre[: 3 * hidden])
+    _tanh_backward(dg, g, grad_input=dg)
 
-    @staticmethod
-    def forward(gates: Tensor, c_prev: Tensor | None, c: Tensor, h: Tensor, tanh_c: Tensor | None) -> None:
-        """As :meth:`_TorchPointwise.forward`."""
-        native.kernels().lstm_gates_forward(gates, native.kernel_matrix(c_prev), c, h, tanh_c)
 
-    @staticmethod
-    def backward(
-        gates: Tensor,
-        tanh_c: Tensor,
-        c_prev: Tensor | None,
-        dh: Tensor,
-        dc_next: Tensor | None,
-        d_pre: Tensor,
-        dc_prev: Tensor | None,
-    ) -> None:
-        """As :meth:`_TorchPointwise.backward`."""
-        c_prev, dh, dc_next = (native.kernel_matrix(t) for t in (c_prev, dh, dc_next))
-        native.kernels().lstm_gates_backward(gates, tanh_c, c_prev, dh, dc_next, d_pre, dc_prev)
+def _blocks(n: int, block_size: int) -> Iterator[slice]:
+    for start in range(0, n, block_size):
+        yield slice(start, min(start + block_size, n))
+
+
+def _column(t: Tensor | None, b: slice) -> Tensor | None:
+    return None if t is None else t[:, b]
 
 
 def _matrix(buffer: Tensor, rows: int, m: int) -> Tensor:
-    """The first ``rows * m`` values of a flat buffer as a contiguous ``[rows, m]`` matrix."""
+    """The first ``rows * m`` values of a flat buffer as a contiguous ``[rows, m]`` matrix (the same
+    layout for every block, ragged last one included, so that every block runs the same kernels)."""
     return buffer[: rows * m].view(rows, m)
 
 
-def _blocks(n: int, block_size: int) -> Iterator[tuple[slice, int]]:
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        yield slice(start, stop), stop - start
-
-
-def _native_or_torch(*tensors: Tensor) -> type[_TorchPointwise]:
-    """The CPU kernels' pointwise maths: the C++ kernels where they apply to ``tensors``."""
-    return _NativePointwise if native.applies(*tensors) else _TorchPointwise
-
-
-@torch.library.custom_op("fewshot::lstm_step", mutates_args=())
-def lstm_step(
+def _lstm_step_composite(
     x: Tensor,
     h: Tensor | None,
     c: Tensor | None,
@@ -164,71 +112,59 @@ def lstm_step(
     block_size: int,
     keep: bool,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """One coordinate-wise LSTM step on coordinate-last tensors: ``(h, c, kept)``; this is the
-    composite implementation (torch operations), the CPU kernel below runs :func:`_lstm_step` with
-    the C++ pointwise maths.
+    """One coordinate-wise LSTM step on coordinate-last tensors: ``(h, c, kept)``.
 
     ``x [F_x, n]``, ``h``, ``c`` ``[H, n]`` (``None``: zeros), ``w_x [4H, F_x]``, ``w_h [4H, H]``,
-    ``bias [4H]``. The coordinates are walked in blocks of ``block_size``; per block,
-    ``[x; h; 1]`` is gathered into one buffer, so that a single matrix product gives the gate
-    pre-activations (bias included). With ``keep``, ``kept`` holds what the backward
-    needs, per block: the activated gates ``[4H, m]``, ``tanh(c) [H, m]`` and ``[x; h; 1]``
-    (one allocation per block: glibc serves requests above 32 MB with fresh pages every time);
-    without it (inference, or checkpointing: the backward recomputes them) it is empty.
+    ``bias [4H]``. The coordinates are walked in blocks of ``block_size``; per block, ``[x; h; 1]``
+    is gathered into one buffer so that a single matrix product gives the gate pre-activations
+    (bias included), and the block's gates stay in cache for the maths that reads them. With
+    ``keep``, ``kept`` holds what the backward needs, one ``[5H, m]`` tensor per block: the
+    activated gates ``i, f, o, g``, then ``tanh(c)`` (blocks, not one tensor: glibc serves
+    requests above 32 MB with fresh pages every time); without it (inference, or checkpointing:
+    the backward recomputes them) it is empty. This is the composite implementation (torch
+    operations, any device and dtype); the CPU kernel below runs the C++ step of
+    :mod:`fewshot.nn.native` where it applies.
     """
-    return _lstm_step(_TorchPointwise, x, h, c, w_x, w_h, bias, block_size, keep)
+    hidden, n = w_h.shape[1], x.shape[1]
+    weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
+    h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
+    block = min(block_size, n)
+    rows = _input_rows(x, h)
+    inputs_buffer, scratch = x.new_empty(rows * block), x.new_empty(4 * hidden * block)
+    kept = []
+    for b in _blocks(n, block):
+        m = b.stop - b.start
+        if keep:
+            kept.append(x.new_empty(5 * hidden, m))
+        gates, tanh_c = (
+            (kept[-1][: 4 * hidden], kept[-1][4 * hidden :]) if keep else (_matrix(scratch, 4 * hidden, m), None)
+        )
+        inputs = _matrix(inputs_buffer, rows, m)
+        _gather(inputs, x[:, b], _column(h, b))
+        torch.mm(weight, inputs, out=gates)
+        _pointwise_forward(gates, _column(c, b), c_new[:, b], h_new[:, b], tanh_c)
+    return h_new, c_new, kept
+
+
+lstm_step = torch.library.custom_op("fewshot::lstm_step", mutates_args=())(_lstm_step_composite)
 
 
 @lstm_step.register_kernel("cpu")
 def _(x, h, c, w_x, w_h, bias, block_size, keep):
-    pointwise = _native_or_torch(x, w_x, w_h, bias)
-    return _lstm_step(pointwise, x, h, c, w_x, w_h, bias, block_size, keep)
-
-
-def _lstm_step(
-    pointwise: type[_TorchPointwise],
-    x: Tensor,
-    h: Tensor | None,
-    c: Tensor | None,
-    w_x: Tensor,
-    w_h: Tensor,
-    bias: Tensor,
-    block_size: int,
-    keep: bool,
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """:func:`lstm_step` with the given pointwise maths."""
-    hidden, n = w_h.shape[1], x.shape[1]
-    block = min(block_size, n)
-    weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-    rows = _input_rows(x, h)
-    workspace = _Workspace(x, 4 * hidden, rows, block)
-    h_new, c_new = x.new_empty(hidden, n), x.new_empty(hidden, n)
-    kept: list[Tensor] = []
-    for b, m in _blocks(n, block):
-        block_kept = None
-        if keep:
-            block_kept = (x.new_empty(4 * hidden, m), x.new_empty(hidden, m), x.new_empty(rows, m))
-            kept.extend(block_kept)
-        h_b = None if h is None else h[:, b]
-        c_b = None if c is None else c[:, b]
-        pointwise.step(weight, x[:, b], h_b, c_b, c_new[:, b], h_new[:, b], block_kept, workspace)
-    return h_new, c_new, kept
+    if not native.applies(x, w_x, w_h, bias):
+        return _lstm_step_composite(x, h, c, w_x, w_h, bias, block_size, keep)
+    x, h, c = (native.kernel_matrix(t) for t in (x, h, c))
+    return native.kernels().lstm_step_forward(x, h, c, w_x, w_h, bias.contiguous(), block_size, keep)
 
 
 @lstm_step.register_fake
 def _(x, h, c, w_x, w_h, bias, block_size, keep):
     hidden, n = w_h.shape[1], x.shape[1]
-    block = min(block_size, n)
-    rows = _input_rows(x, h)
-    kept = []
-    if keep:
-        for _b, m in _blocks(n, block):
-            kept += [x.new_empty(4 * hidden, m), x.new_empty(hidden, m), x.new_empty(rows, m)]
+    kept = [x.new_empty(5 * hidden, b.stop - b.start) for b in _blocks(n, min(block_size, n))] if keep else []
     return x.new_empty(hidden, n), x.new_empty(hidden, n), kept
 
 
-@torch.library.custom_op("fewshot::lstm_step_backward", mutates_args=())
-def lstm_step_backward(
+def _lstm_step_backward_composite(
     x: Tensor,
     h: Tensor | None,
     c: Tensor | None,
@@ -244,71 +180,60 @@ def lstm_step_backward(
     need_c: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`lstm_step`: ``(dx, dh_prev, dc_prev, dweight)`` with ``dweight =
-    [dW_x, dW_h, db]`` (``[4H, F_x (+ H) + 1]``); a gradient not asked for (``need_*``) is an
-    empty tensor. Empty ``kept`` (checkpointing): the gates are recomputed block by block.
-    The composite implementation; the CPU kernel below runs the C++ pointwise maths."""
-    args = (x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c)
-    return _lstm_step_backward(_TorchPointwise, *args)
-
-
-@lstm_step_backward.register_kernel("cpu")
-def _(x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c):
-    pointwise = _native_or_torch(x, w_x, w_h, bias)
-    args = (x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c)
-    return _lstm_step_backward(pointwise, *args)
-
-
-def _lstm_step_backward(
-    pointwise: type[_TorchPointwise],
-    x: Tensor,
-    h: Tensor | None,
-    c: Tensor | None,
-    w_x: Tensor,
-    w_h: Tensor,
-    bias: Tensor,
-    kept: list[Tensor],
-    dh: Tensor | None,
-    dc_next: Tensor | None,
-    block_size: int,
-    need_x: bool,
-    need_h: bool,
-    need_c: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`lstm_step_backward` with the given pointwise maths."""
+    [dW_x, dW_h, db]`` (``[4H, F_x (+ H) + 1]``), summed block by block in block order; a gradient
+    not asked for (``need_*``) is an empty tensor. Empty ``kept`` (checkpointing): the gates are
+    recomputed block by block. The composite implementation; the CPU kernel below runs the C++
+    step."""
     hidden, n, n_x = w_h.shape[1], x.shape[1], x.shape[0]
     need_h, need_c = need_h and h is not None, need_c and c is not None
-    if dh is None:
-        dh = x.new_zeros(hidden, n)
+    dh = x.new_zeros(hidden, n) if dh is None else dh
     block = min(block_size, n)
     weight = _augmented_weight(w_x, w_h if h is not None else None, bias)
-    if not kept:  # checkpointing: recompute the gates block by block
-        rows = (4 * hidden, hidden, _input_rows(x, h), hidden, hidden)
-        scratch = [x.new_empty(r * block) for r in rows]
-        workspace = _Workspace(x, 4 * hidden, rows[2], block)
-    d_pre_buffer = x.new_empty(4 * hidden * block)
+    rows = _input_rows(x, h)
+    inputs_buffer, d_pre_buffer = x.new_empty(rows * block), x.new_empty(4 * hidden * block)
+    if not kept:
+        recomputed = [x.new_empty(r * block) for r in (4 * hidden, hidden, hidden, hidden)]
     dh_prev = x.new_empty(hidden, n) if need_h else x.new_empty(0)
     dc_prev = x.new_empty(hidden, n) if need_c else x.new_empty(0)
     dx = x.new_empty(n_x, n) if need_x else x.new_empty(0)
-    dweight_t = torch.zeros_like(weight.t())  # [F_x + H + 1, 4H]: inputs @ d_pre^T is the fast product
-    for k, (b, m) in enumerate(_blocks(n, block)):
-        c_prev = None if c is None else c[:, b]
-        d_pre = _matrix(d_pre_buffer, 4 * hidden, m)
-        dc_next_b = None if dc_next is None else dc_next[:, b]
-        if not kept:
-            views = (_matrix(buffer, r, m) for buffer, r in zip(scratch, rows, strict=True))
-            gates, tanh_c, inp, c_scratch, h_scratch = views
-            h_b = None if h is None else h[:, b]
-            pointwise.step(weight, x[:, b], h_b, c_prev, c_scratch, h_scratch, (gates, tanh_c, inp), workspace)
+    partials = x.new_empty(len(range(0, n, block)), rows, 4 * hidden)  # inputs @ d_pre^T is the fast product
+    for k, b in enumerate(_blocks(n, block)):
+        m = b.stop - b.start
+        c_prev, inp, d_pre = _column(c, b), _matrix(inputs_buffer, rows, m), _matrix(d_pre_buffer, 4 * hidden, m)
+        _gather(inp, x[:, b], _column(h, b))
+        if kept:
+            gates, tanh_c = kept[k][: 4 * hidden], kept[k][4 * hidden :]
         else:
-            gates, tanh_c, inp = kept[3 * k : 3 * k + 3]
+            sizes = (4 * hidden, hidden, hidden, hidden)
+            gates, tanh_c, c_scratch, h_scratch = (_matrix(t, r, m) for t, r in zip(recomputed, sizes, strict=True))
+            torch.mm(weight, inp, out=gates)
+            _pointwise_forward(gates, c_prev, c_scratch, h_scratch, tanh_c)
         dc_prev_b = dc_prev[:, b] if need_c else None
-        pointwise.backward(gates, tanh_c, c_prev, dh[:, b], dc_next_b, d_pre, dc_prev_b)
+        _pointwise_backward(gates, tanh_c, c_prev, dh[:, b], _column(dc_next, b), d_pre, dc_prev_b)
         if need_h:
             torch.mm(w_h.t(), d_pre, out=dh_prev[:, b])
         if need_x:
             torch.mm(w_x.t(), d_pre, out=dx[:, b])
-        dweight_t.addmm_(inp, d_pre.t())
-    return dx, dh_prev, dc_prev, dweight_t.t().contiguous()
+        torch.mm(inp, d_pre.t(), out=partials[k])
+    return dx, dh_prev, dc_prev, partials.sum(0).t().contiguous()
+
+
+lstm_step_backward = torch.library.custom_op("fewshot::lstm_step_backward", mutates_args=())(
+    _lstm_step_backward_composite
+)
+
+
+@lstm_step_backward.register_kernel("cpu")
+def _(x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c):
+    if not native.applies(x, w_x, w_h, bias):
+        args = (x, h, c, w_x, w_h, bias, kept, dh, dc_next, block_size, need_x, need_h, need_c)
+        return _lstm_step_backward_composite(*args)
+    hidden, n = w_h.shape[1], x.shape[1]
+    dh = x.new_zeros(hidden, n) if dh is None else dh
+    x, h, c, dh, dc_next = (native.kernel_matrix(t) for t in (x, h, c, dh, dc_next))
+    return native.kernels().lstm_step_backward(
+        x, h, c, w_x, w_h, bias.contiguous(), kept, dh, dc_next, block_size, need_x, need_h, need_c
+    )
 
 
 @lstm_step_backward.register_fake
@@ -374,29 +299,6 @@ def _gather(inputs: Tensor, x: Tensor, h: Tensor | None) -> None:
     if h is not None:
         inputs[n_x:-1].copy_(h)
     inputs[-1].fill_(1.0)
-
-
-class _Workspace:
-    """Scratch for the forward's gates and gathered inputs, allocated on first use and reused by
-    every block of one call."""
-
-    def __init__(self, like: Tensor, gate_rows: int, input_rows: int, block_size: int) -> None:
-        self.like, self.block_size = like, block_size
-        self.rows = {"gates": gate_rows, "inputs": input_rows}
-        self.buffers: dict[str, Tensor] = {}
-
-    def _matrix(self, name: str, m: int) -> Tensor:
-        if name not in self.buffers:
-            self.buffers[name] = self.like.new_empty(self.rows[name] * self.block_size)
-        return _matrix(self.buffers[name], self.rows[name], m)
-
-    def gates(self, m: int) -> Tensor:
-        """Scratch ``[4H, m]``."""
-        return self._matrix("gates", m)
-
-    def inputs(self, m: int) -> Tensor:
-        """Scratch ``[F_x (+ H) + 1, m]``."""
-        return self._matrix("inputs", m)
 
 
 class CoordinateLSTM(nn.Module):

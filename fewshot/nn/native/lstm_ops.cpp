@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -252,6 +253,147 @@ void lstm_gates_backward(const Tensor& gates, const Tensor& tanh_c, const std::o
   });
 }
 
+// ---- The whole step, walked in blocks of columns (one task each, on torch's threads), so that a
+// block's gates stay in cache between the product that makes them and the maths that reads them.
+// Per block: [x; h; 1] is gathered into a small buffer, gates = [W_x, W_h, b] [x; h; 1] (one
+// product), then the pointwise maths above; the backward's products (dh_prev = W_h^T d_pre,
+// dx = W_x^T d_pre, dW = d_pre [x; h; 1]^T) run on the block's d_pre while it is in cache. What the
+// backward needs is kept per block, [5H, m] (the activated gates i, f, o, g, then tanh(c)): blocks
+// stay below glibc's 32 MB mmap threshold, so their memory is reused rather than faulted in anew.
+// Each block writes its weight gradient to its own slice of a partials tensor, added up in block
+// order: the result depends on the block size, never on the number of threads.
+
+Tensor opt_narrow(const std::optional<Tensor>& t, int64_t start, int64_t m) {
+  return t.has_value() ? t->narrow(1, start, m) : Tensor();
+}
+
+std::optional<Tensor> maybe(const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; }
+
+// [W_x, W_h, b] ([4H, F_x + H + 1]); without h (the first step, h = 0) [W_x, b].
+Tensor augmented_weight(const Tensor& x, const std::optional<Tensor>& h, const std::optional<Tensor>& c,
+                        const Tensor& w_x, const Tensor& w_h, const Tensor& bias, int64_t block) {
+  TORCH_CHECK(x.dim() == 2, "x must be [F_x, n], got ", x.sizes());
+  TORCH_CHECK(w_h.dim() == 2 && w_h.size(0) == 4 * w_h.size(1), "w_h must be [4H, H], got ", w_h.sizes());
+  TORCH_CHECK(block >= 1, "block_size must be at least 1, got ", block);
+  const int64_t hidden = w_h.size(1), n = x.size(1);
+  check_matrix(x, "x", x.size(0), n);
+  check_matrix(w_x, "w_x", 4 * hidden, x.size(0));
+  check_matrix(w_h, "w_h", 4 * hidden, hidden);
+  check_vector(bias, "bias", 4 * hidden);
+  if (h.has_value()) check_matrix(*h, "h", hidden, n);
+  if (c.has_value()) check_matrix(*c, "c", hidden, n);
+  return h.has_value() ? at::cat({w_x, w_h, bias.unsqueeze(1)}, 1) : at::cat({w_x, bias.unsqueeze(1)}, 1);
+}
+
+// Write [x; h; 1] into the first rows of `inputs` (rows contiguous); returns that [F_x (+ H) + 1, m] view.
+Tensor gather_inputs(const Tensor& inputs, const Tensor& x, const Tensor& h) {
+  const int64_t n_x = x.size(0), m = x.size(1), rows = n_x + (h.defined() ? h.size(0) : 0) + 1;
+  Tensor view = inputs.narrow(0, 0, rows).narrow(1, 0, m);
+  view.narrow(0, 0, n_x).copy_(x);
+  if (h.defined()) view.narrow(0, n_x, h.size(0)).copy_(h);
+  view.select(0, rows - 1).fill_(1.0f);
+  return view;
+}
+
+// One block's forward: the pre-activations into gates ([4H, m]), then the pointwise maths writes c
+// and h (and activates the gates in place, and writes tanh_c, when tanh_c is defined).
+void forward_block(const Tensor& x, const Tensor& h, const Tensor& c_prev, const Tensor& weight,
+                   const Tensor& inputs_buffer, const Tensor& gates, const Tensor& c, const Tensor& h_out,
+                   const Tensor& tanh_c) {
+  Tensor out = gates;  // a handle on the same memory
+  at::mm_out(out, weight, gather_inputs(inputs_buffer, x, h));
+  lstm_gates_forward(gates, maybe(c_prev), c, h_out, maybe(tanh_c));
+}
+
+// h, c: None means zeros (the first step). Returns (h_new, c_new, kept): with keep, one [5H, m]
+// tensor per block (see above); without it none (inference, or the backward recomputes them).
+std::tuple<Tensor, Tensor, std::vector<Tensor>> lstm_step_forward(const Tensor& x, const std::optional<Tensor>& h,
+                                                                  const std::optional<Tensor>& c, const Tensor& w_x,
+                                                                  const Tensor& w_h, const Tensor& bias,
+                                                                  int64_t block, bool keep) {
+  const Tensor weight = augmented_weight(x, h, c, w_x, w_h, bias, block);
+  const int64_t hidden = w_h.size(1), n = x.size(1), n_blocks = (n + block - 1) / block;
+  Tensor h_new = at::empty({hidden, n}, x.options()), c_new = at::empty({hidden, n}, x.options());
+  std::vector<Tensor> kept(keep ? n_blocks : 0);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t cols = std::min(block, n);
+    Tensor inputs = at::empty({weight.size(1), cols}, x.options());
+    Tensor scratch = keep ? Tensor() : at::empty({4 * hidden, cols}, x.options());
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t start = k * block, m = std::min(block, n - start);
+      Tensor gates, tanh_c;
+      if (keep) {
+        kept[k] = at::empty({5 * hidden, m}, x.options());
+        gates = kept[k].narrow(0, 0, 4 * hidden), tanh_c = kept[k].narrow(0, 4 * hidden, hidden);
+      } else {
+        gates = scratch.narrow(1, 0, m);
+      }
+      forward_block(x.narrow(1, start, m), opt_narrow(h, start, m), opt_narrow(c, start, m), weight, inputs, gates,
+                    c_new.narrow(1, start, m), h_new.narrow(1, start, m), tanh_c);
+    }
+  });
+  return {h_new, c_new, kept};
+}
+
+// Gradients of lstm_step_forward: (dx, dh_prev, dc_prev, dweight = [dW_x, dW_h, db] [4H, F_x (+ H)
+// + 1]); one not asked for (need_*) is empty. kept: what the forward kept, or empty (then the gates
+// are recomputed block by block). dc_next: None means zeros.
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_backward(
+    const Tensor& x, const std::optional<Tensor>& h, const std::optional<Tensor>& c, const Tensor& w_x,
+    const Tensor& w_h, const Tensor& bias, const std::vector<Tensor>& kept, const Tensor& dh,
+    const std::optional<Tensor>& dc_next, int64_t block, bool need_x, bool need_h, bool need_c) {
+  const Tensor weight = augmented_weight(x, h, c, w_x, w_h, bias, block);
+  const int64_t hidden = w_h.size(1), n = x.size(1), n_x = x.size(0), width = weight.size(1);
+  const int64_t n_blocks = (n + block - 1) / block;
+  TORCH_CHECK(kept.empty() || static_cast<int64_t>(kept.size()) == n_blocks, "kept must hold ", n_blocks,
+              " blocks (one per block of ", block, " coordinates), got ", kept.size());
+  for (size_t k = 0; k < kept.size(); ++k)
+    check_matrix(kept[k], "a kept block", 5 * hidden, std::min(block, n - static_cast<int64_t>(k) * block));
+  check_matrix(dh, "dh", hidden, n);
+  if (dc_next.has_value()) check_matrix(*dc_next, "dc_next", hidden, n);
+  need_h = need_h && h.has_value();
+  need_c = need_c && c.has_value();
+  Tensor dx = need_x ? at::empty({n_x, n}, x.options()) : at::empty({0}, x.options());
+  Tensor dh_prev = need_h ? at::empty({hidden, n}, x.options()) : at::empty({0}, x.options());
+  Tensor dc_prev = need_c ? at::empty({hidden, n}, x.options()) : at::empty({0}, x.options());
+  Tensor partials = at::empty({n_blocks, width, 4 * hidden}, x.options());  // [x; h; 1] d_pre^T: the fast product
+  const Tensor w_x_t = w_x.t(), w_h_t = w_h.t();
+  at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t cols = std::min(block, n);
+    Tensor inputs = at::empty({width, cols}, x.options()), d_pre_buffer = at::empty({4 * hidden, cols}, x.options());
+    Tensor recomputed = kept.empty() ? at::empty({7 * hidden, cols}, x.options()) : Tensor();
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t start = k * block, m = std::min(block, n - start);
+      const Tensor x_k = x.narrow(1, start, m), h_k = opt_narrow(h, start, m), c_k = opt_narrow(c, start, m);
+      Tensor gates, tanh_c, in;
+      if (!kept.empty()) {
+        gates = kept[k].narrow(0, 0, 4 * hidden), tanh_c = kept[k].narrow(0, 4 * hidden, hidden);
+        in = gather_inputs(inputs, x_k, h_k);
+      } else {  // rows: gates 4H, tanh_c H, then scratch for c and h (not needed again) 2H
+        const Tensor r = recomputed.narrow(1, 0, m);
+        gates = r.narrow(0, 0, 4 * hidden), tanh_c = r.narrow(0, 4 * hidden, hidden);
+        forward_block(x_k, h_k, c_k, weight, inputs, gates, r.narrow(0, 5 * hidden, hidden),
+                      r.narrow(0, 6 * hidden, hidden), tanh_c);
+        in = inputs.narrow(0, 0, width).narrow(1, 0, m);  // forward_block gathered them
+      }
+      Tensor d_pre = d_pre_buffer.narrow(1, 0, m);
+      lstm_gates_backward(gates, tanh_c, maybe(c_k), dh.narrow(1, start, m), maybe(opt_narrow(dc_next, start, m)), d_pre,
+                          need_c ? std::optional<Tensor>(dc_prev.narrow(1, start, m)) : std::nullopt);
+      if (need_h) {
+        Tensor out = dh_prev.narrow(1, start, m);
+        at::mm_out(out, w_h_t, d_pre);
+      }
+      if (need_x) {
+        Tensor out = dx.narrow(1, start, m);
+        at::mm_out(out, w_x_t, d_pre);
+      }
+      Tensor partial = partials.select(0, k);
+      at::mm_out(partial, in, d_pre.t());
+    }
+  });
+  return {dx, dh_prev, dc_prev, partials.sum(0).t().contiguous()};
+}
+
 // ---- The Meta-Learner cell (fewshot/methods/meta_lstm/cell.py), per coordinate j:
 //   pre_k = b_k + sum_r W[k, r] h[r, j] + W[k, H] theta[j] + W[k, H + 1] prev_k[j]  (k = i, f)
 //   i, f = sigmoid(pre);  theta_new = f * theta - i * grad;  state_k = pre_k or gate_k
@@ -423,6 +565,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("gates"), arg("c_prev"), arg("c"), arg("h"), arg("tanh_c"));
   m.def("lstm_gates_backward", &lstm_gates_backward, "pre-activation gradient and dc_prev", arg("gates"),
         arg("tanh_c"), arg("c_prev"), arg("dh"), arg("dc_next"), arg("d_pre"), arg("dc_prev"));
+  m.def("lstm_step_forward", &lstm_step_forward, "the coordinate-wise LSTM step, block by block", arg("x"), arg("h"),
+        arg("c"), arg("w_x"), arg("w_h"), arg("bias"), arg("block_size"), arg("keep"));
+  m.def("lstm_step_backward", &lstm_step_backward, "gradients of lstm_step_forward", arg("x"), arg("h"), arg("c"),
+        arg("w_x"), arg("w_h"), arg("bias"), arg("kept"), arg("dh"), arg("dc_next"),
+        arg("block_size"), arg("need_x"), arg("need_h"), arg("need_c"));
   m.def("meta_cell_forward", &meta_cell_forward, "the meta-learner cell's step");
   m.def("meta_cell_backward", &meta_cell_backward, "gradients of meta_cell_forward");
   m.def("vector_isa", &vector_isa, "the at::vec instruction set of this build");

@@ -19,6 +19,11 @@ Every process keeps its freed memory, as ``train.py`` does (:mod:`fewshot.run.pr
 ``--return-freed-memory`` leaves glibc's default, which hands the meta-graph back to the OS after
 every episode and faults it in again on the next.
 
+``--threads 1 2`` runs the training shapes once per thread count (the first as asked, the others
+with the wall clock) and prints each part's speed-up over the first. Unless ``--no-layer1``, the
+CPU run ends with :mod:`benchmarks.layer1`: one layer-1 step's achieved GFLOP/s next to a plain
+``torch.matmul`` of the same shapes. The first line names the CPU.
+
 ``--clock cpu`` times with ``time.process_time`` (CPU seconds of the process, all threads)
 instead of the wall clock: on a shared machine, with ``--threads 1``, it is what the wall time
 would be on an idle one.
@@ -45,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -52,6 +58,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +284,47 @@ def run_memory(n_steps: int, checkpoint: bool, device: torch.device) -> dict[str
     return {"n_steps": n_steps, "checkpoint": checkpoint, "peak_mib": _peak_mib(device, start)}
 
 
+PARTS = ("floor", "episode", "learner", "meta_forward", "meta_backward")
+
+
+def _thread_scaling(args: argparse.Namespace, child: Callable[..., dict], first: list[dict]) -> list[dict]:
+    """Rerun the training shapes with each further ``--threads`` value (wall clock: CPU time adds the
+    threads up) and print every part's speed-up over the first value."""
+    base = first if args.clock == "wall" else None
+    runs: dict[int, list[dict]] = {}
+    for threads in args.threads if base is None else args.threads[1:]:
+        options = ["--repeats", str(args.repeats), "--device", args.device, "--clock", "wall"]
+        options += ["--threads", str(threads)]
+        runs[threads] = [
+            child("--child", "train", "--shapes", name, "--variants", variant, options=options)
+            for name in args.shapes
+            for variant in args.variants
+        ]
+    if base is not None:
+        runs = {args.threads[0]: base, **runs}
+    one, *others = args.threads
+    print(f"\nthread scaling (wall clock): speed-up of each part with N threads over {one}")
+    print(f"{'shape':<22}{'variant':<10}{'N':>3}" + "".join(f"{part:>15}" for part in PARTS))
+    table = []
+    for n in others:
+        for ref, run in zip(runs[one], runs[n], strict=True):
+            ratios = {part: ref[part] / run[part] for part in PARTS}
+            table.append({"shape": run["shape"], "variant": run["variant"], "threads": n, **ratios})
+            print(f"{run['shape']:<22}{run['variant']:<10}{n:>3}" + "".join(f"{ratios[p]:>15.2f}" for p in PARTS))
+    return table
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _format(results: list[dict[str, float | str]]) -> str:
     header = (
         f"{'shape':<22}{'variant':<10}{'coords':>7}{'floor ms':>10}{'episode ms':>12}{'ratio':>7}"
@@ -300,7 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--variants", nargs="*", default=["fused"], choices=VARIANTS)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads", type=int, nargs="*", default=None, help="torch.set_num_threads; several: also their scaling"
+    )
+    parser.add_argument("--no-layer1", action="store_true", help="skip layer 1's GFLOP/s (benchmarks.layer1)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--eval-episodes", type=int, default=600, help="0: skip the evaluation timing")
     parser.add_argument("--memory", action="store_true", help="peak memory vs T, with and without checkpointing")
@@ -313,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads[0])
     if not args.return_freed_memory:
         retain_freed_memory()  # as train.py does (retain_freed_memory: true)
     device = torch.device(args.device)
@@ -330,15 +381,15 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     print(
-        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"{cpu_name()}; torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
         f"{args.clock} clock, median of {args.repeats}, load average before {os.getloadavg()[0]:.2f}"
     )
     common = ["--repeats", str(args.repeats), "--device", args.device, "--clock", args.clock]
-    common += ["--threads", str(args.threads)] if args.threads else []
+    common += ["--threads", str(args.threads[0])] if args.threads else []
     common += ["--return-freed-memory"] if args.return_freed_memory else []
 
-    def child(*extra: str) -> dict:
-        command = [sys.executable, "-m", "benchmarks.meta_lstm", *common, *extra]
+    def child(*extra: str, module: str = "benchmarks.meta_lstm", options: list[str] = common) -> dict:
+        command = [sys.executable, "-m", module, *options, *extra]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
@@ -349,7 +400,20 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(_format(results))
     payload: dict = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
-    payload |= {"clock": args.clock, "train": results}
+    payload |= {"cpu": cpu_name(), "clock": args.clock, "train": results}
+    if args.threads and len(args.threads) > 1:
+        payload["scaling"] = _thread_scaling(args, child, results)
+    if device.type == "cpu" and not args.no_layer1:
+        threads = str(args.threads[0] if args.threads else torch.get_num_threads())
+        layer1 = child("--json", "--threads", threads, module="benchmarks.layer1", options=[])
+        print(f"\nlayer 1, one Omniglot step ({threads} thread(s)): products' GFLOP/s, step vs plain torch.matmul")
+        for direction in ("forward", "backward"):
+            print(
+                f"{direction:<9} step {layer1[f'{direction}_ms']:7.2f} ms {layer1[f'{direction}_gflops']:6.1f} GFLOP/s"
+                f" | torch.matmul {layer1[f'matmul_{direction}_ms']:7.2f} ms"
+                f" {layer1[f'matmul_{direction}_gflops']:6.1f} GFLOP/s"
+            )
+        payload["layer1"] = layer1
     if args.eval_episodes > 0:
         shape = args.shapes[0]
         runs = [

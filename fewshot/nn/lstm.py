@@ -14,9 +14,11 @@ Equations, per coordinate, with input ``x_t`` (preprocessed loss and gradient):
 The gate rows of ``W`` are ordered ``(i, f, o, g)`` like the official Torch code (one sigmoid over
 three blocks). ``forward`` is the fused step: one registered operator, ``fewshot::lstm_step``
 (:func:`lstm_step`, with its backward ``fewshot::lstm_step_backward`` registered for autograd),
-that walks the coordinates in blocks. Each has a composite implementation in torch operations
-(any device and dtype) and a CPU kernel whose pointwise maths runs in the C++ kernels of
-:mod:`fewshot.nn.native` where :func:`~fewshot.nn.native.applies`.
+that walks the coordinates in blocks small enough for a block's gates to stay in cache from the
+product that makes them to the maths that reads them. Each has a composite implementation in torch
+operations (any device and dtype) and a CPU kernel that runs the whole step (blocks, products,
+pointwise maths, on torch's threads) in the C++ of :mod:`fewshot.nn.native` where
+:func:`~fewshot.nn.native.applies`.
 ``reference`` is the textbook version in the usual ``[n, F]`` layout; the tests check that they
 all agree, and that ``reference`` agrees with ``torch.nn.LSTMCell``.
 """
@@ -34,6 +36,8 @@ from fewshot.nn import native
 State = tuple[Tensor, Tensor]
 
 CPU_BLOCK_SIZE = 2048
+"""Coordinates per block on the CPU: a block's gates (``4H x 2048`` floats, 640 KB at ``H = 20``)
+stay in a core's L2 cache; the blocks are also the tasks shared among torch's threads."""
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input

@@ -1,10 +1,12 @@
 """The Meta-LSTM's C++ kernels (``native/lstm_ops.cpp``), built on first use, and the one place
 that decides whether a CPU kernel of the Meta-LSTM's operators runs them.
 
-The coordinate-wise LSTM step's pointwise maths (gate activations, cell update and their
-backward) touches every one of the ~10^5 coordinates about fifteen times as separate torch
-operations; the C++ kernels do each direction in one pass, on torch's thread pool and ``at::vec``
-vectors. They are a Python extension module, not torch operators: the registered operators are
+The coordinate-wise LSTM step as separate torch operations writes its ``[4H, n]`` gates to memory
+and reads them back about fifteen times (``n`` ~ 10^5 coordinates); the C++ step walks the
+coordinates in cache-sized blocks, each a task on torch's thread pool: gather ``[x; h; 1]``, one
+matrix product for the block's gates, the pointwise maths on ``at::vec`` vectors, and in the
+backward the block's products while its gradient is in cache. The cell's step is one pass too.
+They are a Python extension module, not torch operators: the registered operators are
 ``fewshot::lstm_step`` (:mod:`~fewshot.nn.lstm`) and ``fewshot::meta_cell_step``
 (:mod:`~fewshot.methods.meta_lstm.cell`), each with its backward. Each has a default (composite)
 implementation in torch operations, for any device and dtype, and a CPU kernel

@@ -1,11 +1,12 @@
-// CPU kernels of the Meta-Learner LSTM's pointwise maths, a Python extension module (functions
-// lstm_gates_forward, lstm_gates_backward, meta_cell_forward, meta_cell_backward), not torch
-// operators: the operators are fewshot::lstm_step and fewshot::meta_cell_step (and their
-// backwards), whose CPU kernels call these; built on first use by fewshot/nn/native.py.
+// CPU kernels of the Meta-Learner LSTM, a Python extension module (functions lstm_step_forward,
+// lstm_step_backward, meta_cell_forward, meta_cell_backward, and the step's pointwise maths
+// lstm_gates_forward, lstm_gates_backward), not torch operators: the operators are
+// fewshot::lstm_step and fewshot::meta_cell_step (and their backwards), whose CPU kernels call
+// these; built on first use by fewshot/nn/native.py.
 //
 // Tensors are coordinate-last matrices [rows, m] whose rows are contiguous (stride(1) == 1, any
 // row stride); a step's gates are the rows (i, f, o, g) of one [4H, m] block. Loops run on
-// torch's thread pool (at::parallel_for) over (row, chunk of columns) tasks, and the maths on
+// torch's thread pool (at::parallel_for) over blocks of columns (a task each), and the maths on
 // at::vec::Vectorized<float>, whose instruction set is chosen at build time by CPU_CAPABILITY_*
 // (scalar without one). NaN inputs give NaN outputs.
 #include <ATen/ATen.h>

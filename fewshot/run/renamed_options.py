@@ -38,19 +38,21 @@ BASELINE_FINETUNE = "fewshot.methods.baseline_finetune.BaselineFinetune"
 
 # model._target_ (its current path, fewshot.run.checkpoint.MOVED_MODULES) -> old key -> what it became
 RENAMED_OPTIONS: dict[str, dict[str, Renamed]] = {
-    MAML: {"bn_mode": Renamed(("train_bn", "eval_bn"))},
-    REPTILE: {"bn_mode": Renamed(("eval_bn",), {"non_transductive": "support_plus_query"})},
+    MAML: {"bn_mode": Renamed(("train_bn", "eval_bn"), {"transductive": "transductive"})},
+    REPTILE: {
+        "bn_mode": Renamed(("eval_bn",), {"transductive": "transductive", "non_transductive": "support_plus_query"})
+    },
     MATCHING_NET: {
-        "bn_mode": Renamed(("train_bn",), {"separate": "transductive"}),
+        "bn_mode": Renamed(("train_bn",), {"joint": "joint", "separate": "transductive"}),
         # episode: each batch's own statistics, batched as in training
-        "eval_bn_stats": Renamed(("eval_bn",), {"episode": CopyOf("train_bn", "joint")}),
+        "eval_bn_stats": Renamed(("eval_bn",), {"running": "running", "episode": CopyOf("train_bn", "joint")}),
         "fce_clip_norm": Renamed(("grad_clip_norm",)),
         "fce_clip_support_lstm": Renamed(("grad_clip_params",), {False: "attention_lstm", True: "fce_lstms"}),
     },
     META_LSTM: {
         "n_steps": Renamed(("inner_steps",)),
-        "train_bn": Renamed(("train_bn",), {"batch": "transductive"}),
-        "eval_bn": Renamed(("eval_bn",), {"batch": "transductive"}),
+        "train_bn": Renamed(("train_bn",), {"batch": "transductive", "support": "support"}),
+        "eval_bn": Renamed(("eval_bn",), {"batch": "transductive", "support": "support"}),
     },
     BASELINE_FINETUNE: {
         "finetune_lr": Renamed(("inner_lr",)),

@@ -22,6 +22,7 @@ from hydra.utils import get_class, instantiate
 import fewshot
 from fewshot.methods.choices import BN_MODES
 from fewshot.run.checkpoint import CONFIG_KEY, check_checkpoint_fits, checkpoint_config, current_targets
+from fewshot.run.config_keys import describe_unknown, unknown_keys
 from fewshot.run.renamed_options import (
     OLD_KEYS,
     RENAMED_OPTIONS,
@@ -261,6 +262,16 @@ def test_current_keys_and_values_pass_without_composing():
     check_renamed_overrides(["model.train_bn=joint", "data.n_way=5", "seed=1"], never)
     # an old value of a kept key for a method that never had it: the method's own validator answers
     check_renamed_overrides(["model=maml", "model.eval_bn=batch"], lambda: composed("model=maml"))
+
+
+def test_an_old_key_in_a_preset_is_refused_naming_the_new_one():
+    run = {
+        "model": {"_target_": "fewshot.methods.matchingnet.MatchingNetwork", "bn_mode": "joint", "train_bn": "joint"}
+    }
+    reference = {"model": {"_target_": "fewshot.methods.matchingnet.MatchingNetwork", "train_bn": "joint"}}
+    found = unknown_keys(run, reference)
+    assert found == [("model.bn_mode", "model.train_bn")]
+    assert "'model.bn_mode' (did you mean 'model.train_bn'?)" in describe_unknown(found)
 
 
 # --- no old spelling is left -----------------------------------------------------------------------

@@ -24,10 +24,12 @@ class CopyOf:
 
 @dataclass(frozen=True)
 class Renamed:
-    """What an old key became: the new key(s), and the new value of each old value (others stay)."""
+    """What an old key became: the new key(s), the new value of each old value (others stay), and keys that
+    came with the rename, with the value that does what the method did before they existed."""
 
     new: tuple[str, ...]
     values: Mapping[Any, Any] = field(default_factory=dict)
+    adds: Mapping[str, Any] = field(default_factory=dict)
 
 
 MAML = "fewshot.methods.maml.MAML"
@@ -40,7 +42,11 @@ BASELINE_FINETUNE = "fewshot.methods.baseline_finetune.BaselineFinetune"
 RENAMED_OPTIONS: dict[str, dict[str, Renamed]] = {
     MAML: {"bn_mode": Renamed(("train_bn", "eval_bn"), {"transductive": "transductive"})},
     REPTILE: {
-        "bn_mode": Renamed(("eval_bn",), {"transductive": "transductive", "non_transductive": "support_plus_query"})
+        "bn_mode": Renamed(
+            ("eval_bn",),
+            {"transductive": "transductive", "non_transductive": "support_plus_query"},
+            adds={"train_bn": "transductive"},  # Reptile's training queries were always one batch
+        )
     },
     MATCHING_NET: {
         "bn_mode": Renamed(("train_bn",), {"joint": "joint", "separate": "transductive"}),
@@ -84,6 +90,8 @@ def current_options(model: Mapping[str, Any]) -> dict[str, Any]:
         rule = renames.get(key)
         for new_key in rule.new if rule else (key,):
             mapped[new_key] = new_value(rule, value) if rule else value
+        for added, default in rule.adds.items() if rule else ():
+            mapped.setdefault(added, default)
     for key, value in mapped.items():
         if isinstance(value, CopyOf):
             found = mapped.get(value.key, value.default)

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 import fewshot
 from fewshot.methods.choices import BN_MODES
@@ -32,6 +33,7 @@ from fewshot.run.renamed_options import (
     current_config,
     current_options,
 )
+from fewshot.run.training import check_continuation
 from tests.conftest import PROJECT_ROOT, compose_config
 from tests.methods.test_matchingnet import conv_episode
 
@@ -53,7 +55,7 @@ CASES = [(t, k, v) for t, renames in RENAMED_OPTIONS.items() for k in renames fo
 def test_every_old_key_and_value_maps_to_keys_and_values_the_method_takes(target, key, value):
     mapped = current_options({"_target_": target, key: value})
     rule = RENAMED_OPTIONS[target][key]
-    assert set(mapped) == {"_target_", *rule.new}
+    assert set(mapped) == {"_target_", *rule.new, *rule.adds}
     method = get_class(target)
     parameters = inspect.signature(method.__init__).parameters
     for new in rule.new:
@@ -180,6 +182,32 @@ def test_a_meta_lstm_checkpoint_with_old_keys_and_values_loads(tmp_path):
     assert loaded.metalearner.n_steps == 2 and loaded.metalearner.eval_bn == "transductive"
 
 
+def spelled_before(model: dict) -> dict:
+    """A current model config node written with the old option names and values of its method."""
+    old = dict(model)
+    for key, rule in RENAMED_OPTIONS.get(model["_target_"], {}).items():
+        if not all(new in old for new in rule.new):
+            continue
+        value = old[rule.new[0]]
+        before = [v for v, now in rule.values.items() if now == value or (isinstance(now, CopyOf) and v == "episode")]
+        for new in [*rule.new, *rule.adds]:
+            old.pop(new, None)
+        old[key] = before[0] if before else value
+    return old
+
+
+@pytest.mark.parametrize("model", ["maml", "reptile", "matchingnet_fce", "meta_lstm", "baseline_finetune"])
+def test_a_run_checkpointed_under_the_old_option_names_maps_back_and_resumes(model, tmp_path):
+    overrides = ["debug=tiny", "trainer=cpu", "logger=none", f"model={model}"]
+    current = OmegaConf.to_container(compose_config(overrides, tmp_path), resolve=True)
+    stored = {**current, "model": spelled_before(current["model"])}
+    assert set(stored["model"]) & OLD_KEYS or model == "meta_lstm"
+    assert current_config(stored) == current
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({CONFIG_KEY: stored, "state_dict": {}, "epoch": 3, "global_step": 12}, ckpt)
+    assert check_continuation(str(ckpt), current, compose_config(overrides, tmp_path)) == (3, 12)
+
+
 # --- the command line ----------------------------------------------------------------------------
 
 
@@ -209,8 +237,6 @@ def test_an_old_key_on_the_command_line_stops_train_py_in_one_line_before_any_da
 
 def composed(*overrides: str) -> dict:
     """The ``model`` node of ``overrides`` (as train.py composes it before the check)."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(compose_config(list(overrides), Path("unused")).model, resolve=False)
 
 

@@ -291,7 +291,8 @@ class MatchingNetwork(EpisodicMethod):
             return embed_episode(self.backbone, episode)
         b, nk = episode.support_labels.shape
         support = self.backbone(episode.support_images.flatten(0, 1))
-        queries = (self.query_backbone or self.backbone)(episode.query_images.flatten(0, 1))
+        query_backbone = self.backbone if self.query_backbone is None else self.query_backbone
+        queries = query_backbone(episode.query_images.flatten(0, 1))
         return support.view(b, nk, -1), queries.view(b, -1, queries.shape[-1])
 
     def embed(self, episode: Episode) -> tuple[Tensor, Tensor]:

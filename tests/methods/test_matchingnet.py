@@ -286,6 +286,18 @@ def test_batch_statistics_in_evaluation_use_the_batch_and_leave_the_running_stat
     assert torch.allclose(evaluated, method(episode), atol=1e-5)
 
 
+@pytest.mark.parametrize(("train_bn", "eval_bn"), [("joint", "transductive"), ("transductive", "joint")])
+def test_evaluation_batches_support_and_queries_as_eval_bn_says_whatever_the_training_mode(train_bn, eval_bn):
+    method = conv_matching_net(train_bn=train_bn, eval_bn=eval_bn).eval()
+    episode = conv_episode(n_way=3, n_shot=2, n_query=2)
+    other_queries = episode.with_images(episode.support_images, torch.rand_like(episode.query_images))
+    with torch.no_grad():
+        support, _ = method.embed(episode)
+        support_beside_others, _ = method.embed(other_queries)
+    # joint: the support shares its statistics with the queries; transductive: it has its own
+    assert torch.allclose(support, support_beside_others, atol=1e-6) is (eval_bn == "transductive")
+
+
 def test_episode_batch_norm_restores_modes_and_momentum():
     net = Conv4(1, 4, 16, dropout=0.5).eval()
     with episode_batch_norm(net):

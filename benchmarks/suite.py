@@ -81,8 +81,8 @@ CASES = {
         Case("MAML-1st 5 steps", "maml_5w1s", ("model.first_order=true", "model.inner_steps=5"), 32),
         Case("MAML-2nd 1 step", "maml_5w1s", ("model.eval_inner_steps=1",), 32),
         Case("MAML-2nd 5 steps", "maml_5w1s", ("model.inner_steps=5",), 32),
-        Case("Meta-LSTM T5", "meta_lstm_5w1s", ("model.n_steps=5",)),
-        Case("Meta-LSTM T12", "meta_lstm_5w1s", ("model.n_steps=12",)),
+        Case("Meta-LSTM T5", "meta_lstm_5w1s", ("model.inner_steps=5",)),
+        Case("Meta-LSTM T12", "meta_lstm_5w1s", ("model.inner_steps=12",)),
     )
 }
 

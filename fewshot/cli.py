@@ -20,19 +20,60 @@ def user_error(err: BaseException) -> BaseException | None:
     printed as one line instead of a traceback; None for anything else (a bug keeps its traceback)."""
     from fewshot.data.errors import DataError
     from fewshot.io import OutputPathError
+    from fewshot.methods.choices import OptionError
     from fewshot.run.checkpoint import CheckpointError
     from fewshot.run.config_keys import UnknownConfigKeyError
     from fewshot.run.config_types import ConfigTypeError
     from fewshot.run.folder import RunConfigError
 
-    kinds = (CheckpointError, ConfigTypeError, DataError, OutputPathError, RunConfigError, UnknownConfigKeyError)
+    kinds = (
+        CheckpointError,
+        ConfigTypeError,
+        DataError,
+        OptionError,
+        OutputPathError,
+        RunConfigError,
+        UnknownConfigKeyError,
+    )
     while err is not None and not isinstance(err, kinds):
         err = err.__cause__
     return err
 
 
+def composed_model(overrides: list[str]) -> dict | None:
+    """The ``model`` node the command line's single-valued ``key=value`` overrides without a dot compose
+    (``model=``, ``experiment=``, ...), None when they do not compose (sweeps are left out)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    groups = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0] and "," not in o and o[0] != "-"]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return OmegaConf.to_container(compose(config_name="train", overrides=groups).model, resolve=False)
+    except Exception:  # noqa: BLE001 - the error names every method's new keys instead
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def main() -> float | None:
+    """The training command: refuse an old option name on the command line (one line, before Hydra composes
+    the config and fails on it), then run :func:`train_main`."""
+    from fewshot.run.renamed_options import RenamedOptionError, check_renamed_overrides
+
+    overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+    try:
+        check_renamed_overrides(overrides, lambda: composed_model(overrides))
+    except RenamedOptionError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return train_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers."""
     from fewshot.run.config_keys import check_known_keys
     from fewshot.run.signals import RunInterrupted, rerun_command, resume_command, resume_sweep_command, sweep_folder

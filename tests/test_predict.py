@@ -260,7 +260,7 @@ def test_baseline_finetune_predicts_the_same_in_batches_and_writes_every_query(
     adapts to the whole support from the same start, so 23 queries in batches of 4 get the labels
     and confidences of one call over all of them, and the CSV holds every query."""
     # two pre-training steps, a fixed fine-tuning (no grid search); lr 0.5: the queries get more than one label
-    fixed = ["model.grid=null", "model.finetune_lr=0.5", "model.finetune_decay=0.0", "model.finetune_updates=3"]
+    fixed = ["model.grid=null", "model.inner_lr=0.5", "model.inner_lr_decay=0.0", "model.eval_inner_steps=3"]
     short = ["trainer.max_steps=2", "test_checkpoint=last", "data.test_episodes=1"]
     results = train(tiny_config("model=baseline_finetune", *short, *fixed))
     support, query = query_folders

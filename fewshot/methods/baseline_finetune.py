@@ -110,11 +110,11 @@ class BaselineFinetune(PretrainedClassifier):
         n_train_classes: number of meta-training classes (filled in from the data).
         scheduler: optional scheduler partial for the pre-training.
         grid: values to search on validation episodes; None to use the fixed
-            ``finetune_lr``, ``finetune_decay``, ``finetune_updates``.
+            ``inner_lr``, ``inner_lr_decay``, ``eval_inner_steps``.
         grid_episodes: validation episodes the grid is scored on.
-        finetune_lr: fixed learning rate (only without a grid).
-        finetune_decay: fixed learning-rate decay (only without a grid).
-        finetune_updates: fixed number of SGD steps (only without a grid).
+        inner_lr: fixed fine-tuning learning rate (only without a grid).
+        inner_lr_decay: fixed learning-rate decay (only without a grid).
+        eval_inner_steps: fixed number of SGD steps on each support set (only without a grid).
         head_seed: seed of the new head's initialisation.
     """
 
@@ -128,21 +128,22 @@ class BaselineFinetune(PretrainedClassifier):
         scheduler: SchedulerFactory | None = None,
         grid: FinetuneGrid | None = None,
         grid_episodes: int = 100,
-        finetune_lr: float | None = None,
-        finetune_decay: float | None = None,
-        finetune_updates: int | None = None,
+        inner_lr: float | None = None,
+        inner_lr_decay: float | None = None,
+        eval_inner_steps: int | None = None,
         head_seed: int = 0,
     ) -> None:
         super().__init__(backbone, optimizer, n_train_classes, scheduler)
-        fixed = (finetune_lr, finetune_decay, finetune_updates)
+        fixed = (inner_lr, inner_lr_decay, eval_inner_steps)
         if grid is None and None in fixed:
             raise ValueError(
-                "BaselineFinetune needs a grid (model.grid) or all of model.finetune_lr, "
-                "model.finetune_decay and model.finetune_updates."
+                "BaselineFinetune needs a grid (model.grid) or all of model.inner_lr, "
+                "model.inner_lr_decay and model.eval_inner_steps."
             )
         if grid is not None and any(v is not None for v in fixed):
             raise ValueError(
-                "Give either a grid (model.grid) or fixed fine-tuning values (model.finetune_*), "
+                "Give either a grid (model.grid) or fixed fine-tuning values (model.inner_lr, model.inner_lr_decay, "
+                "model.eval_inner_steps), "
                 "not both; set model.grid=null to use fixed values."
             )
         if grid_episodes < 1:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
-from fewshot.methods.choices import check_choice
+from fewshot.methods.choices import BatchNormModes, check_choice
 from fewshot.methods.inner_loop import (
     batch_norm_parameter_names,
     batch_statistics,
@@ -49,7 +49,6 @@ from fewshot.methods.inner_loop import (
     sgd_adapt,
 )
 
-BN_MODES = ("transductive",)
 TASK_BATCHING = ("loop", "vmap")
 LOSS_SCALES = ("official", "mean")
 
@@ -104,7 +103,7 @@ class MAML(EpisodicMethod):
     Evaluation adapts a detached copy of ``theta`` with ``eval_inner_steps`` steps and keeps
     no graph; the code path is the same as in training.
 
-    Batch norm (``bn_mode="transductive"``, the only mode): as in the original MAML code,
+    Batch norm (``train_bn`` and ``eval_bn`` ``"transductive"``, the only mode): as in the original MAML code,
     every call of the learner normalises with the statistics of its current batch, the
     support set while adapting and the task's whole query set when predicting, in training
     and in evaluation alike. No running statistics are used or updated: the learner's
@@ -131,7 +130,8 @@ class MAML(EpisodicMethod):
         inner_lr: the inner step size ``alpha`` (the initial value for Meta-SGD).
         first_order: drop second derivatives (FOMAML).
         learn_inner_lr: Meta-SGD's per-parameter learned step sizes.
-        bn_mode: how batch norm normalises; only ``"transductive"`` (see above).
+        train_bn, eval_bn: how batch norm normalises in training and in evaluation; only
+            ``"transductive"`` (see above).
         task_batching: ``"loop"`` adapts the tasks of a meta-batch one after the other;
             ``"vmap"`` adapts them all at once with ``torch.func.vmap`` (inner gradients by
             ``torch.func.grad``): the same function, batched kernels. Pays on a GPU; on a CPU
@@ -152,6 +152,7 @@ class MAML(EpisodicMethod):
     """
 
     needs_fixed_n_way = True
+    bn_modes = BatchNormModes(train=("transductive",), eval=("transductive",))
 
     def __init__(
         self,
@@ -163,7 +164,8 @@ class MAML(EpisodicMethod):
         inner_lr: float = 0.4,
         first_order: bool = False,
         learn_inner_lr: bool = False,
-        bn_mode: str = "transductive",
+        train_bn: str = "transductive",
+        eval_bn: str = "transductive",
         task_batching: str = "loop",
         inner_adapt_bn: bool = True,
         inner_loss_scale: str = "mean",
@@ -173,7 +175,7 @@ class MAML(EpisodicMethod):
         super().__init__(optimizer, scheduler)
         check_choice("model.task_batching", task_batching, TASK_BATCHING)
         eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
-        check_choice("model.bn_mode", bn_mode, BN_MODES)
+        self.bn_modes.check(type(self).__name__, train_bn, eval_bn)
         check_choice("model.inner_loss_scale", inner_loss_scale, LOSS_SCALES)
         check_choice("model.outer_loss_scale", outer_loss_scale, LOSS_SCALES)
         if grad_clip_value is not None and not grad_clip_value > 0:
@@ -184,7 +186,8 @@ class MAML(EpisodicMethod):
         self.inner_lr = inner_lr
         self.first_order = first_order
         self.learn_inner_lr = learn_inner_lr
-        self.bn_mode = bn_mode
+        self.train_bn = train_bn
+        self.eval_bn = eval_bn
         self.task_batching = task_batching
         self.inner_adapt_bn = inner_adapt_bn
         self.inner_loss_scale = inner_loss_scale

@@ -15,14 +15,12 @@ from torch import Tensor, nn
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory, embed_episode
-from fewshot.methods.choices import check_choice
+from fewshot.methods.choices import BatchNormModes, check_choice
 
 SUPPORT_ORDERS = ("canonical", "episode")
-# joint: support and queries in one backbone batch; separate: two calls, each with its own
-# batch-norm running statistics (the two embedding nets of Ravi & Larochelle's code)
-BN_MODES = ("joint", "separate")
-# which statistics batch norm normalises with in evaluation
-EVAL_BN_STATS = ("running", "episode")
+# whose gradient norm grad_clip_norm clips: the attention LSTM's, each FCE LSTM's on its own, or one
+# norm over all the parameters
+GRAD_CLIP_PARAMS = ("attention_lstm", "fce_lstms", "all")
 # attention: P(y=n) = sum of the softmax-over-support attention on class n (the paper's equation);
 # class_sum: softmax over classes of each class's summed similarity (Ravi & Larochelle's code)
 READOUTS = ("attention", "class_sum")
@@ -212,20 +210,23 @@ class MatchingNetwork(EpisodicMethod):
     only reorders the shots inside each class. ``support_order="episode"`` reads the support
     in the order the episode gives (class-major, shots in sampling order).
 
-    Batch norm: ``bn_mode="joint"`` passes the support and query images of a meta-batch through
-    the backbone together (one set of batch and running statistics); ``"separate"`` passes them
-    in two calls, the queries through a copy of the backbone that shares its weights but keeps
-    its own running statistics (Ravi & Larochelle's code builds two embedding nets with one set
-    of parameters). In evaluation batch norm uses the running statistics
-    (``eval_bn_stats="running"``) or each evaluation batch's own (``"episode"``).
+    Batch norm (the shared modes, docs/configuration.md): ``train_bn="joint"`` passes the support
+    and query images of a meta-batch through the backbone together (one set of batch and running
+    statistics); ``"transductive"`` passes them in two calls, the queries through a copy of the
+    backbone that shares its weights but keeps its own running statistics (Ravi & Larochelle's
+    code builds two embedding nets with one set of parameters). In evaluation (``eval_bn``) batch
+    norm uses the running statistics of those nets (``"running"``), or each batch's own with the
+    support and queries in one batch (``"joint"``) or in two (``"transductive"``).
 
-    FCE gradient clipping: with ``fce_clip_norm`` set, the gradient of the attention LSTM is
-    scaled to that norm when larger (0.25 in that code's ``FCE-embedding.lua``), and also,
-    separately, the bidirectional LSTM's when ``fce_clip_support_lstm`` (that code names it but,
-    reading its parameters under another key, clips nothing there).
+    Gradient clipping: with ``grad_clip_norm`` set, the gradient norm of the parameters
+    ``grad_clip_params`` names is scaled to it when larger: ``"attention_lstm"`` (0.25 in that
+    code's ``FCE-embedding.lua``), ``"fce_lstms"`` the attention LSTM's and, separately, the
+    bidirectional LSTM's (that code names it but, reading its parameters under another key, clips
+    nothing there), or ``"all"`` one norm over every parameter.
     """
 
-    own_gradient_clipping = ("fce_clip_norm",)
+    own_gradient_clipping = ("grad_clip_norm",)
+    bn_modes = BatchNormModes(train=("joint", "transductive"), eval=("running", "joint", "transductive"))
 
     def __init__(
         self,
@@ -236,37 +237,37 @@ class MatchingNetwork(EpisodicMethod):
         fce_steps: int = 3,
         lstm_layers: int = 1,
         support_order: str = "canonical",
-        bn_mode: str = "joint",
-        eval_bn_stats: str = "running",
+        train_bn: str = "joint",
+        eval_bn: str = "running",
         readout: str = "attention",
         cosine_scale: float = 1.0,
         learn_scale: bool = False,
-        fce_clip_norm: float | None = None,
-        fce_clip_support_lstm: bool = False,
+        grad_clip_norm: float | None = None,
+        grad_clip_params: str = "attention_lstm",
     ) -> None:
         super().__init__(optimizer, scheduler)
         check_choice("support_order", support_order, SUPPORT_ORDERS)
-        check_choice("bn_mode", bn_mode, BN_MODES)
-        check_choice("eval_bn_stats", eval_bn_stats, EVAL_BN_STATS)
+        self.bn_modes.check(type(self).__name__, train_bn, eval_bn)
+        check_choice("model.grad_clip_params", grad_clip_params, GRAD_CLIP_PARAMS)
         check_choice("readout", readout, READOUTS)
         if not cosine_scale > 0:
             raise ValueError(f"cosine_scale must be positive, got {cosine_scale}.")
-        if fce_clip_norm is not None and not fce_clip_norm > 0:
-            raise ValueError(f"fce_clip_norm must be positive or null (no clipping), got {fce_clip_norm}.")
+        if grad_clip_norm is not None and not grad_clip_norm > 0:
+            raise ValueError(f"grad_clip_norm must be positive or null (no clipping), got {grad_clip_norm}.")
         self.backbone = backbone
-        self.query_backbone = tied_copy(backbone) if bn_mode == "separate" else None
+        self.query_backbone = tied_copy(backbone) if train_bn == "transductive" else None
         self.fce = fce
         self.support_order = support_order
-        self.bn_mode = bn_mode
-        self.eval_bn_stats = eval_bn_stats
+        self.train_bn = train_bn
+        self.eval_bn = eval_bn
         self.readout = readout
         scale = torch.tensor(float(cosine_scale))
         if learn_scale:
             self.cosine_scale = nn.Parameter(scale)
         else:
             self.register_buffer("cosine_scale", scale, persistent=False)
-        self.fce_clip_norm = fce_clip_norm
-        self.fce_clip_support_lstm = fce_clip_support_lstm
+        self.grad_clip_norm = grad_clip_norm
+        self.grad_clip_params = grad_clip_params
         if fce:
             dim = getattr(backbone, "out_features", None)
             if not isinstance(dim, int):
@@ -283,18 +284,21 @@ class MatchingNetwork(EpisodicMethod):
         return "MatchingNet-FCE" if self.fce else "MatchingNet"
 
     def embed_images(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """Backbone embeddings g'(x_i) ``[B, N*K, D]`` and f'(x) ``[B, N*Q, D]`` under ``bn_mode``."""
-        if self.query_backbone is None:
+        """Backbone embeddings g'(x_i) ``[B, N*K, D]`` and f'(x) ``[B, N*Q, D]``: support and queries in one
+        batch or in two, as the batch-norm mode of the current stage says (running statistics: as in training)."""
+        mode = self.train_bn if self.training else self.eval_bn
+        if (self.train_bn if mode == "running" else mode) == "joint":
             return embed_episode(self.backbone, episode)
         b, nk = episode.support_labels.shape
         support = self.backbone(episode.support_images.flatten(0, 1))
-        queries = self.query_backbone(episode.query_images.flatten(0, 1))
+        query_backbone = self.backbone if self.query_backbone is None else self.query_backbone
+        queries = query_backbone(episode.query_images.flatten(0, 1))
         return support.view(b, nk, -1), queries.view(b, -1, queries.shape[-1])
 
     def embed(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Support embeddings g(x_i, S) ``[B, N*K, D]`` and query embeddings f(x, S) ``[B, N*Q, D]``,
         the support in the episode's order."""
-        if not self.training and self.eval_bn_stats == "episode":
+        if not self.training and self.eval_bn != "running":
             with episode_batch_norm(self):
                 support, queries = self.embed_images(episode)
         else:
@@ -318,9 +322,14 @@ class MatchingNetwork(EpisodicMethod):
         return class_log_probabilities(scores, episode.support_labels, episode.n_way)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the FCE LSTMs' gradient norms (each LSTM on its own) when ``fce_clip_norm`` is set."""
-        if not self.fce or self.fce_clip_norm is None:
+        """Clip the gradient norm of the parameters ``grad_clip_params`` names when ``grad_clip_norm`` is set."""
+        if self.grad_clip_norm is None:
             return
-        torch.nn.utils.clip_grad_norm_(self.query_encoder.parameters(), self.fce_clip_norm)
-        if self.fce_clip_support_lstm:
-            torch.nn.utils.clip_grad_norm_(self.support_encoder.parameters(), self.fce_clip_norm)
+        if self.grad_clip_params == "all":
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip_norm)
+            return
+        if not self.fce:
+            return
+        torch.nn.utils.clip_grad_norm_(self.query_encoder.parameters(), self.grad_clip_norm)
+        if self.grad_clip_params == "fce_lstms":
+            torch.nn.utils.clip_grad_norm_(self.support_encoder.parameters(), self.grad_clip_norm)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from fewshot.data.episode import Episode
 from fewshot.evaluation.stats import episode_accuracy
 from fewshot.methods.base import EpisodicMethod, OptimizerFactory, SchedulerFactory
-from fewshot.methods.choices import check_choice
+from fewshot.methods.choices import BatchNormModes, check_choice
 from fewshot.methods.inner_loop import (
     CarriedOptimizerState,
     Params,
@@ -25,7 +25,6 @@ from fewshot.methods.inner_loop import (
 )
 
 INNER_OPTIMIZERS = ("sgd", "adam")
-BN_MODES = ("transductive", "non_transductive")
 INNER_OPTIMIZER_STATES = ("carried", "fresh")
 # where a checkpoint keeps the carried inner optimizer state
 INNER_STATE_KEY = "reptile_inner_optimizer_state"
@@ -71,12 +70,12 @@ class Reptile(EpisodicMethod):
     Batch norm: as in the paper's code, which always runs batch norm in training mode, every
     call normalises with the statistics of its current batch; no running statistics are used
     or updated (the learner's buffers keep their initial values). The inner minibatches are
-    such batches in both modes; ``bn_mode`` says how the queries of a validation or test
+    such batches in both modes; ``eval_bn`` says how the queries of a validation or test
     episode are scored after adaptation:
 
     - ``"transductive"``: the task's whole query set in one batch (the paper's
       ``--transductive`` evaluation, its "+ Transduction" rows), so queries share statistics.
-    - ``"non_transductive"``: each query in its own batch of the whole support set plus that
+    - ``"support_plus_query"``: each query in its own batch of the whole support set plus that
       one query, its logits read from the last row (the paper code's default evaluation,
       ``Reptile._test_predictions`` of openai/supervised-reptile without ``--transductive``,
       the paper's plain "Reptile" rows). A query's prediction does not depend on the other
@@ -84,7 +83,7 @@ class Reptile(EpisodicMethod):
       estimate, not its expectation (the paper's code scores 1 query per class per task).
 
     The queries of a training episode are not part of the Reptile update and are only logged
-    (``train/loss``, ``train/acc``); they are always scored transductively, which is cheap.
+    (``train/loss``, ``train/acc``); they are always scored transductively (``train_bn``), which is cheap.
 
     Args:
         learner: the classifier, ending in an N-way head (``Conv4`` with ``n_classes = N``).
@@ -100,12 +99,14 @@ class Reptile(EpisodicMethod):
         inner_betas: Adam's betas for ``inner_optimizer="adam"``.
         outer_lr_final: anneal the outer learning rate linearly from its configured value to
             this one over the run (None: constant).
-        bn_mode: how evaluation queries are batched through batch norm:
-            ``"transductive"`` or ``"non_transductive"`` (see above).
+        train_bn: how training queries pass through batch norm: only ``"transductive"``.
+        eval_bn: how evaluation queries are batched through batch norm:
+            ``"transductive"`` or ``"support_plus_query"`` (see above).
         inner_optimizer_state: ``"carried"`` from task to task or ``"fresh"`` per task (see above).
     """
 
     needs_fixed_n_way = True
+    bn_modes = BatchNormModes(train=("transductive",), eval=("transductive", "support_plus_query"))
 
     def __init__(
         self,
@@ -120,13 +121,14 @@ class Reptile(EpisodicMethod):
         eval_inner_batch_size: int | None = None,
         inner_betas: Sequence[float] = (0.0, 0.999),
         outer_lr_final: float | None = None,
-        bn_mode: str = "transductive",
+        train_bn: str = "transductive",
+        eval_bn: str = "transductive",
         inner_optimizer_state: str = "carried",
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.automatic_optimization = False
         check_choice("model.inner_optimizer", inner_optimizer, INNER_OPTIMIZERS)
-        check_choice("model.bn_mode", bn_mode, BN_MODES)
+        self.bn_modes.check(type(self).__name__, train_bn, eval_bn)
         check_choice("model.inner_optimizer_state", inner_optimizer_state, INNER_OPTIMIZER_STATES)
         eval_inner_steps = resolve_inner_steps(inner_steps, eval_inner_steps)
         for key, size in (("inner_batch_size", inner_batch_size), ("eval_inner_batch_size", eval_inner_batch_size)):
@@ -143,7 +145,8 @@ class Reptile(EpisodicMethod):
         self.eval_inner_batch_size = eval_inner_batch_size
         self.inner_betas = (float(inner_betas[0]), float(inner_betas[1]))
         self.outer_lr_final = outer_lr_final
-        self.bn_mode = bn_mode
+        self.train_bn = train_bn
+        self.eval_bn = eval_bn
         self.carried_inner_state = CarriedOptimizerState() if inner_optimizer_state == "carried" else None
 
     def make_inner_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
@@ -215,7 +218,7 @@ class Reptile(EpisodicMethod):
         Meta-training uses the training settings and the global random state; evaluation uses
         the evaluation settings and a minibatch order seeded by each episode's index, so that
         its scores depend only on the weights and the episode, and scores the queries as
-        ``bn_mode`` says (training queries: always transductively).
+        ``eval_bn`` says (training queries: always transductively).
 
         Returns:
             One adapted weight dict per task and the query logits ``[B, N*Q, N]``.
@@ -223,7 +226,7 @@ class Reptile(EpisodicMethod):
         self.check_head_matches_way(getattr(self.learner, "out_features", None), episode.n_way)
         steps = self.inner_steps if meta_train else self.eval_inner_steps
         batch_size = self.inner_batch_size if meta_train else self.eval_inner_batch_size
-        transductive = meta_train or self.bn_mode == "transductive"
+        transductive = meta_train or self.eval_bn == "transductive"
         adapted, logits = [], []
         for b, (support, labels, query) in enumerate(
             zip(episode.support_images, episode.support_labels, episode.query_images)

@@ -17,6 +17,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from fewshot.io import output_error, temporary_for
+from fewshot.run.renamed_options import current_config
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ CONFIG_KEY = "fewshot_config"
 # ``ckpt_path`` values Lightning resolves itself instead of reading a file (refused: fewshot.run.checks)
 LIGHTNING_CKPT_NAMES = frozenset({"last", "best", "hpc", "registry"})
 # modules moved or renamed after configs and checkpoints naming them were written: old -> new. The one
-# mapping for old paths (no alias modules): every ``_target_`` of a stored config goes through it when read.
+# mapping for old paths (no alias modules): every ``_target_`` of a stored config goes through it when read,
+# then its model options through fewshot.run.renamed_options.RENAMED_OPTIONS.
 MOVED_MODULES = {
     "fewshot.methods.nearest_neighbour": "fewshot.methods.baseline_nn",
     "fewshot.methods.finetune": "fewshot.methods.baseline_finetune",
@@ -122,7 +124,7 @@ def read_checkpoint(ckpt_path: str | os.PathLike) -> dict[str, Any]:
             f"{ckpt_path} is not a fewshot checkpoint (no stored config); "
             "use a checkpoint written by `python train.py`."
         )
-    checkpoint[CONFIG_KEY] = current_targets(checkpoint[CONFIG_KEY])
+    checkpoint[CONFIG_KEY] = current_config(current_targets(checkpoint[CONFIG_KEY]))
     return checkpoint
 
 

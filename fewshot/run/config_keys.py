@@ -94,9 +94,21 @@ def unknown_keys(run: Mapping[str, Any], reference: Mapping[str, Any]) -> list[t
         parent, _, name = path.rpartition(".")
         if name in target_parameters(node_at(run, parent)):
             continue
-        close = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
+        close = renamed_to(path, node_at(run, parent)) or difflib.get_close_matches(
+            path, sorted(known), n=1, cutoff=0.6
+        )
         found.append((path, close[0] if close else None))
     return found
+
+
+def renamed_to(path: str, parent: Any) -> list[str]:
+    """``["<new key(s)>"]`` when ``path`` is an old name of an option of its parent's ``_target_``, else []."""
+    from fewshot.run.renamed_options import RENAMED_OPTIONS
+
+    stem, _, name = path.rpartition(".")
+    target = parent.get("_target_") if isinstance(parent, Mapping) else None
+    rule = RENAMED_OPTIONS.get(str(target), {}).get(name)
+    return [" and ".join(f"{stem}.{new}" for new in rule.new)] if rule else []
 
 
 def describe_unknown(found: list[tuple[str, str | None]]) -> str:

@@ -48,7 +48,7 @@ class TinyLinear(nn.Module):
 def test_fine_tuning_is_plain_sgd_on_the_whole_network_with_learning_rate_decay():
     torch.manual_seed(0)
     method = BaselineFinetune(
-        TinyLinear(), torch.optim.SGD, finetune_lr=0.5, finetune_decay=1.0, finetune_updates=2, head_seed=3
+        TinyLinear(), torch.optim.SGD, inner_lr=0.5, inner_lr_decay=1.0, eval_inner_steps=2, head_seed=3
     )
     e = single_episode(torch.randn(4, 3, 1, 1), [0, 0, 1, 1], torch.randn(2, 3, 1, 1), [0, 1], 2)
     head = method.new_head(2)
@@ -69,7 +69,7 @@ def test_fine_tuning_is_plain_sgd_on_the_whole_network_with_learning_rate_decay(
 
 def test_fine_tuning_leaves_the_pretrained_network_and_its_statistics_untouched():
     torch.manual_seed(0)
-    method = BaselineFinetune(Conv4(1, 8, 16), torch.optim.SGD, finetune_lr=0.1, finetune_decay=0.0, finetune_updates=3)
+    method = BaselineFinetune(Conv4(1, 8, 16), torch.optim.SGD, inner_lr=0.1, inner_lr_decay=0.0, eval_inner_steps=3)
     method.eval()
     before = {k: v.clone() for k, v in method.state_dict().items() if isinstance(v, torch.Tensor)}
     episode = batched(random_episode())
@@ -97,7 +97,7 @@ def test_grid_updates_are_nested_prefixes_of_one_fine_tuning():
             ]
             for k in (1, 2, 3):
                 alone = BaselineFinetune(
-                    backbone, torch.optim.SGD, finetune_lr=lr, finetune_decay=decay, finetune_updates=k
+                    backbone, torch.optim.SGD, inner_lr=lr, inner_lr_decay=decay, eval_inner_steps=k
                 ).eval()
                 logits = alone(batched(e))
                 assert torch.allclose(logits[0], steps[k - 1], atol=1e-6)
@@ -123,9 +123,7 @@ def test_fixed_updates_grid_scores_only_after_the_fixed_number_of_updates():
     assert table[:, :, :3].isnan().all() and not table[:, :, 3].isnan().any()
     for i, lr in enumerate(grid.lr):
         for j, decay in enumerate(grid.decay):
-            fixed = BaselineFinetune(
-                backbone, torch.optim.SGD, finetune_lr=lr, finetune_decay=decay, finetune_updates=4
-            )
+            fixed = BaselineFinetune(backbone, torch.optim.SGD, inner_lr=lr, inner_lr_decay=decay, eval_inner_steps=4)
             logits = fixed.eval()(batched(e))
             assert table[i, j, 3].item() == episode_accuracy(logits, e.query_labels[None], 3).item()
     assert method.best_settings(table).updates == 4
@@ -158,9 +156,9 @@ def test_fast_dev_run_searches_a_two_by_two_corner_of_the_grid():
 
 def test_finetune_needs_either_a_grid_or_fixed_settings():
     with pytest.raises(ValueError, match="needs a grid"):
-        BaselineFinetune(Flat(), torch.optim.SGD, finetune_lr=0.1)
+        BaselineFinetune(Flat(), torch.optim.SGD, inner_lr=0.1)
     with pytest.raises(ValueError, match="not both"):
-        BaselineFinetune(Flat(), torch.optim.SGD, grid=FinetuneGrid([0.1], [0.0], [1]), finetune_lr=0.1)
+        BaselineFinetune(Flat(), torch.optim.SGD, grid=FinetuneGrid([0.1], [0.0], [1]), inner_lr=0.1)
     with pytest.raises(ValueError, match="updates >= 1"):
         FinetuneGrid([0.1], [0.0], [0])
 

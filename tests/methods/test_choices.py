@@ -2,11 +2,11 @@
 
 import pytest
 
-from fewshot.methods.choices import check_choice
+from fewshot.methods.choices import OptionError, check_choice
 
 
 def test_a_known_value_passes_and_an_unknown_one_names_key_choices_and_value():
-    check_choice("model.bn_mode", "transductive", ("transductive", "non_transductive"))
-    with pytest.raises(ValueError) as caught:
-        check_choice("model.bn_mode", "shared", ("transductive", "non_transductive"))
-    assert str(caught.value) == "model.bn_mode must be one of ('transductive', 'non_transductive'), got 'shared'."
+    check_choice("model.readout", "attention", ("attention", "class_sum"))
+    with pytest.raises(OptionError) as caught:
+        check_choice("model.readout", "shared", ("attention", "class_sum"))
+    assert str(caught.value) == "model.readout must be one of ('attention', 'class_sum'), got 'shared'."

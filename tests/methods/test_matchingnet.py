@@ -180,11 +180,12 @@ def test_batched_forward_equals_per_episode_forward_in_eval_mode(fce):
     ("kwargs", "message"),
     [
         ({"support_order": "random"}, "support_order must be one of"),
-        ({"bn_mode": "shared"}, r"bn_mode must be one of \('joint', 'separate'\)"),
-        ({"eval_bn_stats": "batch"}, r"eval_bn_stats must be one of \('running', 'episode'\)"),
+        ({"train_bn": "running"}, r"train_bn='running' .* not one MatchingNetwork takes; it takes 'joint', 'tr"),
+        ({"eval_bn": "batch"}, r"model.eval_bn='batch' \(not a batch-norm mode\) is not one MatchingNetwork takes"),
+        ({"grad_clip_params": "lstm"}, r"grad_clip_params must be one of \('attention_lstm', 'fce_lstms', 'all'\)"),
         ({"readout": "softmax"}, r"readout must be one of \('attention', 'class_sum'\)"),
         ({"cosine_scale": 0.0}, "cosine_scale must be positive"),
-        ({"fce_clip_norm": -1.0}, "fce_clip_norm must be positive or null"),
+        ({"grad_clip_norm": -1.0}, "grad_clip_norm must be positive or null"),
     ],
 )
 def test_bad_option_values_are_rejected_naming_the_allowed_ones(kwargs, message):
@@ -241,11 +242,11 @@ def test_conv4_dropout_follows_every_max_pool_and_is_active_only_in_training():
         Conv4(1, 8, 16, dropout=1.0)
 
 
-def test_separate_bn_mode_shares_the_weights_and_keeps_two_sets_of_running_statistics():
+def test_transductive_training_bn_shares_the_weights_and_keeps_two_sets_of_running_statistics():
     torch.manual_seed(0)
     joint = MatchingNetwork(Conv4(1, 8, 16), optimizer=torch.optim.Adam)
     torch.manual_seed(0)
-    separate = MatchingNetwork(Conv4(1, 8, 16), optimizer=torch.optim.Adam, bn_mode="separate")
+    separate = MatchingNetwork(Conv4(1, 8, 16), optimizer=torch.optim.Adam, train_bn="transductive")
     assert sum(p.numel() for p in separate.parameters()) == sum(p.numel() for p in joint.parameters())
     for a, b in zip(separate.backbone.parameters(), separate.query_backbone.parameters(), strict=True):
         assert a is b
@@ -268,9 +269,9 @@ def test_separate_bn_mode_shares_the_weights_and_keeps_two_sets_of_running_stati
     assert torch.equal(separate.backbone.features[0][0].weight, separate.query_backbone.features[0][0].weight)
 
 
-@pytest.mark.parametrize("bn_mode", ["joint", "separate"])
-def test_episode_bn_statistics_in_evaluation_use_the_batch_and_leave_the_running_statistics(bn_mode):
-    method = conv_matching_net(bn_mode=bn_mode, eval_bn_stats="episode")
+@pytest.mark.parametrize("bn_mode", ["joint", "transductive"])
+def test_batch_statistics_in_evaluation_use_the_batch_and_leave_the_running_statistics(bn_mode):
+    method = conv_matching_net(train_bn=bn_mode, eval_bn=bn_mode)
     episode = conv_episode(n_way=3, n_shot=2, n_query=2)
     before = {k: v.clone() for k, v in method.state_dict().items()}
     method.eval()
@@ -278,11 +279,23 @@ def test_episode_bn_statistics_in_evaluation_use_the_batch_and_leave_the_running
     for key, value in method.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert not any(m.training for m in method.modules())
-    running = conv_matching_net(bn_mode=bn_mode).eval()(episode)
+    running = conv_matching_net(train_bn=bn_mode).eval()(episode)
     assert not torch.allclose(evaluated, running, atol=1e-4)
     # the batch statistics are those of training mode (no dropout here)
     method.train()
     assert torch.allclose(evaluated, method(episode), atol=1e-5)
+
+
+@pytest.mark.parametrize(("train_bn", "eval_bn"), [("joint", "transductive"), ("transductive", "joint")])
+def test_evaluation_batches_support_and_queries_as_eval_bn_says_whatever_the_training_mode(train_bn, eval_bn):
+    method = conv_matching_net(train_bn=train_bn, eval_bn=eval_bn).eval()
+    episode = conv_episode(n_way=3, n_shot=2, n_query=2)
+    other_queries = episode.with_images(episode.support_images, torch.rand_like(episode.query_images))
+    with torch.no_grad():
+        support, _ = method.embed(episode)
+        support_beside_others, _ = method.embed(other_queries)
+    # joint: the support shares its statistics with the queries; transductive: it has its own
+    assert torch.allclose(support, support_beside_others, atol=1e-6) is (eval_bn == "transductive")
 
 
 def test_episode_batch_norm_restores_modes_and_momentum():
@@ -330,7 +343,8 @@ def test_cosine_scale_multiplies_the_similarities_and_is_learned_only_when_asked
 
 @pytest.mark.parametrize("clip_support", [False, True])
 def test_fce_clip_scales_each_lstm_gradient_to_the_norm(clip_support):
-    method = conv_matching_net(fce=True, fce_clip_norm=0.25, fce_clip_support_lstm=clip_support).train()
+    params = "fce_lstms" if clip_support else "attention_lstm"
+    method = conv_matching_net(fce=True, grad_clip_norm=0.25, grad_clip_params=params).train()
     loss = -1e3 * method(conv_episode(n_way=3, n_shot=2)).sum()
     loss.backward()
 
@@ -345,7 +359,16 @@ def test_fce_clip_scales_each_lstm_gradient_to_the_norm(clip_support):
     assert norm(method.backbone) == backbone_before
 
 
-def test_no_clip_without_fce_clip_norm():
+def test_clip_of_all_parameters_scales_their_one_norm():
+    method = conv_matching_net(fce=True, grad_clip_norm=0.25, grad_clip_params="all").train()
+    (-1e3 * method(conv_episode(n_way=3, n_shot=2)).sum()).backward()
+    assert torch.stack([p.grad.norm() for p in method.parameters() if p.grad is not None]).norm().item() > 0.25
+    method.on_before_optimizer_step(None)
+    norm = torch.stack([p.grad.norm() for p in method.parameters() if p.grad is not None]).norm().item()
+    assert norm == pytest.approx(0.25, rel=1e-4)
+
+
+def test_no_clip_without_grad_clip_norm():
     method = conv_matching_net(fce=True).train()
     (-1e3 * method(conv_episode()).sum()).backward()
     grads = [p.grad.clone() for p in method.query_encoder.parameters()]
@@ -374,8 +397,8 @@ CODE_SETTINGS = {
     "model.backbone.bn_eps": (1e-3, "model/matching-net-classifier.lua: SpatialBatchNormalization(n, 1e-3)"),
     "model.backbone.bn_momentum": (0.1, "torch7 SpatialBatchNormalization default momentum"),
     "model.optimizer.lr": (1e-4, "config/baselines/train-matching-net.lua: learningRate = 0.0001"),
-    "model.bn_mode": ("separate", "model/baselines/simple-embedding.lua: two nets, one set of weights"),
-    "model.eval_bn_stats": ("running", "model.set('evaluate') before validation and test"),
+    "model.train_bn": ("transductive", "model/baselines/simple-embedding.lua: two nets, one set of weights"),
+    "model.eval_bn": ("running", "model.set('evaluate') before validation and test"),
     "model.readout": ("class_sum", "model/baselines/matching-net.lua: log-softmax of summed cosines"),
     "model.cosine_scale": (1.0, "model/baselines/matching-net.lua: nn.CosineDistance, no scale"),
     "model.learn_scale": (False, "model/baselines/matching-net.lua: no scale"),
@@ -396,8 +419,8 @@ def test_miniimagenet_presets_use_the_settings_of_ravi_and_larochelles_code(tmp_
         assert value == expected, f"{key} = {value}, expected {expected} ({source})"
     assert cfg.model.fce is (experiment == "matchingnet_fce") and cfg.data.n_shot == shots
     # FCE-embedding.lua: maxGradNorm 0.25 on the attention LSTM (its bi-LSTM clip reads no gradient)
-    assert cfg.model.fce_clip_norm == (0.25 if experiment == "matchingnet_fce" else None)
-    assert cfg.model.fce_clip_support_lstm is False
+    assert cfg.model.grad_clip_norm == (0.25 if experiment == "matchingnet_fce" else None)
+    assert cfg.model.grad_clip_params == "attention_lstm"
     assert cfg.trainer.gradient_clip_val is None
 
 
@@ -409,6 +432,6 @@ def test_omniglot_presets_keep_the_papers_unscaled_cosine_attention(tmp_path, ex
     cfg = compose_config([f"experiment={experiment}"], tmp_path)
     m = cfg.model
     assert (m.cosine_scale, m.learn_scale, m.readout) == (1.0, False, "attention")
-    assert (m.bn_mode, m.eval_bn_stats, m.backbone.dropout, m.backbone.hidden) == ("joint", "running", 0.0, 64)
+    assert (m.train_bn, m.eval_bn, m.backbone.dropout, m.backbone.hidden) == ("joint", "running", 0.0, 64)
     assert m.optimizer.lr == (1e-4 if m.fce else 1e-3)
-    assert m.fce_clip_norm == (0.25 if m.fce else None)
+    assert m.grad_clip_norm == (0.25 if m.fce else None)

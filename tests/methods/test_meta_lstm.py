@@ -12,7 +12,7 @@ from fewshot.reporting.build import main as report_main
 from fewshot.run.training import train
 from tests.conftest import compose_config
 
-META_LSTM = ["model=meta_lstm", "model.n_steps=3", "model.learner.hidden=8"]
+META_LSTM = ["model=meta_lstm", "model.inner_steps=3", "model.learner.hidden=8"]
 LAYERS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "head"]
 
 
@@ -114,7 +114,7 @@ def test_training_with_a_different_train_n_way_is_refused(tiny_config):
         train(tiny_config(*META_LSTM, "data.train_n_way=3"))
 
 
-@pytest.mark.parametrize("eval_bn", ["batch", "support"])
+@pytest.mark.parametrize("eval_bn", ["transductive", "support"])
 def test_both_query_batch_norm_modes_run(tiny_config, eval_bn):
     results = train(tiny_config(*META_LSTM, f"model.eval_bn={eval_bn}", "trainer.max_epochs=1"))
     assert 0.0 <= results["test"]["acc"] <= 1.0

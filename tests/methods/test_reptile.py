@@ -176,15 +176,15 @@ def adapted_copy(method: Reptile, phi: dict) -> torch.nn.Module:
     return learner
 
 
-def test_non_transductive_evaluation_classifies_each_query_with_the_support_set_alone():
+def test_support_plus_query_evaluation_classifies_each_query_with_the_support_set_alone():
     method = small_reptile(
-        optimizer=torch.optim.SGD, eval_inner_steps=4, eval_inner_batch_size=3, bn_mode="non_transductive"
+        optimizer=torch.optim.SGD, eval_inner_steps=4, eval_inner_batch_size=3, eval_bn="support_plus_query"
     ).eval()
     episode = random_episode(n_shot=2, n_query=3)
     with torch.no_grad():
         logits = method(episode)
     transductive = small_reptile(
-        optimizer=torch.optim.SGD, eval_inner_steps=4, eval_inner_batch_size=3, bn_mode="transductive"
+        optimizer=torch.optim.SGD, eval_inner_steps=4, eval_inner_batch_size=3, eval_bn="transductive"
     ).eval()
     with torch.no_grad():
         batched_logits = transductive(episode)
@@ -206,8 +206,8 @@ def test_non_transductive_evaluation_classifies_each_query_with_the_support_set_
         assert not torch.allclose(logits[b], batched_logits[b], atol=1e-3)  # the modes differ
 
 
-def test_non_transductive_query_logits_do_not_depend_on_the_other_queries():
-    method = small_reptile(optimizer=torch.optim.SGD, eval_inner_steps=2, bn_mode="non_transductive").eval()
+def test_support_plus_query_logits_do_not_depend_on_the_other_queries():
+    method = small_reptile(optimizer=torch.optim.SGD, eval_inner_steps=2, eval_bn="support_plus_query").eval()
     episode = random_episode(n_shot=1, n_query=3, batch=1)
     changed = episode.with_images(episode.support_images, episode.query_images.clone())
     changed.query_images[0, 1:] = torch.rand_like(changed.query_images[0, 1:])  # all but query 0
@@ -220,8 +220,8 @@ def test_non_transductive_query_logits_do_not_depend_on_the_other_queries():
 def test_training_queries_are_scored_transductively_in_both_modes():
     episode = random_episode(n_shot=2, n_query=3, batch=1)
     logits = []
-    for mode in ("transductive", "non_transductive"):
-        method = small_reptile(optimizer=torch.optim.SGD, bn_mode=mode)
+    for mode in ("transductive", "support_plus_query"):
+        method = small_reptile(optimizer=torch.optim.SGD, eval_bn=mode)
         torch.manual_seed(1)
         logits.append(method.adapt_tasks(episode, meta_train=True)[1])
     assert torch.equal(logits[0], logits[1])
@@ -242,8 +242,11 @@ def test_linear_annealing_factor():
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="inner_optimizer"):
         small_reptile(optimizer=torch.optim.SGD, inner_optimizer="rmsprop")
-    with pytest.raises(ValueError, match=r"model.bn_mode must be one of \('transductive', 'non_transductive'\)"):
-        small_reptile(optimizer=torch.optim.SGD, bn_mode="inductive")
+    taken = r"model.eval_bn='inductive' \(not a batch-norm mode\) is not one Reptile takes; it takes 'transductive', "
+    with pytest.raises(ValueError, match=taken + "'support_plus_query'"):
+        small_reptile(optimizer=torch.optim.SGD, eval_bn="inductive")
+    with pytest.raises(ValueError, match=r"model.train_bn='running' \(the running statistics .*\) is not one Reptile"):
+        small_reptile(optimizer=torch.optim.SGD, train_bn="running")
     with pytest.raises(ValueError, match="either model.scheduler or model.outer_lr_final"):
         small_reptile(optimizer=torch.optim.SGD, scheduler=torch.optim.lr_scheduler.StepLR, outer_lr_final=0.0)
     states = r"model.inner_optimizer_state must be one of \('carried', 'fresh'\), got 'kept'"
@@ -294,8 +297,8 @@ def test_reptile_learns_on_embedded_default(tmp_path):
             "model.inner_lr=0.01",
             "model.eval_inner_steps=5",
             "model.eval_inner_batch_size=null",
-            # calibrated with transductive evaluation; non-transductive is pinned by its own tests
-            "model.bn_mode=transductive",
+            # calibrated with transductive evaluation; support_plus_query is pinned by its own tests
+            "model.eval_bn=transductive",
         ],
         tmp_path,
     )

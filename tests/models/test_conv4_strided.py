@@ -208,7 +208,7 @@ def test_reptile_adapts_and_evaluates_the_strided_flatten_learner():
         inner_optimizer="adam",
         inner_steps=2,
         eval_inner_steps=2,
-        bn_mode="non_transductive",
+        eval_bn="support_plus_query",
     )
     assert method.learner.head.in_features == 16  # 2 x 2 x 4
     episode = random_episode(n_shot=1, n_query=2, batch=2)

@@ -126,7 +126,7 @@ def test_a_source_reads_as_its_rule_says():
         source_of("omniglot/fomaml_20w5s", "model.first_order") == f"{finn}: stop_grad (first order as in section 5.2)"
     )
     assert source_of("omniglot/maml_5w1s", "seed") == "ours (docs/reproduce.md, Deviations): a fixed run seed"
-    assert source_of("miniimagenet/meta_lstm_5w5s", "model.n_steps") == (
+    assert source_of("miniimagenet/meta_lstm_5w5s", "model.inner_steps") == (
         "twitter/meta-learning-lstm config/lstm/train-imagenet-5shot.lua: nEpochs[5]"
     )
     assert source_of("miniimagenet/meta_lstm_5w1s", "test_checkpoint").startswith("twitter/meta-learning-lstm config")

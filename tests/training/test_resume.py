@@ -17,7 +17,7 @@ from tests.training.crash import TrainingKilled
 RUN = ["debug=tiny", "trainer=cpu", "logger=none", "trainer.max_epochs=3", "data.train_episodes=3"]
 METHODS = {
     "protonet": ["model=protonet"],
-    "meta_lstm": ["model=meta_lstm", "model.n_steps=2", "model.learner.hidden=8"],
+    "meta_lstm": ["model=meta_lstm", "model.inner_steps=2", "model.learner.hidden=8"],
     "siamese": ["model=siamese"],
 }
 

@@ -156,7 +156,7 @@ def test_cpu_budget_rejects_non_positive_minutes():
 
 @pytest.mark.parametrize(
     ("model", "key", "value"),
-    [("meta_lstm", "grad_clip_norm", 0.25), ("matchingnet_fce", "fce_clip_norm", 0.25)],
+    [("meta_lstm", "grad_clip_norm", 0.25), ("matchingnet_fce", "grad_clip_norm", 0.25)],
 )
 def test_a_trainer_clip_on_a_method_that_clips_itself_is_refused_before_training(tiny_config, tmp_path, model, key,
                                                                                   value):  # fmt: skip
@@ -170,7 +170,7 @@ def test_a_trainer_clip_on_a_method_that_clips_itself_is_refused_before_training
 
 
 def test_a_trainer_clip_is_taken_when_the_method_does_not_clip_itself(tiny_config):
-    results = train(tiny_config("model=meta_lstm", "model.n_steps=2", "model.learner.hidden=8",
+    results = train(tiny_config("model=meta_lstm", "model.inner_steps=2", "model.learner.hidden=8",
                                 "model.grad_clip_norm=null", "trainer.gradient_clip_val=1.0"))  # fmt: skip
     assert results["train"]["steps"] == 4
 

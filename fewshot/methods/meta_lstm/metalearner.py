@@ -20,7 +20,7 @@ Batch norm: the BN weights and biases are coordinates of ``theta`` like any othe
 statistics are per-episode buffers, reset at the start of every episode and updated by the
 ``T`` support forwards. How the query is normalised is the ``bn_mode``:
 
-* ``"batch"``: with its own batch statistics (transductive; the paper's meta-training).
+* ``"transductive"``: with its own batch statistics (the paper's meta-training).
 * ``"support"``: with the running statistics gathered on the support set during adaptation
   (the paper's meta-test scheme; the official code calls ``evaluate()`` on the learner).
 
@@ -62,7 +62,7 @@ from fewshot.nn.flat import FlatLayout
 from fewshot.nn.lstm import CoordinateLSTM, State
 from fewshot.nn.preprocess import preprocess
 
-BNMode = Literal["batch", "support"]
+BNMode = Literal["transductive", "support"]
 GradScale = Literal["official", "mean"]
 GRAD_SCALES: tuple[str, ...] = ("official", "mean")
 LearnerGrad = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, Tensor]]
@@ -136,7 +136,7 @@ class MetaLearner(nn.Module):
         n_steps: ``T``, the number of updates, each on the whole support set.
         hidden_size: layer 1's hidden size (20).
         preprocess_p: ``p`` of the preprocessing (10).
-        train_bn: BN mode for the query when the module is in training mode (paper: ``batch``).
+        train_bn: BN mode for the query when the module is in training mode (paper: ``transductive``).
         eval_bn: BN mode for the query in eval mode (paper: ``support``).
         feedback: what the cell feeds back as the previous gate (official: ``preactivation``).
         fused: use the fused coordinate-wise kernels; ``False`` runs the plain reference code
@@ -156,7 +156,7 @@ class MetaLearner(nn.Module):
         n_steps: int,
         hidden_size: int = 20,
         preprocess_p: float = 10.0,
-        train_bn: BNMode = "batch",
+        train_bn: BNMode = "transductive",
         eval_bn: BNMode = "support",
         feedback: Feedback = "preactivation",
         fused: bool = True,
@@ -173,8 +173,8 @@ class MetaLearner(nn.Module):
             )
         self.grad_scale = grad_scale
         for mode in (train_bn, eval_bn):
-            if mode not in ("batch", "support"):
-                raise ValueError(f"BN mode must be 'batch' or 'support', got {mode!r}.")
+            if mode not in ("transductive", "support"):
+                raise ValueError(f"BN mode must be 'transductive' or 'support', got {mode!r}.")
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}.")
         self.n_steps = n_steps
@@ -302,11 +302,11 @@ class MetaLearner(nn.Module):
         Args:
             theta, buffers: from :meth:`adapt`.
             query_x: ``[N*Q, C, H, W]``.
-            bn_mode: overrides :attr:`bn_mode` (``"batch"``: the query's own statistics;
+            bn_mode: overrides :attr:`bn_mode` (``"transductive"``: the query's own statistics;
                 ``"support"``: the running statistics in ``buffers``).
         """
         mode = bn_mode or self.bn_mode
-        if mode == "batch":
+        if mode == "transductive":
             # Batch statistics; the running buffers are irrelevant, so leave the episode's alone.
             return self.learner_forward(theta, self.fresh_buffers(), query_x, train=True)
         return self.learner_forward(theta, buffers, query_x, train=False)

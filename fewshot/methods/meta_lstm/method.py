@@ -11,6 +11,7 @@ from torchmetrics import CatMetric
 
 from fewshot.data.episode import Episode
 from fewshot.methods.base import EVAL_STAGES, EpisodicMethod, OptimizerFactory, SchedulerFactory
+from fewshot.methods.choices import BatchNormModes
 from fewshot.methods.meta_lstm.cell import Feedback
 from fewshot.methods.meta_lstm.metalearner import GATES, STATISTICS, BNMode, GateStats, GradScale, MetaLearner
 from fewshot.nn import native
@@ -35,7 +36,7 @@ class MetaLSTM(EpisodicMethod):
     Ravi & Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017. The pieces
     (preprocessing, coordinate-wise LSTM, meta-learner cell, BN handling) live beside it in
     ``fewshot.methods.meta_lstm``; this class wires them into the episodic interface: meta-training on
-    the query loss after ``n_steps`` updates on the support set (meta-batch averaged), Adam with
+    the query loss after ``inner_steps`` updates on the support set (meta-batch averaged), Adam with
     global gradient-norm clipping (``grad_clip_norm``, official 0.25), and evaluation by
     adapting on each support set. Gate values (mean and spread of ``i_t`` and ``f_t`` per step
     and learner layer) are averaged over the validation/test episodes and logged as
@@ -47,16 +48,17 @@ class MetaLSTM(EpisodicMethod):
 
     needs_fixed_n_way = True
     own_gradient_clipping = ("grad_clip_norm",)
+    bn_modes = BatchNormModes(train=("transductive", "support"), eval=("transductive", "support"))
 
     def __init__(
         self,
         learner: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
-        n_steps: int = 12,
+        inner_steps: int = 12,
         hidden_size: int = 20,
         preprocess_p: float = 10.0,
-        train_bn: BNMode = "batch",
+        train_bn: BNMode = "transductive",
         eval_bn: BNMode = "support",
         grad_clip_norm: float | None = 0.25,
         fused: bool = True,
@@ -66,11 +68,12 @@ class MetaLSTM(EpisodicMethod):
         grad_scale: GradScale = "official",
     ) -> None:
         super().__init__(optimizer, scheduler)
+        self.bn_modes.check(type(self).__name__, train_bn, eval_bn)
         native.select(backend)  # a process setting: what the operators' CPU kernels run
         self.backend = backend
         self.metalearner = MetaLearner(
             learner,
-            n_steps=n_steps,
+            n_steps=inner_steps,
             hidden_size=hidden_size,
             preprocess_p=preprocess_p,
             train_bn=train_bn,

@@ -236,14 +236,14 @@ def test_support_mode_resets_statistics_every_episode_and_uses_them_for_the_quer
         logits = meta.predict(theta, buffers, query)
         # eval-mode BN with the episode's running statistics: each query is scored on its own
         torch.testing.assert_close(logits[:1], meta.predict(theta, buffers, query[:1]))
-        batch_logits = meta.predict(theta, buffers, query, bn_mode="batch")
+        batch_logits = meta.predict(theta, buffers, query, bn_mode="transductive")
     assert not torch.allclose(logits, batch_logits)
 
 
 def test_batch_mode_normalises_the_query_with_its_own_statistics(episode):
     support_x, support_y, query_x, _ = episode
     meta = MetaLearner(tiny_conv4(), n_steps=2).train()
-    assert meta.bn_mode == "batch"
+    assert meta.bn_mode == "transductive"
     with torch.no_grad():
         theta, buffers, _ = meta.adapt(support_x, support_y)
         logits = meta.predict(theta, buffers, query_x)

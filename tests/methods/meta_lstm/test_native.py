@@ -521,8 +521,8 @@ def test_model_backend_is_the_process_switch():
     from fewshot.methods.meta_lstm.method import MetaLSTM
 
     with native.selected("auto"):
-        MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), n_steps=1, backend="torch")
+        MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), inner_steps=1, backend="torch")
         assert not native.applies(torch.zeros(2))
         with pytest.raises(ValueError, match="'auto', 'native' or 'torch'"):
-            MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), n_steps=1, backend="fast")
+            MetaLSTM(tiny_conv4(), optimizer=partial(torch.optim.Adam, lr=1e-3), inner_steps=1, backend="fast")
     assert native.select("auto") == "auto"

@@ -31,7 +31,7 @@ def training_setting(name: str, value: int | None, default: int) -> int:
     """``data.train_<name>``, or ``default`` (the evaluation ``data.<name>``) when it is null."""
     if value is None:
         return default
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+    if not is_int(value) or value < 1:
         raise DataError(
             f"data.train_{name} must be a positive integer, or null for data.{name}={default}; got {value!r}."
         )

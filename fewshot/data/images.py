@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,13 +121,3 @@ def decode_many(
             images = list(pool.map(one, items))
     warn_constant_images([where for where, _ in items], images, "images")
     return images
-
-
-def read_file_bytes(path: Path) -> Callable[[], bytes]:
-    """A reader for one file, for ``decode_many``."""
-    return path.read_bytes
-
-
-def stack_class(images: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Stack one class's decoded images into uint8 ``[n, C, H, W]``."""
-    return torch.stack(list(images))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fewshot.data.errors import DataError
-from fewshot.data.pickles import load_data_pickle
+from fewshot.data.pickles import load_data_pickle, pickle_entry
 from fewshot.data.prepare.output import check_name
 
 ARCHIVE_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -133,14 +133,8 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 
 
 def _field(table: Any, key: str, where: str) -> Any:
-    if isinstance(table, dict):
-        for candidate in (key.encode(), key):
-            if candidate in table:
-                return table[candidate]
-    raise DataError(
-        f"{where} has no {key!r} entry; it is not a CIFAR-100 python pickle. Download {ARCHIVE_NAME} again "
-        f"from {ARCHIVE_PAGE}."
-    )
+    fix = f"it is not a CIFAR-100 python pickle. Download {ARCHIVE_NAME} again from {ARCHIVE_PAGE}"
+    return pickle_entry(table, key, where, fix)
 
 
 def _names(values: Any, expected: int, key: str, where: str) -> tuple[str, ...]:

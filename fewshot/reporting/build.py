@@ -35,7 +35,7 @@ from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.history import row_history
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference
-from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, without_costs
+from fewshot.reporting.plots import accuracy_vs_shots_figure, save_figure, time_to_accuracy_figure, without_costs
 from fewshot.reporting.readme import ReadmeBlockError, check_block, link_from, page_block, readme_block, update_block
 from fewshot.reporting.runs import (
     BadResultsError,
@@ -153,11 +153,6 @@ def default_out(paths: Sequence[Path]) -> Path:
     return paths[0] / "report" if len(paths) == 1 and paths[0].is_dir() else Path("report")
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write a report file atomically and return its path."""
-    return write_text_atomic(path, text)
-
-
 def costs_notes(runs: Sequence[RunRecord], costs: ReferenceCosts | None, paths: Sequence[Path]) -> list[str]:
     """What the time-to-accuracy figure's time is, when it is not reference time for every row."""
     if costs is None:
@@ -195,16 +190,16 @@ def build_report(
     table_md = tables_markdown(cells, display)
     table_csv = csv_table(cells, display)
     written = [
-        write_text(out / "table.md", table_md),
-        write_text(out / "table.csv", table_csv),
-        write_text(out / "paired.md", paired_md),
-        write_text(out / "paired.csv", csv_paired(differences)),
+        write_text_atomic(out / "table.md", table_md),
+        write_text_atomic(out / "table.csv", table_csv),
+        write_text_atomic(out / "paired.md", paired_md),
+        write_text_atomic(out / "paired.csv", csv_paired(differences)),
     ]
     figures = [
         f
         for f in (
-            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png", costs, display),
-            plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png", display),
+            save_figure(time_to_accuracy_figure(runs, costs, display), out / "accuracy_vs_cpu_time.png"),
+            save_figure(accuracy_vs_shots_figure(runs, display), out / "accuracy_vs_shots.png"),
         )
         if f is not None
     ]

@@ -55,11 +55,6 @@ class PairedDifference:
     seed_interval: SeedInterval | None = None
 
     @property
-    def covers_seeds(self) -> bool:
-        """Whether the comparison accounts for training seeds (several seeds on both sides)."""
-        return self.seed_interval is not None
-
-    @property
     def significant(self) -> bool:
         """Whether the difference is outside its 95% CI over episodes and, with several seeds on
         both sides, outside its 95% CI over seeds too."""
@@ -67,14 +62,11 @@ class PairedDifference:
         return abs(self.mean) > self.ci95 and beyond_seeds
 
 
-def episode_accuracies(runs: Sequence[RunRecord]) -> tuple[tuple[int, ...], torch.Tensor, str | None]:
-    """Per-episode accuracy of one method averaged over its runs (seeds), which must share
-    their test episodes; returns (episode indices, accuracies, fingerprint)."""
-    first = runs[0]
+def episode_accuracies(runs: Sequence[RunRecord]) -> torch.Tensor:
+    """Per-episode accuracy of one method averaged over its runs (seeds), which must share their test episodes."""
     for run in runs[1:]:
-        check_same_episodes(first, run)
-    acc = torch.tensor([run.episode_acc for run in runs], dtype=torch.float64).mean(0)
-    return first.episode_index, acc, first.fingerprint
+        check_same_episodes(runs[0], run)
+    return torch.tensor([run.episode_acc for run in runs], dtype=torch.float64).mean(0)
 
 
 def check_same_episodes(a: RunRecord, b: RunRecord) -> None:
@@ -92,11 +84,6 @@ def check_same_episodes(a: RunRecord, b: RunRecord) -> None:
             "A paired test needs both methods scored on the same test episodes: use the same data config, "
             "data.eval_seed, data.n_query and data.test_episodes for both."
         )
-
-
-def normal_two_sided_p(z: float) -> float:
-    """Two-sided p-value of a standard-normal statistic."""
-    return math.erfc(abs(z) / math.sqrt(2.0))
 
 
 def welch_interval(acc_a: Sequence[float], acc_b: Sequence[float]) -> SeedInterval | None:
@@ -124,15 +111,13 @@ def paired_difference(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord]) 
     seeds' test accuracies.
     """
     check_same_episodes(runs_a[0], runs_b[0])
-    _, acc_a, _ = episode_accuracies(runs_a)
-    _, acc_b, _ = episode_accuracies(runs_b)
-    diff = acc_a - acc_b
+    diff = episode_accuracies(runs_a) - episode_accuracies(runs_b)
     mean, ci95 = mean_ci95(diff)
     std = diff.std(unbiased=True).item() if diff.numel() > 1 else float("nan")
     if std == 0.0:
         p_value = 1.0 if mean == 0.0 else 0.0
     else:
-        p_value = normal_two_sided_p(mean / (std / math.sqrt(diff.numel())))
+        p_value = math.erfc(abs(mean / (std / math.sqrt(diff.numel()))) / math.sqrt(2.0))  # two-sided, normal
     return PairedDifference(
         method_a=runs_a[0].method,
         method_b=runs_b[0].method,

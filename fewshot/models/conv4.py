@@ -60,14 +60,10 @@ def batch_norm(channels: int, momentum: float, eps: float, scale: bool = True) -
     return ShiftOnlyBatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
-def pooled_side(side: int, pool_padding: str = "valid") -> int:
-    """Height (= width) after one 2x2, stride-2 max-pool with ``pool_padding``."""
-    return math.ceil(side / 2) if pool_padding == "same" else side // 2
-
-
 def block_side(side: int, downsample: str = "maxpool", pool_padding: str = "valid") -> int:
-    """Height (= width) after one conv block: its max-pool's, or ceil(side / 2) for a stride-2 'SAME' conv."""
-    return math.ceil(side / 2) if downsample == "stride" else pooled_side(side, pool_padding)
+    """Height (= width) after one conv block: ceil(side / 2) for a stride-2 'SAME' conv or a 'same'
+    max-pool, floor for a 'valid' one."""
+    return math.ceil(side / 2) if downsample == "stride" or pool_padding == "same" else side // 2
 
 
 def tf_same_padding(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
@@ -212,11 +208,6 @@ def layer_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable scalar parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 __all__ = [
     "DOWNSAMPLES",
     "POOL_PADDINGS",
@@ -227,8 +218,6 @@ __all__ = [
     "batch_norm",
     "block_side",
     "conv_block",
-    "count_parameters",
     "layer_names",
-    "pooled_side",
     "tf_same_padding",
 ]

@@ -11,11 +11,11 @@ accuracy, training length and the reason it replaced the one before (:func:`row_
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fewshot.reporting.results import git
 from fewshot.reporting.runs import NoRunsError, RunRecord, load_runs
 
 REPLACES_KEY = "replaces"
@@ -29,15 +29,6 @@ def test_numbers(results: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a results file says about the test: accuracy, CI, episodes, fingerprint, per episode."""
     test = results.get("test") or {}
     return (test.get("acc"), test.get("ci95"), test.get("episodes"), test.get("fingerprint"), test.get("episode_acc"))
-
-
-def git(folder: Path, *args: str) -> str | None:
-    """The output of a git command run in ``folder``, or None when git fails (no repository)."""
-    try:
-        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout
 
 
 def last_commit_of(path: Path) -> str | None:

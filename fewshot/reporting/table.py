@@ -392,42 +392,27 @@ def markdown_paired(differences: Sequence[PairedDifference], not_paired: Sequenc
     return text
 
 
+# paired.csv's columns (numbers in [0, 1]; the seed interval empty with one seed on a side)
+PAIRED_CSV: dict[str, Callable[[PairedDifference], object]] = {
+    "setting": lambda d: d.setting,
+    "method_a": lambda d: d.method_a,
+    "method_b": lambda d: d.method_b,
+    "episodes": lambda d: d.episodes,
+    "seeds_a": lambda d: d.seeds_a,
+    "seeds_b": lambda d: d.seeds_b,
+    "mean_diff": lambda d: f"{d.mean:.6f}",
+    "ci95": lambda d: f"{d.ci95:.6f}",
+    "p_value": lambda d: f"{d.p_value:.6g}",
+    "seed_ci95": lambda d: "" if d.seed_interval is None else f"{d.seed_interval.ci95:.6f}",
+    "seed_dof": lambda d: "" if d.seed_interval is None else d.seed_interval.dof,
+    "significant": lambda d: int(d.significant),
+}
+
+
 def csv_paired(differences: Sequence[PairedDifference]) -> str:
-    """Paired differences as CSV (numbers in [0, 1]; the seed interval empty with one seed on a side)."""
+    """Paired differences as CSV, one row per difference (columns: ``PAIRED_CSV``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "setting",
-            "method_a",
-            "method_b",
-            "episodes",
-            "seeds_a",
-            "seeds_b",
-            "mean_diff",
-            "ci95",
-            "p_value",
-            "seed_ci95",
-            "seed_dof",
-            "significant",
-        ]
-    )
-    for d in differences:
-        seeds = d.seed_interval
-        writer.writerow(
-            [
-                d.setting,
-                d.method_a,
-                d.method_b,
-                d.episodes,
-                d.seeds_a,
-                d.seeds_b,
-                f"{d.mean:.6f}",
-                f"{d.ci95:.6f}",
-                f"{d.p_value:.6g}",
-                "" if seeds is None else f"{seeds.ci95:.6f}",
-                "" if seeds is None else seeds.dof,
-                int(d.significant),
-            ]
-        )
+    writer.writerow(PAIRED_CSV)
+    writer.writerows([column(d) for column in PAIRED_CSV.values()] for d in differences)
     return out.getvalue()

@@ -1,24 +1,12 @@
 """Reports over finished runs: ``python -m fewshot.reporting <run dirs or multirun dirs> ...``.
 
-Finds every ``results.json`` below the given folders and writes, into ``--out``:
-``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
-in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
-spread; then each cell's CPU-minutes of training and whether a plateau or a cap ended it),
-``paired.md`` / ``paired.csv`` (per-episode paired differences, and over training seeds where
-both rows have several: each setting's best method against every other, plus any
-``--pair A B`` and ``--against M``: M against every other method; a setting whose runs scored
-different test episodes is split into one column per episode set, never paired across),
-``accuracy_vs_cpu_time.png`` (time to accuracy, in reference CPU-minutes from
-``<folder>/reference_costs.json`` or ``--costs``, else in measured CPU-minutes, as its title
-says) and ``accuracy_vs_shots.png``; and draws the
-Meta-LSTM gate figure into every run folder with gate statistics. ``--history "<setting>/<method>"``
-prints the committed versions of one row's results instead (``fewshot.reporting.history``).
-``--wandb`` also logs the
-table and figures as one W&B run (offline). ``--page docs/results.md`` rewrites the block of that
-file marked for these runs with ``table.md``, ``paired.md`` and the figures; ``--readme README.md``
-the block of that file with the accuracy table and a link to the page (``fewshot.reporting.readme``).
-Rows are ordered and figures coloured by ``fewshot/reporting/methods.yaml`` (``fewshot.reporting.display``).
-A single folder's ``report.yaml`` gives its default options (``fewshot.reporting.options``).
+Finds every ``results.json`` below the given folders and writes into ``--out`` the comparison table
+(``table.md``/``.csv``: best and CI-overlapping results in bold, as in Ravi & Larochelle's tables),
+the paired tests (``paired.md``/``.csv``) and the figures, and draws the Meta-LSTM gate figure into
+every run folder with gate statistics. ``--page`` and ``--readme`` rewrite the blocks marked for these
+runs in Markdown files (``fewshot.reporting.readme``); ``--history`` prints one row's committed
+versions instead (``fewshot.reporting.history``). A single folder's ``report.yaml`` gives its default
+options (``fewshot.reporting.options``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -340,15 +340,13 @@ def save_figure_atomic(fig: Any, path: str | os.PathLike[str], **savefig_kwargs:
     return target
 
 
-def save_figure_formats(
-    fig: Any,
-    out_dir: str | os.PathLike[str],
-    stem: str,
-    suffixes: Sequence[str] = ("png", "pdf"),
-    **savefig_kwargs: Any,
-) -> list[Path]:
-    """:func:`save_figure_atomic` to ``out_dir/stem.<suffix>`` for each suffix (creating
-    ``out_dir``); return the paths."""
+def save_figure_formats(fig: Any, out_dir: str | os.PathLike[str], stem: str, **savefig_kwargs: Any) -> list[Path]:
+    """:func:`save_figure_atomic` to ``out_dir/stem.png`` and ``.pdf`` (creating ``out_dir``), then close
+    the figure; return the paths."""
+    import matplotlib.pyplot as plt  # only ever given a matplotlib figure
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [save_figure_atomic(fig, out / f"{stem}.{suffix}", **savefig_kwargs) for suffix in suffixes]
+    paths = [save_figure_atomic(fig, out / f"{stem}.{suffix}", **savefig_kwargs) for suffix in ("png", "pdf")]
+    plt.close(fig)
+    return paths

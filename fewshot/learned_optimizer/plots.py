@@ -41,10 +41,7 @@ def save_curves_figure(
     results: Sequence[OptimizerResult], out_dir: str | Path, title: str = "", stem: str = "loss_curves"
 ) -> list[Path]:
     """Draw :func:`plot_curves` and save it as PNG and PDF into ``out_dir``; return the paths."""
-    fig = plot_curves(results, title)
-    paths = save_figure_formats(fig, out_dir, stem, dpi=110)
-    plt.close(fig)
-    return paths
+    return save_figure_formats(plot_curves(results, title), out_dir, stem, dpi=110)
 
 
 __all__ = ["plot_curves", "save_curves_figure"]

@@ -116,17 +116,10 @@ class Conv4(nn.Module):
     As an embedding (``n_classes=None``) it is the ProtoNet / Matching Network encoder; with
     ``n_classes`` it is the Meta-LSTM / MAML learner. It has no hidden state and no in-place
     parameter tricks, so ``torch.func.functional_call(model, (params, buffers), x)`` works.
-    ``bn_momentum`` follows PyTorch's convention (weight of the new batch statistic).
-    ``dropout > 0`` ends every block with Dropout of that rate (after the max-pool, as the
-    Matching Network embedding of Ravi & Larochelle's code); 0 adds no module.
-    ``bn_scale=False`` leaves out the batch-norm weight (gamma), as ``tf.contrib.layers.batch_norm``
-    (cbfinn/maml). ``pool_padding`` is ``"valid"`` (PyTorch's floor) or ``"same"`` (ceil, as
-    TensorFlow's ``padding='same'`` in openai/supervised-reptile: 84x84 -> 6x6, 28x28 -> 2x2).
-    ``downsample="stride"`` halves the map by stride-2 'SAME' convolutions instead of max-pools
-    (28x28 -> 14 -> 7 -> 4 -> 2), as the Omniglot networks of cbfinn/maml and openai/supervised-reptile;
-    ``readout="mean"`` averages the last map over its positions (``hidden`` features), as cbfinn/maml's.
-    ``init`` and ``head_init`` choose the initialisation scheme (:mod:`fewshot.models.init`), drawn
-    here, at construction, from torch's global generator.
+    ``bn_momentum`` follows PyTorch's convention (weight of the new batch statistic); ``dropout > 0``
+    ends every block with Dropout (after the max-pool, as the Matching Network embedding of Ravi &
+    Larochelle's code). ``pool_padding``, ``downsample`` and ``readout`` are described with their
+    choices above; ``init`` and ``head_init`` are drawn here, at construction (:mod:`fewshot.models.init`).
 
     Input ``[B, C, H, W]``; output ``[B, out_features]`` (embedding) or ``[B, n_classes]``.
     """

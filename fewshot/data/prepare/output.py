@@ -78,10 +78,8 @@ def partial_dir(out: Path) -> Path:
 
 
 def finished_counts(out: Path, dataset: str) -> Counts | None:
-    """The counts of a complete ``out`` of ``dataset``; None when ``out`` is absent or an empty folder.
-
-    Raises:
-        DataError: ``out`` exists but is not a complete build of ``dataset``.
+    """The counts of a complete ``out`` of ``dataset``; None when ``out`` is absent or an empty folder,
+    a DataError when it exists but is not a complete build of ``dataset``.
     """
     if not out.exists():
         return None

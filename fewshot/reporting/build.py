@@ -109,14 +109,10 @@ def against_all(
 
 def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifference]:
     """Each pair of methods once per setting (the first of ``a - b`` and ``b - a`` is kept)."""
-    seen: set[tuple[str, frozenset[str]]] = set()
-    kept = []
+    kept: dict[tuple[str, frozenset[str]], PairedDifference] = {}
     for d in differences:
-        key = (d.setting, frozenset((d.method_a, d.method_b)))
-        if key not in seen:
-            seen.add(key)
-            kept.append(d)
-    return kept
+        kept.setdefault((d.setting, frozenset((d.method_a, d.method_b))), d)
+    return list(kept.values())
 
 
 def tables_markdown(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
@@ -134,11 +130,6 @@ def tables_markdown(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISP
         + speed_note(runs, settings, display)  # per setting, whatever its episode sets
         + single_episode_note(runs)
     )
-
-
-def default_out(paths: Sequence[Path]) -> Path:
-    """``<folder>/report`` for a single folder, else ``./report``."""
-    return paths[0] / "report" if len(paths) == 1 and paths[0].is_dir() else Path("report")
 
 
 def costs_notes(runs: Sequence[RunRecord], costs: ReferenceCosts | None, paths: Sequence[Path]) -> list[str]:
@@ -283,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
     parser.add_argument("--wandb-online", action="store_true", help="log online instead of offline")
     args = parser.parse_args(argv)
-    out = args.out or default_out(args.paths)
+    single_folder = len(args.paths) == 1 and args.paths[0].is_dir()
+    out = args.out or (args.paths[0] / "report" if single_folder else Path("report"))
     if args.history is not None:
         try:
             print(row_history(args.paths, args.history), end="")

@@ -53,12 +53,9 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, where: str, channels: int, image_size: int | None, invert: bool = False) -> torch.Tensor:
-    """Decode encoded image bytes into uint8 ``[channels, H, W]``.
-
-    Every Pillow mode is first brought to 8 bits as :func:`to_8bit` says (16-bit scaled,
-    transparency composited onto white, palette and CMYK converted); RGB is then converted
-    to grayscale where ``channels == 1`` (and vice versa), and the image resized to
-    ``image_size`` x ``image_size`` (None keeps the size). ``where`` names the file in errors.
+    """Decode encoded image bytes into uint8 ``[channels, H, W]``: brought to 8 bits by :func:`to_8bit`,
+    converted to ``channels``, resized to ``image_size`` x ``image_size`` (None keeps the size);
+    ``where`` names the file in errors.
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")

@@ -1,11 +1,5 @@
-"""Scoring of evaluation episodes, the same for every method.
-
-One :class:`EpisodeScores` per method keeps, per evaluation stage (``val``, ``test`` and
-``test_<k>shot`` for rescoring the test episodes with their first ``k`` shots), the accuracy of
-every episode and its query loss (torchmetrics, so they are gathered across processes), turns
-them into a summary (mean accuracy, 95% CI, mean loss, the per-episode accuracies sorted by
-episode index), and keeps the validation history and the best validation so far (by the run's
-``monitor``), which travel with checkpoints.
+"""Scoring of evaluation episodes, the same for every method: per-episode accuracies and losses
+(torchmetrics, gathered across processes), their summaries, and the validation history.
 """
 
 from __future__ import annotations

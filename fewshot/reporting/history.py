@@ -1,11 +1,6 @@
-"""A committed test result is never silently replaced, and a row's history can be read back.
-
-Collecting a run over a committed ``results.json`` whose test numbers differ needs a reason:
-:func:`check_replacement` returns what to write, the new results with a ``replaces`` record (the
-old file's commit, its test accuracy, CI, episodes and fingerprint, and the reason), or refuses
-without a reason. ``python -m fewshot.reporting results/omniglot --history "omniglot 5-way 1-shot/Meta-LSTM"``
-lists, from ``git log``, every committed version of that row's results files with its test
-accuracy, training length and the reason it replaced the one before (:func:`row_history`).
+"""A committed test result is never silently replaced (:func:`check_replacement`: collect's ``--reason``
+is recorded as ``replaces``), and a row's history can be read back from ``git log``
+(:func:`row_history`, ``python -m fewshot.reporting <folder> --history "<setting>/<method>"``).
 """
 
 from __future__ import annotations

@@ -102,13 +102,9 @@ def welch_interval(acc_a: Sequence[float], acc_b: Sequence[float]) -> SeedInterv
 
 
 def paired_difference(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord]) -> PairedDifference:
-    """Per-episode difference of method a minus method b over their shared test episodes.
-
-    Each side may hold several runs (seeds) of one method; their per-episode accuracies are
-    averaged first. The CI is ``1.96 * std(d) / sqrt(n)`` of the differences ``d``; the
-    p-value is the normal approximation of the paired t-test (n is hundreds of episodes).
-    With two or more seeds on both sides, the seed interval is :func:`welch_interval` of the
-    seeds' test accuracies.
+    """Per-episode difference of method a minus method b over their shared test episodes (each side's seeds
+    averaged first), with the intervals the module docstring describes; the p-value is the normal
+    approximation of the paired t-test (n is hundreds of episodes).
     """
     check_same_episodes(runs_a[0], runs_b[0])
     diff = episode_accuracies(runs_a) - episode_accuracies(runs_b)

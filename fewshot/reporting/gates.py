@@ -46,6 +46,6 @@ def plot_gates(gates: dict, title: str = "") -> Figure:
     return fig
 
 
-def save_gate_figure(gates: dict, out_dir: str | Path, title: str = "", stem: str = "gates") -> list[Path]:
+def save_gate_figure(gates: dict, out_dir: str | Path, title: str = "") -> list[Path]:
     """Draw the gate figure and save it as PNG and PDF into ``out_dir``; return the paths."""
-    return save_figure_formats(plot_gates(gates, title), out_dir, stem, dpi=130)
+    return save_figure_formats(plot_gates(gates, title), out_dir, "gates", dpi=130)

@@ -172,14 +172,14 @@ def ordered_methods(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISP
     return sorted({c.method for c in cells}, key=display.sort_key)
 
 
-def cell_text(cell: Cell | None, markdown: bool = True) -> str:
+def cell_text(cell: Cell | None) -> str:
     """``acc ± ci`` in percent, with the seed spread for several seeds, bold where marked."""
     if cell is None:
         return "-"
     text = format_accuracy(cell.acc, cell.ci95)
     if cell.seed_std is not None:
         text += f" (sd {100 * cell.seed_std:.2f}, {len(cell.runs)} seeds)"
-    return f"**{text}**" if markdown and cell.bold else text
+    return f"**{text}**" if cell.bold else text
 
 
 def tested_checkpoints(cell: Cell) -> str:

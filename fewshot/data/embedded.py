@@ -204,11 +204,6 @@ def render_all(points: Tensor, half_width: Tensor, image_size: int) -> Tensor:
     return torch.cat(chunks)
 
 
-def to_uint8(ink: Tensor, noise: Tensor) -> Tensor:
-    """Add the pixel noise and quantise ``[B, H, W]`` ink to uint8 ``[B, 1, H, W]``."""
-    return ((ink + noise).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)[:, None]
-
-
 class EmbeddedGlyphs:
     """Procedural "glyphs": a few-shot dataset generated in memory, with no download.
 
@@ -302,7 +297,8 @@ class EmbeddedGlyphs:
         basis = curve_basis(self.points_per_stroke)
         drawn = [self._draw_class(index, basis) for index in range(n_classes)]
         points, half_width, noise = (torch.from_numpy(np.concatenate(part)) for part in zip(*drawn))
-        pixels = to_uint8(render_all(points, half_width, self.image_size), noise)
+        ink = render_all(points, half_width, self.image_size) + noise
+        pixels = (ink.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)[:, None]  # uint8 [B, 1, H, W]
         # Clones, so that each class owns its storage and pickles alone.
         return [t.clone() for t in pixels.split(self.images_per_class)]
 

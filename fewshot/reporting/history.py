@@ -26,12 +26,6 @@ def test_numbers(results: Mapping[str, Any]) -> tuple[Any, ...]:
     return (test.get("acc"), test.get("ci95"), test.get("episodes"), test.get("fingerprint"), test.get("episode_acc"))
 
 
-def last_commit_of(path: Path) -> str | None:
-    """The last commit that changed ``path``, or None when it is not committed."""
-    out = git(path.parent, "log", "-1", "--format=%H", "--", path.name)
-    return out.strip() or None if out is not None else None
-
-
 def percent(value: Any) -> str:
     """An accuracy fraction in percent (``89.70``), or ``?``."""
     return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "?"
@@ -54,7 +48,7 @@ def check_replacement(target: Path, new: Mapping[str, Any], reason: str | None) 
             f"'{REPLACES_KEY}': give one (collect's --reason), or collect into another folder."
         )
     record = {
-        "commit": last_commit_of(target),
+        "commit": (git(target.parent, "log", "-1", "--format=%H", "--", target.name) or "").strip() or None,
         "git_commit": old.get("git_commit"),
         "acc": old_test.get("acc"),
         "ci95": old_test.get("ci95"),

@@ -88,20 +88,11 @@ def instantiate_loggers(group: DictConfig | None) -> list[Any]:
 def log_results_table(results: dict[str, Any], loggers: list[Any]) -> None:
     """Log the run's test result as a one-row table to W&B (other loggers have the metrics)."""
     test = results["test"]
-    columns = ["method", "dataset", "n_way", "n_shot", "episodes", "acc", "ci95", "fingerprint"]
-    row = [
-        results["method"],
-        results["dataset"],
-        results["n_way"],
-        results["n_shot"],
-        test["episodes"],
-        test["acc"],
-        test["ci95"],
-        test.get("fingerprint"),
-    ]
+    row = {key: results[key] for key in ("method", "dataset", "n_way", "n_shot")}
+    row.update(episodes=test["episodes"], acc=test["acc"], ci95=test["ci95"], fingerprint=test.get("fingerprint"))
     for lg in loggers:
         if isinstance(lg, WandbLogger):
-            lg.log_table(key="results", columns=columns, data=[row])
+            lg.log_table(key="results", columns=list(row), data=[list(row.values())])
 
 
 def method_name(method: EpisodicMethod, variant: str | None = None) -> str:

@@ -302,11 +302,7 @@ class EpisodicDataModule(pl.LightningDataModule):
             self.setup()
         start = self.n_episodes["val"]
         for index in range(start, start + count):
-            episode = self.samplers["val"][index].to(device)
-            yield (
-                index,
-                episode.with_images(self.normalize(episode.support_images), self.normalize(episode.query_images)),
-            )
+            yield index, self.on_after_batch_transfer(self.samplers["val"][index].to(device), 0)
 
     def episode_fingerprint(self, split: str) -> str:
         """Fingerprint of the evaluation episodes of ``split`` (see EpisodeSampler)."""

@@ -173,7 +173,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.samplers: dict[str, EpisodeSampler] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        """Decode the dataset once and build the three episode samplers."""
+        """Decode the dataset and build the three episode samplers, once (later calls return at once)."""
         if self.splits is not None:
             return
         self.splits = check_splits(self.source.load(), self.source.name)
@@ -200,14 +200,12 @@ class EpisodicDataModule(pl.LightningDataModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images, after ``setup()``."""
-        if self.splits is None:
-            self.setup()
+        self.setup()
         assert self.splits is not None
         return self.splits["train"].image_shape
 
     def _loader(self, split: str) -> DataLoader:
-        if not self.samplers:
-            self.setup()
+        self.setup()
         training = split == "train"
         settings = dict(
             dataset=EpisodeDataset(self.samplers[split], self.n_episodes[split]),
@@ -237,8 +235,7 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     def image_loader(self) -> DataLoader:
         """Batches of training images with their class index, drawn as ``image_sampling`` says."""
-        if not self.samplers:
-            self.setup()
+        self.setup()
         assert self.splits is not None
         dataset = FlatImages(self.splits["train"])
         if self.image_sampling == "class_balanced":
@@ -259,8 +256,7 @@ class EpisodicDataModule(pl.LightningDataModule):
     @property
     def n_train_classes(self) -> int:
         """Number of meta-training classes."""
-        if self.splits is None:
-            self.setup()
+        self.setup()
         assert self.splits is not None
         return len(self.splits["train"])
 
@@ -298,16 +294,14 @@ class EpisodicDataModule(pl.LightningDataModule):
         settings (Baseline-finetune's grid), normalised as the loaders' episodes: the ones right
         after the scored validation episodes, so never a test episode nor one that ``val/acc``
         is computed on."""
-        if not self.samplers:
-            self.setup()
+        self.setup()
         start = self.n_episodes["val"]
         for index in range(start, start + count):
             yield index, self.on_after_batch_transfer(self.samplers["val"][index].to(device), 0)
 
     def episode_fingerprint(self, split: str) -> str:
         """Fingerprint of the evaluation episodes of ``split`` (see EpisodeSampler)."""
-        if not self.samplers:
-            self.setup()
+        self.setup()
         return self.samplers[split].fingerprint(self.n_episodes[split])
 
     def describe(self) -> dict:

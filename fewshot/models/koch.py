@@ -10,13 +10,10 @@ class KochNet(nn.Module):
     flatten, Linear -> ``embedding_dim`` (4096) with a sigmoid: the twin of Koch et al. 2015,
     built for 105x105 Omniglot images (``data.image_size=105``).
 
-    Koch, Zemel & Salakhutdinov, "Siamese Neural Networks for One-shot Image Recognition",
-    ICML Deep Learning Workshop 2015. With ``paper_init`` the weights are drawn as in the paper
-    (conv weights N(0, 1e-2), all biases N(0.5, 1e-2), the linear layer's weights N(0, 0.2));
-    otherwise PyTorch's defaults are kept. No batch norm, as in the paper. The paper's affine
-    distortions of the training pairs and its layer-wise learning rates are not reproduced.
-
-    Input ``[B, C, H, W]``; output ``[B, embedding_dim]``.
+    With ``paper_init`` the weights are drawn as in the paper (conv weights N(0, 1e-2), all biases
+    N(0.5, 1e-2), the linear layer's weights N(0, 0.2)); otherwise PyTorch's defaults are kept. No
+    batch norm, as in the paper. The paper's affine distortions of the training pairs and its
+    layer-wise learning rates are not reproduced.
     """
 
     def __init__(

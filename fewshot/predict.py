@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
 from fewshot.data.folder import find_class_folders, is_ignored_name, walk_folders
-from fewshot.data.images import decode_image, is_image_name, warn_constant_images
+from fewshot.data.images import decode_image, is_image_name, normalise, warn_constant_images
 from fewshot.io import OutputPathError, check_not_an_input, check_writable_file, write_text_atomic
 from fewshot.run.checkpoint import checkpoint_config, load
 
@@ -83,12 +83,9 @@ class ImageFormat:
 
     def read(self, path: Path) -> torch.Tensor:
         """Decode and normalise one image file into float ``[C, H, W]``."""
-        image = decode_image(path.read_bytes(), str(path), self.channels, self.image_size, self.invert).float() / 255
-        if self.mean is not None:
-            image = image - torch.tensor(self.mean).view(-1, 1, 1)
-        if self.std is not None:
-            image = image / torch.tensor(self.std).view(-1, 1, 1)
-        return image
+        image = decode_image(path.read_bytes(), str(path), self.channels, self.image_size, self.invert)
+        mean, std = (None if stats is None else torch.tensor(stats) for stats in (self.mean, self.std))
+        return normalise(image, mean, std)
 
 
 def support_files(folder: Path) -> dict[str, list[Path]]:

@@ -21,6 +21,7 @@ from fewshot.data.classification import (
 )
 from fewshot.data.episode import Episode, collate_episodes
 from fewshot.data.errors import DataError
+from fewshot.data.images import normalise
 from fewshot.data.resumable import ResumableLoader
 from fewshot.data.sampler import EpisodeDataset, EpisodeIndexSampler, EpisodeSampler, EpisodeSpec
 from fewshot.data.source import DatasetSource
@@ -269,13 +270,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[..., C, H, W]`` -> float in [0, 1], then ``(x - mean) / std``."""
-        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-        if self.mean is not None:
-            x = x - self.mean.to(x.device).view(-1, 1, 1)
-        if self.std is not None:
-            x = x / self.std.to(x.device).view(-1, 1, 1)
-        return x
+        """uint8 ``[..., C, H, W]`` -> float in [0, 1], then ``(x - mean) / std``, as predict does (``normalise``)."""
+        return normalise(images, self.mean, self.std)
 
     def transfer_batch_to_device(
         self, batch: Episode | LabelledImages, device: torch.device, dataloader_idx: int

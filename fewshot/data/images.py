@@ -84,6 +84,17 @@ def decode_image(data: bytes, where: str, channels: int, image_size: int | None,
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def normalise(images: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """uint8 ``[..., C, H, W]`` -> float in [0, 1], then ``(x - mean) / std`` per channel: how training
+    and prediction alike feed images to a model."""
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if mean is not None:
+        x = x - mean.to(x.device).view(-1, 1, 1)
+    if std is not None:
+        x = x / std.to(x.device).view(-1, 1, 1)
+    return x
+
+
 def warn_constant_images(names: Sequence[str], images: Sequence[torch.Tensor], what: str) -> list[str]:
     """Warn, naming the files, about images whose pixels are all equal (they carry nothing); return them."""
     flat = [name for name, image in zip(names, images) if image.numel() and bool((image == image.flatten()[0]).all())]

@@ -56,7 +56,7 @@ class Episode:
 
     def to(self, device: torch.device | str) -> Episode:
         """Return a copy with every tensor moved to ``device``."""
-        return replace(self, **{f: getattr(self, f).to(device, non_blocking=True) for f in TENSOR_FIELDS})
+        return Episode(n_way=self.n_way, **{f: getattr(self, f).to(device, non_blocking=True) for f in TENSOR_FIELDS})
 
     def with_images(self, support_images: Tensor, query_images: Tensor) -> Episode:
         """Return a copy with the images replaced (e.g. normalised floats)."""
@@ -87,7 +87,9 @@ class Episode:
         """Split a meta-batch into its single episodes."""
         if not self.is_batched:
             return [self]
-        return [replace(self, **{f: getattr(self, f)[b] for f in TENSOR_FIELDS}) for b in range(self.batch_size)]
+        return [
+            Episode(n_way=self.n_way, **{f: getattr(self, f)[b] for f in TENSOR_FIELDS}) for b in range(self.batch_size)
+        ]
 
 
 def collate_episodes(episodes: list[Episode]) -> Episode:
@@ -95,4 +97,4 @@ def collate_episodes(episodes: list[Episode]) -> Episode:
     first = episodes[0]
     if any(e.n_way != first.n_way for e in episodes):
         raise ValueError("All episodes in a meta-batch must have the same n_way.")
-    return replace(first, **{f: torch.stack([getattr(e, f) for e in episodes]) for f in TENSOR_FIELDS})
+    return Episode(n_way=first.n_way, **{f: torch.stack([getattr(e, f) for e in episodes]) for f in TENSOR_FIELDS})

@@ -14,7 +14,6 @@ from fewshot.run.resolvers import register_resolvers
 register_resolvers()  # task_name: ${fewshot.task_name:train}, resolved while Hydra names the run folder
 
 
-# an absolute path: the same folder whether this module runs as a script, a module or a console script
 def user_error(err: BaseException) -> BaseException | None:
     """The error, or the one it wraps (Hydra wraps a constructor's), that names a bad input and its fix:
     printed as one line instead of a traceback; None for anything else (a bug keeps its traceback)."""
@@ -72,6 +71,7 @@ def main() -> float | None:
     return train_main()
 
 
+# an absolute path: the same folder whether this module runs as a script, a module or a console script
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers."""

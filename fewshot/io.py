@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,17 +53,12 @@ class OutputPathError(OSError):
         return str(self.strerror)
 
 
-def os_error_message(err: OSError, path: str | os.PathLike[str]) -> str:
-    """One line naming ``path``, what went wrong and what to do."""
-    fix = FIXES.get(err.errno or 0, f"{err.strerror or err}: check the path and the disk")
-    return f"Cannot write {path}: {fix}."
-
-
 def output_error(err: OSError, path: str | os.PathLike[str]) -> OutputPathError:
-    """``err`` as an :class:`OutputPathError` with a one-line message (errno kept)."""
+    """``err`` as an :class:`OutputPathError` (errno kept), one line naming ``path`` and the fix."""
     if isinstance(err, OutputPathError):
         return err
-    return OutputPathError(err.errno, os_error_message(err, path))
+    fix = FIXES.get(err.errno or 0, f"{err.strerror or err}: check the path and the disk")
+    return OutputPathError(err.errno, f"Cannot write {path}: {fix}.")
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:
@@ -174,10 +169,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
 
 
 def safe_name(name: Any, what: str, fix: str) -> str:
-    """``name`` if it is one plain folder or file name (not ``.``/``..``, no separator, not hidden).
-
-    Raises:
-        UnsafePathError: naming ``what`` (where the name came from), the name and ``fix``.
+    """``name`` if it is one plain folder or file name (not ``.``/``..``, no separator, not hidden), else
+    an UnsafePathError naming ``what`` (where the name came from) and ``fix``.
     """
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         raise UnsafePathError(
@@ -188,10 +181,8 @@ def safe_name(name: Any, what: str, fix: str) -> str:
 
 
 def slug(text: Any, what: str, fix: str) -> str:
-    """A safe folder name made from a method or setting name (lower case, other characters as ``_``).
-
-    Raises:
-        UnsafePathError: ``text`` is not a string, or nothing of it is left (``..``, ``/``).
+    """A safe folder name made from a method or setting name (lower case, other characters as ``_``);
+    an UnsafePathError when ``text`` is not a string or nothing of it is left (``..``, ``/``).
     """
     if not isinstance(text, str):
         raise UnsafePathError(f"{what} is {text!r}, not a name; {fix}.")
@@ -200,10 +191,8 @@ def slug(text: Any, what: str, fix: str) -> str:
 
 
 def safe_int(value: Any, what: str, fix: str, minimum: int | None = None) -> int:
-    """``value`` if it is an integer (not a bool, a float or a string) of at least ``minimum``.
-
-    Raises:
-        UnsafePathError: naming ``what``, the value and ``fix``.
+    """``value`` if it is an integer (not a bool, a float or a string) of at least ``minimum``, else an
+    UnsafePathError naming ``what`` and ``fix``.
     """
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         least = "" if minimum is None else f" of at least {minimum}"
@@ -212,10 +201,8 @@ def safe_int(value: Any, what: str, fix: str, minimum: int | None = None) -> int
 
 
 def check_inside(path: Path, root: Path, what: str) -> Path:
-    """``path`` if it lies under ``root`` once both are resolved (symbolic links followed).
-
-    Raises:
-        UnsafePathError: naming ``what``, the path and the root.
+    """``path`` if it lies under ``root`` once both are resolved (symbolic links followed), else an
+    UnsafePathError naming ``what``.
     """
     real, real_root = Path(path).resolve(), Path(root).resolve()
     if real != real_root and real_root not in real.parents:
@@ -236,10 +223,8 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_not_an_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], what: str) -> Path:
-    """``output`` if it is none of ``inputs`` (compared resolved, and as files).
-
-    Raises:
-        OutputPathError: naming the output, the input it would replace and ``what`` to pass instead.
+    """``output`` if it is none of ``inputs`` (compared resolved, and as files), else an OutputPathError
+    naming the input and ``what`` to pass instead.
     """
     target = Path(output).expanduser()
     for source in inputs:
@@ -288,11 +273,8 @@ def _check_can_create_in(folder: Path, target: Path) -> None:
 
 
 def check_writable_dir(path: str | os.PathLike[str], create: bool = True) -> Path:
-    """Make sure ``path`` is (or can be created as) a folder we can write in; create it unless ``create`` is False.
-
-    Raises:
-        OutputPathError: one line naming the path and the fix (it is a file, a parent is a
-            file, permission denied, read-only or full file system).
+    """Make sure ``path`` is (or can be created as) a folder we can write in, creating it unless ``create`` is False;
+    an OutputPathError names the path and the fix (it is a file, a parent is a file, permission denied, full disk).
     """
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -317,13 +299,8 @@ def check_writable_dir(path: str | os.PathLike[str], create: bool = True) -> Pat
 
 
 def check_writable_file(path: str | os.PathLike[str]) -> Path:
-    """Make sure the file ``path`` can be written (it is not a folder; its folder is or can be made).
-
-    Creates nothing but a probe file it removes at once; the folder itself is created only
-    when the file is written.
-
-    Raises:
-        OutputPathError: one line naming the path and the fix.
+    """Make sure the file ``path`` can be written (it is not a folder; its folder is or can be made), else an
+    OutputPathError naming it and the fix. Creates nothing but a probe file it removes at once.
     """
     target = Path(path).expanduser()
     if target.is_dir():
@@ -363,15 +340,13 @@ def save_figure_atomic(fig: Any, path: str | os.PathLike[str], **savefig_kwargs:
     return target
 
 
-def save_figure_formats(
-    fig: Any,
-    out_dir: str | os.PathLike[str],
-    stem: str,
-    suffixes: Sequence[str] = ("png", "pdf"),
-    **savefig_kwargs: Any,
-) -> list[Path]:
-    """:func:`save_figure_atomic` to ``out_dir/stem.<suffix>`` for each suffix (creating
-    ``out_dir``); return the paths."""
+def save_figure_formats(fig: Any, out_dir: str | os.PathLike[str], stem: str, **savefig_kwargs: Any) -> list[Path]:
+    """:func:`save_figure_atomic` to ``out_dir/stem.png`` and ``.pdf`` (creating ``out_dir``), then close
+    the figure; return the paths."""
+    import matplotlib.pyplot as plt  # only ever given a matplotlib figure
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [save_figure_atomic(fig, out / f"{stem}.{suffix}", **savefig_kwargs) for suffix in suffixes]
+    paths = [save_figure_atomic(fig, out / f"{stem}.{suffix}", **savefig_kwargs) for suffix in ("png", "pdf")]
+    plt.close(fig)
+    return paths

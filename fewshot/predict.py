@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fewshot.data.episode import Episode
 from fewshot.data.errors import DataError
 from fewshot.data.folder import find_class_folders, is_ignored_name, walk_folders
-from fewshot.data.images import decode_image, is_image_name, warn_constant_images
+from fewshot.data.images import decode_image, is_image_name, normalise, warn_constant_images
 from fewshot.io import OutputPathError, check_not_an_input, check_writable_file, write_text_atomic
 from fewshot.run.checkpoint import checkpoint_config, load
 
@@ -83,12 +83,9 @@ class ImageFormat:
 
     def read(self, path: Path) -> torch.Tensor:
         """Decode and normalise one image file into float ``[C, H, W]``."""
-        image = decode_image(path.read_bytes(), str(path), self.channels, self.image_size, self.invert).float() / 255
-        if self.mean is not None:
-            image = image - torch.tensor(self.mean).view(-1, 1, 1)
-        if self.std is not None:
-            image = image / torch.tensor(self.std).view(-1, 1, 1)
-        return image
+        image = decode_image(path.read_bytes(), str(path), self.channels, self.image_size, self.invert)
+        mean, std = (None if stats is None else torch.tensor(stats) for stats in (self.mean, self.std))
+        return normalise(image, mean, std)
 
 
 def support_files(folder: Path) -> dict[str, list[Path]]:
@@ -145,20 +142,10 @@ def check_utf8_name(name: Path | str, what: str) -> None:
         ) from None
 
 
-def read_support(support: dict[str, list[Path]], image_format: ImageFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """The support images ``[N*K, C, H, W]`` (class-major, as sampled episodes) and labels ``[N*K]``."""
-    names = list(support)
-    n_shot = len(next(iter(support.values())))
-    paths = [p for name in names for p in support[name]]
+def read_images(paths: list[Path], image_format: ImageFormat, what: str) -> torch.Tensor:
+    """Images ``[n, C, H, W]``, with a warning naming any that decode to one flat colour."""
     images = torch.stack([image_format.read(p) for p in paths])
-    warn_constant_images([str(p) for p in paths], list(images), "support images")
-    return images, torch.arange(len(names)).repeat_interleave(n_shot)
-
-
-def read_queries(paths: list[Path], image_format: ImageFormat) -> torch.Tensor:
-    """Query images ``[Q, C, H, W]``, with a warning naming any that decode to one flat colour."""
-    images = torch.stack([image_format.read(p) for p in paths])
-    warn_constant_images([str(p) for p in paths], list(images), "query images")
+    warn_constant_images([str(p) for p in paths], list(images), what)
     return images
 
 
@@ -187,13 +174,6 @@ def adapt_and_predict(method: Any, episode: Episode) -> torch.Tensor:
     return torch.softmax(logits[0].float(), dim=-1).cpu()
 
 
-def query_batch_size(ckpt_path: str | Path) -> int:
-    """How many queries one forward call scores by default: those of an evaluation episode of the
-    checkpoint's data (``n_way * n_query``), the batch the method was tested with."""
-    data = checkpoint_config(ckpt_path).data
-    return int(data.n_way) * int(data.n_query)
-
-
 def predict_folders(
     ckpt_path: str | Path,
     support: str | Path,
@@ -204,9 +184,10 @@ def predict_folders(
 ) -> list[Prediction]:
     """Load a checkpoint, adapt it to the support folder and label every query image.
 
-    The queries are decoded and scored ``batch_size`` at a time (default :func:`query_batch_size`),
-    each batch with the whole support, so memory does not grow with the number of query files; a
-    method whose queries are scored independently gives the same labels for any batch size.
+    The queries are decoded and scored ``batch_size`` at a time (default: an evaluation episode's,
+    the checkpoint's ``n_way * n_query``), each batch with the whole support, so memory does not
+    grow with the number of query files; a method whose queries are scored independently gives the
+    same labels for any batch size.
     """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or null, got {batch_size!r}; set e.g. batch_size=64.")
@@ -217,12 +198,14 @@ def predict_folders(
     queries = query_files(Path(query))
     classes = support_files(Path(support))
     names = list(classes)
-    support_images, support_labels = read_support(classes, image_format)
-    size = batch_size or query_batch_size(ckpt_path)
+    # class-major, as sampled episodes; every class has the same number of images (support_files)
+    support_images = read_images([p for files in classes.values() for p in files], image_format, "support images")
+    support_labels = torch.arange(len(names)).repeat_interleave(len(classes[names[0]]))
+    data = checkpoint_config(ckpt_path).data
+    size = batch_size or int(data.n_way) * int(data.n_query)
     probabilities = []
     for start in range(0, len(queries), size):
-        batch = queries[start : start + size]
-        images = read_queries(batch, image_format)
+        images = read_images(queries[start : start + size], image_format, "query images")
         probabilities.append(adapt_and_predict(method, build_episode(support_images, support_labels, images)))
     confidence, label = torch.cat(probabilities).max(dim=-1)
     root = Path(query)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -61,14 +61,6 @@ class ClassImages:
         if not self.images:
             raise DataError("This split has no classes.")
         return tuple(self.images[0].shape[1:])  # type: ignore[return-value]
-
-    def subset(self, names: Sequence[str]) -> ClassImages:
-        """The classes named, as a new ClassImages."""
-        lookup = dict(zip(self.names, self.images))
-        missing = [n for n in names if n not in lookup]
-        if missing:
-            raise DataError(f"Unknown classes {missing[:5]}; known classes start with {list(self.names[:5])}.")
-        return ClassImages.from_mapping({n: lookup[n] for n in names})
 
 
 def joined(first: ClassImages, second: ClassImages) -> ClassImages:

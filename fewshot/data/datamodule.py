@@ -21,6 +21,7 @@ from fewshot.data.classification import (
 )
 from fewshot.data.episode import Episode, collate_episodes
 from fewshot.data.errors import DataError
+from fewshot.data.images import normalise
 from fewshot.data.resumable import ResumableLoader
 from fewshot.data.sampler import EpisodeDataset, EpisodeIndexSampler, EpisodeSampler, EpisodeSpec
 from fewshot.data.source import DatasetSource
@@ -31,7 +32,7 @@ def training_setting(name: str, value: int | None, default: int) -> int:
     """``data.train_<name>``, or ``default`` (the evaluation ``data.<name>``) when it is null."""
     if value is None:
         return default
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+    if not is_int(value) or value < 1:
         raise DataError(
             f"data.train_{name} must be a positive integer, or null for data.{name}={default}; got {value!r}."
         )
@@ -173,7 +174,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.samplers: dict[str, EpisodeSampler] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        """Decode the dataset once and build the three episode samplers."""
+        """Decode the dataset and build the three episode samplers, once (later calls return at once)."""
         if self.splits is not None:
             return
         self.splits = check_splits(self.source.load(), self.source.name)
@@ -200,14 +201,12 @@ class EpisodicDataModule(pl.LightningDataModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images, after ``setup()``."""
-        if self.splits is None:
-            self.setup()
+        self.setup()
         assert self.splits is not None
         return self.splits["train"].image_shape
 
     def _loader(self, split: str) -> DataLoader:
-        if not self.samplers:
-            self.setup()
+        self.setup()
         training = split == "train"
         settings = dict(
             dataset=EpisodeDataset(self.samplers[split], self.n_episodes[split]),
@@ -237,8 +236,7 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     def image_loader(self) -> DataLoader:
         """Batches of training images with their class index, drawn as ``image_sampling`` says."""
-        if not self.samplers:
-            self.setup()
+        self.setup()
         assert self.splits is not None
         dataset = FlatImages(self.splits["train"])
         if self.image_sampling == "class_balanced":
@@ -259,8 +257,7 @@ class EpisodicDataModule(pl.LightningDataModule):
     @property
     def n_train_classes(self) -> int:
         """Number of meta-training classes."""
-        if self.splits is None:
-            self.setup()
+        self.setup()
         assert self.splits is not None
         return len(self.splits["train"])
 
@@ -273,13 +270,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         return self._loader("test")
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[..., C, H, W]`` -> float in [0, 1], then ``(x - mean) / std``."""
-        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-        if self.mean is not None:
-            x = x - self.mean.to(x.device).view(-1, 1, 1)
-        if self.std is not None:
-            x = x / self.std.to(x.device).view(-1, 1, 1)
-        return x
+        """uint8 ``[..., C, H, W]`` -> float in [0, 1], then ``(x - mean) / std``, as predict does (``normalise``)."""
+        return normalise(images, self.mean, self.std)
 
     def transfer_batch_to_device(
         self, batch: Episode | LabelledImages, device: torch.device, dataloader_idx: int
@@ -298,20 +290,14 @@ class EpisodicDataModule(pl.LightningDataModule):
         settings (Baseline-finetune's grid), normalised as the loaders' episodes: the ones right
         after the scored validation episodes, so never a test episode nor one that ``val/acc``
         is computed on."""
-        if not self.samplers:
-            self.setup()
+        self.setup()
         start = self.n_episodes["val"]
         for index in range(start, start + count):
-            episode = self.samplers["val"][index].to(device)
-            yield (
-                index,
-                episode.with_images(self.normalize(episode.support_images), self.normalize(episode.query_images)),
-            )
+            yield index, self.on_after_batch_transfer(self.samplers["val"][index].to(device), 0)
 
     def episode_fingerprint(self, split: str) -> str:
         """Fingerprint of the evaluation episodes of ``split`` (see EpisodeSampler)."""
-        if not self.samplers:
-            self.setup()
+        self.setup()
         return self.samplers[split].fingerprint(self.n_episodes[split])
 
     def describe(self) -> dict:

@@ -27,14 +27,9 @@ RENDER_PAIRS = 1 << 22
 
 
 def curve_basis(n_points: int) -> np.ndarray:
-    """Weights that turn 4 control points into ``n_points`` curve points, per stroke kind.
-
-    Args:
-        n_points: samples per stroke, evenly spaced in the curve parameter ``t``.
-
-    Returns:
-        float64 ``[4 kinds, n_points, 4 control points]``; the kinds, in order, are
-        quadratic and cubic Bezier curves and polylines through 3 or 4 control points.
+    """Weights ``[4 kinds, n_points, 4 control points]`` that turn 4 control points into ``n_points``
+    curve points (evenly spaced in ``t``) for each stroke kind: quadratic and cubic Bezier curves,
+    polylines through 3 or 4 control points.
     """
     t = np.linspace(0.0, 1.0, n_points)
     s = 1.0 - t
@@ -150,13 +145,9 @@ def draw_images(
     basis: np.ndarray,
     distortion: Distortion,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random distortions of one glyph, ready for rendering.
-
-    Returns:
-        points: float32 ``[n, S * n_points, 2]`` curve samples in pixel coordinates (x, y);
-            absent strokes and pen skips are moved far outside the image.
-        half_width: float32 ``[n]`` stroke half-widths in pixels.
-        noise: float32 ``[n, image_size, image_size]`` additive pixel noise (ink units).
+    """Random distortions of one glyph, ready for rendering: float32 curve samples ``[n, S * n_points, 2]``
+    in pixel coordinates (x, y; absent strokes and pen skips moved far outside the image), stroke
+    half-widths ``[n]`` in pixels and additive pixel noise ``[n, image_size, image_size]`` in ink units.
     """
     n_points = basis.shape[1]
     control = glyph.control[None] + rng.normal(0.0, distortion.point_jitter, size=(n, *glyph.control.shape))
@@ -174,19 +165,13 @@ def draw_images(
 
 
 def render(points: Tensor, half_width: Tensor, image_size: int) -> Tensor:
-    """Anti-aliased strokes: ink falls from 1 to 0 over the pixel at the stroke's edge.
+    """Anti-aliased strokes: ink in [0, 1], float32 ``[B, image_size, image_size]``, falling from 1 to 0
+    over the pixel at the stroke's edge, from curve samples ``points [B, N, 2]`` in pixel coordinates
+    (pixel ``j`` is centred on ``j``) and stroke half-widths ``[B]`` in pixels.
 
     Each curve sample writes its squared distance into the few pixels around it, keeping
     the minimum per pixel. Only exactly rounded elementwise ops and an order-free minimum
     are used, so the result does not depend on thread count or SIMD width.
-
-    Args:
-        points: ``[B, N, 2]`` curve samples in pixel coordinates (pixel ``j`` is centred on ``j``).
-        half_width: ``[B]`` stroke half-widths in pixels.
-        image_size: side of the square image.
-
-    Returns:
-        Ink in [0, 1], float32 ``[B, image_size, image_size]``.
     """
     reach = ink_reach(half_width)
     pad = 2 * reach + 3
@@ -219,11 +204,6 @@ def render_all(points: Tensor, half_width: Tensor, image_size: int) -> Tensor:
     return torch.cat(chunks)
 
 
-def to_uint8(ink: Tensor, noise: Tensor) -> Tensor:
-    """Add the pixel noise and quantise ``[B, H, W]`` ink to uint8 ``[B, 1, H, W]``."""
-    return ((ink + noise).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)[:, None]
-
-
 class EmbeddedGlyphs:
     """Procedural "glyphs": a few-shot dataset generated in memory, with no download.
 
@@ -231,24 +211,13 @@ class EmbeddedGlyphs:
     seeded with ``(seed, i)``: its glyph, then its images. Train, val and test take
     consecutive, disjoint index ranges. The result is a pure function of the arguments.
 
-    Args:
-        train_classes: number of training classes.
-        val_classes: number of validation classes.
-        test_classes: number of test classes.
-        images_per_class: images drawn for every class.
-        image_size: side of the square 1-channel images.
-        seed: non-negative base seed.
-        name: the name runs and results report (e.g. ``embedded_tiny``).
-        rotation: largest rotation, in degrees.
-        scale: largest relative change of size (and half of it of aspect ratio).
-        shear: largest horizontal shear factor.
-        translation: largest shift, as a fraction of the half-side of the image.
-        point_jitter: standard deviation of the control-point noise, in the same units.
-        stroke_width: mean stroke width, as a fraction of the image side.
-        width_jitter: largest relative change of the stroke width.
-        dropout: probability that an image loses a stretch of one stroke (a pen skip).
-        noise: standard deviation of the additive pixel noise, in ink units (1 = full ink).
-        points_per_stroke: curve samples per stroke; 0 picks enough for ``image_size``.
+    The distortions: ``rotation`` is the largest rotation in degrees; ``scale`` the largest
+    relative change of size (half of it of aspect ratio); ``shear`` the largest horizontal shear;
+    ``translation`` the largest shift and ``point_jitter`` the control-point noise (std), both as
+    fractions of the half-side of the image; ``stroke_width`` the mean stroke width as a fraction
+    of the side, ``width_jitter`` its largest relative change; ``dropout`` the probability of a pen
+    skip; ``noise`` the std of the pixel noise (1 = full ink). ``points_per_stroke=0`` samples
+    enough curve points for ``image_size``.
     """
 
     def __init__(
@@ -328,7 +297,8 @@ class EmbeddedGlyphs:
         basis = curve_basis(self.points_per_stroke)
         drawn = [self._draw_class(index, basis) for index in range(n_classes)]
         points, half_width, noise = (torch.from_numpy(np.concatenate(part)) for part in zip(*drawn))
-        pixels = to_uint8(render_all(points, half_width, self.image_size), noise)
+        ink = render_all(points, half_width, self.image_size) + noise
+        pixels = (ink.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)[:, None]  # uint8 [B, 1, H, W]
         # Clones, so that each class owns its storage and pickles alone.
         return [t.clone() for t in pixels.split(self.images_per_class)]
 

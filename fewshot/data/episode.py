@@ -7,6 +7,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+# the per-image and per-episode tensors of an Episode, in field order (moved, split and stacked alike)
+TENSOR_FIELDS = ("support_images", "support_labels", "query_images", "query_labels", "index")
+
 
 @dataclass
 class Episode:
@@ -53,14 +56,7 @@ class Episode:
 
     def to(self, device: torch.device | str) -> Episode:
         """Return a copy with every tensor moved to ``device``."""
-        return replace(
-            self,
-            support_images=self.support_images.to(device, non_blocking=True),
-            support_labels=self.support_labels.to(device, non_blocking=True),
-            query_images=self.query_images.to(device, non_blocking=True),
-            query_labels=self.query_labels.to(device, non_blocking=True),
-            index=self.index.to(device, non_blocking=True),
-        )
+        return Episode(n_way=self.n_way, **{f: getattr(self, f).to(device, non_blocking=True) for f in TENSOR_FIELDS})
 
     def with_images(self, support_images: Tensor, query_images: Tensor) -> Episode:
         """Return a copy with the images replaced (e.g. normalised floats)."""
@@ -92,15 +88,7 @@ class Episode:
         if not self.is_batched:
             return [self]
         return [
-            Episode(
-                self.support_images[b],
-                self.support_labels[b],
-                self.query_images[b],
-                self.query_labels[b],
-                self.n_way,
-                self.index[b],
-            )
-            for b in range(self.batch_size)
+            Episode(n_way=self.n_way, **{f: getattr(self, f)[b] for f in TENSOR_FIELDS}) for b in range(self.batch_size)
         ]
 
 
@@ -109,11 +97,4 @@ def collate_episodes(episodes: list[Episode]) -> Episode:
     first = episodes[0]
     if any(e.n_way != first.n_way for e in episodes):
         raise ValueError("All episodes in a meta-batch must have the same n_way.")
-    return Episode(
-        support_images=torch.stack([e.support_images for e in episodes]),
-        support_labels=torch.stack([e.support_labels for e in episodes]),
-        query_images=torch.stack([e.query_images for e in episodes]),
-        query_labels=torch.stack([e.query_labels for e in episodes]),
-        n_way=first.n_way,
-        index=torch.stack([e.index for e in episodes]),
-    )
+    return Episode(n_way=first.n_way, **{f: torch.stack([getattr(e, f) for e in episodes]) for f in TENSOR_FIELDS})

@@ -11,7 +11,7 @@ import torch
 
 from fewshot.data.classes import SPLITS, ClassImages, check_splits
 from fewshot.data.errors import DataError
-from fewshot.data.images import decode_many, is_image_name, read_file_bytes, stack_class
+from fewshot.data.images import decode_many, is_image_name
 
 # Files that operating systems and archivers drop next to images; never data.
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
@@ -70,7 +70,7 @@ def decode_classes(
         images = decode_many([item for n in chunk for item in readers[n]], channels, image_size, invert, workers)
         start = 0
         for n in chunk:
-            decoded[n] = stack_class(images[start : start + len(readers[n])])
+            decoded[n] = torch.stack(images[start : start + len(readers[n])])
             start += len(readers[n])
     return decoded
 
@@ -164,17 +164,9 @@ class ImageFolder:
     ``split_fractions`` after a permutation seeded by ``split_seed``; the second layout is
     used whenever ``root`` holds ``train``, ``val`` and ``test`` folders. Class folders may be
     nested (the class is then named by its relative path, e.g. ``"birds/owl"``). Hidden files,
-    ``.DS_Store`` and ``Thumbs.db`` are ignored; any other non-image file is an error.
-
-    Args:
-        root: the folder of class folders.
-        channels: 1 (grayscale) or 3 (RGB); images are converted to it.
-        image_size: every image is resized to ``image_size`` x ``image_size`` (LANCZOS).
-        invert: store ``255 - pixel`` (e.g. dark ink on white paper -> bright strokes).
-        split_fractions: ``[train, val, test]`` fractions of the classes (first layout only).
-        split_seed: seed of the class permutation (first layout only).
-        name: the dataset's name in logs and results.
-        workers: decoding threads (None: ``min(8, cpu count)``).
+    ``.DS_Store`` and ``Thumbs.db`` are ignored; any other non-image file is an error. Images are
+    converted to ``channels`` (1 or 3), resized with LANCZOS and, with ``invert``, stored as
+    ``255 - pixel`` (dark ink on white paper -> bright strokes).
     """
 
     def __init__(
@@ -203,9 +195,7 @@ class ImageFolder:
         """Decode every class folder into memory, one ClassImages per split."""
         files = self._split_files()
         readers = {
-            cls: [(str(p), read_file_bytes(p)) for p in paths]
-            for split in SPLITS
-            for cls, paths in files[split].items()
+            cls: [(str(p), p.read_bytes) for p in paths] for split in SPLITS for cls, paths in files[split].items()
         }
         decoded = decode_classes(readers, self.channels, self.image_size, self.invert, self.workers)
         splits = {s: ClassImages.from_mapping({c: decoded[c] for c in files[s]}) for s in SPLITS}

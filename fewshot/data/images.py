@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,12 +53,9 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, where: str, channels: int, image_size: int | None, invert: bool = False) -> torch.Tensor:
-    """Decode encoded image bytes into uint8 ``[channels, H, W]``.
-
-    Every Pillow mode is first brought to 8 bits as :func:`to_8bit` says (16-bit scaled,
-    transparency composited onto white, palette and CMYK converted); RGB is then converted
-    to grayscale where ``channels == 1`` (and vice versa), and the image resized to
-    ``image_size`` x ``image_size`` (None keeps the size). ``where`` names the file in errors.
+    """Decode encoded image bytes into uint8 ``[channels, H, W]``: brought to 8 bits by :func:`to_8bit`,
+    converted to ``channels``, resized to ``image_size`` x ``image_size`` (None keeps the size);
+    ``where`` names the file in errors.
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
@@ -86,6 +82,17 @@ def decode_image(data: bytes, where: str, channels: int, image_size: int | None,
     else:
         array = array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def normalise(images: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """uint8 ``[..., C, H, W]`` -> float in [0, 1], then ``(x - mean) / std`` per channel: how training
+    and prediction alike feed images to a model."""
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if mean is not None:
+        x = x - mean.to(x.device).view(-1, 1, 1)
+    if std is not None:
+        x = x / std.to(x.device).view(-1, 1, 1)
+    return x
 
 
 def warn_constant_images(names: Sequence[str], images: Sequence[torch.Tensor], what: str) -> list[str]:
@@ -122,13 +129,3 @@ def decode_many(
             images = list(pool.map(one, items))
     warn_constant_images([where for where, _ in items], images, "images")
     return images
-
-
-def read_file_bytes(path: Path) -> Callable[[], bytes]:
-    """A reader for one file, for ``decode_many``."""
-    return path.read_bytes
-
-
-def stack_class(images: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Stack one class's decoded images into uint8 ``[n, C, H, W]``."""
-    return torch.stack(list(images))

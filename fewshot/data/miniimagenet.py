@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from fewshot.data.classes import SPLITS, ClassImages, check_splits
 from fewshot.data.errors import DataError
 from fewshot.data.folder import Reader, decode_classes, default_workers
-from fewshot.data.images import read_file_bytes
+from fewshot.io import temporary_for
 
 # Bump when the cache's content or layout changes, so old caches are rebuilt.
 CACHE_FORMAT = 1
@@ -38,15 +37,8 @@ class MiniImageNet:
     ``filename,label``; the label, a WordNet synset, is the class). Images are decoded as RGB
     in parallel threads and resized to ``image_size`` where they are not that size already.
     Decoding the 60,000 images takes minutes, so the decoded tensors are cached in
-    ``cache_dir`` and reused while the CSVs and ``image_size`` are unchanged.
-
-    Args:
-        root: the folder holding ``images/`` and the three CSVs.
-        image_size: side of the square images.
-        cache: keep a decoded cache (``torch.save`` of the uint8 tensors).
-        cache_dir: where the cache goes (None: ``root/.fewshot_cache``); a folder that cannot
-            be written to only costs the cache (with a warning).
-        workers: decoding threads (None: ``min(8, cpu count)``).
+    ``cache_dir`` (None: ``root/.fewshot_cache``) and reused while the CSVs and ``image_size``
+    are unchanged; a folder that cannot be written to only costs the cache (with a warning).
     """
 
     name = "miniimagenet"
@@ -99,7 +91,7 @@ class MiniImageNet:
                         f"{row.csv_path} line {row.line} names {row.filename}, but {path} does not exist; "
                         "restore the image (or re-create images/ from the Mini-ImageNet archive)."
                     )
-                readers.setdefault(row.label, []).append((str(path), read_file_bytes(path)))
+                readers.setdefault(row.label, []).append((str(path), path.read_bytes))
         decoded = decode_classes(readers, 3, self.image_size, False, self.workers)
         labels = {s: sorted({r.label for r in rows[s]}) for s in SPLITS}
         return {s: ClassImages.from_mapping({c: decoded[c] for c in labels[s]}) for s in SPLITS}
@@ -175,16 +167,10 @@ def write_cache(path: Path, key: str, splits: dict[str, ClassImages]) -> None:
         "key": key,
         "splits": {s: {"names": list(splits[s].names), "images": list(splits[s].images)} for s in SPLITS},
     }
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            tmp = Path(f.name)
-            torch.save(payload, f)
-        os.replace(tmp, path)
+        with temporary_for(path) as tmp:
+            torch.save(payload, tmp)
     except OSError as err:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
         warnings.warn(
             f"Cannot write the Mini-ImageNet cache {path} ({err}); going on without it. Set "
             "data.source.cache_dir to a writable folder to skip decoding next time.",

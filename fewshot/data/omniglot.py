@@ -23,7 +23,7 @@ from fewshot.data.folder import (
     is_ignored_name,
     split_by_fractions,
 )
-from fewshot.data.images import is_image_name, read_file_bytes
+from fewshot.data.images import is_image_name
 
 # The small background sets of Brenden Lake's Omniglot repository (see the data README).
 KNOWN_SHA256 = {
@@ -72,21 +72,10 @@ class Omniglot:
     a character present in several archives is kept once, from the first in sorted path order.
     Images are grayscale, inverted (ink 255, background 0) and resized with LANCZOS.
 
-    Args:
-        root: the folder holding the Omniglot zips or folders, or one zip.
-        image_size: side of the square images (28 as in MAML and Prototypical Networks).
-        split: ``"alphabet"`` (whole alphabets per split) or ``"character"`` (characters
-            split at random by ``split_fractions`` and ``split_seed``).
-        val_alphabets: the validation alphabets (alphabet split).
-        test_alphabets: the test alphabets (alphabet split).
-        train_alphabets: the training alphabets; None takes every other alphabet found.
-        split_fractions: ``[train, val, test]`` fractions of the characters (character split).
-        split_seed: seed of the character permutation (character split).
-        rotations: degrees, from 0/90/180/270; each rotation of a character is its own class
-            ``"<Alphabet>/<character>/rot<deg>"`` (0 keeps the plain name).
-        rotate_splits: the splits whose characters get the rotated classes.
-        verify_checksums: check the SHA-256 of the known zips before reading them.
-        workers: decoding threads (None: ``min(8, cpu count)``).
+    ``split="alphabet"`` puts whole alphabets in each split (``train_alphabets=None``: every
+    alphabet not in val or test); ``split="character"`` splits the characters at random by
+    ``split_fractions`` and ``split_seed``. Each of ``rotations`` (degrees) but 0 makes every
+    character of ``rotate_splits`` a class of its own, ``"<Alphabet>/<character>/rot<deg>"``.
     """
 
     name = "omniglot"
@@ -166,7 +155,7 @@ class Omniglot:
         if root.is_file():
             return [self._zip_tree(root, root.name, archives)]
         files, dirs, zips = walk(root)
-        trees = [Tree("", files, dirs, lambda p: str(root.joinpath(*p)), disk_reader(root))]
+        trees = [Tree("", files, dirs, lambda p: str(root.joinpath(*p)), lambda p: root.joinpath(*p).read_bytes)]
         return trees + [self._zip_tree(root.joinpath(*z), "/".join(z), archives) for z in zips]
 
     def _zip_tree(self, path: Path, location: str, archives: ExitStack) -> Tree:
@@ -305,11 +294,6 @@ def verify_sha256(path: Path, expected: str) -> None:
             f"{path} is corrupt or incomplete: its SHA-256 is {digest.hexdigest()}, expected {expected}; "
             "re-download it (or set data.source.verify_checksums=false for a deliberately changed copy)."
         )
-
-
-def disk_reader(root: Path) -> Callable[[Parts], Callable[[], bytes]]:
-    """Readers of files under ``root``, addressed by path parts."""
-    return lambda parts: read_file_bytes(root.joinpath(*parts))
 
 
 def zip_reader(archive: zipfile.ZipFile, path: Path, member: str) -> Callable[[], bytes]:

@@ -47,13 +47,19 @@ def _current_numpy_module(module: str) -> str:
     return module
 
 
-def load_data_pickle(file: IO[bytes], where: str, encoding: str = "bytes") -> Any:
-    """Unpickle plain data and numpy arrays from ``file``, raising a DataError naming ``where``.
+def pickle_entry(table: Any, key: str, where: str, fix: str) -> Any:
+    """``table[key]`` of an unpickled dict whose keys may be ``str`` or (Python 2 pickles) ``bytes``;
+    a DataError naming ``where``, the key and ``fix`` when it has none."""
+    if isinstance(table, dict):
+        for candidate in (key, key.encode()):
+            if candidate in table:
+                return table[candidate]
+    raise DataError(f"{where} has no {key!r} entry; {fix}.")
 
-    Args:
-        file: the open pickle, binary.
-        where: the file's path (or archive member) for error messages.
-        encoding: how Python 2 ``str`` objects are decoded (``"bytes"`` keeps them as bytes).
+
+def load_data_pickle(file: IO[bytes], where: str, encoding: str = "bytes") -> Any:
+    """Unpickle plain data and numpy arrays from the binary ``file``, raising a DataError naming ``where``;
+    ``encoding`` decodes Python 2 ``str`` objects (``"bytes"`` keeps them as bytes).
     """
     try:
         return DataUnpickler(file, encoding=encoding).load()

@@ -1,10 +1,7 @@
 """Training loaders that resume mid-epoch: Lightning keeps their position in every checkpoint.
 
 A training epoch's indices are a pure function of the epoch (and the rank), so the position in
-training is (epoch, how many indices of it were served). :class:`ResumableLoader` reports that
-pair as its ``state_dict``; Lightning saves it in checkpoints and hands it back through
-``load_state_dict`` when a run resumes, and the resumed epoch then continues at the next batch
-instead of serving the epoch's first batches again.
+training is (epoch, how many indices of it were served): :class:`ResumableLoader`'s ``state_dict``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 from fewshot.data.classes import SPLITS, ClassImages, check_splits
 from fewshot.data.errors import DataError
 from fewshot.data.folder import ImageFolder, Reader, decode_classes, default_workers
-from fewshot.data.pickles import load_data_pickle
+from fewshot.data.pickles import load_data_pickle, pickle_entry
 
 IMAGES_PICKLE = "{split}_images_png.pkl"
 LABELS_PICKLE = "{split}_labels.pkl"
@@ -30,11 +30,6 @@ class TieredImageNet:
       holds each image's class index and ``label_specific_str`` the class wnids).
 
     All 779,165 images are decoded into memory (about 16.5 GB at 84 x 84), in parallel threads.
-
-    Args:
-        root: the folder holding either layout.
-        image_size: side of the square images (resized where they are not that size).
-        workers: decoding threads (None: ``min(8, cpu count)``).
     """
 
     name = "tiered_imagenet"
@@ -76,8 +71,10 @@ def read_split_pickles(root: Path, split: str) -> dict[str, list[Reader]]:
         images = load_data_pickle(f, str(images_path))
     with labels_path.open("rb") as f:
         labels = load_data_pickle(f, str(labels_path), encoding="latin1")
-    specific = np.asarray(_entry(labels, "label_specific", labels_path), dtype=np.int64)
-    wnids = [w.decode() if isinstance(w, bytes) else str(w) for w in _entry(labels, "label_specific_str", labels_path)]
+    not_labels = "it is not a tieredImageNet labels pickle"
+    specific = np.asarray(pickle_entry(labels, "label_specific", str(labels_path), not_labels), dtype=np.int64)
+    wnids = pickle_entry(labels, "label_specific_str", str(labels_path), not_labels)
+    wnids = [w.decode() if isinstance(w, bytes) else str(w) for w in wnids]
     if not isinstance(images, list) or len(images) != len(specific):
         count = len(images) if isinstance(images, list) else type(images).__name__
         raise DataError(
@@ -91,14 +88,6 @@ def read_split_pickles(root: Path, split: str) -> dict[str, list[Reader]]:
         where = f"{images_path} image {index}"
         readers.setdefault(wnids[label], []).append((where, _bytes_reader(encoded)))
     return readers
-
-
-def _entry(labels: Any, key: str, where: Path) -> Any:
-    if isinstance(labels, dict):
-        for candidate in (key, key.encode()):
-            if candidate in labels:
-                return labels[candidate]
-    raise DataError(f"{where} has no {key!r} entry; it is not a tieredImageNet labels pickle.")
 
 
 def _bytes_reader(encoded: Any) -> Callable[[], bytes]:

@@ -1,11 +1,5 @@
-"""Scoring of evaluation episodes, the same for every method.
-
-One :class:`EpisodeScores` per method keeps, per evaluation stage (``val``, ``test`` and
-``test_<k>shot`` for rescoring the test episodes with their first ``k`` shots), the accuracy of
-every episode and its query loss (torchmetrics, so they are gathered across processes), turns
-them into a summary (mean accuracy, 95% CI, mean loss, the per-episode accuracies sorted by
-episode index), and keeps the validation history and the best validation so far (by the run's
-``monitor``), which travel with checkpoints.
+"""Scoring of evaluation episodes, the same for every method: per-episode accuracies and losses
+(torchmetrics, gathered across processes), their summaries, and the validation history.
 """
 
 from __future__ import annotations
@@ -34,14 +28,11 @@ def shot_stage(n_shot: int) -> str:
 class EpisodeScores(nn.Module):
     """Per-episode accuracies of every evaluation stage, their summaries, and the validation history.
 
-    Attributes:
-        results: the latest summary of each stage: ``{acc, ci95, episodes, episode_index,
-            episode_acc}`` plus what the method adds (see ``EpisodicMethod.stage_metrics``).
-        history: one ``{step, epoch[, cpu_s], acc, ci95, loss}`` per validation of training.
-        best: the best validation summary so far (by ``monitor``: highest accuracy or lowest
-            loss), with its step and epoch.
-        monitor: what picks the best validation, a key of ``MONITOR_MODES``.
-        shots: the shot counts the test episodes are rescored with (empty: none).
+    ``results`` holds the latest summary of each stage (``{acc, ci95, episodes, episode_index,
+    episode_acc}`` plus what the method adds, see ``EpisodicMethod.stage_metrics``); ``history`` one
+    ``{step, epoch[, cpu_s], acc, ci95, loss}`` per validation of training; ``best`` the best validation
+    so far by ``monitor`` (a key of ``MONITOR_MODES``), with its step and epoch; ``shots`` the shot
+    counts the test episodes are rescored with.
     """
 
     def __init__(self) -> None:

@@ -13,16 +13,7 @@ Z_95 = 1.96
 
 
 def episode_accuracy(logits: Tensor, labels: Tensor, n_way: int) -> Tensor:
-    """Per-episode query accuracy.
-
-    Args:
-        logits: ``[B, N*Q, N]`` scores.
-        labels: ``[B, N*Q]`` true labels.
-        n_way: N.
-
-    Returns:
-        ``[B]`` accuracies in [0, 1].
-    """
+    """Per-episode query accuracy ``[B]`` in [0, 1] of scores ``[B, N*Q, N]`` against labels ``[B, N*Q]``."""
     return multiclass_accuracy(
         logits.detach().argmax(-1), labels, num_classes=n_way, average="micro", multidim_average="samplewise"
     )

@@ -17,17 +17,18 @@ from fewshot.learned_optimizer.errors import check_positive
 
 
 @dataclass(frozen=True)
-class SGD:
-    """``g_t = -lr * grad_t``.
-
-    Args:
-        lr: the learning rate.
-    """
+class HandDesigned:
+    """What every hand-designed rule has: a positive learning rate."""
 
     lr: float
 
     def __post_init__(self) -> None:
         check_positive("lr", self.lr)
+
+
+@dataclass(frozen=True)
+class SGD(HandDesigned):
+    """``g_t = -lr * grad_t``."""
 
     def __call__(self, grad: Tensor, state: None) -> tuple[Tensor, None]:
         """One step: ``grad [B, P]`` -> ``update [B, P]``; there is no state."""
@@ -35,24 +36,15 @@ class SGD:
 
 
 @dataclass(frozen=True)
-class Momentum:
+class Momentum(HandDesigned):
     """Heavy-ball momentum, or Nesterov's accelerated gradient (NAG) as ``torch.optim.SGD`` has it.
 
     ``b_t = momentum * b_{t-1} + grad_t`` (``b_1 = grad_1``); ``g_t = -lr * b_t``, or with
     ``nesterov``, ``g_t = -lr * (grad_t + momentum * b_t)``.
-
-    Args:
-        lr: the learning rate.
-        momentum: the decay of the velocity ``b``.
-        nesterov: look ahead along the velocity (NAG).
     """
 
-    lr: float
     momentum: float = 0.9
     nesterov: bool = False
-
-    def __post_init__(self) -> None:
-        check_positive("lr", self.lr)
 
     def __call__(self, grad: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         """One step; ``state`` is the velocity ``[B, P]``."""
@@ -62,21 +54,11 @@ class Momentum:
 
 
 @dataclass(frozen=True)
-class RMSprop:
-    """``v_t = alpha * v_{t-1} + (1 - alpha) * grad_t^2``; ``g_t = -lr * grad_t / (sqrt(v_t) + eps)``.
+class RMSprop(HandDesigned):
+    """``v_t = alpha * v_{t-1} + (1 - alpha) * grad_t^2``; ``g_t = -lr * grad_t / (sqrt(v_t) + eps)``."""
 
-    Args:
-        lr: the learning rate.
-        alpha: the decay of the squared-gradient average.
-        eps: added to the root mean square.
-    """
-
-    lr: float
     alpha: float = 0.99
     eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        check_positive("lr", self.lr)
 
     def __call__(self, grad: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         """One step; ``state`` is the average of squared gradients ``[B, P]``."""
@@ -86,21 +68,11 @@ class RMSprop:
 
 
 @dataclass(frozen=True)
-class Adam:
-    """Adam with bias correction (Kingma & Ba 2015).
+class Adam(HandDesigned):
+    """Adam with bias correction (Kingma & Ba 2015); ``betas`` decay the first and second moment estimates."""
 
-    Args:
-        lr: the learning rate.
-        betas: decays of the first and second moment estimates.
-        eps: added to the corrected root second moment.
-    """
-
-    lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        check_positive("lr", self.lr)
 
     def __call__(self, grad: Tensor, state: tuple[Tensor, Tensor, int] | None) -> tuple[Tensor, tuple]:
         """One step; ``state`` is ``(m [B, P], v [B, P], t)``."""

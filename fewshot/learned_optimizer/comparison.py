@@ -26,12 +26,7 @@ RuleFactory = Callable[..., UpdateRule]
 
 @dataclass(frozen=True)
 class Baselines:
-    """Hand-designed optimizers and the learning rates to tune them over.
-
-    Args:
-        rules: display name -> rule factory taking ``lr``.
-        lr_grid: learning rates to try, e.g. ``10^-4 .. 10^0``.
-    """
+    """Hand-designed optimizers (name -> rule factory taking ``lr``) and the learning rates to tune them over."""
 
     rules: Mapping[str, RuleFactory] = field(default_factory=dict)
     lr_grid: Sequence[float] = ()
@@ -47,11 +42,8 @@ class Baselines:
 
 @dataclass(frozen=True)
 class Tuning:
-    """The learning-rate search of one baseline.
-
-    Attributes:
-        lr: the chosen learning rate.
-        scores: learning rate -> mean final loss on the tuning draws (``inf`` where it diverged).
+    """The learning-rate search of one baseline: the chosen ``lr`` and the mean final loss on the tuning
+    draws of every rate tried (``inf`` where it diverged).
     """
 
     lr: float
@@ -65,12 +57,8 @@ class Tuning:
 
 @dataclass(frozen=True)
 class OptimizerResult:
-    """One optimizer on the evaluation draws.
-
-    Attributes:
-        name: display name.
-        losses: ``[steps + 1, B]`` loss of every draw at every step (row 0: the starting point).
-        tuning: the learning-rate search (baselines), or ``None`` (learned optimizers).
+    """One optimizer on the evaluation draws: ``losses [steps + 1, B]`` (row 0: the starting point) and,
+    for a baseline, its learning-rate search.
     """
 
     name: str
@@ -94,12 +82,8 @@ def tune_learning_rate(factory: RuleFactory, draws: Optimizees, steps: int, grid
 class Comparison:
     """Run learned and tuned hand-designed optimizers on the same draws of a problem.
 
-    Args:
-        n_draws: evaluation draws (paper-style: 100).
-        n_tuning_draws: separate draws on which the baselines' learning rates are chosen.
-        steps: optimizer steps per draw.
-        seed: seeds the tuning and evaluation draws; fixed apart from the run's seed, so that
-            every run is scored on the same draws.
+    ``seed`` seeds the tuning and evaluation draws apart from the run's seed, so that every run is scored
+    on the same draws; the baselines' learning rates are chosen on ``n_tuning_draws`` separate draws.
     """
 
     def __init__(self, n_draws: int = 100, n_tuning_draws: int = 20, steps: int = 100, seed: int = 0) -> None:

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 
 class ConfigError(ValueError):
-    """A setting of the learned-optimizer family is out of range.
-
-    Messages name the setting, the value and the fix.
-    """
+    """A learned-optimizer setting out of range; the message names the setting, the value and the fix."""
 
 
 def check_positive(name: str, value: float, hint: str = "") -> None:
-    """Raise :class:`ConfigError` unless ``value > 0``.
-
-    Args:
-        name: the setting as it is written in the config, e.g. ``meta_train.truncation``.
-        value: its value.
-        hint: a suggestion appended to the message, e.g. ``"the paper uses 20"``.
+    """Raise :class:`ConfigError` unless ``value > 0``; ``name`` is the setting as the config writes it,
+    ``hint`` a suggestion for the message (``"the paper uses 20"``).
     """
     if not value > 0:
         extra = f" ({hint})" if hint else ""

@@ -13,13 +13,7 @@ from fewshot.learned_optimizer.errors import ConfigError, check_positive
 
 @dataclass(frozen=True)
 class ImageClassification:
-    """Flattened images and their labels, all in memory.
-
-    Attributes:
-        images: float32 ``[N, D]`` pixel values in ``[0, 1]``.
-        labels: int64 ``[N]`` in ``0 .. n_classes - 1``.
-        n_classes: number of classes.
-    """
+    """Flattened images, float32 ``[N, D]`` in ``[0, 1]``, and their int64 labels ``[N]``, all in memory."""
 
     images: Tensor
     labels: Tensor
@@ -34,16 +28,8 @@ class ImageClassification:
 def glyph_classification(
     n_classes: int = 10, images_per_class: int = 500, image_size: int = 28, seed: int = 0
 ) -> ImageClassification:
-    """The first ``n_classes`` classes of the embedded glyphs (``fewshot.data.embedded``), flattened.
-
-    Args:
-        n_classes: classes to classify (10, as MNIST's digits).
-        images_per_class: images drawn per class.
-        image_size: side of the square images; ``D = image_size^2``.
-        seed: the glyphs' seed.
-
-    Returns:
-        ``N = n_classes * images_per_class`` images ``[N, image_size^2]``, class-major.
+    """The first ``n_classes`` classes of the embedded glyphs (``fewshot.data.embedded``), flattened:
+    ``N = n_classes * images_per_class`` images ``[N, image_size^2]``, class-major.
     """
     if n_classes < 2:
         raise ConfigError(f"problem.data.n_classes must be at least 2, got {n_classes}: classify 2 or more classes.")

@@ -31,14 +31,8 @@ MetricsSink = Callable[[dict[str, float], int], None]
 
 @dataclass
 class MetaTrainingSummary:
-    """How meta-training went.
-
-    Attributes:
-        iterations: meta-iterations run.
-        best_iteration: the iteration whose weights were kept (the best on validation, or the last).
-        best_val_loss: its validation score (mean loss over the unroll), if validated.
-        wall_s: seconds spent.
-        history: one ``{"iteration", "meta_loss", "final_loss"}`` row per logged iteration.
+    """How meta-training went: ``best_iteration`` is the iteration whose weights were kept (the best on
+    validation, or the last) and ``history`` one ``{"iteration", "meta_loss", "final_loss"}`` row per logged iteration.
     """
 
     iterations: int
@@ -51,17 +45,9 @@ class MetaTrainingSummary:
 class MetaTrainer:
     """Truncated-BPTT meta-training of an update rule (an ``nn.Module``) on a problem.
 
-    Args:
-        optimizer: builds the meta-optimizer from the rule's parameters (e.g. a partial Adam).
-        iterations: meta-iterations, each a fresh batch of optimizees (0: no meta-training).
-        unroll: optimizee steps per iteration, ``T`` (paper: 100).
-        truncation: steps per backpropagation window (paper: 20).
-        draws_per_iteration: optimizees trained side by side per iteration.
-        clip_grad_norm: clip the meta-gradient to this norm; ``None``: no clipping.
-        val_every: every so many iterations score the rule on fixed validation draws and keep
-            the best weights; 0: keep the last weights.
-        n_val_draws: validation draws.
-        log_every: log the meta-loss every so many iterations.
+    Each of ``iterations`` trains ``draws_per_iteration`` fresh optimizees for ``unroll`` steps, backpropagating
+    every ``truncation`` steps; every ``val_every`` iterations (0: never) the rule is scored on ``n_val_draws``
+    fixed validation draws and the best weights are kept.
     """
 
     def __init__(
@@ -115,11 +101,7 @@ class MetaTrainer:
             theta, state = window.theta.detach(), detach_state(window.state)
 
     def train_iteration(self, rule: nn.Module, optimizer: torch.optim.Optimizer, draws: Optimizees) -> Tensor:
-        """One meta-iteration on ``draws``: a meta-optimizer step per window.
-
-        Returns:
-            ``[unroll + 1, B]`` the optimizee losses along the whole unroll (detached).
-        """
+        """One meta-iteration on ``draws``, an optimizer step per window; the ``[unroll + 1, B]`` losses (detached)."""
         rows = []
         for window in self.windows(rule, draws):
             if not torch.isfinite(window.meta_loss):
@@ -141,12 +123,7 @@ class MetaTrainer:
         self, rule: nn.Module, problem: Problem, seed: int, log_metrics: MetricsSink | None = None
     ) -> MetaTrainingSummary:
         """Meta-train ``rule`` in place on draws of ``problem`` from ``seed``; keep the best weights.
-
-        Args:
-            rule: the learned update rule.
-            problem: what to draw optimizees from.
-            seed: seeds the meta-training and validation draws.
-            log_metrics: receives ``({"meta_train/loss": ..., ...}, iteration)``.
+        ``log_metrics`` receives ``({"meta_train/loss": ..., ...}, iteration)``.
         """
         parameters = [p for p in rule.parameters() if p.requires_grad] if isinstance(rule, nn.Module) else []
         if self.iterations and not parameters:

@@ -36,14 +36,9 @@ def build_mlp(n_inputs: int, hidden: Sequence[int], n_classes: int, activation: 
 
 @dataclass(frozen=True)
 class MLPDraws:
-    """``B`` networks to train, each with its starting weights and minibatches.
-
-    Attributes:
-        network: the architecture; called functionally, its own weights are never used.
-        layout: where each weight sits in the flat vector ``theta [B, P]``.
-        data: the images the minibatches index.
-        batch_index: int64 ``[B, steps + 1, batch_size]`` the minibatch of every draw and step.
-        theta0: ``[B, P]``.
+    """``B`` networks to train: the architecture (called functionally on views of ``theta [B, P]`` as
+    ``layout`` says; its own weights are never used), the starting weights ``theta0`` and
+    ``batch_index [B, steps + 1, batch_size]``, the minibatch of every draw and step.
     """
 
     network: nn.Module
@@ -66,14 +61,7 @@ class MLPDraws:
 class MLPClassification:
     """Train an MLP with random initial weights on minibatches of an image-classification set.
 
-    Args:
-        data: the images and labels (e.g. :func:`~fewshot.learned_optimizer.images.glyph_classification`).
-        hidden: widths of the hidden layers (paper: one layer of 20).
-        activation: ``sigmoid`` (paper), ``relu`` or ``tanh``.
-        steps: optimizer steps per draw (paper: 100).
-        batch_size: images per minibatch (paper: 128).
-        init_std: weights start ``N(0, init_std^2)``, biases at 0.
-        name: the name plots and tables show.
+    Weights start ``N(0, init_std^2)``, biases at 0; ``activation`` is ``sigmoid`` (paper), ``relu`` or ``tanh``.
     """
 
     def __init__(

@@ -27,15 +27,7 @@ LSTMState = tuple[State, ...] | None
 
 
 class LSTMOptimizer(nn.Module):
-    """Coordinate-wise ``layers``-deep LSTM optimizer (Andrychowicz et al., NeurIPS 2016).
-
-    Args:
-        hidden_size: ``H`` (paper: 20).
-        layers: stacked LSTM layers (paper: 2).
-        output_scale: the linear output is multiplied by this (paper: 0.1).
-        preprocess_p: ``p`` of the gradient preprocessing (paper: 10).
-        init_range: LSTM weights and biases start ``U(-init_range, init_range)``.
-    """
+    """Coordinate-wise ``layers``-deep LSTM optimizer (Andrychowicz et al., NeurIPS 2016)."""
 
     def __init__(
         self,
@@ -63,14 +55,8 @@ class LSTMOptimizer(nn.Module):
         self.head = nn.Linear(hidden_size, 1)
 
     def forward(self, grad: Tensor, state: LSTMState) -> tuple[Tensor, tuple[State, ...]]:
-        """One update of every coordinate.
-
-        Args:
-            grad: ``[B, P]`` the optimizee gradients, a constant (no graph).
-            state: the per-coordinate LSTM states of the previous step, or ``None``.
-
-        Returns:
-            ``(update [B, P], state)``: ``theta_{t+1} = theta_t + update``.
+        """One update of every coordinate from the constant gradients ``grad [B, P]``:
+        ``(update [B, P], state)``, with ``theta_{t+1} = theta_t + update``.
         """
         x = preprocess(grad.detach().reshape(-1), self.preprocess_p, dim=0)  # [2, B * P]
         previous = state if state is not None else (None,) * len(self.lstm)

@@ -37,14 +37,9 @@ def plot_curves(results: Sequence[OptimizerResult], title: str = "") -> Figure:
     return fig
 
 
-def save_curves_figure(
-    results: Sequence[OptimizerResult], out_dir: str | Path, title: str = "", stem: str = "loss_curves"
-) -> list[Path]:
-    """Draw :func:`plot_curves` and save it as PNG and PDF into ``out_dir``; return the paths."""
-    fig = plot_curves(results, title)
-    paths = save_figure_formats(fig, out_dir, stem, dpi=110)
-    plt.close(fig)
-    return paths
+def save_curves_figure(results: Sequence[OptimizerResult], out_dir: str | Path, title: str = "") -> list[Path]:
+    """Draw :func:`plot_curves` and save it as ``loss_curves.png`` and ``.pdf`` into ``out_dir``; return the paths."""
+    return save_figure_formats(plot_curves(results, title), out_dir, "loss_curves", dpi=110)
 
 
 __all__ = ["plot_curves", "save_curves_figure"]

@@ -12,13 +12,7 @@ from fewshot.learned_optimizer.errors import ConfigError, check_positive
 
 @dataclass(frozen=True)
 class QuadraticDraws:
-    """``B`` quadratics with their starting points.
-
-    Attributes:
-        w: ``[B, D, D]``.
-        y: ``[B, D]``.
-        theta0: ``[B, D]``.
-    """
+    """``B`` quadratics, ``w [B, D, D]`` and ``y [B, D]``, with their starting points ``theta0 [B, D]``."""
 
     w: Tensor
     y: Tensor
@@ -31,13 +25,8 @@ class QuadraticDraws:
 
 
 class Quadratics:
-    """``f(theta) = ||W theta - y||^2`` with ``W``, ``y`` i.i.d. standard normal per draw.
-
-    Args:
-        dim: ``D``, the number of coordinates (10 in the paper).
-        steps: optimizer steps per draw (100 in the paper).
-        init_std: ``theta0 ~ N(0, init_std^2)`` (0.01 in the paper's code).
-        name: the name plots and tables show.
+    """``f(theta) = ||W theta - y||^2`` with ``W``, ``y`` i.i.d. standard normal per draw and
+    ``theta0 ~ N(0, init_std^2)`` (0.01 in the paper's code).
     """
 
     def __init__(self, dim: int = 10, steps: int = 100, init_std: float = 0.01, name: str = "quadratic") -> None:

@@ -34,13 +34,4 @@ def detach_state(state: RuleState) -> RuleState:
     return state
 
 
-def state_tensors(state: RuleState) -> list[Tensor]:
-    """Every tensor in ``state``, depth first."""
-    if isinstance(state, Tensor):
-        return [state]
-    if isinstance(state, tuple | list):
-        return [t for s in state for t in state_tensors(s)]
-    return []
-
-
-__all__ = ["RuleState", "UpdateRule", "detach_state", "state_tensors"]
+__all__ = ["RuleState", "UpdateRule", "detach_state"]

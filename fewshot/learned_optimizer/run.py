@@ -92,7 +92,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     results_list = comparison.run(problem, {LEARNED_NAME: net}, baselines)
     rows = [final_row(r) for r in results_list]
-    log_metrics(final_metrics(rows), summary.iterations)
+    metrics = {f"test/final_loss/{row['optimizer']}": row["final_loss"]["mean"] for row in rows}  # mean over draws
+    metrics.update({f"test/lr/{row['optimizer']}": row["lr"] for row in rows if row["lr"] is not None})
+    log_metrics(metrics, summary.iterations)
     for lg in loggers:
         lg.finalize("success")
 
@@ -113,13 +115,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_report(results, results_list, output_dir)
     return results
-
-
-def final_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """``test/final_loss/<optimizer>`` (mean over draws) and ``test/lr/<baseline>`` for the loggers."""
-    metrics = {f"test/final_loss/{row['optimizer']}": row["final_loss"]["mean"] for row in rows}
-    metrics.update({f"test/lr/{row['optimizer']}": row["lr"] for row in rows if row["lr"] is not None})
-    return metrics
 
 
 def run_title(results: dict[str, Any]) -> str:

@@ -20,13 +20,9 @@ from fewshot.learned_optimizer.rules import RuleState, UpdateRule
 
 @dataclass(frozen=True)
 class Trajectory:
-    """What an unroll of ``steps`` updates from step ``start`` leaves.
-
-    Attributes:
-        theta: ``[B, P]`` the parameters after the last update, ``theta_{start + steps}``.
-        state: the rule's state after the last update.
-        losses: ``[steps + 1, B]`` ``f_t(theta_t)`` for ``t = start .. start + steps``; with a graph
-            to the rule's parameters (except the first row) when the unroll was differentiable.
+    """What an unroll of ``steps`` updates from step ``start`` leaves: ``theta`` and the rule's state after
+    the last update, and ``losses [steps + 1, B]``, ``f_t(theta_t)`` for ``t = start .. start + steps``
+    (with a graph to the rule's parameters, but for the first row, when the unroll was differentiable).
     """
 
     theta: Tensor
@@ -50,18 +46,8 @@ def unroll(
 ) -> Trajectory:
     """Apply ``rule`` for ``steps`` steps to ``draws``, starting from ``theta`` at step ``start``.
 
-    Args:
-        rule: the update rule (learned or hand-designed).
-        draws: ``B`` optimizees; ``draws.loss(theta, t)`` is ``[B]``.
-        theta: ``[B, P]`` the parameters at step ``start``; a detached tensor starts a new
-            truncation window (nothing before it is differentiated).
-        state: the rule's state at step ``start`` (``None`` at step 0).
-        start: the index of the first step (picks the minibatch of stochastic optimizees).
-        steps: number of updates.
-        differentiable: keep the graph through the updates for a meta-gradient.
-
-    Returns:
-        The :class:`Trajectory`, whose ``losses`` has ``steps + 1`` rows.
+    A detached ``theta`` starts a new truncation window (nothing before it is differentiated); ``state`` is
+    ``None`` at step 0; ``start`` picks the minibatch of stochastic optimizees.
     """
     losses = []
     for t in range(start, start + steps):

@@ -60,14 +60,10 @@ def batch_norm(channels: int, momentum: float, eps: float, scale: bool = True) -
     return ShiftOnlyBatchNorm2d(channels, eps=eps, momentum=momentum)
 
 
-def pooled_side(side: int, pool_padding: str = "valid") -> int:
-    """Height (= width) after one 2x2, stride-2 max-pool with ``pool_padding``."""
-    return math.ceil(side / 2) if pool_padding == "same" else side // 2
-
-
 def block_side(side: int, downsample: str = "maxpool", pool_padding: str = "valid") -> int:
-    """Height (= width) after one conv block: its max-pool's, or ceil(side / 2) for a stride-2 'SAME' conv."""
-    return math.ceil(side / 2) if downsample == "stride" else pooled_side(side, pool_padding)
+    """Height (= width) after one conv block: ceil(side / 2) for a stride-2 'SAME' conv or a 'same'
+    max-pool, floor for a 'valid' one."""
+    return math.ceil(side / 2) if downsample == "stride" or pool_padding == "same" else side // 2
 
 
 def tf_same_padding(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
@@ -120,17 +116,10 @@ class Conv4(nn.Module):
     As an embedding (``n_classes=None``) it is the ProtoNet / Matching Network encoder; with
     ``n_classes`` it is the Meta-LSTM / MAML learner. It has no hidden state and no in-place
     parameter tricks, so ``torch.func.functional_call(model, (params, buffers), x)`` works.
-    ``bn_momentum`` follows PyTorch's convention (weight of the new batch statistic).
-    ``dropout > 0`` ends every block with Dropout of that rate (after the max-pool, as the
-    Matching Network embedding of Ravi & Larochelle's code); 0 adds no module.
-    ``bn_scale=False`` leaves out the batch-norm weight (gamma), as ``tf.contrib.layers.batch_norm``
-    (cbfinn/maml). ``pool_padding`` is ``"valid"`` (PyTorch's floor) or ``"same"`` (ceil, as
-    TensorFlow's ``padding='same'`` in openai/supervised-reptile: 84x84 -> 6x6, 28x28 -> 2x2).
-    ``downsample="stride"`` halves the map by stride-2 'SAME' convolutions instead of max-pools
-    (28x28 -> 14 -> 7 -> 4 -> 2), as the Omniglot networks of cbfinn/maml and openai/supervised-reptile;
-    ``readout="mean"`` averages the last map over its positions (``hidden`` features), as cbfinn/maml's.
-    ``init`` and ``head_init`` choose the initialisation scheme (:mod:`fewshot.models.init`), drawn
-    here, at construction, from torch's global generator.
+    ``bn_momentum`` follows PyTorch's convention (weight of the new batch statistic); ``dropout > 0``
+    ends every block with Dropout (after the max-pool, as the Matching Network embedding of Ravi &
+    Larochelle's code). ``pool_padding``, ``downsample`` and ``readout`` are described with their
+    choices above; ``init`` and ``head_init`` are drawn here, at construction (:mod:`fewshot.models.init`).
 
     Input ``[B, C, H, W]``; output ``[B, out_features]`` (embedding) or ``[B, n_classes]``.
     """
@@ -212,11 +201,6 @@ def layer_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable scalar parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 __all__ = [
     "DOWNSAMPLES",
     "POOL_PADDINGS",
@@ -227,8 +211,6 @@ __all__ = [
     "batch_norm",
     "block_side",
     "conv_block",
-    "count_parameters",
     "layer_names",
-    "pooled_side",
     "tf_same_padding",
 ]

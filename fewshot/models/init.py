@@ -30,10 +30,6 @@ INITS = ("torch", "torch7", "xavier")
 HEAD_INITS = (None, "normal")
 
 
-def _is_weighted(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv2d, nn.Linear))
-
-
 def initialise(
     model: nn.Module, init: str = "torch", head: nn.Module | None = None, head_init: str | None = None
 ) -> None:
@@ -42,7 +38,7 @@ def initialise(
     check_choice("init", init, INITS)
     check_choice("head_init", head_init, HEAD_INITS)
     for module in model.modules():
-        if init == "xavier" and _is_weighted(module):
+        if init == "xavier" and isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

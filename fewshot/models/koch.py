@@ -5,33 +5,25 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def koch_side(image_size: int) -> int:
-    """Side of the last feature map: three ``conv -> 2x2 max-pool`` blocks (kernels 10, 7, 4), then a 4x4 conv."""
-    side = image_size
-    for kernel in (10, 7, 4):
-        side = (side - kernel + 1) // 2
-    return side - 4 + 1
-
-
 class KochNet(nn.Module):
     """conv 64@10x10-ReLU-maxpool, 128@7x7-ReLU-maxpool, 128@4x4-ReLU-maxpool, 256@4x4-ReLU,
     flatten, Linear -> ``embedding_dim`` (4096) with a sigmoid: the twin of Koch et al. 2015,
     built for 105x105 Omniglot images (``data.image_size=105``).
 
-    Koch, Zemel & Salakhutdinov, "Siamese Neural Networks for One-shot Image Recognition",
-    ICML Deep Learning Workshop 2015. With ``paper_init`` the weights are drawn as in the paper
-    (conv weights N(0, 1e-2), all biases N(0.5, 1e-2), the linear layer's weights N(0, 0.2));
-    otherwise PyTorch's defaults are kept. No batch norm, as in the paper. The paper's affine
-    distortions of the training pairs and its layer-wise learning rates are not reproduced.
-
-    Input ``[B, C, H, W]``; output ``[B, embedding_dim]``.
+    With ``paper_init`` the weights are drawn as in the paper (conv weights N(0, 1e-2), all biases
+    N(0.5, 1e-2), the linear layer's weights N(0, 0.2)); otherwise PyTorch's defaults are kept. No
+    batch norm, as in the paper. The paper's affine distortions of the training pairs and its
+    layer-wise learning rates are not reproduced.
     """
 
     def __init__(
         self, in_channels: int = 1, image_size: int = 105, embedding_dim: int = 4096, paper_init: bool = True
     ) -> None:
         super().__init__()
-        side = koch_side(image_size)
+        side = image_size  # of the last feature map: three conv -> 2x2 max-pool blocks, then a 4x4 conv
+        for kernel in (10, 7, 4):
+            side = (side - kernel + 1) // 2
+        side = side - 4 + 1
         if side < 1:
             raise ValueError(f"KochNet needs images of at least 65x65 (105x105 in the paper), got {image_size}.")
         self.features = nn.Sequential(

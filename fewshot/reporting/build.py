@@ -1,24 +1,12 @@
 """Reports over finished runs: ``python -m fewshot.reporting <run dirs or multirun dirs> ...``.
 
-Finds every ``results.json`` below the given folders and writes, into ``--out``:
-``table.md`` / ``table.csv`` (method x setting, mean ± 95% CI; best and CI-overlapping results
-in bold, as in Ravi & Larochelle's tables; seeds of one method are aggregated with their
-spread; then each cell's CPU-minutes of training and whether a plateau or a cap ended it),
-``paired.md`` / ``paired.csv`` (per-episode paired differences, and over training seeds where
-both rows have several: each setting's best method against every other, plus any
-``--pair A B`` and ``--against M``: M against every other method; a setting whose runs scored
-different test episodes is split into one column per episode set, never paired across),
-``accuracy_vs_cpu_time.png`` (time to accuracy, in reference CPU-minutes from
-``<folder>/reference_costs.json`` or ``--costs``, else in measured CPU-minutes, as its title
-says) and ``accuracy_vs_shots.png``; and draws the
-Meta-LSTM gate figure into every run folder with gate statistics. ``--history "<setting>/<method>"``
-prints the committed versions of one row's results instead (``fewshot.reporting.history``).
-``--wandb`` also logs the
-table and figures as one W&B run (offline). ``--page docs/results.md`` rewrites the block of that
-file marked for these runs with ``table.md``, ``paired.md`` and the figures; ``--readme README.md``
-the block of that file with the accuracy table and a link to the page (``fewshot.reporting.readme``).
-Rows are ordered and figures coloured by ``fewshot/reporting/methods.yaml`` (``fewshot.reporting.display``).
-A single folder's ``report.yaml`` gives its default options (``fewshot.reporting.options``).
+Finds every ``results.json`` below the given folders and writes into ``--out`` the comparison table
+(``table.md``/``.csv``: best and CI-overlapping results in bold, as in Ravi & Larochelle's tables),
+the paired tests (``paired.md``/``.csv``) and the figures, and draws the Meta-LSTM gate figure into
+every run folder with gate statistics. ``--page`` and ``--readme`` rewrite the blocks marked for these
+runs in Markdown files (``fewshot.reporting.readme``); ``--history`` prints one row's committed
+versions instead (``fewshot.reporting.history``). A single folder's ``report.yaml`` gives its default
+options (``fewshot.reporting.options``).
 """
 
 from __future__ import annotations
@@ -35,7 +23,7 @@ from fewshot.reporting.gates import save_gate_figure
 from fewshot.reporting.history import row_history
 from fewshot.reporting.options import ReportOptionsError, read_folder_options
 from fewshot.reporting.paired import EpisodeMismatchError, PairedDifference
-from fewshot.reporting.plots import plot_accuracy_vs_cpu_time, plot_accuracy_vs_shots, without_costs
+from fewshot.reporting.plots import accuracy_vs_shots_figure, save_figure, time_to_accuracy_figure, without_costs
 from fewshot.reporting.readme import ReadmeBlockError, check_block, link_from, page_block, readme_block, update_block
 from fewshot.reporting.runs import (
     BadResultsError,
@@ -121,14 +109,10 @@ def against_all(
 
 def unique_pairs(differences: Sequence[PairedDifference]) -> list[PairedDifference]:
     """Each pair of methods once per setting (the first of ``a - b`` and ``b - a`` is kept)."""
-    seen: set[tuple[str, frozenset[str]]] = set()
-    kept = []
+    kept: dict[tuple[str, frozenset[str]], PairedDifference] = {}
     for d in differences:
-        key = (d.setting, frozenset((d.method_a, d.method_b)))
-        if key not in seen:
-            seen.add(key)
-            kept.append(d)
-    return kept
+        kept.setdefault((d.setting, frozenset((d.method_a, d.method_b))), d)
+    return list(kept.values())
 
 
 def tables_markdown(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
@@ -146,16 +130,6 @@ def tables_markdown(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISP
         + speed_note(runs, settings, display)  # per setting, whatever its episode sets
         + single_episode_note(runs)
     )
-
-
-def default_out(paths: Sequence[Path]) -> Path:
-    """``<folder>/report`` for a single folder, else ``./report``."""
-    return paths[0] / "report" if len(paths) == 1 and paths[0].is_dir() else Path("report")
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Write a report file atomically and return its path."""
-    return write_text_atomic(path, text)
 
 
 def costs_notes(runs: Sequence[RunRecord], costs: ReferenceCosts | None, paths: Sequence[Path]) -> list[str]:
@@ -195,16 +169,16 @@ def build_report(
     table_md = tables_markdown(cells, display)
     table_csv = csv_table(cells, display)
     written = [
-        write_text(out / "table.md", table_md),
-        write_text(out / "table.csv", table_csv),
-        write_text(out / "paired.md", paired_md),
-        write_text(out / "paired.csv", csv_paired(differences)),
+        write_text_atomic(out / "table.md", table_md),
+        write_text_atomic(out / "table.csv", table_csv),
+        write_text_atomic(out / "paired.md", paired_md),
+        write_text_atomic(out / "paired.csv", csv_paired(differences)),
     ]
     figures = [
         f
         for f in (
-            plot_accuracy_vs_cpu_time(runs, out / "accuracy_vs_cpu_time.png", costs, display),
-            plot_accuracy_vs_shots(runs, out / "accuracy_vs_shots.png", display),
+            save_figure(time_to_accuracy_figure(runs, costs, display), out / "accuracy_vs_cpu_time.png"),
+            save_figure(accuracy_vs_shots_figure(runs, display), out / "accuracy_vs_shots.png"),
         )
         if f is not None
     ]
@@ -300,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-group", default=None, help="W&B group (default: the report folder's name)")
     parser.add_argument("--wandb-online", action="store_true", help="log online instead of offline")
     args = parser.parse_args(argv)
-    out = args.out or default_out(args.paths)
+    single_folder = len(args.paths) == 1 and args.paths[0].is_dir()
+    out = args.out or (args.paths[0] / "report" if single_folder else Path("report"))
     if args.history is not None:
         try:
             print(row_history(args.paths, args.history), end="")

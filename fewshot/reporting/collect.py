@@ -97,11 +97,8 @@ def strip_paths(value: Any, roots: Sequence[tuple[str, str]]) -> Any:
 def collected_path(results: Mapping[str, Any], into: Path, source: Path | str = "the results file") -> Path:
     """Where a run's results go: ``<into>/<dataset>_<N>w<K>s/<method>/seed<k>/results.json``.
 
-    Every part comes from the file, so each is checked: numbers are integers, names are made
-    folder names, and the path must lie under ``into``.
-
-    Raises:
-        UnsafePathError: naming the file, the key, its value and the fix.
+    Every part comes from the file, so each is checked (numbers are integers, names are made folder
+    names, the path lies under ``into``); an UnsafePathError names the file, the key, its value and the fix.
     """
     fix = f"fix that key in {source} (it should be what train.py wrote)"
     dataset = slug(results.get("dataset"), f"{source}: dataset", fix)
@@ -123,11 +120,9 @@ def run_label(results: Mapping[str, Any], where: Path | str) -> str:
 
 
 def check_replaceable(target: Path, source: Path, text: str, replace: bool) -> bool:
-    """Whether ``target`` must be written: False when it already holds exactly ``text``.
-
-    Raises:
-        BadResultsError: ``target`` holds another run of the same setting, method and seed
-            (naming both) and ``replace`` is False, or ``target`` is ``source`` itself.
+    """Whether ``target`` must be written: False when it already holds exactly ``text``; a BadResultsError
+    when it holds another run of the same setting, method and seed (naming both) and ``replace`` is False,
+    or when ``target`` is ``source`` itself.
     """
     if not target.exists():
         return True

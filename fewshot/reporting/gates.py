@@ -17,13 +17,9 @@ GATE_TITLES = {"input": "input gate $i_t$", "forget": "forget gate $f_t$"}
 
 
 def plot_gates(gates: dict, title: str = "") -> Figure:
-    """Mean input and forget gate per learner layer over the inner steps (shaded: mean ± the
-    spread across the layer's coordinates).
-
-    Args:
-        gates: ``{"layers": [...], "input": {"mean": [T][L], "std": [T][L]}, "forget": {...}}``
-            as written into ``results.json`` by the Meta-LSTM.
-        title: figure title.
+    """Mean input and forget gate per learner layer over the inner steps (shaded: mean ± the spread
+    across the layer's coordinates), from the ``gates`` the Meta-LSTM writes into ``results.json``
+    (``{"layers": [...], "input": {"mean": [T][L], "std": [T][L]}, "forget": {...}}``).
     """
     layers = gates["layers"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
@@ -50,9 +46,6 @@ def plot_gates(gates: dict, title: str = "") -> Figure:
     return fig
 
 
-def save_gate_figure(gates: dict, out_dir: str | Path, title: str = "", stem: str = "gates") -> list[Path]:
+def save_gate_figure(gates: dict, out_dir: str | Path, title: str = "") -> list[Path]:
     """Draw the gate figure and save it as PNG and PDF into ``out_dir``; return the paths."""
-    fig = plot_gates(gates, title)
-    paths = save_figure_formats(fig, out_dir, stem, dpi=130)
-    plt.close(fig)
-    return paths
+    return save_figure_formats(plot_gates(gates, title), out_dir, "gates", dpi=130)

@@ -1,21 +1,16 @@
-"""A committed test result is never silently replaced, and a row's history can be read back.
-
-Collecting a run over a committed ``results.json`` whose test numbers differ needs a reason:
-:func:`check_replacement` returns what to write, the new results with a ``replaces`` record (the
-old file's commit, its test accuracy, CI, episodes and fingerprint, and the reason), or refuses
-without a reason. ``python -m fewshot.reporting results/omniglot --history "omniglot 5-way 1-shot/Meta-LSTM"``
-lists, from ``git log``, every committed version of that row's results files with its test
-accuracy, training length and the reason it replaced the one before (:func:`row_history`).
+"""A committed test result is never silently replaced (:func:`check_replacement`: collect's ``--reason``
+is recorded as ``replaces``), and a row's history can be read back from ``git log``
+(:func:`row_history`, ``python -m fewshot.reporting <folder> --history "<setting>/<method>"``).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fewshot.reporting.results import git
 from fewshot.reporting.runs import NoRunsError, RunRecord, load_runs
 
 REPLACES_KEY = "replaces"
@@ -29,21 +24,6 @@ def test_numbers(results: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a results file says about the test: accuracy, CI, episodes, fingerprint, per episode."""
     test = results.get("test") or {}
     return (test.get("acc"), test.get("ci95"), test.get("episodes"), test.get("fingerprint"), test.get("episode_acc"))
-
-
-def git(folder: Path, *args: str) -> str | None:
-    """The output of a git command run in ``folder``, or None when git fails (no repository)."""
-    try:
-        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout
-
-
-def last_commit_of(path: Path) -> str | None:
-    """The last commit that changed ``path``, or None when it is not committed."""
-    out = git(path.parent, "log", "-1", "--format=%H", "--", path.name)
-    return out.strip() or None if out is not None else None
 
 
 def percent(value: Any) -> str:
@@ -68,7 +48,7 @@ def check_replacement(target: Path, new: Mapping[str, Any], reason: str | None) 
             f"'{REPLACES_KEY}': give one (collect's --reason), or collect into another folder."
         )
     record = {
-        "commit": last_commit_of(target),
+        "commit": (git(target.parent, "log", "-1", "--format=%H", "--", target.name) or "").strip() or None,
         "git_commit": old.get("git_commit"),
         "acc": old_test.get("acc"),
         "ci95": old_test.get("ci95"),

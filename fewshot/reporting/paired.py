@@ -55,11 +55,6 @@ class PairedDifference:
     seed_interval: SeedInterval | None = None
 
     @property
-    def covers_seeds(self) -> bool:
-        """Whether the comparison accounts for training seeds (several seeds on both sides)."""
-        return self.seed_interval is not None
-
-    @property
     def significant(self) -> bool:
         """Whether the difference is outside its 95% CI over episodes and, with several seeds on
         both sides, outside its 95% CI over seeds too."""
@@ -67,14 +62,11 @@ class PairedDifference:
         return abs(self.mean) > self.ci95 and beyond_seeds
 
 
-def episode_accuracies(runs: Sequence[RunRecord]) -> tuple[tuple[int, ...], torch.Tensor, str | None]:
-    """Per-episode accuracy of one method averaged over its runs (seeds), which must share
-    their test episodes; returns (episode indices, accuracies, fingerprint)."""
-    first = runs[0]
+def episode_accuracies(runs: Sequence[RunRecord]) -> torch.Tensor:
+    """Per-episode accuracy of one method averaged over its runs (seeds), which must share their test episodes."""
     for run in runs[1:]:
-        check_same_episodes(first, run)
-    acc = torch.tensor([run.episode_acc for run in runs], dtype=torch.float64).mean(0)
-    return first.episode_index, acc, first.fingerprint
+        check_same_episodes(runs[0], run)
+    return torch.tensor([run.episode_acc for run in runs], dtype=torch.float64).mean(0)
 
 
 def check_same_episodes(a: RunRecord, b: RunRecord) -> None:
@@ -94,11 +86,6 @@ def check_same_episodes(a: RunRecord, b: RunRecord) -> None:
         )
 
 
-def normal_two_sided_p(z: float) -> float:
-    """Two-sided p-value of a standard-normal statistic."""
-    return math.erfc(abs(z) / math.sqrt(2.0))
-
-
 def welch_interval(acc_a: Sequence[float], acc_b: Sequence[float]) -> SeedInterval | None:
     """Welch's 95% t-interval of ``mean(acc_a) - mean(acc_b)`` (one accuracy per training seed);
     None unless both sides have at least two seeds. Degrees of freedom rounded down."""
@@ -115,24 +102,18 @@ def welch_interval(acc_a: Sequence[float], acc_b: Sequence[float]) -> SeedInterv
 
 
 def paired_difference(runs_a: Sequence[RunRecord], runs_b: Sequence[RunRecord]) -> PairedDifference:
-    """Per-episode difference of method a minus method b over their shared test episodes.
-
-    Each side may hold several runs (seeds) of one method; their per-episode accuracies are
-    averaged first. The CI is ``1.96 * std(d) / sqrt(n)`` of the differences ``d``; the
-    p-value is the normal approximation of the paired t-test (n is hundreds of episodes).
-    With two or more seeds on both sides, the seed interval is :func:`welch_interval` of the
-    seeds' test accuracies.
+    """Per-episode difference of method a minus method b over their shared test episodes (each side's seeds
+    averaged first), with the intervals the module docstring describes; the p-value is the normal
+    approximation of the paired t-test (n is hundreds of episodes).
     """
     check_same_episodes(runs_a[0], runs_b[0])
-    _, acc_a, _ = episode_accuracies(runs_a)
-    _, acc_b, _ = episode_accuracies(runs_b)
-    diff = acc_a - acc_b
+    diff = episode_accuracies(runs_a) - episode_accuracies(runs_b)
     mean, ci95 = mean_ci95(diff)
     std = diff.std(unbiased=True).item() if diff.numel() > 1 else float("nan")
     if std == 0.0:
         p_value = 1.0 if mean == 0.0 else 0.0
     else:
-        p_value = normal_two_sided_p(mean / (std / math.sqrt(diff.numel())))
+        p_value = math.erfc(abs(mean / (std / math.sqrt(diff.numel()))) / math.sqrt(2.0))  # two-sided, normal
     return PairedDifference(
         method_a=runs_a[0].method,
         method_b=runs_b[0].method,

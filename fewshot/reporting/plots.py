@@ -27,8 +27,10 @@ from fewshot.reporting.runs import RunRecord  # noqa: E402
 from fewshot.reporting.table import setting_sort_key  # noqa: E402
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    """Write a figure as PNG and close it."""
+def save_figure(fig: plt.Figure | None, path: Path) -> Path | None:
+    """Write a figure as PNG and close it; None when there was nothing to draw (``fig`` is None)."""
+    if fig is None:
+        return None
     save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -70,37 +72,27 @@ def row_major(items: Sequence[str], columns: int) -> list[str]:
     return [row[c] for c in range(columns) for row in grid if c < len(row)]
 
 
-def legend_labels(runs_per_method: dict[str, int]) -> dict[str, str]:
-    """A legend entry per method, saying how many seeds its lines are when more than one."""
-    return {m: f"{m}, {n} seeds" if n > 1 else m for m, n in runs_per_method.items()}
-
-
 def add_figure_legend(
     fig: plt.Figure,
     handles: dict[str, Line2D],
     runs_per_method: dict[str, int],
     display: MethodDisplay = DEFAULT_DISPLAY,
 ) -> None:
-    """One legend for all panels, below them, one entry per method in table order."""
+    """One legend for all panels, below them, one entry per method in table order (with its number of
+    seeds when more than one)."""
     ordered = sorted(handles, key=display.sort_key)
-    labels = legend_labels(runs_per_method)
     rows = math.ceil(len(ordered) / (2 + 2 * len(fig.axes)))
     columns = math.ceil(len(ordered) / rows)  # rows as even as they can be
     ordered = row_major(ordered, columns)
     fig.legend(
         [handles[m] for m in ordered],
-        [labels[m] for m in ordered],
+        [f"{m}, {runs_per_method[m]} seeds" if runs_per_method[m] > 1 else m for m in ordered],
         loc="upper center",
         bbox_to_anchor=(0.5, 0.0),
         ncol=columns,
         fontsize=8,
         frameon=False,
     )
-
-
-def panel_order(runs: Sequence[RunRecord]) -> list[str]:
-    """The settings of ``runs`` as the table's columns are ordered (dataset, N, then K)."""
-    return [r.setting for r in sorted({r.setting: r for r in runs}.values(), key=setting_sort_key)]
 
 
 def plain_number(x: float, _position: int) -> str:
@@ -119,11 +111,6 @@ def use_log_axis(ax: plt.Axes) -> None:
         ax.xaxis.set_minor_formatter(FuncFormatter(plain_number))
     else:
         ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def save_if_drawn(fig: plt.Figure | None, path: Path) -> Path | None:
-    """Write ``fig`` to ``path`` (None when there was nothing to draw)."""
-    return None if fig is None else save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -220,7 +207,8 @@ def time_to_accuracy_figure(
     curves = method_curves(runs, minutes_of)
     if not curves:
         return None
-    settings = [s for s in panel_order(runs) if any(key[0] == s for key in curves)]
+    in_table_order = sorted({r.setting: r for r in runs}.values(), key=setting_sort_key)
+    settings = [r.setting for r in in_table_order if any(key[0] == r.setting for key in curves)]
     has_variants = any(split_variant(m)[1] for _, m in curves)
     styles = method_styles([m for _, m in curves], display)
     fig, axes = plt.subplots(
@@ -274,14 +262,6 @@ def time_title(costs: ReferenceCosts | None, missing: Sequence[str]) -> str:
     return title
 
 
-def plot_accuracy_vs_cpu_time(
-    runs: Sequence[RunRecord], path: Path, costs: ReferenceCosts | None = None, display: MethodDisplay = DEFAULT_DISPLAY
-) -> Path | None:
-    """The time-to-accuracy figure written to ``path`` (None when no run has a curve: no
-    validation history, or without ``costs`` no CPU times in it)."""
-    return save_if_drawn(time_to_accuracy_figure(runs, costs, display), path)
-
-
 Panel = tuple[str, int]  # (dataset, N-way) of the accuracy-against-shots figure
 
 
@@ -325,10 +305,3 @@ def accuracy_vs_shots_figure(runs: Sequence[RunRecord], display: MethodDisplay =
         ax.grid(alpha=0.3)
     add_figure_legend(fig, handles, {m: 1 for m in handles}, display)
     return fig
-
-
-def plot_accuracy_vs_shots(
-    runs: Sequence[RunRecord], path: Path, display: MethodDisplay = DEFAULT_DISPLAY
-) -> Path | None:
-    """The accuracy-against-shots figure written to ``path`` (None when there is nothing to draw)."""
-    return save_if_drawn(accuracy_vs_shots_figure(runs, display), path)

@@ -7,9 +7,6 @@ A block is marked in a file by two HTML comments that name the report's folder::
     ...generated...
     <!-- report results/omniglot: end -->
 
-``python -m fewshot.reporting results/omniglot --readme README.md --page docs/results.md`` rewrites
-what is between them: in the README the accuracy table and a link to the page (without a page: to
-the report's ``table.md``), in the page the report's ``table.md``, ``paired.md`` and its figures.
 Text outside the markers is the authors' and is kept as it is.
 """
 

@@ -20,23 +20,22 @@ RESULTS_FILE = "results.json"
 PREFIX_EPISODES = (100, 250, 600)
 
 
-def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """The checked-out commit (with ``-dirty`` when there are local changes), or None."""
+def git(folder: str | os.PathLike | None, *args: str) -> str | None:
+    """The output of a git command run in ``folder``, or None when git fails (no repository)."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return commit + ("-dirty" if dirty else "")
+    return done.stdout
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The checked-out commit (with ``-dirty`` when there are local changes), or None."""
+    commit = git(cwd, "rev-parse", "HEAD")
+    dirty = git(cwd, "status", "--porcelain", "--untracked-files=no")
+    if commit is None or dirty is None:
+        return None
+    return commit.strip() + ("-dirty" if dirty.strip() else "")
 
 
 def hardware() -> dict[str, Any]:
@@ -81,8 +80,8 @@ STAGE_TITLES = {
 }
 
 
-def results_table(rows: list[dict[str, Any]], stage: str = "test") -> Table:
-    """A rich table with one row per results dict, of its ``stage`` (``test`` or ``val``) scores."""
+def print_results(rows: list[dict[str, Any]], stage: str = "test") -> None:
+    """Print a table of one row per results dict, of its ``stage`` (``test`` or ``val``) scores."""
     table = Table(title=STAGE_TITLES[stage])
     for column in ("method", "dataset", "N-way", "K-shot", "episodes", f"{stage} acc %"):
         table.add_column(column, justify="right" if column != "method" else "left")
@@ -96,9 +95,4 @@ def results_table(rows: list[dict[str, Any]], stage: str = "test") -> Table:
             str(scores["episodes"]),
             format_accuracy(scores["acc"], scores["ci95"]),
         )
-    return table
-
-
-def print_results(rows: list[dict[str, Any]], stage: str = "test") -> None:
-    """Print the results table of ``stage`` to the terminal."""
-    Console().print(results_table(rows, stage))
+    Console().print(table)

@@ -43,7 +43,6 @@ class RunRecord:
     val_history: tuple[dict[str, float], ...] = ()
     shots: dict[int, dict[str, Any]] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
-    wall_time_s: float | None = None
     gates: dict[str, Any] | None = None
     # which weights were tested: "best" (on validation) or "last" (the final weights); results
     # files written before the run key existed tested the best
@@ -133,7 +132,6 @@ def read_run(path: Path) -> RunRecord | None:
             val_history=tuple(results.get("val_history") or ()),
             shots={int(k): v for k, v in (test.get("shots") or {}).items()},
             train=dict(results.get("train") or {}),
-            wall_time_s=results.get("wall_time_s"),
             gates=test.get("gates") or (results.get("val") or {}).get("gates"),
             test_checkpoint=str(results.get("test_checkpoint", "best")),
             speed_probe=(results.get("hardware") or {}).get("speed_probe"),

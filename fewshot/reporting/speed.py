@@ -35,18 +35,7 @@ def half_medians(run: RunRecord) -> tuple[float, float] | None:
     return statistics.median(values[:middle]), statistics.median(values[middle:])
 
 
-def unsteady_runs(runs: Sequence[RunRecord], spread: float = PROBE_SPREAD) -> list[RunRecord]:
-    """Runs whose probes in the first and second half of training differ by more than ``spread``
-    (a resume on a slower day, or the machine's speed changing under it)."""
-    unsteady = []
-    for run in runs:
-        halves = half_medians(run)
-        if halves is not None and min(halves) > 0 and max(halves) / min(halves) > spread:
-            unsteady.append(run)
-    return unsteady
-
-
-def setting_speed_line(setting: str, runs: Sequence[RunRecord], spread: float = PROBE_SPREAD) -> str | None:
+def setting_speed_line(setting: str, runs: Sequence[RunRecord]) -> str | None:
     """One line on the CPU speeds of a setting's runs, or None where none of them was probed."""
     probed = [r for r in runs if r.speed_ms is not None]
     if not probed:
@@ -55,11 +44,13 @@ def setting_speed_line(setting: str, runs: Sequence[RunRecord], spread: float = 
     slowest = max(r.speed_ms for r in probed)
     span = f"median {fastest:.1f} ms" if len(probed) == 1 else f"medians {fastest:.1f} to {slowest:.1f} ms"
     line = f"- {setting}: {len(probed)} of {len(runs)} runs probed, {span}"
-    slow = sorted((r for r in probed if r.speed_ms / fastest > spread), key=lambda r: -r.speed_ms)
+    slow = sorted((r for r in probed if r.speed_ms / fastest > PROBE_SPREAD), key=lambda r: -r.speed_ms)
     if slow:
         names = ", ".join(f"{run_label(r)} ({r.speed_ms / fastest:.2f}x)" for r in slow)
-        line += f"; slower than the fastest by more than {spread:g}x: {names}"
-    unsteady = unsteady_runs(probed, spread)
+        line += f"; slower than the fastest by more than {PROBE_SPREAD:g}x: {names}"
+    # probes of the first and second half of training further apart: a resume on a slower day, or
+    # the machine's speed changing under the run
+    unsteady = [r for r in probed if (h := half_medians(r)) and min(h) > 0 and max(h) / min(h) > PROBE_SPREAD]
     if unsteady:
         line += "; speed changed within " + ", ".join(run_label(r) for r in unsteady)
     return line
@@ -89,11 +80,11 @@ def seconds_per_step(run: RunRecord) -> float | None:
     return None
 
 
-def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord], spread: float = PACE_SPREAD) -> str | None:
+def seed_pace_line(setting: str, method: str, runs: Sequence[RunRecord]) -> str | None:
     """A line where the seeds of one method, which do the same work per step, took CPU-seconds per
-    step differing by more than ``spread`` (the machine's speed, also for runs without a probe)."""
+    step differing by more than ``PACE_SPREAD`` (the machine's speed, also for runs without a probe)."""
     paces = {run.seed: pace for run in runs if (pace := seconds_per_step(run)) is not None}
-    if len(paces) < 2 or max(paces.values()) / min(paces.values()) <= spread:
+    if len(paces) < 2 or max(paces.values()) / min(paces.values()) <= PACE_SPREAD:
         return None
     fast, slow = min(paces, key=paces.get), max(paces, key=paces.get)
     line = (

@@ -172,14 +172,14 @@ def ordered_methods(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISP
     return sorted({c.method for c in cells}, key=display.sort_key)
 
 
-def cell_text(cell: Cell | None, markdown: bool = True) -> str:
+def cell_text(cell: Cell | None) -> str:
     """``acc ± ci`` in percent, with the seed spread for several seeds, bold where marked."""
     if cell is None:
         return "-"
     text = format_accuracy(cell.acc, cell.ci95)
     if cell.seed_std is not None:
         text += f" (sd {100 * cell.seed_std:.2f}, {len(cell.runs)} seeds)"
-    return f"**{text}**" if markdown and cell.bold else text
+    return f"**{text}**" if cell.bold else text
 
 
 def tested_checkpoints(cell: Cell) -> str:
@@ -243,9 +243,8 @@ def training_text(cell: Cell | None) -> str:
     seeds; the trend is left out where no run has enough validations for one)."""
     if cell is None:
         return "-"
-    cpu = [r.train.get("cpu_s") for r in cell.runs]
-    cpu = [c for c in cpu if isinstance(c, (int, float)) and math.isfinite(c)]
-    minutes = f"{statistics.fmean(cpu) / 60:.0f} min" if cpu else "? min"
+    cpu_minutes = mean_cpu_minutes(cell)
+    minutes = "? min" if cpu_minutes is None else f"{cpu_minutes:.0f} min"
     reasons = [STOP_TEXT.get(str(r.train.get("stopped_by")), "not recorded") for r in cell.runs]
     if len(set(reasons)) == 1:
         text = f"{minutes}, {reasons[0]}"
@@ -262,66 +261,57 @@ def markdown_training(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DI
     return method_by_setting(cells, "training: CPU time, stopped by, validation trend", training_text, display)
 
 
-CSV_COLUMNS = (
-    "method",
-    "setting",
-    "dataset",
-    "n_way",
-    "n_shot",
-    "acc",
-    "ci95",
-    "episodes",
-    "seeds",
-    "seed_std",
-    "best",
-    "overlaps_best",
-    "train_steps",
-    "train_cpu_min",
-    "stopped_by",
-    "val_trend_per_10_cpu_min",
-    "val_trend_ci95",
-    "test_checkpoint",
-    "speed_probe_ms",
-    "fingerprint",
-)
+def mean_cpu_minutes(cell: Cell) -> float | None:
+    """The mean CPU-minutes of training of a cell's runs (those that recorded them), or None."""
+    cpu = [r.train.get("cpu_s") for r in cell.runs]
+    cpu = [c for c in cpu if isinstance(c, (int, float)) and math.isfinite(c)]
+    return statistics.fmean(cpu) / 60 if cpu else None
+
+
+def median_speed_ms(cell: Cell) -> float | None:
+    """The median of the CPU speed probes of a cell's runs (those that were probed), or None."""
+    speeds = [r.speed_ms for r in cell.runs if r.speed_ms is not None]
+    return statistics.median(speeds) if speeds else None
+
+
+def number_or_blank(value: float | None, digits: int) -> str:
+    """``value`` with ``digits`` decimals, or an empty CSV field for None."""
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+# table.csv's columns: one row per cell, the numbers in [0, 1], and the training budget of its runs
+TABLE_CSV: dict[str, Callable[[Cell], object]] = {
+    "method": lambda c: c.method,
+    "setting": lambda c: c.setting,
+    "dataset": lambda c: c.runs[0].dataset,
+    "n_way": lambda c: c.runs[0].n_way,
+    "n_shot": lambda c: c.runs[0].n_shot,
+    "acc": lambda c: f"{c.acc:.6f}",
+    "ci95": lambda c: f"{c.ci95:.6f}",
+    "episodes": lambda c: c.runs[0].episodes,
+    "seeds": lambda c: len(c.runs),
+    "seed_std": lambda c: number_or_blank(c.seed_std, 6),
+    "best": lambda c: int(c.best),
+    "overlaps_best": lambda c: int(c.overlaps_best),
+    "train_steps": lambda c: c.runs[0].train.get("steps", ""),
+    "train_cpu_min": lambda c: number_or_blank(mean_cpu_minutes(c), 2),
+    "stopped_by": lambda c: "+".join(sorted({str(r.train.get("stopped_by", "")) for r in c.runs})),
+    "val_trend_per_10_cpu_min": lambda c: number_or_blank(getattr(cell_trend(c), "slope", None), 3),
+    "val_trend_ci95": lambda c: number_or_blank(getattr(cell_trend(c), "ci95", None), 3),
+    "test_checkpoint": tested_checkpoints,
+    "speed_probe_ms": lambda c: number_or_blank(median_speed_ms(c), 2),
+    "fingerprint": lambda c: c.runs[0].fingerprint or "",
+}
 
 
 def csv_table(cells: Sequence[Cell], display: MethodDisplay = DEFAULT_DISPLAY) -> str:
-    """One CSV row per cell, with the numbers in [0, 1] and the training budget of its runs."""
+    """One CSV row per cell in table order (columns: ``TABLE_CSV``)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(TABLE_CSV)
     order = {s: i for i, s in enumerate(ordered_settings(cells))}
     for cell in sorted(cells, key=lambda c: (order[c.setting], display.sort_key(c.method))):
-        first = cell.runs[0]
-        cpu = [r.train["cpu_s"] for r in cell.runs if isinstance(r.train.get("cpu_s"), (int, float))]
-        cpu = [c for c in cpu if math.isfinite(c)]
-        trend = cell_trend(cell)
-        speeds = [r.speed_ms for r in cell.runs if r.speed_ms is not None]
-        writer.writerow(
-            {
-                "method": cell.method,
-                "setting": cell.setting,
-                "dataset": first.dataset,
-                "n_way": first.n_way,
-                "n_shot": first.n_shot,
-                "acc": f"{cell.acc:.6f}",
-                "ci95": f"{cell.ci95:.6f}",
-                "episodes": first.episodes,
-                "seeds": len(cell.runs),
-                "seed_std": "" if cell.seed_std is None else f"{cell.seed_std:.6f}",
-                "best": int(cell.best),
-                "overlaps_best": int(cell.overlaps_best),
-                "train_steps": first.train.get("steps", ""),
-                "train_cpu_min": f"{statistics.fmean(cpu) / 60:.2f}" if cpu else "",
-                "stopped_by": "+".join(sorted({str(r.train.get("stopped_by", "")) for r in cell.runs})),
-                "val_trend_per_10_cpu_min": "" if trend is None else f"{trend.slope:.3f}",
-                "val_trend_ci95": "" if trend is None else f"{trend.ci95:.3f}",
-                "test_checkpoint": tested_checkpoints(cell),
-                "speed_probe_ms": f"{statistics.median(speeds):.2f}" if speeds else "",
-                "fingerprint": first.fingerprint or "",
-            }
-        )
+        writer.writerow([column(cell) for column in TABLE_CSV.values()])
     return out.getvalue()
 
 
@@ -392,42 +382,27 @@ def markdown_paired(differences: Sequence[PairedDifference], not_paired: Sequenc
     return text
 
 
+# paired.csv's columns (numbers in [0, 1]; the seed interval empty with one seed on a side)
+PAIRED_CSV: dict[str, Callable[[PairedDifference], object]] = {
+    "setting": lambda d: d.setting,
+    "method_a": lambda d: d.method_a,
+    "method_b": lambda d: d.method_b,
+    "episodes": lambda d: d.episodes,
+    "seeds_a": lambda d: d.seeds_a,
+    "seeds_b": lambda d: d.seeds_b,
+    "mean_diff": lambda d: f"{d.mean:.6f}",
+    "ci95": lambda d: f"{d.ci95:.6f}",
+    "p_value": lambda d: f"{d.p_value:.6g}",
+    "seed_ci95": lambda d: "" if d.seed_interval is None else f"{d.seed_interval.ci95:.6f}",
+    "seed_dof": lambda d: "" if d.seed_interval is None else d.seed_interval.dof,
+    "significant": lambda d: int(d.significant),
+}
+
+
 def csv_paired(differences: Sequence[PairedDifference]) -> str:
-    """Paired differences as CSV (numbers in [0, 1]; the seed interval empty with one seed on a side)."""
+    """Paired differences as CSV, one row per difference (columns: ``PAIRED_CSV``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "setting",
-            "method_a",
-            "method_b",
-            "episodes",
-            "seeds_a",
-            "seeds_b",
-            "mean_diff",
-            "ci95",
-            "p_value",
-            "seed_ci95",
-            "seed_dof",
-            "significant",
-        ]
-    )
-    for d in differences:
-        seeds = d.seed_interval
-        writer.writerow(
-            [
-                d.setting,
-                d.method_a,
-                d.method_b,
-                d.episodes,
-                d.seeds_a,
-                d.seeds_b,
-                f"{d.mean:.6f}",
-                f"{d.ci95:.6f}",
-                f"{d.p_value:.6g}",
-                "" if seeds is None else f"{seeds.ci95:.6f}",
-                "" if seeds is None else seeds.dof,
-                int(d.significant),
-            ]
-        )
+    writer.writerow(PAIRED_CSV)
+    writer.writerows([column(d) for column in PAIRED_CSV.values()] for d in differences)
     return out.getvalue()

@@ -40,11 +40,6 @@ def t_quantile_95(dof: int) -> float:
     return Z_95 + (Z_95**3 + Z_95) / (4 * dof)
 
 
-def late_validations(history: Sequence[Mapping[str, float]]) -> Sequence[Mapping[str, float]]:
-    """The second half of a run's validations (the middle one included when the count is odd)."""
-    return history[len(history) // 2 :]
-
-
 def validation_trend(history: Sequence[Mapping[str, float]]) -> Trend | None:
     """The least-squares slope of validation accuracy (points) against training CPU time, per
     10 CPU-minutes, over the second half of the run's validations, with its 95% CI.
@@ -53,7 +48,7 @@ def validation_trend(history: Sequence[Mapping[str, float]]) -> Trend | None:
     validations without a finite ``cpu_s`` (results written before it was recorded), or all at
     the same CPU time.
     """
-    late = late_validations(history)
+    late = history[len(history) // 2 :]  # the middle one included when the count is odd
     if len(late) < MIN_LATE_VALIDATIONS:
         return None
     points = [(v.get("cpu_s"), v.get("acc")) for v in late]

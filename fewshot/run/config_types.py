@@ -161,11 +161,6 @@ def default_annotation(default: Any) -> Any:
     return None
 
 
-def target_annotations(node: Mapping[str, Any]) -> dict[str, inspect.Parameter]:
-    """The parameters of a config node's ``_target_`` with their annotations resolved ({} when none)."""
-    return parameters_of(str(node["_target_"]))
-
-
 @functools.cache
 def parameters_of(target_name: str) -> dict[str, inspect.Parameter]:
     """The named parameters of a ``_target_`` (a dotted name), annotations resolved."""
@@ -252,7 +247,7 @@ def wrong_types(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
         if name.startswith("_") or is_interpolation(value):
             continue
         if "_target_" in parent:
-            parameter = target_annotations(parent).get(name)
+            parameter = parameters_of(str(parent["_target_"])).get(name)
             if parameter is None:
                 continue
             annotation, default = parameter.annotation, parameter.default

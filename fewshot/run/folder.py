@@ -1,27 +1,15 @@
 """Protect a run folder that already holds a run: checked by Hydra before it writes anything.
 
-Hydra writes ``.hydra/`` (config, overrides) into the run folder before the task starts, so a
-test-only run pointed at a trained run's folder (``hydra.run.dir=<run>``) replaced that run's
-``.hydra`` before any of our code ran. :class:`ProtectExistingRuns` is a Hydra callback whose
-``on_run_start`` runs earlier: it refuses such a test-only run, and a run trained from scratch in
-a folder that holds another (their checkpoints and CSV rows would mix), and gives the config of
-a run that continues one (``resume=true``, or ``ckpt_path`` into that run's folder) its own
-``.hydra-resume-<n>`` folder so the interrupted run's ``.hydra`` stays as it was.
+Hydra writes ``.hydra/`` (config, overrides) into the run folder before the task starts, so a check
+inside the task comes too late: a test-only run pointed at a trained run's folder had already
+replaced that run's ``.hydra``. :class:`ProtectExistingRuns` is a Hydra callback whose
+``on_run_start`` and ``on_multirun_start`` run earlier: they refuse a run or sweep that would replace
+or mix with the runs in its folder, and give one that continues them its own ``.hydra-resume-<n>``.
 
-A sweep (``-m``) gets the same protection from ``on_multirun_start``, before Hydra writes the
-sweep's ``multirun.yaml`` or any job's ``.hydra``: a test-only sweep, or a sweep trained from
-scratch, into a sweep folder that holds runs is refused; a continued sweep (``resume=true
-hydra.sweep.dir=<sweep>``) writes every job's config into ``.hydra-resume-<n>`` (a job that never
-started gets it as its ``.hydra``) and keeps the former ``multirun.yaml``.
-
-Two runs (or sweeps) never share a folder: each claims its folder by an exclusive lock on
-``<folder>/.fewshot-run.lock`` (:class:`FolderLock`) held for its whole life, and checks the
-folder for another run while it holds the lock. A run given the same ``hydra.run.dir`` as one
-that runs now is refused; a time-stamped folder (the default ``${now:...}`` names) that is taken,
-by a run started in the same second, gets a suffix instead (``<time>_1``, ``<time>_2``, ...). A
-folder the run cannot write in (read-only, a file in its path, a full disk) is named with its fix
-here, before Hydra writes its log and ``.hydra`` there. This module imports no torch (it runs
-before every run).
+Two runs (or sweeps) never share a folder: each holds an exclusive lock on
+``<folder>/.fewshot-run.lock`` (:class:`FolderLock`) for its whole life; a time-stamped folder (the
+default ``${now:...}`` names) taken by a run started in the same second gets a suffix instead
+(``<time>_1``, ``<time>_2``, ...). This module imports no torch (it runs before every run).
 """
 
 from __future__ import annotations

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from fewshot.io import temporary_for
 
 
 class KeepingExperimentWriter(ExperimentWriter):
@@ -29,10 +32,8 @@ class KeepingExperimentWriter(ExperimentWriter):
 
 
 def drop_rows_after(metrics_file: str | os.PathLike, epoch: int, step: int) -> int:
-    """Remove the rows of ``metrics_file`` logged after (``epoch``, ``step``); return how many.
-
-    A row is kept when its epoch is below ``epoch``, or equal and its step at most ``step``. The
-    file is rewritten through a temporary file in the same folder.
+    """Remove the rows of ``metrics_file`` logged after (``epoch``, ``step``), rewriting it atomically;
+    return how many. A row is kept when its epoch is below ``epoch``, or equal and its step at most ``step``.
     """
     if not os.path.isfile(metrics_file):
         return 0
@@ -42,12 +43,10 @@ def drop_rows_after(metrics_file: str | os.PathLike, epoch: int, step: int) -> i
     kept = [row for row in rows if not logged_after(row, epoch, step)]
     if len(kept) == len(rows):
         return 0
-    temporary = f"{metrics_file}.tmp"
-    with open(temporary, "w", newline="") as file:
+    with temporary_for(Path(metrics_file)) as temporary, open(temporary, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         writer.writerows(kept)
-    os.replace(temporary, metrics_file)
     return len(rows) - len(kept)
 
 

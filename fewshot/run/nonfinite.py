@@ -20,12 +20,9 @@ class NonFiniteLossError(FloatingPointError):
 class NonFiniteLossPolicy:
     """The run's ``nonfinite_loss`` setting and how many episodes it has skipped.
 
-    Attributes:
-        mode: ``"stop"`` raises :class:`NonFiniteLossError`; ``"skip"`` makes no update for that
-            meta-batch and counts its episodes.
-        skippable: whether the method's training step can skip (only the shared episodic step
-            can); the stop message suggests ``skip`` only then.
-        skipped: episodes skipped so far.
+    ``mode="stop"`` raises :class:`NonFiniteLossError`; ``"skip"`` makes no update for that meta-batch
+    and counts its episodes. Only the shared episodic training step can skip (``skippable``): the stop
+    message suggests ``skip`` only then.
     """
 
     mode: NonFinitePolicyName = "stop"

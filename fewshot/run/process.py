@@ -27,10 +27,8 @@ TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top befor
 
 @cache
 def retain_freed_memory() -> bool:
-    """Set glibc's mmap and trim thresholds (see the comment above) for this process, once.
-
-    Returns:
-        Whether the setting took effect: ``False`` where the C library is not glibc.
+    """Set glibc's mmap and trim thresholds (see the comment above) for this process, once; whether
+    the setting took effect (``False`` where the C library is not glibc).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         log.debug("retain_freed_memory: not glibc, allocator left as it is")

@@ -4,14 +4,8 @@ SIGTERM is what SLURM preemption, ``timeout`` and ``docker stop`` send; SIGINT i
 run is inside :func:`stop_on_signals`, either signal only sets a flag; :class:`StopOnSignal`
 raises :class:`RunInterrupted` before the next training episode (meta-batch) starts, or at the end
 of the current validation or test episode, so a long validation or fine-tuning grid stops within
-one episode. A second Ctrl+C stops at once (KeyboardInterrupt).
-
-What is kept: a run stopped during training saves its state at the cut as ``last.ckpt``
-(weights, optimiser, loop counters and the training loader's position in its epoch, so the resume
-continues with the next episode exactly as the run would have). Stopped during a validation, the
-run saves its trained state with that validation marked as not run, so the resume runs it in full
-(Lightning would otherwise restore it as finished and skip it: the validation would be missing from
-the history and the choice of the best checkpoint).
+one episode, and saves the state at the cut as ``last.ckpt``, from which the resume continues
+exactly. A second Ctrl+C stops at once (KeyboardInterrupt).
 
 On SLURM, requeueing is Lightning's own: its SLURMEnvironment (auto_requeue, on by default)
 saves ``hpc_ckpt_<n>.ckpt`` on the requeue signal (``#SBATCH --signal=SIGUSR1@90``), requeues

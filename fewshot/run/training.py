@@ -88,42 +88,11 @@ def instantiate_loggers(group: DictConfig | None) -> list[Any]:
 def log_results_table(results: dict[str, Any], loggers: list[Any]) -> None:
     """Log the run's test result as a one-row table to W&B (other loggers have the metrics)."""
     test = results["test"]
-    columns = ["method", "dataset", "n_way", "n_shot", "episodes", "acc", "ci95", "fingerprint"]
-    row = [
-        results["method"],
-        results["dataset"],
-        results["n_way"],
-        results["n_shot"],
-        test["episodes"],
-        test["acc"],
-        test["ci95"],
-        test.get("fingerprint"),
-    ]
+    row = {key: results[key] for key in ("method", "dataset", "n_way", "n_shot")}
+    row.update(episodes=test["episodes"], acc=test["acc"], ci95=test["ci95"], fingerprint=test.get("fingerprint"))
     for lg in loggers:
         if isinstance(lg, WandbLogger):
-            lg.log_table(key="results", columns=columns, data=[row])
-
-
-def without_progress_bars(callbacks: list[Any]) -> list[Any]:
-    """The callbacks minus progress bars (for ``trainer.enable_progress_bar=false``, which
-    Lightning refuses to combine with a progress-bar callback)."""
-    return [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
-
-
-def evaluation_shots(cfg: DictConfig, datamodule: EpisodicDataModule) -> list[int]:
-    """The ``eval.shots`` to score every test episode with, checked against the episodes' shots."""
-    shots = list((cfg.get("eval") or {}).get("shots") or [])
-    if not shots:
-        return []
-    if any(not isinstance(k, int) or k < 1 for k in shots):
-        raise ValueError(f"eval.shots must be a list of positive integers, e.g. [1,5]; got {shots}.")
-    episode_shots = datamodule.eval_spec.n_shot
-    if max(shots) > episode_shots:
-        raise ValueError(
-            f"eval.shots={shots} asks for {max(shots)} shots but test episodes have data.n_shot={episode_shots}; "
-            f"set data.n_shot={max(shots)} (the smaller shots use the first images of each class's support)."
-        )
-    return shots
+            lg.log_table(key="results", columns=list(row), data=[list(row.values())])
 
 
 def method_name(method: EpisodicMethod, variant: str | None = None) -> str:
@@ -175,18 +144,6 @@ def callback_of(trainer: pl.Trainer, kind: type[CallbackT]) -> CallbackT | None:
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
-def commit_segments(trainer: pl.Trainer) -> list[dict[str, Any]]:
-    """The commit of each stretch of training (first start, then each resume) with its first step."""
-    segments = callback_of(trainer, CommitPerSegment)
-    return list(segments.segments) if segments else []
-
-
-def speed_probe_summary(trainer: pl.Trainer) -> dict[str, Any]:
-    """``{"speed_probe": ...}`` from the trainer's CPU speed probe, or ``{}`` where none ran."""
-    probe = callback_of(trainer, CpuSpeedProbe)
-    return {"speed_probe": probe.summary()} if probe and probe.history else {}
-
-
 def best_checkpoint(trainer: pl.Trainer) -> str | None:
     """Path of the best-on-validation checkpoint, if one was saved."""
     monitored = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
@@ -216,13 +173,6 @@ def checkpoint_to_start_from(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(resumable_checkpoint(last))
 
 
-def finish_wandb() -> None:
-    """End the W&B run of this process, if any, so the next run (multirun job) starts its own."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and/or test the configured method on the configured data; return the results.
 
@@ -232,8 +182,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         with stop_on_signals() as flag:
             return train_and_test(cfg, flag)
-    finally:
-        finish_wandb()
+    finally:  # end this process's W&B run, if any, so the next run (multirun job) starts its own
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish()
 
 
 def check_before_work(cfg: DictConfig) -> None:
@@ -251,16 +203,6 @@ def check_continuation(ckpt_path: str | None, resolved: dict[str, Any], cfg: Dic
     checkpoint = read_checkpoint(ckpt_path)
     check_resume_config(checkpoint[CONFIG_KEY], resolved, ckpt_path)
     return int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
-
-
-def continue_csv_logs(loggers: list[Any], position: tuple[int, int] | None) -> None:
-    """On a resume, drop the CSV rows the interrupted run logged after its checkpoint (the resumed
-    run logs those steps again) and keep the earlier ones."""
-    if position is None:
-        return
-    for lg in loggers:
-        if isinstance(lg, ResumableCSVLogger):
-            lg.continue_from(*position)
 
 
 def fit_or_test(run: Any, flag: StopFlag) -> None:
@@ -323,8 +265,8 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
         CommitPerSegment(commit),
     ]
     callbacks.append(StopOnSignal(flag, last_checkpoint_path(output_dir)))
-    if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = without_progress_bars(callbacks)
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress-bar callback then
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
 
     log.info("Building data <%s>", cfg.data.source._target_)
     datamodule: EpisodicDataModule = instantiate(cfg.data)
@@ -338,14 +280,15 @@ def build_run(cfg: DictConfig, flag: StopFlag) -> Run:
     continued = check_continuation(ckpt_path, resolved, cfg)
     datamodule.train_batches = method.train_batches
     method.scores.select_best_by(cfg.get("monitor", "val/acc"))
-    shots = evaluation_shots(cfg, datamodule)
+    shots = list((cfg.get("eval") or {}).get("shots") or [])  # checked by check_before_work
     if shots:
         method.score_shots(shots)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     set_nonfinite_policy(method, cfg.get("nonfinite_loss", "stop"), trainer.world_size)
-    continue_csv_logs(loggers, continued)
     for lg in loggers:
+        if continued is not None and isinstance(lg, ResumableCSVLogger):
+            lg.continue_from(*continued)  # drop the CSV rows logged after the checkpoint: the resume logs them again
         lg.log_hyperparams(resolved)
     trained_seed = cfg.seed if cfg.get("train", True) else read_checkpoint(ckpt_path)[CONFIG_KEY].get("seed", cfg.seed)
     return Run(cfg, output_dir, resolved, ckpt_path, datamodule, method, trainer, loggers, commit, trained_seed)
@@ -415,12 +358,14 @@ def tested_validation(run: Run) -> dict[str, Any] | None:
 def training_results(run: Run) -> dict[str, Any]:
     """What a run reports before testing: method, data, seed, provenance, validation and training."""
     method, trainer = run.method, run.trainer
+    probe = callback_of(trainer, CpuSpeedProbe)
+    speed_probe_summary = {"speed_probe": probe.summary()} if probe and probe.history else {}
     results: dict[str, Any] = {
         "method": method_name(method, run.cfg.get("variant")),
         **run.datamodule.describe(),
         "seed": run.trained_seed,
         "git_commit": run.commit,
-        "hardware": {**hardware(), **speed_probe_summary(trainer)},
+        "hardware": {**hardware(), **speed_probe_summary},
         "output_dir": str(run.output_dir),
         # the validation of the weights tested (see tested_validation), and the last one
         "val": tested_validation(run),
@@ -437,7 +382,8 @@ def training_results(run: Run) -> dict[str, Any]:
         val = {**method.scores.results["val"], "fingerprint": run.datamodule.episode_fingerprint("val")}
         results.update(val=val, val_last=val, checkpoint=run.ckpt_path)
     if run.trains:
-        results["git_commits"] = commit_segments(trainer)
+        segments = callback_of(trainer, CommitPerSegment)  # the commit of each stretch of training
+        results["git_commits"] = list(segments.segments) if segments else []
         stopped_by = stop_reason(trainer)
         results["train"].update(stopped_by=stopped_by, plateaued=stopped_by == "plateau")
     return results

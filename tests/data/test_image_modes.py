@@ -12,7 +12,7 @@ from PIL import Image
 from fewshot.data.errors import DataError
 from fewshot.data.folder import ImageFolder
 from fewshot.data.images import decode_image, decode_many, warn_constant_images
-from fewshot.predict import ImageFormat, read_queries
+from fewshot.predict import ImageFormat, read_images
 
 SIZE = 16
 
@@ -130,7 +130,7 @@ def test_predict_warns_about_blank_query_images_naming_them(tmp_path):
     Image.new("LA", (SIZE, SIZE), (255, 0)).save(blank)  # white ink, nothing opaque: blank on white
     image_format = ImageFormat(image_size=SIZE, channels=1, invert=False, mean=None, std=None)
     with pytest.warns(UserWarning, match=f"1 query images decode to a single flat colour.*{blank}") as record:
-        read_queries([drawn, blank], image_format)
+        read_images([drawn, blank], image_format, "query images")
     assert str(drawn) not in " ".join(str(w.message) for w in record)
 
 

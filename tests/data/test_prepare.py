@@ -15,7 +15,7 @@ from fewshot.data.classes import SPLITS
 from fewshot.data.errors import DataError
 from fewshot.data.folder import ImageFolder
 from fewshot.data.miniimagenet import MiniImageNet
-from fewshot.data.prepare import Prepared, prepare_cifar_fs, prepare_fc100, prepare_miniimagenet, resize
+from fewshot.data.prepare import Prepared, prepare_cifar, prepare_miniimagenet, resize
 from fewshot.data.prepare import __main__ as cli
 from fewshot.data.prepare.cifar_splits import CIFAR_FS_CLASSES, FC100_SUPERCLASSES
 from fewshot.data.prepare.output import MARKER, partial_dir
@@ -73,16 +73,16 @@ def mini(imagenet: Path, out: Path, csv_dir: Path) -> Prepared:
 
 
 def cifar_fs(archive: Path, out: Path) -> Prepared:
-    return prepare_cifar_fs(archive, out, workers=2, progress=False, images_per_class=PER_CLASS)
+    return prepare_cifar("cifar_fs", archive, out, workers=2, progress=False, images_per_class=PER_CLASS)
 
 
 def fc100(archive: Path, out: Path) -> Prepared:
-    return prepare_fc100(archive, out, workers=2, progress=False, images_per_class=PER_CLASS)
+    return prepare_cifar("fc100", archive, out, workers=2, progress=False, images_per_class=PER_CLASS)
 
 
-def fc100_with_fake_counts(archive: Path, out: Path, workers: int | None, progress: bool) -> Prepared:
-    """``prepare_fc100`` as the command line calls it, for the fake's 6 images per class."""
-    return prepare_fc100(archive, out, workers, progress, images_per_class=PER_CLASS)
+def cifar_with_fake_counts(dataset: str, archive: Path, out: Path, workers: int | None, progress: bool) -> Prepared:
+    """``prepare_cifar`` as the command line calls it, for the fake's 6 images per class."""
+    return prepare_cifar(dataset, archive, out, workers, progress, images_per_class=PER_CLASS)
 
 
 def stop(*_: object) -> None:
@@ -322,7 +322,7 @@ def test_a_partial_build_of_another_dataset_is_not_mixed_in(cifar_tar, tmp_path,
 
 
 def test_the_command_line_builds_and_reports_errors(cifar_tar, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "prepare_fc100", fc100_with_fake_counts)
+    monkeypatch.setattr(cli, "prepare_cifar", cifar_with_fake_counts)
     out = tmp_path / "fc100"
     assert cli.main(["fc100", "--cifar100", str(cifar_tar), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out

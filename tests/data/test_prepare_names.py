@@ -10,7 +10,7 @@ import pytest
 
 from fewshot.data.errors import DataError
 from fewshot.data.prepare import __main__ as cli
-from fewshot.data.prepare import prepare_cifar_fs, prepare_fc100, prepare_miniimagenet
+from fewshot.data.prepare import prepare_cifar, prepare_miniimagenet
 from fewshot.data.prepare.output import check_name
 from tests.data.fakes import SYNSETS
 from tests.data.prepare_fakes import CIFAR100_FINE, cifar100_pickles, make_imagenet, write_split_csvs, write_tar
@@ -33,9 +33,9 @@ def crafted_cifar(tmp_path: Path, key: bytes, index: int, name: str) -> Path:
     return write_tar(tmp_path / "in" / "cifar-100-python.tar.gz", files)
 
 
-@pytest.mark.parametrize("prepare", [prepare_fc100, prepare_cifar_fs])
+@pytest.mark.parametrize("dataset", ["fc100", "cifar_fs"])
 @pytest.mark.parametrize("bad", ["../../../x", "ABSOLUTE", "a/b", "..", ""])
-def test_a_crafted_class_name_in_the_cifar_meta_is_refused_before_anything_is_written(prepare, bad, tmp_path):
+def test_a_crafted_class_name_in_the_cifar_meta_is_refused_before_anything_is_written(dataset, bad, tmp_path):
     escape = tmp_path / "escaped"
     name = str(escape) if bad == "ABSOLUTE" else bad
     index = CIFAR100_FINE.index("apple")
@@ -43,7 +43,7 @@ def test_a_crafted_class_name_in_the_cifar_meta_is_refused_before_anything_is_wr
     out = tmp_path / "work" / "a" / "b" / "out"
     before = files_under(tmp_path)
     with pytest.raises(DataError, match=f"fine_label_names entry {re.escape(repr(name))}.*nothing was written"):
-        prepare(archive, out, workers=1, progress=False, images_per_class=PER_CLASS)
+        prepare_cifar(dataset, archive, out, workers=1, progress=False, images_per_class=PER_CLASS)
     assert files_under(tmp_path) == before  # nothing at all, inside --out or outside
     assert not escape.exists()
 
@@ -52,7 +52,7 @@ def test_a_crafted_superclass_name_is_refused(tmp_path):
     archive = crafted_cifar(tmp_path, b"coarse_label_names", 0, "../up")
     before = files_under(tmp_path)
     with pytest.raises(DataError, match="coarse_label_names entry '../up' contains a path separator"):
-        prepare_fc100(archive, tmp_path / "out", workers=1, progress=False, images_per_class=PER_CLASS)
+        prepare_cifar("fc100", archive, tmp_path / "out", workers=1, progress=False, images_per_class=PER_CLASS)
     assert files_under(tmp_path) == before
 
 

@@ -12,8 +12,15 @@ from fewshot.learned_optimizer.meta_train import MetaTrainer
 from fewshot.learned_optimizer.mlp import MLPClassification
 from fewshot.learned_optimizer.network import LSTMOptimizer
 from fewshot.learned_optimizer.quadratic import Quadratics
-from fewshot.learned_optimizer.rules import detach_state, state_tensors
+from fewshot.learned_optimizer.rules import RuleState, detach_state
 from fewshot.learned_optimizer.unroll import evaluate, unroll
+
+
+def state_tensors(state: RuleState) -> list[Tensor]:
+    """Every tensor in a rule's state, depth first."""
+    if isinstance(state, Tensor):
+        return [state]
+    return [t for s in state or () for t in state_tensors(s)]
 
 
 class ScaledGradient(nn.Module):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fewshot.data.episode import Episode
 from fewshot.methods.inner_loop import _batch_norm_from_elementary_ops, module_state, sgd_adapt
 from fewshot.methods.maml import MAML
-from fewshot.models.conv4 import Conv4, ShiftOnlyBatchNorm2d, batch_norm, pooled_side
+from fewshot.models.conv4 import Conv4, ShiftOnlyBatchNorm2d, batch_norm, block_side
 
 
 def random_episode(n_way: int, n_shot: int, n_query: int, batch: int, seed: int) -> Episode:
@@ -40,7 +40,7 @@ def test_feature_map_sides_after_each_block(image_size, pool_padding, sides):
     assert measured == sides
     side = image_size
     for expected in sides:
-        side = pooled_side(side, pool_padding)
+        side = block_side(side, "maxpool", pool_padding)
         assert side == expected
 
 

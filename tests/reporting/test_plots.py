@@ -14,8 +14,8 @@ from fewshot.reporting.costs import CostsError, load_reference_costs
 from fewshot.reporting.plots import (
     accuracy_vs_shots_figure,
     method_styles,
-    plot_accuracy_vs_cpu_time,
     row_major,
+    save_figure,
     time_to_accuracy_figure,
 )
 from fewshot.reporting.runs import load_runs
@@ -185,7 +185,7 @@ def test_time_to_accuracy_figure_has_a_log_time_axis_in_minutes(tmp_path: Path):
 
 def test_time_to_accuracy_figure_is_not_written_without_cpu_times(tmp_path: Path):
     write_run(tmp_path / "a", "ProtoNet", A, val_history=[{k: v for k, v in HISTORY[0].items() if k != "cpu_s"}])
-    assert plot_accuracy_vs_cpu_time(load_runs([tmp_path]), tmp_path / "t.png") is None
+    assert save_figure(time_to_accuracy_figure(load_runs([tmp_path])), tmp_path / "t.png") is None
     assert not (tmp_path / "t.png").exists()
 
 

@@ -5,8 +5,8 @@ Run ``python -m fewshot.data.prepare --help``. Each command writes a folder that
 ``<out>`` only when every image is written and counted.
 """
 
-from fewshot.data.prepare.cifar import prepare_cifar_fs, prepare_fc100
+from fewshot.data.prepare.cifar import prepare_cifar
 from fewshot.data.prepare.miniimagenet import prepare_miniimagenet
 from fewshot.data.prepare.output import Prepared
 
-__all__ = ["Prepared", "prepare_cifar_fs", "prepare_fc100", "prepare_miniimagenet"]
+__all__ = ["Prepared", "prepare_cifar", "prepare_miniimagenet"]

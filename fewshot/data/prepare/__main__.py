@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from fewshot.data.errors import DataError
-from fewshot.data.prepare.cifar import prepare_cifar_fs, prepare_fc100
+from fewshot.data.prepare.cifar import prepare_cifar
 from fewshot.data.prepare.miniimagenet import prepare_miniimagenet
 from fewshot.data.prepare.output import Prepared
 
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> Prepared:
     progress = not args.no_progress
     if args.dataset == "miniimagenet":
         return prepare_miniimagenet(args.imagenet, args.out, args.csv_dir, args.workers, progress)
-    build = prepare_cifar_fs if args.dataset == "cifar_fs" else prepare_fc100
-    return build(args.cifar100, args.out, args.workers, progress)
+    return prepare_cifar(args.dataset, args.cifar100, args.out, args.workers, progress)
 
 
 def main(argv: list[str] | None = None) -> int:

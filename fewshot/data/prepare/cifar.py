@@ -92,7 +92,7 @@ def plan_jobs(archive: Cifar100, splits: Mapping[str, Sequence[str]], root: Path
             name = archive.fine_names[label]
             target = root / split_of[name] / name / f"{part.name}_{index:05d}.png"
             load = partial(Image.fromarray, part.pixels[index], "RGB")
-            jobs.append(ImageJob(target, load, f"{archive.where} {part.name} image {index}"))
+            jobs.append(ImageJob(target, load))
     return jobs
 
 
@@ -110,66 +110,31 @@ def check_output(root: Path, splits: Mapping[str, Sequence[str]], expected: int)
     return counts
 
 
-def prepare_cifar_fs(
-    cifar100: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    workers: int | None = None,
-    progress: bool = True,
-    images_per_class: int = IMAGES_PER_CLASS,
-) -> Prepared:
-    """Build CIFAR-FS (Bertinetto et al., 2019) in ``out`` from the CIFAR-100 python archive.
-
-    Args:
-        cifar100: ``cifar-100-python.tar.gz``, or the folder it extracts to.
-        out: the folder to create (``out/{train,val,test}/<class>/<image>.png``, 32 x 32).
-        workers: threads writing PNGs (None: ``min(8, cpu count)``).
-        progress: show a progress bar.
-        images_per_class: images each class must have (600 in CIFAR-100; smaller in tests).
-
-    Returns:
-        What was built, with the classes and images per split.
-    """
-    return _prepare("cifar_fs", cifar_fs_classes, cifar100, out, workers, progress, images_per_class)
+# how each benchmark splits CIFAR-100's classes
+CLASS_SPLITS: dict[str, Callable[[Cifar100], ClassSplit]] = {"cifar_fs": cifar_fs_classes, "fc100": fc100_classes}
 
 
-def prepare_fc100(
-    cifar100: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    workers: int | None = None,
-    progress: bool = True,
-    images_per_class: int = IMAGES_PER_CLASS,
-) -> Prepared:
-    """Build FC100 (Oreshkin et al., 2018) in ``out`` from the CIFAR-100 python archive.
-
-    Args:
-        cifar100: ``cifar-100-python.tar.gz``, or the folder it extracts to.
-        out: the folder to create (``out/{train,val,test}/<class>/<image>.png``, 32 x 32).
-        workers: threads writing PNGs (None: ``min(8, cpu count)``).
-        progress: show a progress bar.
-        images_per_class: images each class must have (600 in CIFAR-100; smaller in tests).
-
-    Returns:
-        What was built, with the classes and images per split.
-    """
-    return _prepare("fc100", fc100_classes, cifar100, out, workers, progress, images_per_class)
-
-
-def _prepare(
+def prepare_cifar(
     dataset: str,
-    classes: Callable[[Cifar100], ClassSplit],
     cifar100: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    workers: int | None,
-    progress: bool,
-    images_per_class: int,
+    workers: int | None = None,
+    progress: bool = True,
+    images_per_class: int = IMAGES_PER_CLASS,
 ) -> Prepared:
+    """Build ``dataset`` (``cifar_fs``: Bertinetto et al., 2019; ``fc100``: Oreshkin et al., 2018) in ``out``
+    (``out/{train,val,test}/<class>/<image>.png``, 32 x 32) from ``cifar-100-python.tar.gz`` or its folder.
+
+    ``workers`` threads write the PNGs (None: ``min(8, cpu count)``); ``images_per_class`` is 600 in
+    CIFAR-100 (smaller in tests).
+    """
     out_path = Path(out).expanduser()
     done = finished_counts(out_path, dataset)
     if done is not None:
         return Prepared(dataset, out_path, done, skipped=True)
     archive = read_cifar100(cifar100)
     check_images_per_class(archive, images_per_class)
-    splits = classes(archive)
+    splits = CLASS_SPLITS[dataset](archive)
     jobs = plan_jobs(archive, splits, partial_dir(out_path))
     build = open_partial(out_path, dataset)
     written, reused = write_images(jobs, SIDE, default_workers(workers), dataset, progress)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fewshot.data.errors import DataError
-from fewshot.data.pickles import load_data_pickle
+from fewshot.data.pickles import load_data_pickle, pickle_entry
 from fewshot.data.prepare.output import check_name
 
 ARCHIVE_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -28,17 +28,11 @@ COARSE_CLASSES = 20
 
 @dataclass(frozen=True)
 class CifarPart:
-    """One of the archive's two image sets.
-
-    Attributes:
-        name: ``"train"`` or ``"test"``.
-        pixels: uint8 ``[N, 32, 32, 3]`` (height, width, RGB).
-        fine: fine label of each image, ``[N]``.
-        coarse: coarse (superclass) label of each image, ``[N]``.
-    """
+    """One of the archive's two image sets (``train`` or ``test``), with the fine and coarse (superclass)
+    label of each image."""
 
     name: str
-    pixels: np.ndarray
+    pixels: np.ndarray  # uint8 [N, 32, 32, 3] (height, width, RGB)
     fine: np.ndarray
     coarse: np.ndarray
 
@@ -74,14 +68,8 @@ class Cifar100:
 
 
 def read_cifar100(path: str | os.PathLike[str]) -> Cifar100:
-    """Read CIFAR-100 from ``cifar-100-python.tar.gz`` or from the folder it extracts to.
-
-    Args:
-        path: the archive, the extracted ``cifar-100-python/`` folder, or the folder holding it.
-
-    Raises:
-        DataError: the path is missing, not a tar archive, truncated, or not CIFAR-100's python version.
-    """
+    """Read CIFAR-100 from ``cifar-100-python.tar.gz``, the ``cifar-100-python/`` folder it extracts to,
+    or the folder holding that; a DataError says what is wrong with any other path."""
     source = Path(path).expanduser()
     raw = _read_folder(source) if source.is_dir() else _read_tar(source)
     fine_names, coarse_names = _parse_meta(*raw["meta"])
@@ -145,14 +133,8 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 
 
 def _field(table: Any, key: str, where: str) -> Any:
-    if isinstance(table, dict):
-        for candidate in (key.encode(), key):
-            if candidate in table:
-                return table[candidate]
-    raise DataError(
-        f"{where} has no {key!r} entry; it is not a CIFAR-100 python pickle. Download {ARCHIVE_NAME} again "
-        f"from {ARCHIVE_PAGE}."
-    )
+    fix = f"it is not a CIFAR-100 python pickle. Download {ARCHIVE_NAME} again from {ARCHIVE_PAGE}"
+    return pickle_entry(table, key, where, fix)
 
 
 def _names(values: Any, expected: int, key: str, where: str) -> tuple[str, ...]:

@@ -138,8 +138,7 @@ def plan_jobs(imagenet: Path, rows: Mapping[str, Sequence[CsvRow]], images: Path
                     f"{imagenet / synset} holds only {len(files)} images; pass the complete ILSVRC-2012 "
                     "training folder (every synset has at least 732 images)."
                 )
-            source = files[index - 1]
-            jobs.append(ImageJob(images / row.filename, partial(open_image, source), str(source)))
+            jobs.append(ImageJob(images / row.filename, partial(open_image, files[index - 1])))
     return jobs
 
 
@@ -186,17 +185,8 @@ def prepare_miniimagenet(
     for which file an index picks), resized once to 84 x 84 (LANCZOS, the whole image) and saved
     as a JPEG (quality 95) into ``<out>.partial/images/``, one atomic file at a time; a run that
     stops resumes there. When every image is there, the CSVs are copied next to them and the
-    folder is renamed to ``out``. A complete ``out`` is left as it is.
-
-    Args:
-        imagenet: the ILSVRC-2012 training folder, ``<imagenet>/<synset>/<synset>_<number>.JPEG``.
-        out: the folder to create.
-        csv_dir: the folder holding ``train.csv``, ``val.csv``, ``test.csv`` (None: the current folder).
-        workers: threads decoding and resizing (None: ``min(8, cpu count)``).
-        progress: show a progress bar.
-
-    Returns:
-        What was built, with the classes and images per split.
+    folder is renamed to ``out``. A complete ``out`` is left as it is. ``csv_dir`` holds ``train.csv``,
+    ``val.csv`` and ``test.csv`` (None: the current folder).
     """
     out_path = Path(out).expanduser()
     done = finished_counts(out_path, DATASET)

@@ -22,25 +22,15 @@ Counts = dict[str, dict[str, int]]
 
 @dataclass(frozen=True)
 class Prepared:
-    """What one prepare command left in ``out``.
-
-    Attributes:
-        dataset: the dataset's name (``"miniimagenet"``, ``"cifar_fs"``, ...).
-        out: the finished folder.
-        counts: ``{split: {class: number of images}}``.
-        written: images written by this call.
-        reused: images found already written (and valid) in ``<out>.partial`` by a resumed call.
-        skipped: True when ``out`` was complete before this call, which then did nothing.
-        notes: remarks for the user (e.g. a split that is not the standard one).
-    """
+    """What one prepare command left in ``out``: ``counts`` is ``{split: {class: number of images}}``."""
 
     dataset: str
     out: Path
     counts: Counts
     written: int = 0
-    reused: int = 0
-    skipped: bool = False
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    reused: int = 0  # images a resumed call found already written (and valid) in ``<out>.partial``
+    skipped: bool = False  # ``out`` was complete before this call, which then did nothing
+    notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. a split that is not the standard one
 
     def summary(self) -> str:
         """A few lines for the terminal: what was done and the classes and images per split."""
@@ -88,10 +78,8 @@ def partial_dir(out: Path) -> Path:
 
 
 def finished_counts(out: Path, dataset: str) -> Counts | None:
-    """The counts of a complete ``out`` of ``dataset``; None when ``out`` is absent or an empty folder.
-
-    Raises:
-        DataError: ``out`` exists but is not a complete build of ``dataset``.
+    """The counts of a complete ``out`` of ``dataset``; None when ``out`` is absent or an empty folder,
+    a DataError when it exists but is not a complete build of ``dataset``.
     """
     if not out.exists():
         return None

@@ -25,17 +25,10 @@ IN_FLIGHT_PER_WORKER = 4
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One output image: where it goes and how to get its source.
-
-    Attributes:
-        target: the output file (``.jpg`` or ``.png``).
-        load: returns the source image (any size and mode).
-        source: the source's name in error messages.
-    """
+    """One output image: ``target`` (``.jpg`` or ``.png``) and ``load``, which returns its source image."""
 
     target: Path
     load: Callable[[], Image.Image]
-    source: str
 
 
 def resize_square(image: Image.Image, size: int) -> Image.Image:

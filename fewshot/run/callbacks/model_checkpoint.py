@@ -46,12 +46,6 @@ def moved_state(state: Mapping[str, Any], new_dir: str) -> dict[str, Any]:
     return moved
 
 
-def validation_batches(trainer: Any) -> float:
-    """How many validation episodes (batches) the trainer runs per validation, over all loaders."""
-    batches = trainer.num_val_batches
-    return sum(batches) if isinstance(batches, list) else batches
-
-
 class RunFolderCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint that saves right after validation and keeps its best-so-far state
     when the run folder moved."""
@@ -76,7 +70,8 @@ class RunFolderCheckpoint(ModelCheckpoint):
         validation: it warned that ``val/acc`` was missing, wrote ``last.ckpt`` again and, with no
         epoch cap, went on inexactly (other training from the next epoch, CSV steps one ahead).
         """
-        if self._save_on_train_epoch_end is None and validation_batches(trainer) > 0:
+        batches = trainer.num_val_batches  # validation episodes per validation, of every loader
+        if self._save_on_train_epoch_end is None and (sum(batches) if isinstance(batches, list) else batches) > 0:
             return False
         return super()._should_save_on_train_epoch_end(trainer)
 

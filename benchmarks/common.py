@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -11,15 +12,28 @@ from typing import Any
 from fewshot.io import write_json_atomic
 
 
-def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Run ``fn`` ``warmup`` times, then time ``repeats`` calls: median, min, max seconds."""
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` says elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_call(
+    fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
+    """Run ``fn`` ``warmup`` times, then time ``repeats`` calls on ``clock``: median, min, max seconds."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 

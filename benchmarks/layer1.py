@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from benchmarks.common import time_call
 from fewshot.nn import native
 from fewshot.nn.lstm import CPU_BLOCK_SIZE
 from fewshot.run.process import retain_freed_memory
@@ -35,14 +35,7 @@ N_FEATURES = 2  # the preprocessed gradient; the loss features are shared, folde
 
 def _median_ms(fn: Callable[[], object], repeats: int, clock: Callable[[], float]) -> float:
     """Median milliseconds of ``fn`` over ``repeats`` calls after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(1e3 * (clock() - start))
-    return statistics.median(times)
+    return 1e3 * time_call(fn, repeats, warmup=3, clock=clock)["median_s"]
 
 
 def measure(n: int, hidden: int, repeats: int, clock: Callable[[], float]) -> dict[str, float]:

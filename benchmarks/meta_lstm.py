@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -58,11 +57,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import cpu_name
 from fewshot.io import write_json_atomic
 from fewshot.methods.meta_lstm.metalearner import MetaLearner
 from fewshot.models.conv4 import Conv4
@@ -312,17 +311,6 @@ def _thread_scaling(args: argparse.Namespace, child: Callable[..., dict], first:
             table.append({"shape": run["shape"], "variant": run["variant"], "threads": n, **ratios})
             print(f"{run['shape']:<22}{run['variant']:<10}{n:>3}" + "".join(f"{ratios[p]:>15.2f}" for p in PARTS))
     return table
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _format(results: list[dict[str, float | str]]) -> str:

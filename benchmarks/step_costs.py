@@ -45,6 +45,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from benchmarks.common import cpu_name
 from fewshot.reporting.costs import COSTS_VERSION, CostsError, read_costs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -213,17 +214,6 @@ def measure_line(overrides: Sequence[str], warmup: int, steps: int, extra: Seque
         "setting": f"{described['dataset']} {described['n_way']}-way {described['n_shot']}-shot",
         **line_cost(readings, warmup),
     }
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` says elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
